@@ -1,0 +1,251 @@
+//! One server connection: TCP connect, startup, authentication (SCRAM-SHA-256, md5, password, trust).
+
+use crate::protocol::{be, framing, messages};
+use bytes::{Buf, Bytes, BytesMut};
+use postgres_protocol::authentication::{self, sasl};
+use postgres_protocol::message::frontend;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("server connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The server answered with an ErrorResponse.
+    #[error("{message}")]
+    Server { code: String, message: String },
+    #[error("server authentication: {0}")]
+    Auth(String),
+    #[error("server {0} timed out")]
+    Timeout(String),
+    #[error("server protocol violation: {0}")]
+    Protocol(String),
+}
+
+impl BackendError {
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            BackendError::Server { code, .. } => code,
+            BackendError::Auth(_) => "28000",
+            BackendError::Protocol(_) => "08P01",
+            BackendError::Io(_) | BackendError::Timeout(_) => "08006",
+        }
+    }
+}
+
+/// Where and as whom to log in.
+#[derive(Clone, Debug)]
+pub struct Login {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+}
+
+pub struct ServerConn {
+    pub reader: OwnedReadHalf,
+    pub writer: OwnedWriteHalf,
+    /// Bytes read from the server and not yet passed on.
+    pub rbuf: BytesMut,
+    /// ParameterStatus values the server reported at startup.
+    pub params: Vec<(String, String)>,
+    /// The server's BackendKeyData, used to forward cancel requests.
+    pub pid: u32,
+    pub secret: u32,
+    pub created: Instant,
+    /// Set when a client may have left session state; the pool resets it before reuse.
+    pub needs_reset: bool,
+    /// Counts this connection in the server-connections gauge while it lives.
+    pub gauge: Option<crate::metrics::GaugeGuard>,
+}
+
+impl ServerConn {
+    pub async fn connect(login: &Login, timeout: Duration) -> Result<ServerConn, BackendError> {
+        tokio::time::timeout(timeout, Self::connect_inner(login))
+            .await
+            .map_err(|_| BackendError::Timeout(format!("{}:{} connect", login.host, login.port)))?
+    }
+
+    async fn connect_inner(login: &Login) -> Result<ServerConn, BackendError> {
+        let stream = TcpStream::connect((login.host.as_str(), login.port)).await?;
+        stream.set_nodelay(true)?;
+        let (reader, writer) = stream.into_split();
+        let mut conn = ServerConn {
+            reader,
+            writer,
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            params: Vec::new(),
+            pid: 0,
+            secret: 0,
+            created: Instant::now(),
+            needs_reset: false,
+            gauge: None,
+        };
+        let mut out = BytesMut::new();
+        let params = [
+            ("user", login.user.as_str()),
+            ("database", login.database.as_str()),
+            ("application_name", "pgcausal"),
+        ];
+        frontend::startup_message(params, &mut out)?;
+        conn.writer.write_all(&out).await?;
+        conn.authenticate(login).await?;
+        // After AuthenticationOk: ParameterStatus*, BackendKeyData, then ReadyForQuery.
+        loop {
+            let (tag, body) = conn.read_message().await?;
+            match tag {
+                be::PARAMETER_STATUS => conn.note_parameter(&body),
+                be::BACKEND_KEY_DATA if body.len() >= 8 => {
+                    conn.pid = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                    conn.secret = u32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+                }
+                be::READY_FOR_QUERY => return Ok(conn),
+                be::ERROR_RESPONSE => return Err(server_error(&body)),
+                _ => {} // NoticeResponse and friends during startup are dropped.
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, login: &Login) -> Result<(), BackendError> {
+        let mut out = BytesMut::new();
+        let mut scram: Option<sasl::ScramSha256> = None;
+        loop {
+            let (tag, body) = self.read_message().await?;
+            if tag == be::ERROR_RESPONSE {
+                return Err(server_error(&body));
+            }
+            if tag != be::AUTHENTICATION || body.len() < 4 {
+                return Err(BackendError::Protocol(format!(
+                    "unexpected message '{}' during authentication",
+                    tag as char
+                )));
+            }
+            let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+            let data = &body[4..];
+            out.clear();
+            match code {
+                0 => return Ok(()),
+                3 => frontend::password_message(login.password.as_bytes(), &mut out)?,
+                5 if data.len() >= 4 => {
+                    let salt = [data[0], data[1], data[2], data[3]];
+                    let hash = authentication::md5_hash(
+                        login.user.as_bytes(),
+                        login.password.as_bytes(),
+                        salt,
+                    );
+                    frontend::password_message(hash.as_bytes(), &mut out)?;
+                }
+                10 => {
+                    let offers_scram = data
+                        .split(|&b| b == 0)
+                        .any(|m| m == sasl::SCRAM_SHA_256.as_bytes());
+                    if !offers_scram {
+                        return Err(BackendError::Auth(
+                            "server offers no supported SASL mechanism".into(),
+                        ));
+                    }
+                    let s = sasl::ScramSha256::new(
+                        login.password.as_bytes(),
+                        sasl::ChannelBinding::unsupported(),
+                    );
+                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut out)?;
+                    scram = Some(s);
+                }
+                11 => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| BackendError::Auth("SASL continue without start".into()))?;
+                    s.update(data)
+                        .map_err(|e| BackendError::Auth(e.to_string()))?;
+                    frontend::sasl_response(s.message(), &mut out)?;
+                }
+                12 => {
+                    let mut s = scram
+                        .take()
+                        .ok_or_else(|| BackendError::Auth("SASL final without start".into()))?;
+                    s.finish(data)
+                        .map_err(|e| BackendError::Auth(format!("server signature: {e}")))?;
+                    continue;
+                }
+                other => {
+                    return Err(BackendError::Auth(format!(
+                        "unsupported authentication request {other}"
+                    )))
+                }
+            }
+            self.writer.write_all(&out).await?;
+        }
+    }
+
+    /// Reads one whole message (startup and control use only; the data path streams).
+    pub async fn read_message(&mut self) -> Result<(u8, Bytes), BackendError> {
+        loop {
+            let header = framing::peek_header(&self.rbuf, usize::MAX)
+                .map_err(|e| BackendError::Protocol(e.to_string()))?;
+            if let Some((tag, total)) = header {
+                if self.rbuf.len() >= total {
+                    let mut msg = self.rbuf.split_to(total);
+                    msg.advance(framing::HEADER_LEN);
+                    return Ok((tag, msg.freeze()));
+                }
+            }
+            if self.reader.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(BackendError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// Runs a simple query to completion, discarding its output; fails on ErrorResponse.
+    pub async fn run(&mut self, sql: &str) -> Result<(), BackendError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out)?;
+        self.writer.write_all(&out).await?;
+        let mut failure = None;
+        loop {
+            let (tag, body) = self.read_message().await?;
+            match tag {
+                be::ERROR_RESPONSE => failure = Some(server_error(&body)),
+                be::PARAMETER_STATUS => self.note_parameter(&body),
+                be::READY_FOR_QUERY => return failure.map_or(Ok(()), Err),
+                _ => {}
+            }
+        }
+    }
+
+    /// Records a ParameterStatus body (name\0value\0), replacing an earlier value.
+    fn note_parameter(&mut self, body: &[u8]) {
+        let (name, rest) = messages::read_cstr(body).unwrap_or_default();
+        let (value, _) = messages::read_cstr(rest).unwrap_or_default();
+        let (name, value) = (
+            String::from_utf8_lossy(name),
+            String::from_utf8_lossy(value).into_owned(),
+        );
+        match self.params.iter_mut().find(|(n, _)| *n == name) {
+            Some(p) => p.1 = value,
+            None => self.params.push((name.into_owned(), value)),
+        }
+    }
+
+    /// True if the server has sent something unsolicited (or closed) while idle in the pool.
+    pub fn has_pending_input(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        match self.reader.try_read(&mut probe) {
+            Ok(0) => true,
+            Ok(_) => {
+                self.rbuf.extend_from_slice(&probe);
+                true
+            }
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+}
+
+fn server_error(body: &[u8]) -> BackendError {
+    BackendError::Server {
+        code: String::from_utf8_lossy(&messages::sqlstate_of(body)).into_owned(),
+        message: messages::message_of(body),
+    }
+}

@@ -1,0 +1,7 @@
+//! The server side: connections to PostgreSQL nodes and their pools.
+
+pub mod conn;
+pub mod pool;
+
+pub use conn::{BackendError, Login, ServerConn};
+pub use pool::{Lease, Pool, Pools};

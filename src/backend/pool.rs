@@ -1,0 +1,157 @@
+//! Server connection pools, one per (node, database, user), on deadpool's managed pool.
+
+use super::conn::{BackendError, Login, ServerConn};
+use crate::config::Config;
+use crate::metrics::NodeMetrics;
+use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub type Pool = managed::Pool<Manager>;
+pub type Lease = managed::Object<Manager>;
+
+/// Creates, checks and resets server connections for one (node, database, user).
+pub struct Manager {
+    login: Login,
+    connect_timeout: Duration,
+    lifetime: Duration,
+    reset_query: String,
+    metrics: Arc<NodeMetrics>,
+}
+
+impl managed::Manager for Manager {
+    type Type = ServerConn;
+    type Error = BackendError;
+
+    async fn create(&self) -> Result<ServerConn, BackendError> {
+        let result = ServerConn::connect(&self.login, self.connect_timeout).await;
+        self.metrics.connect_result(result.is_ok());
+        let mut conn = result?;
+        conn.gauge = Some(self.metrics.server_connection());
+        Ok(conn)
+    }
+
+    async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<BackendError> {
+        if conn.created.elapsed() > self.lifetime {
+            return Err(RecycleError::message("lifetime exceeded"));
+        }
+        // Anything the server sent while idle (a FATAL, a notification) makes it unfit to share.
+        if conn.has_pending_input() {
+            return Err(RecycleError::message("unsolicited server input"));
+        }
+        if conn.needs_reset {
+            conn.run(&self.reset_query).await?;
+            conn.needs_reset = false;
+        }
+        Ok(())
+    }
+}
+
+/// All pools of one node, created on first use of each (database, user).
+pub struct NodePools {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub metrics: Arc<NodeMetrics>,
+    pools: Mutex<HashMap<(String, String), Pool>>,
+}
+
+/// The pools of every configured node, indexed like `config.nodes`.
+pub struct Pools {
+    pub nodes: Vec<NodePools>,
+    size: usize,
+    acquire_timeout: Duration,
+    connect_timeout: Duration,
+    lifetime: Duration,
+    idle_timeout: Duration,
+    reset_query: String,
+}
+
+impl Pools {
+    pub fn new(config: &Config) -> Pools {
+        let nodes = config
+            .nodes
+            .iter()
+            .map(|n| NodePools {
+                name: n.name.clone(),
+                host: n.host.clone(),
+                port: n.port,
+                metrics: Arc::new(NodeMetrics::new(&n.name)),
+                pools: Mutex::new(HashMap::new()),
+            })
+            .collect();
+        Pools {
+            nodes,
+            size: config.pool.size,
+            acquire_timeout: config.pool.acquire_timeout,
+            connect_timeout: config.pool.connect_timeout,
+            lifetime: config.pool.lifetime,
+            idle_timeout: config.pool.idle_timeout,
+            reset_query: config.pool.reset_query.clone(),
+        }
+    }
+
+    /// The pool for (node, database, user); called once per session and node, not per query.
+    pub fn pool(&self, node: usize, database: &str, user: &str, password: &str) -> Pool {
+        let n = &self.nodes[node];
+        let mut pools = n.pools.lock().expect("pool map poisoned");
+        let key = (database.to_string(), user.to_string());
+        if let Some(p) = pools.get(&key) {
+            return p.clone();
+        }
+        let manager = Manager {
+            login: Login {
+                host: n.host.clone(),
+                port: n.port,
+                user: user.to_string(),
+                password: password.to_string(),
+                database: database.to_string(),
+            },
+            connect_timeout: self.connect_timeout,
+            lifetime: self.lifetime,
+            reset_query: self.reset_query.clone(),
+            metrics: n.metrics.clone(),
+        };
+        let pool = Pool::builder(manager)
+            .max_size(self.size)
+            .wait_timeout(Some(self.acquire_timeout))
+            .create_timeout(Some(self.connect_timeout))
+            .recycle_timeout(Some(self.connect_timeout))
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .expect("runtime and timeouts are set");
+        pools.insert(key, pool.clone());
+        pool
+    }
+
+    /// Closes idle connections past `idle_timeout`; run periodically.
+    pub fn reap_idle(&self) {
+        for n in &self.nodes {
+            let pools: Vec<Pool> = n
+                .pools
+                .lock()
+                .expect("pool map poisoned")
+                .values()
+                .cloned()
+                .collect();
+            for p in pools {
+                p.retain(|_, m| m.last_used() < self.idle_timeout);
+            }
+        }
+    }
+
+    /// Drops every idle connection to a node (it went down or changed role).
+    pub fn drain_node(&self, node: usize) {
+        let pools: Vec<Pool> = self.nodes[node]
+            .pools
+            .lock()
+            .expect("pool map poisoned")
+            .values()
+            .cloned()
+            .collect();
+        for p in pools {
+            p.retain(|_, _| false);
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! The TOML configuration: types, defaults, and validation with errors that name file, key and reason.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {reason}")]
+    Read { file: PathBuf, reason: String },
+    #[error("{file}: {reason}")]
+    Syntax { file: PathBuf, reason: String },
+    #[error("{file}: key `{key}`: {reason}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub monitor: MonitorConfig,
+    #[serde(default)]
+    pub nodes: Vec<NodeConfig>,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// A server connection is leased per transaction (or per statement outside one).
+    Transaction,
+    /// A server connection is leased for the client's whole session.
+    Session,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub pool_mode: PoolMode,
+    /// Connections beyond this are refused with SQLSTATE 53300.
+    pub max_client_connections: usize,
+    /// Largest client message accepted (bytes); larger length prefixes are a protocol violation.
+    pub max_message_size: usize,
+    /// How long a new client may take to start up and authenticate.
+    #[serde(with = "humantime_serde")]
+    pub client_login_timeout: Duration,
+    /// How long statements wait for a leader to be known before failing.
+    #[serde(with = "humantime_serde")]
+    pub leader_wait_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:6432".parse().expect("valid default"),
+            pool_mode: PoolMode::Transaction,
+            max_client_connections: 10_000,
+            max_message_size: 256 * 1024 * 1024,
+            client_login_timeout: Duration::from_secs(15),
+            leader_wait_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Maximum server connections per (node, database, user).
+    pub size: usize,
+    /// How long a client waits for a free server connection before SQLSTATE 53300.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Idle server connections older than this are closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Server connections are closed at their first return to the pool after this age.
+    #[serde(with = "humantime_serde")]
+    pub lifetime: Duration,
+    /// Run on a server connection before another client may use it, in session mode.
+    pub reset_query: String,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            size: 20,
+            acquire_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+            lifetime: Duration::from_secs(3600),
+            reset_query: "DISCARD ALL".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Prometheus /metrics listener; empty string disables it.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9930".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitorConfig {
+    /// Login for health probes; defaults to the first [[users]] entry.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub database: String,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// A probe that takes longer than this counts as a failure.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            user: None,
+            password: None,
+            database: "postgres".into(),
+            interval: Duration::from_millis(250),
+            timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum AuthMethod {
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "trust")]
+    Trust,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// Used both to authenticate the client and to log in to the servers.
+    pub password: String,
+    /// How clients authenticate to the proxy.
+    #[serde(default)]
+    pub auth: AuthMethod,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            file: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates; `file` only names the source in errors.
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let value: toml::Value = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.to_owned(),
+            reason: e.to_string().trim_end().to_string(),
+        })?;
+        let config: Config =
+            serde_path_to_error::deserialize(value).map_err(|e| ConfigError::Invalid {
+                file: file.to_owned(),
+                key: e.path().to_string(),
+                reason: e.inner().to_string(),
+            })?;
+        config
+            .validate()
+            .map_err(|(key, reason)| ConfigError::Invalid {
+                file: file.to_owned(),
+                key,
+                reason,
+            })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |key: String, reason: &str| Err((key, reason.to_string()));
+        if self.nodes.is_empty() {
+            return bad("nodes".into(), "at least one [[nodes]] entry is required");
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.name.is_empty() {
+                return bad(format!("nodes[{i}].name"), "must not be empty");
+            }
+            if n.host.is_empty() {
+                return bad(format!("nodes[{i}].host"), "must not be empty");
+            }
+            if n.port == 0 {
+                return bad(format!("nodes[{i}].port"), "must be 1-65535");
+            }
+            if self.nodes[..i].iter().any(|m| m.name == n.name) {
+                return bad(format!("nodes[{i}].name"), "duplicate node name");
+            }
+        }
+        if self.users.is_empty() {
+            return bad("users".into(), "at least one [[users]] entry is required");
+        }
+        for (i, u) in self.users.iter().enumerate() {
+            if u.name.is_empty() {
+                return bad(format!("users[{i}].name"), "must not be empty");
+            }
+            if self.users[..i].iter().any(|m| m.name == u.name) {
+                return bad(format!("users[{i}].name"), "duplicate user name");
+            }
+        }
+        if self.pool.size == 0 {
+            return bad("pool.size".into(), "must be at least 1");
+        }
+        if self.proxy.max_message_size < 1024 {
+            return bad(
+                "proxy.max_message_size".into(),
+                "must be at least 1024 bytes",
+            );
+        }
+        if self.monitor.interval.is_zero() {
+            return bad("monitor.interval".into(), "must be greater than zero");
+        }
+        if self.monitor.user.is_some() != self.monitor.password.is_some() {
+            return bad(
+                "monitor.password".into(),
+                "monitor.user and monitor.password must be set together",
+            );
+        }
+        if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
+            return bad(
+                "metrics.listen".into(),
+                "not an address like 127.0.0.1:9930",
+            );
+        }
+        Ok(())
+    }
+
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
+
+    /// The login the node monitors use: `[monitor]` or the first user.
+    pub fn monitor_login(&self) -> (&str, &str) {
+        match (&self.monitor.user, &self.monitor.password) {
+            (Some(u), Some(p)) => (u, p),
+            _ => (&self.users[0].name, &self.users[0].password),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[proxy]
+listen = "127.0.0.1:7432"
+pool_mode = "session"
+[pool]
+acquire_timeout = "2s"
+[[nodes]]
+name = "pg1"
+host = "127.0.0.1"
+port = 55432
+[[users]]
+name = "app"
+password = "secret"
+auth = "md5"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("pgcausal.toml"), text)
+    }
+
+    #[test]
+    fn parses_a_good_file_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.proxy.pool_mode, PoolMode::Session);
+        assert_eq!(c.pool.acquire_timeout, Duration::from_secs(2));
+        assert_eq!(c.pool.size, 20);
+        assert_eq!(c.users[0].auth, AuthMethod::Md5);
+        assert_eq!(c.metrics.listen, "127.0.0.1:9930");
+        assert_eq!(c.monitor_login(), ("app", "secret"));
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let cases = [
+            (
+                GOOD.replace("pool_mode = \"session\"", "pool_mode = \"sessions\""),
+                "proxy.pool_mode",
+            ),
+            (
+                GOOD.replace("listen = \"127.0.0.1:7432\"", "listen = \"nowhere\""),
+                "proxy.listen",
+            ),
+            (
+                GOOD.replace("port = 55432", "port = 70000"),
+                "nodes[0].port",
+            ),
+            (GOOD.replace("port = 55432", "port = 0"), "nodes[0].port"),
+            (
+                GOOD.replace("acquire_timeout = \"2s\"", "acquire_timeout = \"soon\""),
+                "pool.acquire_timeout",
+            ),
+            (
+                GOOD.replace("auth = \"md5\"", "auth = \"kerberos\""),
+                "users[0].auth",
+            ),
+            (GOOD.replace("[pool]", "[pool]\nsize = 0"), "pool.size"),
+            (GOOD.replace("[pool]", "[pool]\nsise = 3"), "pool"),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.starts_with("pgcausal.toml: key `"), "{err}");
+            assert!(
+                err.contains(&format!("`{key}")),
+                "expected key {key} in: {err}"
+            );
+        }
+        let err = parse("[proxy\nlisten=1").unwrap_err().to_string();
+        assert!(
+            err.starts_with("pgcausal.toml: ") && err.contains("line"),
+            "{err}"
+        );
+        let err = parse("[proxy]\n").unwrap_err().to_string();
+        assert!(err.contains("key `nodes`"), "{err}");
+    }
+}

@@ -1,0 +1,55 @@
+//! The client side: startup and authentication, then one session task per client.
+
+pub mod auth;
+pub mod cancel;
+pub mod session;
+pub mod startup;
+
+use crate::error::ProxyError;
+use crate::protocol::messages;
+use crate::proxy::Shared;
+use std::net::SocketAddr;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Runs one client connection from its first byte to its close.
+pub async fn serve_client(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, count: usize) {
+    let _ = stream.set_nodelay(true);
+    if count > shared.config.proxy.max_client_connections {
+        fail(&mut stream, &ProxyError::TooManyClients).await;
+        return;
+    }
+    let login = tokio::time::timeout(
+        shared.config.proxy.client_login_timeout,
+        startup::handshake(&mut stream, shared),
+    )
+    .await;
+    let login = match login {
+        Ok(Ok(Some(login))) => login,
+        Ok(Ok(None)) => return, // a cancel request, fully handled
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "client startup failed");
+            fail(&mut stream, &e).await;
+            return;
+        }
+        Err(_) => {
+            fail(&mut stream, &ProxyError::LoginTimeout).await;
+            return;
+        }
+    };
+    tracing::debug!(%peer, user = %login.user, database = %login.database, "client logged in");
+    if let Err(e) = session::run(stream, login, shared).await {
+        tracing::debug!(%peer, error = %e, "session ended with error");
+    }
+}
+
+/// Sends a FATAL ErrorResponse (best effort) and counts it; the caller closes the connection.
+pub async fn fail(stream: &mut (impl AsyncWrite + Unpin), e: &ProxyError) {
+    crate::metrics::error(e.sqlstate().as_bytes(), "proxy");
+    if matches!(e, ProxyError::ClientIo(_)) {
+        return;
+    }
+    let msg = messages::error_response("FATAL", e.sqlstate(), &e.to_string());
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&msg)).await;
+    let _ = stream.shutdown().await;
+}

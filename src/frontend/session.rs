@@ -1,0 +1,424 @@
+//! One client session after login: reads client messages, leases a server connection when work
+//! arrives, and pumps bytes both ways (rows are never decoded) until the client leaves.
+//!
+//! The path of a query: client socket → `cbuf` → `process_client` (frame, account, lease) →
+//! `to_server` → server socket → server `rbuf` → `process_server` (scan headers, count
+//! ReadyForQuery) → `to_client` → client socket. Both directions are pumped in one `select!`, so
+//! a client that pipelines more than the socket buffers hold can never deadlock the server.
+
+use super::cancel::CancelKey;
+use super::startup::{put_login_ok, ClientLogin};
+use crate::backend::{Lease, Pool};
+use crate::config::PoolMode;
+use crate::error::ProxyError;
+use crate::protocol::framing::{self, BackendScanner, ServerEvent};
+use crate::protocol::{fe, messages};
+use crate::proxy::Shared;
+use bytes::{Buf, BytesMut};
+use deadpool::managed::{Object, PoolError};
+use std::io;
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// Stop reading a side while this much is queued for the other.
+const HIGH_WATER: usize = 256 * 1024;
+
+/// The server connection a session holds, with where it is in the server's output.
+struct Leased {
+    lease: Lease,
+    node: usize,
+    scanner: BackendScanner,
+}
+
+enum Event {
+    ClientRead(usize),
+    ServerRead(usize),
+    Wrote,
+    ServerFailed(io::Error),
+}
+
+pub struct Session<'a> {
+    shared: &'a Shared,
+    login: ClientLogin,
+    key: CancelKey,
+    mode: PoolMode,
+    client_rd: OwnedReadHalf,
+    client_wr: OwnedWriteHalf,
+    cbuf: BytesMut,
+    to_client: BytesMut,
+    to_server: BytesMut,
+    server: Option<Leased>,
+    /// This session's pool on each node, looked up once.
+    pools: Vec<Option<Pool>>,
+    /// Query, Sync and FunctionCall messages sent whose ReadyForQuery has not come back.
+    pending_syncs: u32,
+    /// Extended-protocol messages went out after the last Sync: the server must be kept.
+    unsynced: bool,
+    /// Transaction status from the last ReadyForQuery ('I', 'T' or 'E').
+    tx_status: u8,
+    /// After the proxy failed a message of an extended batch, skip to Sync as a server would.
+    discard_until_sync: bool,
+    closing: bool,
+}
+
+/// Runs a logged-in client to the end of its session.
+pub async fn run(stream: TcpStream, login: ClientLogin, shared: &Shared) -> Result<(), ProxyError> {
+    let (client_rd, client_wr) = stream.into_split();
+    let mut session = Session {
+        key: shared.cancels.register(),
+        mode: shared.config.proxy.pool_mode,
+        client_rd,
+        client_wr,
+        cbuf: BytesMut::with_capacity(8 * 1024),
+        to_client: BytesMut::with_capacity(8 * 1024),
+        to_server: BytesMut::with_capacity(8 * 1024),
+        server: None,
+        pools: vec![None; shared.config.nodes.len()],
+        pending_syncs: 0,
+        unsynced: false,
+        tx_status: b'I',
+        discard_until_sync: false,
+        closing: false,
+        login,
+        shared,
+    };
+    if let Err(e) = session.start().await {
+        super::fail(&mut session.client_wr, &e).await;
+        return Err(e);
+    }
+    let result = session.pump().await;
+    if let Err(e) = &result {
+        super::fail(&mut session.client_wr, e).await;
+    }
+    session.finish();
+    result
+}
+
+impl Session<'_> {
+    /// Leases a first server connection (which proves the database and login work), applies the
+    /// client's startup parameters in session mode, and completes the client's login.
+    async fn start(&mut self) -> Result<(), ProxyError> {
+        self.acquire().await?;
+        let conn = &mut *self.server.as_mut().expect("just acquired").lease;
+        if self.mode == PoolMode::Session {
+            for (name, value) in startup_settings(&self.login.params) {
+                let sql = format!(
+                    "SELECT pg_catalog.set_config({}, {}, false)",
+                    quote(&name),
+                    quote(&value)
+                );
+                conn.run(&sql).await?;
+            }
+        }
+        let mut out = BytesMut::new();
+        put_login_ok(&mut out, &conn.params, self.key.pid, self.key.secret);
+        self.client_wr.write_all(&out).await?;
+        self.maybe_release();
+        Ok(())
+    }
+
+    async fn pump(&mut self) -> Result<(), ProxyError> {
+        loop {
+            self.process_client().await?;
+            self.maybe_release();
+            if self.closing {
+                return Ok(());
+            }
+            match self.next_event().await? {
+                Event::ClientRead(0) => self.closing = true,
+                Event::ServerRead(0) => self.server_lost(io::ErrorKind::UnexpectedEof.into())?,
+                Event::ServerFailed(e) => self.server_lost(e)?,
+                Event::ServerRead(_) => self.process_server()?,
+                Event::ClientRead(_) | Event::Wrote => {}
+            }
+        }
+    }
+
+    /// Waits for the first socket that can make progress in either direction.
+    async fn next_event(&mut self) -> Result<Event, ProxyError> {
+        let want_client = self.to_server.len() < HIGH_WATER;
+        let want_server = self.to_client.len() < HIGH_WATER;
+        let (client_rd, client_wr) = (&mut self.client_rd, &mut self.client_wr);
+        let (cbuf, to_client, to_server) =
+            (&mut self.cbuf, &mut self.to_client, &mut self.to_server);
+        let Some(leased) = self.server.as_mut() else {
+            return tokio::select! {
+                r = client_wr.write_buf(to_client), if !to_client.is_empty() => r.map(|_| Event::Wrote),
+                r = client_rd.read_buf(cbuf), if want_client => r.map(Event::ClientRead),
+            }
+            .map_err(ProxyError::ClientIo);
+        };
+        let conn = &mut *leased.lease;
+        tokio::select! {
+            r = client_wr.write_buf(to_client), if !to_client.is_empty() => Ok(r.map(|_| Event::Wrote)?),
+            r = conn.writer.write_buf(to_server), if !to_server.is_empty() => {
+                Ok(r.map_or_else(Event::ServerFailed, |_| Event::Wrote))
+            }
+            r = conn.reader.read_buf(&mut conn.rbuf), if want_server => {
+                Ok(r.map_or_else(Event::ServerFailed, Event::ServerRead))
+            }
+            r = client_rd.read_buf(cbuf), if want_client => Ok(r.map(Event::ClientRead)?),
+        }
+    }
+
+    /// Frames complete client messages and queues them for the server, leasing one if needed.
+    async fn process_client(&mut self) -> Result<(), ProxyError> {
+        let max = self.shared.config.proxy.max_message_size;
+        while self.to_server.len() < HIGH_WATER {
+            let Some((tag, total)) = framing::peek_header(&self.cbuf, max)? else {
+                break;
+            };
+            if self.cbuf.len() < total {
+                self.cbuf.reserve(total - self.cbuf.len());
+                break;
+            }
+            if tag == fe::TERMINATE {
+                self.closing = true;
+                return Ok(());
+            }
+            if self.discard_until_sync {
+                if tag == fe::SYNC {
+                    self.discard_until_sync = false;
+                    self.to_client
+                        .extend_from_slice(&messages::ready_for_query(self.tx_status));
+                }
+                self.cbuf.advance(total);
+                continue;
+            }
+            if self.server.is_none() {
+                if let Err(e) = self.acquire().await {
+                    self.cbuf.advance(total);
+                    self.reply_error(&e);
+                    match tag {
+                        fe::QUERY | fe::SYNC | fe::FUNCTION_CALL => self
+                            .to_client
+                            .extend_from_slice(&messages::ready_for_query(self.tx_status)),
+                        _ => self.discard_until_sync = true,
+                    }
+                    continue;
+                }
+            }
+            let node = self.server.as_ref().expect("leased above").node;
+            match tag {
+                fe::QUERY | fe::FUNCTION_CALL => {
+                    self.pending_syncs += 1;
+                    self.shared.pools.nodes[node].metrics.queries.increment(1);
+                }
+                fe::SYNC => {
+                    self.pending_syncs += 1;
+                    self.unsynced = false;
+                }
+                fe::EXECUTE => {
+                    self.unsynced = true;
+                    self.shared.pools.nodes[node].metrics.queries.increment(1);
+                }
+                fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::FLUSH => self.unsynced = true,
+                _ => {} // CopyData/CopyDone/CopyFail and unknown types pass through.
+            }
+            self.to_server.extend_from_slice(&self.cbuf[..total]);
+            self.cbuf.advance(total);
+        }
+        Ok(())
+    }
+
+    /// Scans what the server sent, tracks ReadyForQuery, and passes complete bytes on.
+    fn process_server(&mut self) -> Result<(), ProxyError> {
+        let leased = self.server.as_mut().expect("reading from a held server");
+        let conn = &mut *leased.lease;
+        let (mut ready, mut status) = (0u32, self.tx_status);
+        let n = leased.scanner.scan(&conn.rbuf, |event, _msg| match event {
+            ServerEvent::Ready(s) => {
+                ready += 1;
+                status = s;
+            }
+            ServerEvent::Error(code) => crate::metrics::error(&code, "server"),
+            ServerEvent::ParameterStatus | ServerEvent::CopyIn => {}
+        });
+        self.pending_syncs = self.pending_syncs.saturating_sub(ready);
+        self.tx_status = status;
+        let data = &conn.rbuf[..n];
+        // Write straight through when nothing is queued: saves a copy and a wakeup.
+        let mut written = 0;
+        if self.to_client.is_empty() && !data.is_empty() {
+            match self.client_wr.try_write(data) {
+                Ok(w) => written = w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(ProxyError::ClientIo(e)),
+            }
+        }
+        self.to_client.extend_from_slice(&data[written..]);
+        conn.rbuf.advance(n);
+        Ok(())
+    }
+
+    /// Leases a connection to the leader (routing comes later), waiting a bounded time.
+    async fn acquire(&mut self) -> Result<(), ProxyError> {
+        let shared = self.shared;
+        let node = shared
+            .topology
+            .leader(shared.config.proxy.leader_wait_timeout)
+            .await
+            .ok_or_else(|| {
+                ProxyError::NoLeader(format!(
+                    "none of {} nodes is an up primary",
+                    shared.config.nodes.len()
+                ))
+            })?;
+        let login = &self.login;
+        let pool = self.pools[node].get_or_insert_with(|| {
+            shared
+                .pools
+                .pool(node, &login.database, &login.user, &login.password)
+        });
+        let metrics = &shared.pools.nodes[node].metrics;
+        let started = Instant::now();
+        let lease = match pool.get().await {
+            Ok(lease) => lease,
+            Err(PoolError::Timeout(_)) => {
+                metrics.pool_timeouts.increment(1);
+                return Err(ProxyError::PoolTimeout {
+                    node: shared.pools.nodes[node].name.clone(),
+                    waited: started.elapsed(),
+                });
+            }
+            Err(PoolError::Backend(e)) => return Err(e.into()),
+            Err(e) => return Err(ProxyError::Internal(e.to_string())),
+        };
+        metrics.pool_wait.record(started.elapsed().as_secs_f64());
+        self.key.target.set(node, lease.pid, lease.secret);
+        self.server = Some(Leased {
+            lease,
+            node,
+            scanner: BackendScanner::default(),
+        });
+        Ok(())
+    }
+
+    /// True when the held server has answered everything and sits idle outside a transaction.
+    fn server_is_clean(&self) -> bool {
+        self.server.as_ref().is_some_and(|l| {
+            self.pending_syncs == 0
+                && !self.unsynced
+                && self.to_server.is_empty()
+                && self.tx_status == b'I'
+                && !l.scanner.mid_message()
+                && l.lease.rbuf.is_empty()
+        })
+    }
+
+    /// In transaction mode, hands the server back as soon as its transaction is over.
+    fn maybe_release(&mut self) {
+        if self.mode == PoolMode::Transaction && self.server_is_clean() {
+            self.key.target.clear();
+            self.server = None;
+        }
+    }
+
+    /// The server connection failed under us: fail what was pending, keep the client if we can.
+    fn server_lost(&mut self, error: io::Error) -> Result<(), ProxyError> {
+        let leased = self.server.take().expect("server was held");
+        let node = &self.shared.pools.nodes[leased.node].name;
+        tracing::warn!(%node, %error, "server connection lost");
+        self.key.target.clear();
+        self.to_server.clear();
+        drop(Object::take(leased.lease));
+        if leased.scanner.mid_message() || self.mode == PoolMode::Session {
+            // Part of a message already reached the client, or session state is gone: it must reconnect.
+            return Err(ProxyError::Backend(error.into()));
+        }
+        if self.pending_syncs > 0 || self.unsynced {
+            let e = ProxyError::Backend(error.into());
+            self.reply_error(&e);
+            for _ in 0..self.pending_syncs {
+                self.to_client
+                    .extend_from_slice(&messages::ready_for_query(b'I'));
+            }
+            self.discard_until_sync = self.unsynced;
+        }
+        self.pending_syncs = 0;
+        self.unsynced = false;
+        self.tx_status = b'I';
+        Ok(())
+    }
+
+    /// Queues an ErrorResponse (severity ERROR) for a failure the session survives.
+    fn reply_error(&mut self, e: &ProxyError) {
+        crate::metrics::error(e.sqlstate().as_bytes(), "proxy");
+        messages::put_error(
+            &mut self.to_client,
+            b'E',
+            "ERROR",
+            e.sqlstate(),
+            &e.to_string(),
+        );
+    }
+
+    /// Returns a clean server to its pool (reset first in session mode); closes any other.
+    fn finish(&mut self) {
+        let clean = self.server_is_clean();
+        if let Some(mut leased) = self.server.take() {
+            self.key.target.clear();
+            if clean {
+                leased.lease.needs_reset = self.mode == PoolMode::Session;
+            } else {
+                drop(Object::take(leased.lease));
+            }
+        }
+    }
+}
+
+/// Startup parameters to apply as settings: everything but user/database, with `options`
+/// (`-c name=value` or `--name=value`) expanded.
+fn startup_settings(params: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, value) in params {
+        if name != "options" {
+            out.push((name.clone(), value.clone()));
+            continue;
+        }
+        let mut words = value.split_whitespace();
+        while let Some(word) = words.next() {
+            let setting = match word {
+                "-c" => words.next(),
+                w => w.strip_prefix("--").or_else(|| w.strip_prefix("-c")),
+            };
+            if let Some((k, v)) = setting.and_then(|s| s.split_once('=')) {
+                out.push((k.replace('-', "_"), v.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// A SQL string literal.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_options_expand_to_settings() {
+        let params = vec![
+            ("application_name".to_string(), "psql".to_string()),
+            (
+                "options".to_string(),
+                "-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB".to_string(),
+            ),
+        ];
+        assert_eq!(
+            startup_settings(&params),
+            vec![
+                ("application_name".to_string(), "psql".to_string()),
+                ("search_path".to_string(), "a,b".to_string()),
+                ("statement_timeout".to_string(), "5s".to_string()),
+                ("work_mem".to_string(), "4MB".to_string()),
+            ]
+        );
+        assert_eq!(quote("it's"), "'it''s'");
+    }
+}

@@ -1,0 +1,201 @@
+//! Connection start: encryption requests, the startup packet, protocol negotiation, authentication.
+
+use super::auth::{md5_expected, ScramExchange};
+use crate::config::AuthMethod;
+use crate::error::ProxyError;
+use crate::protocol::startup::{self, StartupPacket};
+use crate::protocol::{fe, framing, messages};
+use crate::proxy::Shared;
+use bytes::BytesMut;
+use rand::RngCore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Authentication messages are small; PostgreSQL uses the same cap.
+const MAX_AUTH_MESSAGE: usize = 10_000;
+
+/// Who logged in and what they asked for.
+#[derive(Debug, Clone)]
+pub struct ClientLogin {
+    pub user: String,
+    pub database: String,
+    /// Startup parameters other than user and database (application_name, options, ...).
+    pub params: Vec<(String, String)>,
+    /// The configured password, used to log in to the servers as this user.
+    pub password: String,
+}
+
+/// Runs the handshake; Ok(None) means the connection was a cancel request and is done.
+pub async fn handshake(
+    stream: &mut TcpStream,
+    shared: &Shared,
+) -> Result<Option<ClientLogin>, ProxyError> {
+    loop {
+        let mut head = [0u8; 4];
+        stream.read_exact(&mut head).await?;
+        let len = startup::packet_len(head)?;
+        let mut body = vec![0u8; len - 4];
+        stream.read_exact(&mut body).await?;
+        match startup::parse(&body)? {
+            // No TLS or GSS encryption yet: 'N' tells the client to continue in plain text.
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                stream.write_all(b"N").await?
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                forward_cancel(shared, pid, secret).await;
+                return Ok(None);
+            }
+            StartupPacket::Startup { minor, params } => {
+                return login(stream, shared, minor, params).await.map(Some)
+            }
+        }
+    }
+}
+
+async fn forward_cancel(shared: &Shared, pid: u32, secret: u32) {
+    let result = match shared.cancels.lookup(pid, secret) {
+        Some((node, spid, ssecret)) => {
+            let n = &shared.pools.nodes[node];
+            match super::cancel::send_cancel(&n.host, n.port, spid, ssecret).await {
+                Ok(()) => "forwarded",
+                Err(e) => {
+                    tracing::warn!(node = %n.name, error = %e, "could not forward cancel");
+                    "failed"
+                }
+            }
+        }
+        None => "ignored",
+    };
+    metrics::counter!(crate::metrics::CANCEL_REQUESTS, "result" => result).increment(1);
+}
+
+async fn login(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    minor: i32,
+    mut params: Vec<(String, String)>,
+) -> Result<ClientLogin, ProxyError> {
+    let unrecognized: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k.starts_with("_pq_."))
+        .map(|(k, _)| k.clone())
+        .collect();
+    if minor > 0 || !unrecognized.is_empty() {
+        let mut out = BytesMut::new();
+        messages::put_negotiate_protocol_version(&mut out, 0, &unrecognized);
+        stream.write_all(&out).await?;
+        params.retain(|(k, _)| !k.starts_with("_pq_."));
+    }
+    let take = |params: &mut Vec<(String, String)>, key: &str| {
+        params
+            .iter()
+            .position(|(k, _)| k == key)
+            .map(|i| params.remove(i).1)
+    };
+    let user = take(&mut params, "user")
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            ProxyError::Protocol("no PostgreSQL user name specified in startup packet".into())
+        })?;
+    let database = take(&mut params, "database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
+    if take(&mut params, "replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
+        return Err(ProxyError::Protocol(
+            "replication connections are not supported by pgcausal".into(),
+        ));
+    }
+    let Some(config) = shared.config.user(&user) else {
+        // Same message as a wrong password, so user names cannot be probed.
+        metrics::counter!(crate::metrics::CLIENT_LOGINS, "result" => "auth_failed").increment(1);
+        return Err(ProxyError::AuthFailed(user));
+    };
+    let ok = match config.auth {
+        AuthMethod::Trust => true,
+        AuthMethod::Md5 => md5(stream, &user, &config.password).await?,
+        AuthMethod::ScramSha256 => scram(stream, shared, &user).await?,
+    };
+    if !ok {
+        metrics::counter!(crate::metrics::CLIENT_LOGINS, "result" => "auth_failed").increment(1);
+        return Err(ProxyError::AuthFailed(user));
+    }
+    metrics::counter!(crate::metrics::CLIENT_LOGINS, "result" => "ok").increment(1);
+    Ok(ClientLogin {
+        user,
+        database,
+        params,
+        password: config.password.clone(),
+    })
+}
+
+/// Reads one password-family message ('p') during authentication.
+async fn read_password_message(stream: &mut TcpStream) -> Result<Vec<u8>, ProxyError> {
+    let mut head = [0u8; framing::HEADER_LEN];
+    stream.read_exact(&mut head).await?;
+    let (tag, total) = framing::peek_header(&head, MAX_AUTH_MESSAGE)?.expect("header is complete");
+    if tag != fe::PASSWORD {
+        return Err(ProxyError::Protocol(format!(
+            "expected password response, got message type '{}'",
+            tag as char
+        )));
+    }
+    let mut body = vec![0u8; total - framing::HEADER_LEN];
+    stream.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+async fn md5(stream: &mut TcpStream, user: &str, password: &str) -> Result<bool, ProxyError> {
+    let mut salt = [0u8; 4];
+    rand::thread_rng().fill_bytes(&mut salt);
+    let mut out = BytesMut::new();
+    messages::put_auth(&mut out, 5, &salt);
+    stream.write_all(&out).await?;
+    let body = read_password_message(stream).await?;
+    let answer = body.strip_suffix(b"\0").unwrap_or(&body);
+    Ok(answer == md5_expected(user, password, salt).as_bytes())
+}
+
+async fn scram(stream: &mut TcpStream, shared: &Shared, user: &str) -> Result<bool, ProxyError> {
+    let secret = &shared.scram[user];
+    let mut out = BytesMut::new();
+    messages::put_auth(&mut out, 10, b"SCRAM-SHA-256\0\0");
+    stream.write_all(&out).await?;
+    // SASLInitialResponse: mechanism\0, int32 length, client-first.
+    let body = read_password_message(stream).await?;
+    let (mechanism, rest) = messages::read_cstr(&body)
+        .ok_or_else(|| ProxyError::Protocol("malformed SASL response".into()))?;
+    if mechanism != b"SCRAM-SHA-256" || rest.len() < 4 {
+        return Err(ProxyError::Protocol(
+            "client selected an invalid SASL authentication mechanism".into(),
+        ));
+    }
+    let client_first = &rest[4..];
+    let (exchange, server_first) = match ScramExchange::start(secret, client_first) {
+        Ok(x) => x,
+        Err(e) => return Err(ProxyError::Protocol(e.to_string())),
+    };
+    out.clear();
+    messages::put_auth(&mut out, 11, server_first.as_bytes());
+    stream.write_all(&out).await?;
+    let client_final = read_password_message(stream).await?;
+    match exchange.finish(secret, &client_final) {
+        Ok(server_final) => {
+            out.clear();
+            messages::put_auth(&mut out, 12, server_final.as_bytes());
+            stream.write_all(&out).await?;
+            Ok(true)
+        }
+        Err(super::auth::ScramError::WrongProof) => Ok(false),
+        Err(e) => Err(ProxyError::Protocol(e.to_string())),
+    }
+}
+
+/// Sends AuthenticationOk, the server's parameters, our cancel key and ReadyForQuery.
+pub fn put_login_ok(out: &mut BytesMut, params: &[(String, String)], pid: u32, secret: u32) {
+    messages::put_auth(out, 0, &[]);
+    for (name, value) in params {
+        messages::put_parameter_status(out, name, value);
+    }
+    messages::put_backend_key_data(out, pid, secret);
+    out.extend_from_slice(&messages::ready_for_query(b'I'));
+}

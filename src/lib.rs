@@ -1,0 +1,11 @@
+//! pgcausal: a PostgreSQL-wire-compatible proxy that sends writes to the leader and reads to
+//! followers, with per-session consistency from WAL positions.
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod frontend;
+pub mod metrics;
+pub mod protocol;
+pub mod proxy;
+pub mod topology;

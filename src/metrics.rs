@@ -1,0 +1,124 @@
+//! Every metric name in one place, per-node metric handles, and the Prometheus exporter.
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram};
+use std::net::SocketAddr;
+
+pub const CLIENT_CONNECTIONS: &str = "pgcausal_client_connections";
+pub const CLIENT_LOGINS: &str = "pgcausal_client_logins_total";
+pub const SERVER_CONNECTIONS: &str = "pgcausal_server_connections";
+pub const SERVER_CONNECTS: &str = "pgcausal_server_connects_total";
+pub const QUERIES: &str = "pgcausal_queries_total";
+pub const POOL_WAIT: &str = "pgcausal_pool_wait_seconds";
+pub const POOL_TIMEOUTS: &str = "pgcausal_pool_timeouts_total";
+pub const ERRORS: &str = "pgcausal_errors_total";
+pub const CANCEL_REQUESTS: &str = "pgcausal_cancel_requests_total";
+pub const NODE_UP: &str = "pgcausal_node_up";
+pub const NODE_IS_LEADER: &str = "pgcausal_node_is_leader";
+pub const NODE_PROBE_SECONDS: &str = "pgcausal_node_probe_seconds";
+
+/// Registers help texts; called once at start.
+pub fn describe() {
+    describe_gauge!(CLIENT_CONNECTIONS, "Client connections currently open");
+    describe_counter!(CLIENT_LOGINS, "Client login attempts by result");
+    describe_gauge!(
+        SERVER_CONNECTIONS,
+        "Server connections currently open, by node"
+    );
+    describe_counter!(
+        SERVER_CONNECTS,
+        "Server connection attempts by node and result"
+    );
+    describe_counter!(
+        QUERIES,
+        "Queries (simple Query or extended Execute) sent, by node"
+    );
+    describe_histogram!(
+        POOL_WAIT,
+        "Time a client waited for a server connection, by node"
+    );
+    describe_counter!(
+        POOL_TIMEOUTS,
+        "Clients that gave up waiting for a server connection, by node"
+    );
+    describe_counter!(
+        ERRORS,
+        "Errors sent to clients, by SQLSTATE class and source (server or proxy)"
+    );
+    describe_counter!(CANCEL_REQUESTS, "Cancel requests by result");
+    describe_gauge!(NODE_UP, "1 if the node's last health probe succeeded");
+    describe_gauge!(NODE_IS_LEADER, "1 if the node is the current leader");
+    describe_histogram!(NODE_PROBE_SECONDS, "Duration of node health probes");
+}
+
+/// Starts the /metrics HTTP listener on the current tokio runtime.
+pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(listen)
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0],
+        )?
+        .install()?;
+    describe();
+    Ok(())
+}
+
+/// Counts one error sent to a client.
+pub fn error(sqlstate: &[u8], source: &'static str) {
+    let class = String::from_utf8_lossy(&sqlstate[..2.min(sqlstate.len())]).into_owned();
+    counter!(ERRORS, "class" => class, "source" => source).increment(1);
+}
+
+/// Handles registered once per node, so the data path only does atomic adds.
+pub struct NodeMetrics {
+    pub queries: Counter,
+    pub pool_wait: Histogram,
+    pub pool_timeouts: Counter,
+    server_connections: Gauge,
+    connects_ok: Counter,
+    connects_failed: Counter,
+}
+
+impl NodeMetrics {
+    pub fn new(node: &str) -> NodeMetrics {
+        let node = node.to_string();
+        NodeMetrics {
+            queries: counter!(QUERIES, "node" => node.clone()),
+            pool_wait: histogram!(POOL_WAIT, "node" => node.clone()),
+            pool_timeouts: counter!(POOL_TIMEOUTS, "node" => node.clone()),
+            server_connections: gauge!(SERVER_CONNECTIONS, "node" => node.clone()),
+            connects_ok: counter!(SERVER_CONNECTS, "node" => node.clone(), "result" => "ok"),
+            connects_failed: counter!(SERVER_CONNECTS, "node" => node, "result" => "error"),
+        }
+    }
+
+    pub fn connect_result(&self, ok: bool) {
+        if ok {
+            &self.connects_ok
+        } else {
+            &self.connects_failed
+        }
+        .increment(1);
+    }
+
+    pub fn server_connection(&self) -> GaugeGuard {
+        GaugeGuard::new(self.server_connections.clone())
+    }
+}
+
+/// Adds one to a gauge for as long as it lives.
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    pub fn new(g: Gauge) -> GaugeGuard {
+        g.increment(1.0);
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}

@@ -1,0 +1,113 @@
+//! The running proxy: shared state (config, pools, topology, cancel keys) and the accept loop.
+
+use crate::backend::Pools;
+use crate::config::Config;
+use crate::frontend::auth::ScramSecret;
+use crate::frontend::cancel::CancelRegistry;
+use crate::topology::{monitor, Topology};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Everything sessions share; built once at start, immutable afterwards except through atomics.
+pub struct Shared {
+    pub config: Config,
+    pub pools: Pools,
+    pub topology: Arc<Topology>,
+    pub cancels: Arc<CancelRegistry>,
+    /// SCRAM secrets per user, derived once (4096 PBKDF2 rounds is too slow per login).
+    pub scram: HashMap<String, ScramSecret>,
+    pub clients: AtomicUsize,
+}
+
+/// A bound, not yet serving proxy.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+}
+
+impl Proxy {
+    /// Binds the client listener and the metrics exporter, and starts the node monitors.
+    pub async fn bind(config: Config) -> anyhow::Result<Proxy> {
+        if !config.metrics.listen.is_empty() {
+            let addr: SocketAddr = config.metrics.listen.parse()?;
+            crate::metrics::install_exporter(addr)?;
+        }
+        let listener = TcpListener::bind(config.proxy.listen).await?;
+        let topology = Arc::new(Topology::new(config.nodes.len()));
+        let scram = config
+            .users
+            .iter()
+            .map(|u| (u.name.clone(), ScramSecret::new(&u.password)))
+            .collect();
+        let shared = Arc::new(Shared {
+            pools: Pools::new(&config),
+            topology: topology.clone(),
+            cancels: Arc::new(CancelRegistry::default()),
+            scram,
+            clients: AtomicUsize::new(0),
+            config,
+        });
+        let weak = Arc::downgrade(&shared);
+        monitor::spawn_all(
+            &shared.config,
+            topology,
+            Arc::new(move |node, _before, after| {
+                // A node that went down or changed role must not hand out its old connections.
+                if let Some(shared) = weak.upgrade() {
+                    let _ = after;
+                    shared.pools.drain_node(node);
+                }
+            }),
+        );
+        let reaper = Arc::downgrade(&shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                match reaper.upgrade() {
+                    Some(shared) => shared.pools.reap_idle(),
+                    None => return,
+                }
+            }
+        });
+        Ok(Proxy { shared, listener })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts clients until `shutdown` resolves; each client runs in its own task.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        tracing::info!(listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "accepting clients");
+        loop {
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = &mut shutdown => return,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                let count = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
+                let gauge = crate::metrics::GaugeGuard::new(metrics::gauge!(
+                    crate::metrics::CLIENT_CONNECTIONS
+                ));
+                crate::frontend::serve_client(stream, peer, &shared, count).await;
+                drop(gauge);
+                shared.clients.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    }
+}

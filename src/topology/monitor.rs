@@ -1,0 +1,103 @@
+//! One health monitor per node: probes role and timeline over a control-plane connection.
+
+use super::{NodeState, Role, Topology};
+use crate::config::{Config, NodeConfig};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Called when a node's state changes: (node index, before, after).
+pub type OnChange = Arc<dyn Fn(usize, &NodeState, &NodeState) + Send + Sync>;
+
+const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
+     CASE WHEN pg_is_in_recovery() THEN 0 \
+     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END";
+
+fn control_pool(config: &Config, node: &NodeConfig) -> Pool {
+    let (user, password) = config.monitor_login();
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&node.host)
+        .port(node.port)
+        .user(user)
+        .password(password)
+        .dbname(&config.monitor.database)
+        .application_name("pgcausal-monitor")
+        .connect_timeout(config.monitor.timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(5))
+        .tcp_user_timeout(config.monitor.timeout);
+    let manager = Manager::from_config(
+        pg,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(1)
+        .build()
+        .expect("no runtime-dependent timeouts")
+}
+
+async fn probe(pool: &Pool) -> Result<NodeState, String> {
+    let client = pool.get().await.map_err(|e| e.to_string())?;
+    let row = client
+        .query_one(PROBE_SQL, &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    let in_recovery: bool = row.get(0);
+    let timeline: i32 = row.get(1);
+    Ok(NodeState {
+        up: true,
+        role: if in_recovery {
+            Role::Standby
+        } else {
+            Role::Primary
+        },
+        timeline: timeline as u32,
+    })
+}
+
+/// Starts the monitor tasks; they run until the runtime stops.
+pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange) {
+    for (i, node) in config.nodes.iter().enumerate() {
+        let pool = control_pool(config, node);
+        let (interval, timeout) = (config.monitor.interval, config.monitor.timeout);
+        let (topology, on_change, name) = (topology.clone(), on_change.clone(), node.name.clone());
+        let up = metrics::gauge!(crate::metrics::NODE_UP, "node" => name.clone());
+        let leader = metrics::gauge!(crate::metrics::NODE_IS_LEADER, "node" => name.clone());
+        let probe_time =
+            metrics::histogram!(crate::metrics::NODE_PROBE_SECONDS, "node" => name.clone());
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let started = Instant::now();
+                let state = match tokio::time::timeout(timeout, probe(&pool)).await {
+                    Ok(Ok(state)) => state,
+                    Ok(Err(reason)) => {
+                        tracing::debug!(node = %name, %reason, "probe failed");
+                        NodeState::default()
+                    }
+                    Err(_) => {
+                        tracing::debug!(node = %name, "probe timed out");
+                        NodeState::default()
+                    }
+                };
+                probe_time.record(started.elapsed().as_secs_f64());
+                up.set(if state.up { 1.0 } else { 0.0 });
+                let before = topology.update(i, state.clone());
+                leader.set(if topology.snapshot().leader == Some(i) {
+                    1.0
+                } else {
+                    0.0
+                });
+                if before != state {
+                    tracing::info!(node = %name, ?before, after = ?state, "node state changed");
+                    on_change(i, &before, &state);
+                }
+            }
+        });
+    }
+}
