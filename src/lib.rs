@@ -2,7 +2,9 @@
 //! followers, with per-session consistency from WAL positions.
 
 pub mod backend;
+pub mod cluster;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod frontend;
 pub mod metrics;

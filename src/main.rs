@@ -24,6 +24,17 @@ enum Command {
     },
     /// Validate a configuration file and exit.
     CheckConfig { file: PathBuf },
+    /// Start a local leader + followers cluster with pgcausal in front (Ctrl-C stops it all).
+    Demo {
+        /// Where the cluster lives; reused by later runs.
+        #[arg(long, default_value = ".pgcausal-demo")]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 2)]
+        followers: usize,
+        /// The port pgcausal listens on.
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+    },
 }
 
 fn init_logging() {
@@ -49,6 +60,7 @@ fn main() -> ExitCode {
                 );
             })
             .map_err(anyhow::Error::from),
+        Command::Demo { data_dir, followers, port } => pgcausal::demo::run(pgcausal::demo::DemoArgs { data_dir, followers, port }),
         Command::Serve { config } => Config::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(serve),

@@ -1,0 +1,218 @@
+//! Test harness: real PostgreSQL clusters (src/cluster.rs) and a real `pgcausal` process in front.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use pgcausal::cluster::{Cluster, ClusterSpec, PasswordEncryption, UserSpec};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub const USER: &str = "app";
+pub const PASSWORD: &str = "secret";
+pub const MD5_USER: &str = "md5user";
+pub const MD5_PASSWORD: &str = "md5secret";
+pub const TRUST_USER: &str = "trusty";
+pub const TRUST_PASSWORD: &str = "trusty-server-password";
+
+/// A cluster owned by a test binary (or a single test); removed from disk when dropped.
+pub struct TestCluster {
+    pub cluster: Mutex<Cluster>,
+    pub ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+fn spec(root: PathBuf, followers: usize) -> ClusterSpec {
+    let mut spec = ClusterSpec::new(root);
+    spec.followers = followers;
+    let mut app = UserSpec::new(USER, PASSWORD);
+    app.superuser = true;
+    let mut md5 = UserSpec::new(MD5_USER, MD5_PASSWORD);
+    md5.password_encryption = PasswordEncryption::Md5;
+    md5.superuser = true;
+    let mut trusty = UserSpec::new(TRUST_USER, TRUST_PASSWORD);
+    trusty.superuser = true;
+    spec.users = vec![app, md5, trusty];
+    spec.hba_extra = vec![format!("host all {MD5_USER} 127.0.0.1/32 md5")];
+    spec
+}
+
+impl TestCluster {
+    /// A new leader + `followers` cluster; `tweak` may adjust the spec (e.g. follower delays).
+    pub fn start(followers: usize, tweak: impl FnOnce(&mut ClusterSpec)) -> TestCluster {
+        let dir = tempfile::Builder::new().prefix("pgcausal-test-").tempdir().expect("tempdir");
+        let mut spec = spec(dir.path().join("cluster"), followers);
+        tweak(&mut spec);
+        let cluster = Cluster::start(spec).expect("cluster starts");
+        let ports = cluster.nodes().iter().map(|n| n.port).collect();
+        TestCluster { cluster: Mutex::new(cluster), ports, _dir: dir }
+    }
+
+    /// Runs SQL as superuser on node `i` (psql -At) and returns its output.
+    pub fn sql(&self, i: usize, db: &str, sql: &str) -> String {
+        self.cluster.lock().unwrap().psql(i, db, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// A fresh database for one test, present on every follower before returning.
+    pub fn create_database(&self, name: &str) {
+        self.sql(0, "postgres", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        self.sql(0, "postgres", &format!("CREATE DATABASE {name}"));
+        self.cluster.lock().unwrap().wait_replicated(Duration::from_secs(30)).expect("replicated");
+    }
+}
+
+/// One cluster shared by every test of a binary (each test uses its own database).
+pub fn shared_cluster() -> &'static TestCluster {
+    static SHARED: OnceLock<TestCluster> = OnceLock::new();
+    SHARED.get_or_init(|| TestCluster::start(2, |_| {}))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Settings for a proxy under test.
+#[derive(Clone)]
+pub struct ProxyOptions {
+    pub pool_mode: &'static str,
+    pub pool_size: usize,
+    /// Extra lines for the [proxy] table.
+    pub proxy_section: String,
+    /// Extra TOML appended verbatim.
+    pub extra: String,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions { pool_mode: "transaction", pool_size: 4, proxy_section: String::new(), extra: String::new() }
+    }
+}
+
+/// A `pgcausal serve` child process; killed (by PID) when dropped.
+pub struct ProxyProcess {
+    child: Child,
+    pub port: u16,
+    pub metrics_port: u16,
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ProxyProcess {
+    pub fn start(cluster: &TestCluster, options: ProxyOptions) -> ProxyProcess {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (port, metrics_port) = (free_port(), free_port());
+        let mut config = format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\npool_mode = \"{}\"\n{}\n\
+             [pool]\nsize = {}\nacquire_timeout = \"10s\"\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
+             [monitor]\ninterval = \"100ms\"\n",
+            options.pool_mode, options.proxy_section, options.pool_size
+        );
+        for (i, p) in cluster.ports.iter().enumerate() {
+            config += &format!("[[nodes]]\nname = \"node{i}\"\nhost = \"127.0.0.1\"\nport = {p}\n");
+        }
+        config += &format!(
+            "[[users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n\
+             [[users]]\nname = \"{MD5_USER}\"\npassword = \"{MD5_PASSWORD}\"\nauth = \"md5\"\n\
+             [[users]]\nname = \"{TRUST_USER}\"\npassword = \"{TRUST_PASSWORD}\"\nauth = \"trust\"\n"
+        );
+        config += &options.extra;
+        let config_path = dir.path().join("pgcausal.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("pgcausal.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pgcausal"))
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("PGCAUSAL_LOG", std::env::var("PGCAUSAL_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("pgcausal starts");
+        let proxy = ProxyProcess { child, port, metrics_port, config_path, _dir: dir };
+        proxy.wait_ready();
+        proxy
+    }
+
+    /// Waits until a client can log in and run a query (the monitors have found the leader).
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.psql("postgres", &["-c", "select 1"], None);
+            if out.status.success() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "proxy not ready: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("pgcausal.log")).unwrap_or_default()
+    }
+
+    /// psql through the proxy as the main test user, with -X -v ON_ERROR_STOP=1 -At.
+    pub fn psql(&self, db: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        self.psql_as(USER, PASSWORD, db, args, stdin)
+    }
+
+    pub fn psql_as(&self, user: &str, password: &str, db: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(pg_bin("psql"))
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", user, "-d", db])
+            .args(args)
+            .env("PGPASSWORD", password)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("psql runs");
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    }
+
+    /// A libpq/tokio-postgres connection string through the proxy.
+    pub fn conn_str(&self, db: &str) -> String {
+        format!("host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={db}", self.port)
+    }
+
+    /// The /metrics page.
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A PostgreSQL client program from the same installation as the servers.
+pub fn pg_bin(name: &str) -> PathBuf {
+    static BINDIR: OnceLock<PathBuf> = OnceLock::new();
+    BINDIR.get_or_init(|| pgcausal::cluster::find_pg_bindir().expect("PostgreSQL binaries")).join(name)
+}
+
+/// stdout of a successful command, or a panic with its stderr.
+pub fn ok(out: Output) -> String {
+    assert!(out.status.success(), "command failed: {}\n{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    String::from_utf8(out.stdout).unwrap()
+}
