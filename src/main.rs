@@ -60,7 +60,15 @@ fn main() -> ExitCode {
                 );
             })
             .map_err(anyhow::Error::from),
-        Command::Demo { data_dir, followers, port } => pgcausal::demo::run(pgcausal::demo::DemoArgs { data_dir, followers, port }),
+        Command::Demo {
+            data_dir,
+            followers,
+            port,
+        } => pgcausal::demo::run(pgcausal::demo::DemoArgs {
+            data_dir,
+            followers,
+            port,
+        }),
         Command::Serve { config } => Config::load(&config)
             .map_err(anyhow::Error::from)
             .and_then(serve),
