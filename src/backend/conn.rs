@@ -58,6 +58,8 @@ pub struct ServerConn {
     pub created: Instant,
     /// Set when a client may have left session state; the pool resets it before reuse.
     pub needs_reset: bool,
+    /// Proxy-named prepared statements this connection holds.
+    pub statements: super::statements::ServerStatements,
     /// Counts this connection in the server-connections gauge while it lives.
     pub gauge: Option<crate::metrics::GaugeGuard>,
 }
@@ -83,6 +85,7 @@ impl ServerConn {
             created: Instant::now(),
             needs_reset: false,
             gauge: None,
+            statements: Default::default(),
         };
         let mut out = BytesMut::new();
         let params = [

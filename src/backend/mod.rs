@@ -2,6 +2,7 @@
 
 pub mod conn;
 pub mod pool;
+pub mod statements;
 
 pub use conn::{BackendError, Login, ServerConn};
 pub use pool::{Lease, Pool, Pools};

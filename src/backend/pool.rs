@@ -42,6 +42,7 @@ impl managed::Manager for Manager {
         }
         if conn.needs_reset {
             conn.run(&self.reset_query).await?;
+            conn.statements.clear(); // the reset query may have dropped them (DISCARD ALL does)
             conn.needs_reset = false;
         }
         Ok(())

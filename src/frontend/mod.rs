@@ -2,6 +2,9 @@
 
 pub mod auth;
 pub mod cancel;
+pub mod inflight;
+pub mod prepared;
+pub mod requests;
 pub mod session;
 pub mod startup;
 

@@ -7,14 +7,18 @@
 //! a client that pipelines more than the socket buffers hold can never deadlock the server.
 
 use super::cancel::CancelKey;
+use super::inflight::{Inflight, Request};
+use super::prepared::ClientStatements;
+use super::requests::{answer_without_server, answerable_without_server, Outbound, Refused};
 use super::startup::{put_login_ok, ClientLogin};
+use crate::backend::statements::ServerStatements;
 use crate::backend::{Lease, Pool};
 use crate::config::PoolMode;
 use crate::error::ProxyError;
-use crate::protocol::framing::{self, BackendScanner, ServerEvent};
+use crate::protocol::framing::{self, BackendScanner, ServerMessages, Verdict};
 use crate::protocol::{fe, messages};
 use crate::proxy::Shared;
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use deadpool::managed::{Object, PoolError};
 use std::io;
 use std::time::Instant;
@@ -52,8 +56,10 @@ pub struct Session<'a> {
     server: Option<Leased>,
     /// This session's pool on each node, looked up once.
     pools: Vec<Option<Pool>>,
-    /// Query, Sync and FunctionCall messages sent whose ReadyForQuery has not come back.
-    pending_syncs: u32,
+    /// Requests sent (or answered by the proxy) whose answers are still to come, in order.
+    inflight: Inflight,
+    /// The client's named prepared statements.
+    statements: ClientStatements,
     /// Extended-protocol messages went out after the last Sync: the server must be kept.
     unsynced: bool,
     /// Transaction status from the last ReadyForQuery ('I', 'T' or 'E').
@@ -76,7 +82,8 @@ pub async fn run(stream: TcpStream, login: ClientLogin, shared: &Shared) -> Resu
         to_server: BytesMut::with_capacity(8 * 1024),
         server: None,
         pools: vec![None; shared.config.nodes.len()],
-        pending_syncs: 0,
+        inflight: Inflight::default(),
+        statements: ClientStatements::default(),
         unsynced: false,
         tx_status: b'I',
         discard_until_sync: false,
@@ -167,9 +174,7 @@ impl Session<'_> {
     async fn process_client(&mut self) -> Result<(), ProxyError> {
         let max = self.shared.config.proxy.max_message_size;
         while self.to_server.len() < HIGH_WATER {
-            let Some((tag, total)) = framing::peek_header(&self.cbuf, max)? else {
-                break;
-            };
+            let Some((tag, total)) = framing::peek_header(&self.cbuf, max)? else { break };
             if self.cbuf.len() < total {
                 self.cbuf.reserve(total - self.cbuf.len());
                 break;
@@ -178,78 +183,92 @@ impl Session<'_> {
                 self.closing = true;
                 return Ok(());
             }
-            if self.discard_until_sync {
-                if tag == fe::SYNC {
-                    self.discard_until_sync = false;
-                    self.to_client
-                        .extend_from_slice(&messages::ready_for_query(self.tx_status));
-                }
+            if self.discard_until_sync && tag != fe::SYNC {
                 self.cbuf.advance(total);
+                continue;
+            }
+            let msg = &self.cbuf[..total];
+            if self.server.is_none() && answerable_without_server(tag, msg) {
+                self.discard_until_sync = false;
+                self.unsynced = false;
+                let result = answer_without_server(tag, msg, &mut self.statements, &mut self.inflight, &mut self.to_client);
+                self.cbuf.advance(total);
+                self.refused(result?);
                 continue;
             }
             if self.server.is_none() {
                 if let Err(e) = self.acquire().await {
                     self.cbuf.advance(total);
-                    self.reply_error(&e);
-                    match tag {
-                        fe::QUERY | fe::SYNC | fe::FUNCTION_CALL => self
-                            .to_client
-                            .extend_from_slice(&messages::ready_for_query(self.tx_status)),
-                        _ => self.discard_until_sync = true,
+                    self.refuse(&e);
+                    if matches!(tag, fe::QUERY | fe::SYNC | fe::FUNCTION_CALL) {
+                        self.answer_sync();
+                    } else {
+                        self.discard_until_sync = true;
                     }
                     continue;
                 }
             }
-            let node = self.server.as_ref().expect("leased above").node;
-            match tag {
-                fe::QUERY | fe::FUNCTION_CALL => {
-                    self.pending_syncs += 1;
-                    self.shared.pools.nodes[node].metrics.queries.increment(1);
-                }
-                fe::SYNC => {
-                    self.pending_syncs += 1;
-                    self.unsynced = false;
-                }
-                fe::EXECUTE => {
-                    self.unsynced = true;
-                    self.shared.pools.nodes[node].metrics.queries.increment(1);
-                }
-                fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::FLUSH => self.unsynced = true,
-                _ => {} // CopyData/CopyDone/CopyFail and unknown types pass through.
-            }
-            self.to_server.extend_from_slice(&self.cbuf[..total]);
+            self.discard_until_sync = false;
+            self.account(tag);
+            let leased = self.server.as_mut().expect("leased above");
+            let mut outbound = Outbound {
+                to_server: &mut self.to_server,
+                to_client: &mut self.to_client,
+                inflight: &mut self.inflight,
+                server: &mut leased.lease.statements,
+                client: &mut self.statements,
+            };
+            let result = outbound.message(tag, &self.cbuf[..total]);
             self.cbuf.advance(total);
+            self.refused(result?);
         }
         Ok(())
     }
 
-    /// Scans what the server sent, tracks ReadyForQuery, and passes complete bytes on.
+    /// A message the proxy refused like PostgreSQL would: its error, then skip to Sync.
+    fn refused(&mut self, result: Result<(), Refused>) {
+        if let Err(Refused(error)) = result {
+            crate::metrics::error(b"42", "proxy");
+            self.inflight.push(Request::Reply(error), &mut self.to_client);
+            self.discard_until_sync = true;
+        }
+    }
+
+    /// Per-message bookkeeping: whether the server must be kept until a Sync, and query counts.
+    fn account(&mut self, tag: u8) {
+        let node = self.server.as_ref().map_or(0, |l| l.node);
+        match tag {
+            fe::SYNC => self.unsynced = false,
+            fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::FLUSH => self.unsynced = true,
+            fe::EXECUTE => {
+                self.unsynced = true;
+                self.shared.pools.nodes[node].metrics.queries.increment(1);
+            }
+            fe::QUERY | fe::FUNCTION_CALL => self.shared.pools.nodes[node].metrics.queries.increment(1),
+            _ => {}
+        }
+    }
+
+    /// Scans what the server sent, tracks requests and ReadyForQuery, and passes answers on.
     fn process_server(&mut self) -> Result<(), ProxyError> {
         let leased = self.server.as_mut().expect("reading from a held server");
         let conn = &mut *leased.lease;
-        let (mut ready, mut status) = (0u32, self.tx_status);
-        let n = leased.scanner.scan(&conn.rbuf, |event, _msg| match event {
-            ServerEvent::Ready(s) => {
-                ready += 1;
-                status = s;
-            }
-            ServerEvent::Error(code) => crate::metrics::error(&code, "server"),
-            ServerEvent::ParameterStatus | ServerEvent::CopyIn => {}
-        });
-        self.pending_syncs = self.pending_syncs.saturating_sub(ready);
-        self.tx_status = status;
-        let data = &conn.rbuf[..n];
-        // Write straight through when nothing is queued: saves a copy and a wakeup.
-        let mut written = 0;
-        if self.to_client.is_empty() && !data.is_empty() {
-            match self.client_wr.try_write(data) {
-                Ok(w) => written = w,
+        let mut sink = ServerSide {
+            inflight: &mut self.inflight,
+            statements: &mut conn.statements,
+            tx_status: &mut self.tx_status,
+        };
+        let was_empty = self.to_client.is_empty();
+        let n = leased.scanner.scan(&conn.rbuf, &mut self.to_client, &mut sink);
+        conn.rbuf.advance(n);
+        // Write straight through while the client keeps up: one syscall, no select round.
+        if was_empty && !self.to_client.is_empty() {
+            match self.client_wr.try_write(&self.to_client) {
+                Ok(w) => self.to_client.advance(w),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(ProxyError::ClientIo(e)),
             }
         }
-        self.to_client.extend_from_slice(&data[written..]);
-        conn.rbuf.advance(n);
         Ok(())
     }
 
@@ -299,7 +318,7 @@ impl Session<'_> {
     /// True when the held server has answered everything and sits idle outside a transaction.
     fn server_is_clean(&self) -> bool {
         self.server.as_ref().is_some_and(|l| {
-            self.pending_syncs == 0
+            self.inflight.is_empty()
                 && !self.unsynced
                 && self.to_server.is_empty()
                 && self.tx_status == b'I'
@@ -328,31 +347,31 @@ impl Session<'_> {
             // Part of a message already reached the client, or session state is gone: it must reconnect.
             return Err(ProxyError::Backend(error.into()));
         }
-        if self.pending_syncs > 0 || self.unsynced {
-            let e = ProxyError::Backend(error.into());
-            self.reply_error(&e);
-            for _ in 0..self.pending_syncs {
-                self.to_client
-                    .extend_from_slice(&messages::ready_for_query(b'I'));
+        let sync_points = self.inflight.sync_points();
+        self.inflight.clear();
+        if sync_points > 0 || self.unsynced {
+            self.refuse(&ProxyError::Backend(error.into()));
+            for _ in 0..sync_points {
+                self.to_client.extend_from_slice(&messages::ready_for_query(b'I'));
             }
             self.discard_until_sync = self.unsynced;
         }
-        self.pending_syncs = 0;
         self.unsynced = false;
         self.tx_status = b'I';
         Ok(())
     }
 
-    /// Queues an ErrorResponse (severity ERROR) for a failure the session survives.
-    fn reply_error(&mut self, e: &ProxyError) {
+    /// Answers a Sync (or a failed Query) with ReadyForQuery, after whatever is still in flight.
+    fn answer_sync(&mut self) {
+        let ready = Bytes::copy_from_slice(&messages::ready_for_query(self.tx_status));
+        self.inflight.push(Request::Reply(ready), &mut self.to_client);
+    }
+
+    /// Answers with an ErrorResponse (severity ERROR) for a failure the session survives.
+    fn refuse(&mut self, e: &ProxyError) {
         crate::metrics::error(e.sqlstate().as_bytes(), "proxy");
-        messages::put_error(
-            &mut self.to_client,
-            b'E',
-            "ERROR",
-            e.sqlstate(),
-            &e.to_string(),
-        );
+        let error = messages::error_response("ERROR", e.sqlstate(), &e.to_string()).freeze();
+        self.inflight.push(Request::Reply(error), &mut self.to_client);
     }
 
     /// Returns a clean server to its pool (reset first in session mode); closes any other.
@@ -366,6 +385,32 @@ impl Session<'_> {
                 drop(Object::take(leased.lease));
             }
         }
+    }
+}
+
+/// The session's view of server output: request accounting, statement cache, transaction status.
+struct ServerSide<'a> {
+    inflight: &'a mut Inflight,
+    statements: &'a mut ServerStatements,
+    tx_status: &'a mut u8,
+}
+
+impl ServerMessages for ServerSide<'_> {
+    fn decide(&mut self, tag: u8, msg: &[u8]) -> Verdict {
+        let (verdict, outcome) = self.inflight.on_server_message(tag);
+        if let Some(hash) = outcome.failed_parse {
+            self.statements.remove(hash);
+        }
+        match tag {
+            b'Z' => *self.tx_status = *msg.get(5).unwrap_or(&b'I'),
+            b'E' => crate::metrics::error(&messages::sqlstate_of(&msg[5..]), "server"),
+            _ => {}
+        }
+        verdict
+    }
+
+    fn after(&mut self, out: &mut BytesMut) {
+        self.inflight.emit_due_replies(out);
     }
 }
 

@@ -29,41 +29,57 @@ pub fn peek_header(buf: &[u8], max: usize) -> Result<Option<(u8, usize)>, FrameE
     Ok(Some((buf[0], total)))
 }
 
-/// What the scanner saw in server output that the session must act on.
+/// What to do with one server message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServerEvent {
-    /// ReadyForQuery with its transaction status byte ('I', 'T' or 'E').
-    Ready(u8),
-    /// ErrorResponse; the SQLSTATE is read from the message.
-    Error([u8; 5]),
-    /// ParameterStatus (the session may want to remember it).
-    ParameterStatus,
-    /// CopyInResponse: the client will now stream CopyData.
-    CopyIn,
+pub enum Verdict {
+    Forward,
+    /// Drop it: the answer to a message the proxy injected.
+    Swallow,
 }
 
-/// Walks server output without copying it: only headers are read, except for the few
-/// message types the proxy inspects, which must be complete before they are passed on.
+/// Rows and other bulk messages stream through after their header; every other message is
+/// small and is handed over whole, so the session can read it. (None of the streaming ones
+/// ends a request, so replies never fall due in the middle of one.)
+#[inline]
+fn streams(tag: u8) -> bool {
+    matches!(tag, be::DATA_ROW | b'd' | b't' | b'V' | be::NOTICE_RESPONSE)
+}
+
+/// The session's view of server output, message by message.
+pub trait ServerMessages {
+    /// Decides about one message: whole, or only its 5-byte header for streaming ones.
+    fn decide(&mut self, tag: u8, msg: &[u8]) -> Verdict;
+    /// Runs after each whole message was passed on or dropped: where replies now due are emitted.
+    fn after(&mut self, out: &mut bytes::BytesMut);
+}
+
+/// Walks server output message by message without decoding rows: a callback decides, per
+/// message, whether it goes to the client; bulk messages are copied through as they arrive.
 #[derive(Debug, Default)]
 pub struct BackendScanner {
-    /// Bytes of a large uninspected message still to pass through.
+    /// Bytes of a streaming message still to come.
     skip: usize,
+    /// Whether those bytes are forwarded.
+    skip_forward: bool,
 }
 
 impl BackendScanner {
     /// True while a message has been passed on only in part.
     pub fn mid_message(&self) -> bool {
-        self.skip > 0
+        self.skip > 0 && self.skip_forward
     }
 
-    /// Scans `buf`, calling `on_event` for inspected messages; returns how many bytes may be
-    /// forwarded now (a prefix of `buf` that never ends inside an inspected message).
+    /// Scans `buf`, appending what the client should get to `out`; returns how many bytes of
+    /// `buf` were used (a trailing partial message waits for more input).
     #[inline]
-    pub fn scan(&mut self, buf: &[u8], mut on_event: impl FnMut(ServerEvent, &[u8])) -> usize {
+    pub fn scan(&mut self, buf: &[u8], out: &mut bytes::BytesMut, sink: &mut impl ServerMessages) -> usize {
         let mut pos = 0;
         loop {
             if self.skip > 0 {
                 let n = self.skip.min(buf.len() - pos);
+                if self.skip_forward {
+                    out.extend_from_slice(&buf[pos..pos + n]);
+                }
                 pos += n;
                 self.skip -= n;
                 if self.skip > 0 {
@@ -75,32 +91,20 @@ impl BackendScanner {
                 return pos;
             }
             let tag = rest[0];
-            let total =
-                i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]).max(4) as usize + 1;
-            let inspected = matches!(
-                tag,
-                be::READY_FOR_QUERY
-                    | be::ERROR_RESPONSE
-                    | be::PARAMETER_STATUS
-                    | be::COPY_IN_RESPONSE
-            );
-            if !inspected {
-                let n = total.min(rest.len());
-                pos += n;
-                self.skip = total - n;
+            let total = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]).max(4) as usize + 1;
+            if streams(tag) {
+                self.skip_forward = sink.decide(tag, &rest[..HEADER_LEN]) == Verdict::Forward;
+                self.skip = total;
                 continue;
             }
             if rest.len() < total {
                 return pos;
             }
             let msg = &rest[..total];
-            let event = match tag {
-                be::READY_FOR_QUERY => ServerEvent::Ready(*msg.get(5).unwrap_or(&b'I')),
-                be::ERROR_RESPONSE => ServerEvent::Error(super::messages::sqlstate_of(&msg[5..])),
-                be::PARAMETER_STATUS => ServerEvent::ParameterStatus,
-                _ => ServerEvent::CopyIn,
-            };
-            on_event(event, msg);
+            if sink.decide(tag, msg) == Verdict::Forward {
+                out.extend_from_slice(msg);
+            }
+            sink.after(out);
             pos += total;
         }
     }
@@ -133,26 +137,33 @@ mod tests {
     }
 
     #[test]
-    fn scanner_streams_rows_and_holds_inspected_messages_until_complete() {
-        let mut out = data_row(100);
-        out.extend_from_slice(&messages::error_response("ERROR", "42P01", "nope"));
-        out.extend_from_slice(&messages::ready_for_query(b'E'));
-        // Feed in 7-byte slices and check every event arrives once, and byte accounting is exact.
+    fn scanner_streams_rows_and_holds_small_messages_until_complete() {
+        let mut input = data_row(100);
+        input.extend_from_slice(&messages::error_response("ERROR", "42P01", "nope"));
+        input.extend_from_slice(&[b'1', 0, 0, 0, 4]);
+        input.extend_from_slice(&messages::ready_for_query(b'E'));
+        // Feed in 7-byte slices: every message is seen once, whole unless it streams.
+        struct Seen(Vec<(u8, usize)>);
+        impl ServerMessages for Seen {
+            fn decide(&mut self, tag: u8, msg: &[u8]) -> Verdict {
+                self.0.push((tag, msg.len()));
+                if tag == b'1' { Verdict::Swallow } else { Verdict::Forward }
+            }
+            fn after(&mut self, _: &mut bytes::BytesMut) {}
+        }
         let mut scanner = BackendScanner::default();
-        let mut events = vec![];
-        let mut buf: Vec<u8> = vec![];
-        let mut forwarded = 0;
-        for chunk in out.chunks(7) {
+        let (mut sink, mut out, mut buf) = (Seen(vec![]), bytes::BytesMut::new(), vec![]);
+        for chunk in input.chunks(7) {
             buf.extend_from_slice(chunk);
-            let n = scanner.scan(&buf, |e, _| events.push(e));
-            forwarded += n;
+            let n = scanner.scan(&buf, &mut out, &mut sink);
             buf.drain(..n);
         }
-        assert_eq!(forwarded, out.len());
-        assert_eq!(
-            events,
-            vec![ServerEvent::Error(*b"42P01"), ServerEvent::Ready(b'E')]
-        );
+        let seen = sink.0;
+        let error_len = input.len() - 105 - 5 - 6;
+        assert_eq!(seen, vec![(b'D', 5), (b'E', error_len), (b'1', 5), (b'Z', 6)]);
+        let mut expected = input.clone();
+        expected.drain(105 + error_len..105 + error_len + 5);
+        assert_eq!(&out[..], &expected[..]);
         assert!(!scanner.mid_message());
     }
 }

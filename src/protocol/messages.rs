@@ -43,7 +43,7 @@ pub fn error_response(severity: &str, code: &str, message: &str) -> BytesMut {
     buf
 }
 
-pub fn ready_for_query(status: u8) -> [u8; 6] {
+pub const fn ready_for_query(status: u8) -> [u8; 6] {
     [b'Z', 0, 0, 0, 5, status]
 }
 

@@ -1,0 +1,214 @@
+//! Which server answers belong to which request, in order. This lets the session swallow the
+//! answers to messages it injected and put its own answers (ParseComplete for a statement the
+//! server already holds, CloseComplete, ReadyForQuery) exactly where the server's would be.
+
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+
+use crate::protocol::framing::Verdict;
+
+/// One request sent to the server (or answered by the proxy) whose answer is still to come.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// `hash` names the server-side statement, so a failed Parse can be forgotten.
+    Parse { hash: Option<u64>, swallow: bool },
+    Bind,
+    DescribeStatement,
+    DescribePortal,
+    Execute,
+    Close { swallow: bool },
+    Sync,
+    /// A simple query; `swallow` for the ones the proxy injects (settings, resets).
+    Query { swallow: bool },
+    FunctionCall,
+    /// An answer the proxy gives itself, emitted once everything before it has been answered.
+    Reply(Bytes),
+}
+
+impl Request {
+    /// Requests that end with a ReadyForQuery.
+    fn is_sync_point(&self) -> bool {
+        matches!(self, Request::Sync | Request::Query { .. } | Request::FunctionCall)
+    }
+
+    fn is_extended(&self) -> bool {
+        matches!(
+            self,
+            Request::Parse { .. }
+                | Request::Bind
+                | Request::DescribeStatement
+                | Request::DescribePortal
+                | Request::Execute
+                | Request::Close { .. }
+        )
+    }
+}
+
+/// What one server message meant.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// A Parse failed: the server does not hold this statement after all.
+    pub failed_parse: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct Inflight {
+    queue: VecDeque<Request>,
+}
+
+impl Inflight {
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// How many ReadyForQuery messages the client still expects from what was sent.
+    pub fn sync_points(&self) -> usize {
+        self.queue.iter().filter(|r| r.is_sync_point()).count()
+    }
+
+    /// Queues a request; a reply with nothing before it goes out at once.
+    pub fn push(&mut self, request: Request, out: &mut BytesMut) {
+        match request {
+            Request::Reply(bytes) if self.queue.is_empty() => out.extend_from_slice(&bytes),
+            r => self.queue.push_back(r),
+        }
+    }
+
+    /// Accounts for one server message (whole, or the header of a streaming one).
+    pub fn on_server_message(&mut self, tag: u8) -> (Verdict, Outcome) {
+        let mut outcome = Outcome::default();
+        let Some(front) = self.queue.front() else {
+            return (Verdict::Forward, outcome); // unsolicited: notices, notifications, FATALs
+        };
+        let swallowing = matches!(front, Request::Query { swallow: true });
+        let mut verdict = if swallowing { Verdict::Swallow } else { Verdict::Forward };
+        let ends_front = match (tag, front) {
+            (b'Z', _) => {
+                // Pops through the sync point; anything before it got no answer.
+                while let Some(r) = self.queue.pop_front() {
+                    if r.is_sync_point() {
+                        if matches!(r, Request::Query { swallow: true }) {
+                            verdict = Verdict::Swallow;
+                        }
+                        break;
+                    }
+                }
+                false
+            }
+            (b'E', r) if r.is_extended() => {
+                if let Request::Parse { hash, .. } = r {
+                    outcome.failed_parse = *hash;
+                }
+                // The server skips everything up to the next Sync: none of it will be answered.
+                while self.queue.front().is_some_and(|r| !r.is_sync_point()) {
+                    self.queue.pop_front();
+                }
+                verdict = Verdict::Forward; // the client must see why its batch failed
+                false
+            }
+            (b'E', _) => {
+                verdict = Verdict::Forward;
+                false
+            }
+            (b'1', Request::Parse { swallow, .. }) | (b'3', Request::Close { swallow }) => {
+                verdict = if *swallow { Verdict::Swallow } else { Verdict::Forward };
+                true
+            }
+            (b'2', Request::Bind) => true,
+            (b'n' | b'T', Request::DescribeStatement | Request::DescribePortal) => true,
+            (b'C' | b'I' | b's', Request::Execute) => true,
+            _ => false,
+        };
+        if ends_front {
+            self.queue.pop_front();
+        }
+        (verdict, outcome)
+    }
+
+    /// Emits the proxy's own replies that are now at the head of the queue.
+    pub fn emit_due_replies(&mut self, out: &mut BytesMut) {
+        while let Some(Request::Reply(_)) = self.queue.front() {
+            if let Some(Request::Reply(bytes)) = self.queue.pop_front() {
+                out.extend_from_slice(&bytes);
+            }
+        }
+    }
+
+    /// Drops everything (the server connection is gone).
+    pub fn clear(&mut self) {
+        self.queue.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];
+
+    /// Feeds server tags through the tracker and returns what the client receives.
+    fn run(requests: Vec<Request>, server: &[u8]) -> (Vec<u8>, Vec<Outcome>, usize) {
+        let mut t = Inflight::default();
+        let mut out = BytesMut::new();
+        for r in requests {
+            t.push(r, &mut out);
+        }
+        let mut outcomes = vec![];
+        for &tag in server {
+            let (verdict, outcome) = t.on_server_message(tag);
+            if verdict == Verdict::Forward {
+                out.extend_from_slice(&[tag]);
+            }
+            outcomes.push(outcome);
+            t.emit_due_replies(&mut out);
+        }
+        (out.to_vec(), outcomes, t.queue.len())
+    }
+
+    #[test]
+    fn synthetic_parse_complete_lands_in_order() {
+        let reply = Request::Reply(Bytes::from_static(PARSE_COMPLETE));
+        // Bind/Execute of statement a, then Parse of b which the server holds (proxy replies),
+        // then Bind/Execute of b and Sync.
+        let requests = vec![Request::Bind, Request::Execute, reply, Request::Bind, Request::Execute, Request::Sync];
+        let (out, _, left) = run(requests, b"2DDC2DCZ");
+        assert_eq!(out, [b"2DDC".as_slice(), PARSE_COMPLETE, b"2DCZ"].concat());
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn injected_parse_and_query_answers_are_swallowed() {
+        let requests = vec![
+            Request::Query { swallow: true },
+            Request::Parse { hash: Some(7), swallow: true },
+            Request::Bind,
+            Request::Execute,
+            Request::Sync,
+        ];
+        let (out, _, left) = run(requests, b"CSZ12DCZ");
+        assert_eq!(out, b"2DCZ");
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn an_error_skips_to_sync_and_reports_the_failed_parse() {
+        let reply = Request::Reply(Bytes::from_static(PARSE_COMPLETE));
+        let requests = vec![Request::Parse { hash: Some(9), swallow: true }, Request::Bind, reply, Request::Execute, Request::Sync];
+        let (out, outcomes, left) = run(requests, b"EZ");
+        assert_eq!(out, b"EZ");
+        assert_eq!(outcomes[0].failed_parse, Some(9));
+        assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn simple_queries_keep_everything_until_ready() {
+        let (out, _, left) = run(vec![Request::Query { swallow: false }, Request::Sync], b"TDCEZ");
+        assert_eq!(out, b"TDCEZ");
+        assert_eq!(left, 1);
+        let mut t = Inflight::default();
+        t.push(Request::Query { swallow: false }, &mut BytesMut::new());
+        t.push(Request::Parse { hash: None, swallow: false }, &mut BytesMut::new());
+        t.push(Request::Sync, &mut BytesMut::new());
+        assert_eq!(t.sync_points(), 2);
+    }
+}

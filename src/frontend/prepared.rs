@@ -1,0 +1,135 @@
+//! Named prepared statements under transaction pooling: a client's statement names map to
+//! server-side statements named after a hash of their SQL and parameter types, prepared on
+//! demand on whichever server connection runs the client's work.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use crate::backend::statements::server_name;
+
+/// A client's named statement: what to send to prepare it anywhere.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    pub hash: u64,
+    /// Everything after the name in the client's Parse: query\0, parameter count and types.
+    pub tail: Bytes,
+}
+
+/// The statements one client has prepared, by the client's own names.
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    by_name: HashMap<Bytes, Statement>,
+}
+
+impl ClientStatements {
+    pub fn get(&self, name: &[u8]) -> Option<&Statement> {
+        self.by_name.get(name)
+    }
+
+    /// Registers a Parse; false if the name is taken (PostgreSQL's 42P05).
+    pub fn insert(&mut self, name: &[u8], tail: &[u8]) -> Option<Statement> {
+        if self.by_name.contains_key(name) {
+            return None;
+        }
+        let statement = Statement { hash: statement_hash(tail), tail: Bytes::copy_from_slice(tail) };
+        self.by_name.insert(Bytes::copy_from_slice(name), statement.clone());
+        Some(statement)
+    }
+
+    pub fn remove(&mut self, name: &[u8]) -> bool {
+        self.by_name.remove(name).is_some()
+    }
+
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+    }
+}
+
+/// Identity of a statement: same SQL text and parameter types, same server statement.
+pub fn statement_hash(tail: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tail.hash(&mut h);
+    h.finish()
+}
+
+fn begin(out: &mut BytesMut, tag: u8) -> usize {
+    out.put_u8(tag);
+    let at = out.len();
+    out.put_i32(0);
+    at
+}
+
+fn finish(out: &mut BytesMut, at: usize) {
+    let len = (out.len() - at) as i32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Parse of a statement under its server name.
+pub fn put_parse(out: &mut BytesMut, statement: &Statement) {
+    let at = begin(out, b'P');
+    out.put_slice(&server_name(statement.hash));
+    out.put_u8(0);
+    out.put_slice(&statement.tail);
+    finish(out, at);
+}
+
+/// Close of a server statement.
+pub fn put_close_statement(out: &mut BytesMut, hash: u64) {
+    let at = begin(out, b'C');
+    out.put_u8(b'S');
+    out.put_slice(&server_name(hash));
+    out.put_u8(0);
+    finish(out, at);
+}
+
+/// Bind with the statement name replaced: `portal` and `rest` are copied from the client's Bind.
+pub fn put_bind(out: &mut BytesMut, portal: &[u8], hash: u64, rest: &[u8]) {
+    let at = begin(out, b'B');
+    out.put_slice(portal);
+    out.put_u8(0);
+    out.put_slice(&server_name(hash));
+    out.put_u8(0);
+    out.put_slice(rest);
+    finish(out, at);
+}
+
+/// Describe of a statement under its server name.
+pub fn put_describe_statement(out: &mut BytesMut, hash: u64) {
+    let at = begin(out, b'D');
+    out.put_u8(b'S');
+    out.put_slice(&server_name(hash));
+    out.put_u8(0);
+    finish(out, at);
+}
+
+pub const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];
+pub const CLOSE_COMPLETE: &[u8] = &[b'3', 0, 0, 0, 4];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_sql_and_types_share_a_server_name() {
+        let mut a = ClientStatements::default();
+        let s1 = a.insert(b"s1", b"SELECT $1\0\0\x01\0\0\0\x17").unwrap();
+        assert!(a.insert(b"s1", b"SELECT 2\0\0\0").is_none(), "duplicate names are refused");
+        let mut b = ClientStatements::default();
+        let other = b.insert(b"mine", b"SELECT $1\0\0\x01\0\0\0\x17").unwrap();
+        assert_eq!(s1.hash, other.hash);
+        let int8 = b.insert(b"int8", b"SELECT $1\0\0\x01\0\0\0\x14").unwrap();
+        assert_ne!(s1.hash, int8.hash);
+        assert!(server_name(s1.hash).starts_with(b"pgcausal_"));
+        assert!(a.remove(b"s1") && !a.remove(b"s1"));
+    }
+
+    #[test]
+    fn rewritten_messages_are_well_formed() {
+        let mut out = BytesMut::new();
+        put_bind(&mut out, b"", 0xabc, b"\0\0\0\0\0\0");
+        let len = i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
+        assert_eq!(len + 1, out.len());
+        assert_eq!(&out[6..31], b"pgcausal_0000000000000abc");
+    }
+}

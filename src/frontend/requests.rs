@@ -1,0 +1,172 @@
+//! Turns client messages into server requests: client statement names become server statement
+//! names (prepared on demand), and the proxy answers what needs no server (Close of a statement).
+
+use super::inflight::{Inflight, Request};
+use super::prepared::{self, ClientStatements, Statement, CLOSE_COMPLETE, PARSE_COMPLETE};
+use crate::backend::statements::ServerStatements;
+use crate::error::ProxyError;
+use crate::protocol::{fe, messages};
+use bytes::{Bytes, BytesMut};
+
+/// Everything one client message may touch on its way to the server.
+pub struct Outbound<'a> {
+    pub to_server: &'a mut BytesMut,
+    pub to_client: &'a mut BytesMut,
+    pub inflight: &'a mut Inflight,
+    pub server: &'a mut ServerStatements,
+    pub client: &'a mut ClientStatements,
+}
+
+/// A message the proxy refuses the way PostgreSQL would: an error, then skip to Sync.
+pub struct Refused(pub Bytes);
+
+fn malformed(what: &str) -> ProxyError {
+    ProxyError::Protocol(format!("malformed {what} message"))
+}
+
+/// True if the message can be answered without a server connection when none is held: outside
+/// a transaction, named Parse is only recorded (prepared later where it runs), Close of a
+/// statement forgets it, Sync and Flush have nothing to wait for. Without this, a client that
+/// prepares synchronously while its siblings hold every server (pgbench -M prepared) deadlocks.
+pub fn answerable_without_server(tag: u8, msg: &[u8]) -> bool {
+    let body = &msg[5..];
+    match tag {
+        fe::SYNC | fe::FLUSH => true,
+        fe::PARSE => body.first().is_some_and(|&b| b != 0),
+        fe::CLOSE => body.first() == Some(&b'S') && body.get(1).is_some_and(|&b| b != 0),
+        _ => false,
+    }
+}
+
+/// Answers such a message (see [`answerable_without_server`]) from the proxy's own state.
+pub fn answer_without_server(
+    tag: u8,
+    msg: &[u8],
+    client: &mut ClientStatements,
+    inflight: &mut Inflight,
+    to_client: &mut BytesMut,
+) -> Result<Result<(), Refused>, ProxyError> {
+    let body = &msg[5..];
+    let reply: &'static [u8] = match tag {
+        fe::SYNC => &READY_IDLE,
+        fe::FLUSH => return Ok(Ok(())),
+        fe::PARSE => {
+            let (name, tail) = messages::read_cstr(body).ok_or_else(|| malformed("Parse"))?;
+            if client.insert(name, tail).is_none() {
+                return Ok(Err(duplicate(name)));
+            }
+            PARSE_COMPLETE
+        }
+        _ => {
+            let (name, _) = messages::read_cstr(&body[1..]).ok_or_else(|| malformed("Close"))?;
+            client.remove(name);
+            CLOSE_COMPLETE
+        }
+    };
+    inflight.push(Request::Reply(Bytes::from_static(reply)), to_client);
+    Ok(Ok(()))
+}
+
+/// Outside a transaction (no server held) the status is always idle.
+const READY_IDLE: [u8; 6] = messages::ready_for_query(b'I');
+
+fn duplicate(name: &[u8]) -> Refused {
+    let text = format!("prepared statement \"{}\" already exists", String::from_utf8_lossy(name));
+    Refused(messages::error_response("ERROR", "42P05", &text).freeze())
+}
+
+impl Outbound<'_> {
+    /// Queues one whole client message (header included) for the server.
+    pub fn message(&mut self, tag: u8, msg: &[u8]) -> Result<Result<(), Refused>, ProxyError> {
+        let body = &msg[5..];
+        let request = match tag {
+            fe::PARSE => return self.parse(msg),
+            fe::BIND => return self.bind(msg).map(Ok),
+            fe::DESCRIBE => return self.describe(msg).map(Ok),
+            fe::CLOSE if body.first() == Some(&b'S') && body.get(1) != Some(&0) => {
+                let (name, _) = messages::read_cstr(&body[1..]).ok_or_else(|| malformed("Close"))?;
+                self.client.remove(name);
+                // The server statement stays cached for other clients; the client gets its answer.
+                self.inflight.push(Request::Reply(Bytes::from_static(CLOSE_COMPLETE)), self.to_client);
+                return Ok(Ok(()));
+            }
+            fe::CLOSE => Some(Request::Close { swallow: false }),
+            fe::EXECUTE => Some(Request::Execute),
+            fe::SYNC => Some(Request::Sync),
+            fe::QUERY => Some(Request::Query { swallow: false }),
+            fe::FUNCTION_CALL => Some(Request::FunctionCall),
+            _ => None, // Flush, COPY data and unknown types: no answer of their own
+        };
+        self.to_server.extend_from_slice(msg);
+        if let Some(r) = request {
+            self.inflight.push(r, self.to_client);
+        }
+        Ok(Ok(()))
+    }
+
+    fn parse(&mut self, msg: &[u8]) -> Result<Result<(), Refused>, ProxyError> {
+        let (name, tail) = messages::read_cstr(&msg[5..]).ok_or_else(|| malformed("Parse"))?;
+        if name.is_empty() {
+            self.to_server.extend_from_slice(msg);
+            self.inflight.push(Request::Parse { hash: None, swallow: false }, self.to_client);
+            return Ok(Ok(()));
+        }
+        let Some(statement) = self.client.insert(name, tail) else {
+            return Ok(Err(duplicate(name)));
+        };
+        if self.server.touch(statement.hash) {
+            self.inflight.push(Request::Reply(Bytes::from_static(PARSE_COMPLETE)), self.to_client);
+        } else {
+            self.prepare(&statement, false);
+        }
+        Ok(Ok(()))
+    }
+
+    /// Sends a Parse under the server name, closing the least recently used statement if full.
+    fn prepare(&mut self, statement: &Statement, swallow: bool) {
+        if let Some(evicted) = self.server.insert(statement.hash) {
+            prepared::put_close_statement(self.to_server, evicted);
+            self.inflight.push(Request::Close { swallow: true }, self.to_client);
+        }
+        prepared::put_parse(self.to_server, statement);
+        self.inflight.push(Request::Parse { hash: Some(statement.hash), swallow }, self.to_client);
+    }
+
+    /// The client's statement by name, prepared on this server connection if it is not yet.
+    fn ensure_prepared(&mut self, name: &[u8]) -> Option<u64> {
+        let statement = self.client.get(name)?.clone();
+        if !self.server.touch(statement.hash) {
+            self.prepare(&statement, true);
+        }
+        Some(statement.hash)
+    }
+
+    fn bind(&mut self, msg: &[u8]) -> Result<(), ProxyError> {
+        let (portal, rest) = messages::read_cstr(&msg[5..]).ok_or_else(|| malformed("Bind"))?;
+        let (name, rest) = messages::read_cstr(rest).ok_or_else(|| malformed("Bind"))?;
+        match (name.is_empty(), self.ensure_prepared(name)) {
+            (false, Some(hash)) => prepared::put_bind(self.to_server, portal, hash, rest),
+            // Unnamed, or unknown: the server answers (unknown names get its 26000 error).
+            _ => self.to_server.extend_from_slice(msg),
+        }
+        self.inflight.push(Request::Bind, self.to_client);
+        Ok(())
+    }
+
+    fn describe(&mut self, msg: &[u8]) -> Result<(), ProxyError> {
+        let body = &msg[5..];
+        let kind = *body.first().ok_or_else(|| malformed("Describe"))?;
+        let (name, _) = messages::read_cstr(&body[1..]).ok_or_else(|| malformed("Describe"))?;
+        if kind == b'P' {
+            self.to_server.extend_from_slice(msg);
+            self.inflight.push(Request::DescribePortal, self.to_client);
+            return Ok(());
+        }
+        match (name.is_empty(), self.ensure_prepared(name)) {
+            (false, Some(hash)) => prepared::put_describe_statement(self.to_server, hash),
+            _ => self.to_server.extend_from_slice(msg),
+        }
+        self.inflight.push(Request::DescribeStatement, self.to_client);
+        Ok(())
+    }
+}
