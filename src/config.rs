@@ -12,11 +12,7 @@ pub enum ConfigError {
     #[error("{file}: {reason}")]
     Syntax { file: PathBuf, reason: String },
     #[error("{file}: key `{key}`: {reason}")]
-    Invalid {
-        file: PathBuf,
-        key: String,
-        reason: String,
-    },
+    Invalid { file: PathBuf, key: String, reason: String },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -117,9 +113,7 @@ pub struct MetricsConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:9930".into(),
-        }
+        Self { listen: "127.0.0.1:9930".into() }
     }
 }
 
@@ -181,32 +175,21 @@ pub struct UserConfig {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            file: path.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { file: path.to_owned(), reason: e.to_string() })?;
         Self::parse(path, &text)
     }
 
     /// Parses and validates; `file` only names the source in errors.
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
-        let value: toml::Value = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        let value: toml::Value = toml::from_str(text)
+            .map_err(|e| ConfigError::Syntax { file: file.to_owned(), reason: e.to_string().trim_end().to_string() })?;
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| ConfigError::Invalid {
             file: file.to_owned(),
-            reason: e.to_string().trim_end().to_string(),
+            key: e.path().to_string(),
+            reason: e.inner().to_string(),
         })?;
-        let config: Config =
-            serde_path_to_error::deserialize(value).map_err(|e| ConfigError::Invalid {
-                file: file.to_owned(),
-                key: e.path().to_string(),
-                reason: e.inner().to_string(),
-            })?;
-        config
-            .validate()
-            .map_err(|(key, reason)| ConfigError::Invalid {
-                file: file.to_owned(),
-                key,
-                reason,
-            })?;
+        config.validate().map_err(|(key, reason)| ConfigError::Invalid { file: file.to_owned(), key, reason })?;
         Ok(config)
     }
 
@@ -244,25 +227,16 @@ impl Config {
             return bad("pool.size".into(), "must be at least 1");
         }
         if self.proxy.max_message_size < 1024 {
-            return bad(
-                "proxy.max_message_size".into(),
-                "must be at least 1024 bytes",
-            );
+            return bad("proxy.max_message_size".into(), "must be at least 1024 bytes");
         }
         if self.monitor.interval.is_zero() {
             return bad("monitor.interval".into(), "must be greater than zero");
         }
         if self.monitor.user.is_some() != self.monitor.password.is_some() {
-            return bad(
-                "monitor.password".into(),
-                "monitor.user and monitor.password must be set together",
-            );
+            return bad("monitor.password".into(), "monitor.user and monitor.password must be set together");
         }
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
-            return bad(
-                "metrics.listen".into(),
-                "not an address like 127.0.0.1:9930",
-            );
+            return bad("metrics.listen".into(), "not an address like 127.0.0.1:9930");
         }
         Ok(())
     }
@@ -318,43 +292,22 @@ auth = "md5"
     #[test]
     fn errors_name_file_and_key() {
         let cases = [
-            (
-                GOOD.replace("pool_mode = \"session\"", "pool_mode = \"sessions\""),
-                "proxy.pool_mode",
-            ),
-            (
-                GOOD.replace("listen = \"127.0.0.1:7432\"", "listen = \"nowhere\""),
-                "proxy.listen",
-            ),
-            (
-                GOOD.replace("port = 55432", "port = 70000"),
-                "nodes[0].port",
-            ),
+            (GOOD.replace("pool_mode = \"session\"", "pool_mode = \"sessions\""), "proxy.pool_mode"),
+            (GOOD.replace("listen = \"127.0.0.1:7432\"", "listen = \"nowhere\""), "proxy.listen"),
+            (GOOD.replace("port = 55432", "port = 70000"), "nodes[0].port"),
             (GOOD.replace("port = 55432", "port = 0"), "nodes[0].port"),
-            (
-                GOOD.replace("acquire_timeout = \"2s\"", "acquire_timeout = \"soon\""),
-                "pool.acquire_timeout",
-            ),
-            (
-                GOOD.replace("auth = \"md5\"", "auth = \"kerberos\""),
-                "users[0].auth",
-            ),
+            (GOOD.replace("acquire_timeout = \"2s\"", "acquire_timeout = \"soon\""), "pool.acquire_timeout"),
+            (GOOD.replace("auth = \"md5\"", "auth = \"kerberos\""), "users[0].auth"),
             (GOOD.replace("[pool]", "[pool]\nsize = 0"), "pool.size"),
             (GOOD.replace("[pool]", "[pool]\nsise = 3"), "pool"),
         ];
         for (text, key) in cases {
             let err = parse(&text).unwrap_err().to_string();
             assert!(err.starts_with("pgcausal.toml: key `"), "{err}");
-            assert!(
-                err.contains(&format!("`{key}")),
-                "expected key {key} in: {err}"
-            );
+            assert!(err.contains(&format!("`{key}")), "expected key {key} in: {err}");
         }
         let err = parse("[proxy\nlisten=1").unwrap_err().to_string();
-        assert!(
-            err.starts_with("pgcausal.toml: ") && err.contains("line"),
-            "{err}"
-        );
+        assert!(err.starts_with("pgcausal.toml: ") && err.contains("line"), "{err}");
         let err = parse("[proxy]\n").unwrap_err().to_string();
         assert!(err.contains("key `nodes`"), "{err}");
     }

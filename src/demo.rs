@@ -21,10 +21,7 @@ pub fn config_text(cluster: &Cluster, port: u16, metrics_listen: &str) -> String
          [metrics]\nlisten = \"{metrics_listen}\"\n\n"
     );
     for node in cluster.nodes() {
-        text += &format!(
-            "[[nodes]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n\n",
-            node.name, node.port
-        );
+        text += &format!("[[nodes]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n\n", node.name, node.port);
     }
     text += &format!("[[users]]\nname = \"{DEMO_USER}\"\npassword = \"{DEMO_PASSWORD}\"\n");
     text
@@ -36,11 +33,7 @@ fn free(addr: &str) -> bool {
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let data_dir = std::path::absolute(&args.data_dir)?;
-    println!(
-        "Starting a leader and {} followers in {} ...",
-        args.followers,
-        data_dir.display()
-    );
+    println!("Starting a leader and {} followers in {} ...", args.followers, data_dir.display());
     let mut spec = ClusterSpec::new(&data_dir);
     spec.followers = args.followers;
     let mut user = UserSpec::new(DEMO_USER, DEMO_PASSWORD);
@@ -48,24 +41,14 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     spec.users = vec![user];
     let cluster = Cluster::start(spec)?;
     let listen = format!("127.0.0.1:{}", args.port);
-    anyhow::ensure!(
-        free(&listen),
-        "port {} is in use; pick another with --port",
-        args.port
-    );
-    let metrics_listen = if free("127.0.0.1:9930") {
-        "127.0.0.1:9930"
-    } else {
-        ""
-    };
+    anyhow::ensure!(free(&listen), "port {} is in use; pick another with --port", args.port);
+    let metrics_listen = if free("127.0.0.1:9930") { "127.0.0.1:9930" } else { "" };
     let text = config_text(&cluster, args.port, metrics_listen);
     let config_path = data_dir.join("pgcausal.toml");
     std::fs::write(&config_path, &text)?;
     let config = Config::parse(&config_path, &text)?;
     print_banner(&cluster, args.port, metrics_listen, &config_path);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(async {
         let proxy = crate::proxy::Proxy::bind(config).await?;
         proxy
@@ -84,11 +67,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
 fn print_banner(cluster: &Cluster, port: u16, metrics_listen: &str, config_path: &Path) {
     println!("\npgcausal is listening on 127.0.0.1:{port} in front of:");
     for (i, node) in cluster.nodes().iter().enumerate() {
-        let role = if i == 0 {
-            "leader (initially)"
-        } else {
-            "follower"
-        };
+        let role = if i == 0 { "leader (initially)" } else { "follower" };
         println!("  {:6} 127.0.0.1:{:<5} {role}", node.name, node.port);
     }
     println!("Config: {}", config_path.display());
@@ -98,9 +77,7 @@ fn print_banner(cluster: &Cluster, port: u16, metrics_listen: &str, config_path:
     println!("\nConnect with:\n\n  PGPASSWORD={DEMO_PASSWORD} psql -h 127.0.0.1 -p {port} -U {DEMO_USER} postgres\n");
     println!("Things to try:");
     println!("  CREATE TABLE t(id serial primary key, v text); INSERT INTO t(v) VALUES ('hello');");
-    println!(
-        "  SELECT inet_server_port(), pg_is_in_recovery(), * FROM t;   -- which node answered"
-    );
+    println!("  SELECT inet_server_port(), pg_is_in_recovery(), * FROM t;   -- which node answered");
     println!("  \\copy t(v) FROM stdin   /   COPY t TO STDOUT;");
     println!("  SELECT pg_sleep(10);  then Ctrl-C in psql cancels it through the proxy");
     println!("  PGPASSWORD={DEMO_PASSWORD} pgbench -h 127.0.0.1 -p {port} -U {DEMO_USER} -i postgres && pgbench -h 127.0.0.1 -p {port} -U {DEMO_USER} -c 8 -T 10 postgres");

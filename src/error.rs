@@ -69,9 +69,6 @@ mod tests {
             ProxyError::Backend(BackendError::Timeout("connect".into())),
         ];
         let codes: Vec<&str> = errors.iter().map(|e| e.sqlstate()).collect();
-        assert_eq!(
-            codes,
-            ["08P01", "28P01", "53300", "0A000", "08P01", "08006"]
-        );
+        assert_eq!(codes, ["08P01", "28P01", "53300", "0A000", "08P01", "08006"]);
     }
 }

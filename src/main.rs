@@ -6,10 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "PostgreSQL proxy: writes to the leader, reads to followers, never stale for the session"
-)]
+#[command(version, about = "PostgreSQL proxy: writes to the leader, reads to followers, never stale for the session")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,10 +37,7 @@ enum Command {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGCAUSAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
 }
 
 fn main() -> ExitCode {
@@ -52,26 +46,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::CheckConfig { file } => Config::load(&file)
             .map(|c| {
-                println!(
-                    "{}: ok ({} nodes, {} users)",
-                    file.display(),
-                    c.nodes.len(),
-                    c.users.len()
-                );
+                println!("{}: ok ({} nodes, {} users)", file.display(), c.nodes.len(), c.users.len());
             })
             .map_err(anyhow::Error::from),
-        Command::Demo {
-            data_dir,
-            followers,
-            port,
-        } => pgcausal::demo::run(pgcausal::demo::DemoArgs {
-            data_dir,
-            followers,
-            port,
-        }),
-        Command::Serve { config } => Config::load(&config)
-            .map_err(anyhow::Error::from)
-            .and_then(serve),
+        Command::Demo { data_dir, followers, port } => {
+            pgcausal::demo::run(pgcausal::demo::DemoArgs { data_dir, followers, port })
+        }
+        Command::Serve { config } => Config::load(&config).map_err(anyhow::Error::from).and_then(serve),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,9 +64,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let proxy = pgcausal::proxy::Proxy::bind(config).await?;
         tracing::info!(addr = %proxy.local_addr()?, "pgcausal listening");
@@ -96,8 +75,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
 
 /// Resolves on Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("signal handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

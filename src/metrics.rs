@@ -21,30 +21,12 @@ pub const NODE_PROBE_SECONDS: &str = "pgcausal_node_probe_seconds";
 pub fn describe() {
     describe_gauge!(CLIENT_CONNECTIONS, "Client connections currently open");
     describe_counter!(CLIENT_LOGINS, "Client login attempts by result");
-    describe_gauge!(
-        SERVER_CONNECTIONS,
-        "Server connections currently open, by node"
-    );
-    describe_counter!(
-        SERVER_CONNECTS,
-        "Server connection attempts by node and result"
-    );
-    describe_counter!(
-        QUERIES,
-        "Queries (simple Query or extended Execute) sent, by node"
-    );
-    describe_histogram!(
-        POOL_WAIT,
-        "Time a client waited for a server connection, by node"
-    );
-    describe_counter!(
-        POOL_TIMEOUTS,
-        "Clients that gave up waiting for a server connection, by node"
-    );
-    describe_counter!(
-        ERRORS,
-        "Errors sent to clients, by SQLSTATE class and source (server or proxy)"
-    );
+    describe_gauge!(SERVER_CONNECTIONS, "Server connections currently open, by node");
+    describe_counter!(SERVER_CONNECTS, "Server connection attempts by node and result");
+    describe_counter!(QUERIES, "Queries (simple Query or extended Execute) sent, by node");
+    describe_histogram!(POOL_WAIT, "Time a client waited for a server connection, by node");
+    describe_counter!(POOL_TIMEOUTS, "Clients that gave up waiting for a server connection, by node");
+    describe_counter!(ERRORS, "Errors sent to clients, by SQLSTATE class and source (server or proxy)");
     describe_counter!(CANCEL_REQUESTS, "Cancel requests by result");
     describe_gauge!(NODE_UP, "1 if the node's last health probe succeeded");
     describe_gauge!(NODE_IS_LEADER, "1 if the node is the current leader");
@@ -94,12 +76,7 @@ impl NodeMetrics {
     }
 
     pub fn connect_result(&self, ok: bool) {
-        if ok {
-            &self.connects_ok
-        } else {
-            &self.connects_failed
-        }
-        .increment(1);
+        if ok { &self.connects_ok } else { &self.connects_failed }.increment(1);
     }
 
     pub fn server_connection(&self) -> GaugeGuard {

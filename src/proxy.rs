@@ -37,11 +37,7 @@ impl Proxy {
         }
         let listener = TcpListener::bind(config.proxy.listen).await?;
         let topology = Arc::new(Topology::new(config.nodes.len()));
-        let scram = config
-            .users
-            .iter()
-            .map(|u| (u.name.clone(), ScramSecret::new(&u.password)))
-            .collect();
+        let scram = config.users.iter().map(|u| (u.name.clone(), ScramSecret::new(&u.password))).collect();
         let shared = Arc::new(Shared {
             pools: Pools::new(&config),
             topology: topology.clone(),
@@ -101,9 +97,7 @@ impl Proxy {
             let shared = self.shared.clone();
             tokio::spawn(async move {
                 let count = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
-                let gauge = crate::metrics::GaugeGuard::new(metrics::gauge!(
-                    crate::metrics::CLIENT_CONNECTIONS
-                ));
+                let gauge = crate::metrics::GaugeGuard::new(metrics::gauge!(crate::metrics::CLIENT_CONNECTIONS));
                 crate::frontend::serve_client(stream, peer, &shared, count).await;
                 drop(gauge);
                 shared.clients.fetch_sub(1, Ordering::Relaxed);

@@ -10,23 +10,15 @@ use support::*;
 fn read_error_then_eof(s: &mut TcpStream) -> (String, String, String) {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut all = Vec::new();
-    s.read_to_end(&mut all)
-        .expect("the proxy closes the connection");
-    let at = all
-        .iter()
-        .position(|&b| b == b'E')
-        .unwrap_or_else(|| panic!("no ErrorResponse in {all:?}"));
+    s.read_to_end(&mut all).expect("the proxy closes the connection");
+    let at = all.iter().position(|&b| b == b'E').unwrap_or_else(|| panic!("no ErrorResponse in {all:?}"));
     let len = u32::from_be_bytes(all[at + 1..at + 5].try_into().unwrap()) as usize;
     let body = &all[at + 5..at + 1 + len];
     let mut fields = std::collections::HashMap::new();
     for f in body.split(|&b| b == 0).filter(|f| !f.is_empty()) {
         fields.insert(f[0], String::from_utf8_lossy(&f[1..]).into_owned());
     }
-    (
-        fields[&b'S'].clone(),
-        fields[&b'C'].clone(),
-        fields[&b'M'].clone(),
-    )
+    (fields[&b'S'].clone(), fields[&b'C'].clone(), fields[&b'M'].clone())
 }
 
 fn startup(user: &str, db: &str, version: u32) -> Vec<u8> {
@@ -64,19 +56,12 @@ fn bad_clients_get_errors_and_good_clients_carry_on() {
     cluster.create_database("bad_input");
     let p = ProxyProcess::start(
         cluster,
-        ProxyOptions {
-            proxy_section: "client_login_timeout = \"2s\"".into(),
-            ..Default::default()
-        },
+        ProxyOptions { proxy_section: "client_login_timeout = \"2s\"".into(), ..Default::default() },
     );
     let port = p.port;
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (good, connection) = runtime
-        .block_on(tokio_postgres::connect(
-            &p.conn_str("bad_input"),
-            tokio_postgres::NoTls,
-        ))
-        .unwrap();
+    let (good, connection) =
+        runtime.block_on(tokio_postgres::connect(&p.conn_str("bad_input"), tokio_postgres::NoTls)).unwrap();
     runtime.spawn(connection);
     let check_good = |step: &str| {
         let messages = runtime
@@ -108,8 +93,7 @@ fn bad_clients_get_errors_and_good_clients_carry_on() {
 
     // A startup packet cut short: the login timeout ends it with a clear error.
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.write_all(&startup(USER, "bad_input", 196608)[..12])
-        .unwrap();
+    s.write_all(&startup(USER, "bad_input", 196608)[..12]).unwrap();
     let (_, code, msg) = read_error_then_eof(&mut s);
     assert_eq!(code, "08006", "{msg}");
     check_good("truncated startup");
@@ -131,8 +115,7 @@ fn bad_clients_get_errors_and_good_clients_carry_on() {
 
     // A message cut short, then the client hangs up: the proxy just closes.
     let mut s = logged_in(port, "bad_input");
-    s.write_all(&[b'Q', 0, 0, 0, 100, b'S', b'E', b'L'])
-        .unwrap();
+    s.write_all(&[b'Q', 0, 0, 0, 100, b'S', b'E', b'L']).unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     let mut rest = Vec::new();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -140,22 +123,11 @@ fn bad_clients_get_errors_and_good_clients_carry_on() {
     check_good("truncated message");
 
     // A wrong password (SCRAM).
-    let out = p.psql_as(
-        USER,
-        "not-the-password",
-        "bad_input",
-        &["-c", "SELECT 1"],
-        None,
-    );
+    let out = p.psql_as(USER, "not-the-password", "bad_input", &["-c", "SELECT 1"], None);
     assert!(String::from_utf8_lossy(&out.stderr).contains("password authentication failed"));
     check_good("wrong password");
 
     // The proxy is still healthy for new clients and counted the protocol errors.
-    assert_eq!(
-        ok(p.psql("bad_input", &["-c", "SELECT 'fine'"], None)).trim(),
-        "fine"
-    );
-    assert!(p
-        .metrics()
-        .contains("pgcausal_errors_total{class=\"08\",source=\"proxy\"}"));
+    assert_eq!(ok(p.psql("bad_input", &["-c", "SELECT 'fine'"], None)).trim(), "fine");
+    assert!(p.metrics().contains("pgcausal_errors_total{class=\"08\",source=\"proxy\"}"));
 }

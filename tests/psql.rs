@@ -33,10 +33,7 @@ fn ddl_dml_and_describe() {
     ));
     assert!(out.contains("1|one\n2|TWO\n"), "{out}");
     assert!(!out.contains("three"), "{out}");
-    assert!(
-        out.contains("id|integer") && out.contains("name|text"),
-        "\\d output: {out}"
-    );
+    assert!(out.contains("id|integer") && out.contains("name|text"), "\\d output: {out}");
 }
 
 #[test]
@@ -47,59 +44,30 @@ fn transactions_commit_and_roll_back_after_an_error() {
                   BEGIN;\nINSERT INTO t VALUES (3);\nSELECT 1/0;\nSELECT 'after error';\nROLLBACK;\n\
                   SELECT string_agg(v::text, ',' ORDER BY v) FROM t;\n";
     let out = p.psql("psql_tx", &["-v", "ON_ERROR_STOP=0"], Some(script));
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(stderr.contains("division by zero"), "{stderr}");
-    assert!(
-        stderr.contains("current transaction is aborted"),
-        "{stderr}"
-    );
-    assert!(
-        stdout.trim_end().ends_with("1,2"),
-        "rolled back row must be gone: {stdout}"
-    );
+    assert!(stderr.contains("current transaction is aborted"), "{stderr}");
+    assert!(stdout.trim_end().ends_with("1,2"), "rolled back row must be gone: {stdout}");
 }
 
 #[test]
 fn copy_in_and_out_round_trip_a_large_table() {
     let p = proxy("psql_copy", ProxyOptions::default());
-    ok(p.psql(
-        "psql_copy",
-        &["-c", "CREATE TABLE c (id int, payload text)"],
-        None,
-    ));
+    ok(p.psql("psql_copy", &["-c", "CREATE TABLE c (id int, payload text)"], None));
     let rows = 50_000;
-    let input: String = (0..rows)
-        .map(|i| format!("{i}\tpayload number {i} {}\n", "x".repeat(i % 50)))
-        .collect();
+    let input: String = (0..rows).map(|i| format!("{i}\tpayload number {i} {}\n", "x".repeat(i % 50))).collect();
     let out = ok(p.psql("psql_copy", &["-c", "COPY c FROM STDIN"], Some(&input)));
     assert_eq!(out.trim(), format!("COPY {rows}"));
-    let copied = ok(p.psql(
-        "psql_copy",
-        &["-c", "COPY (SELECT * FROM c ORDER BY id) TO STDOUT"],
-        None,
-    ));
+    let copied = ok(p.psql("psql_copy", &["-c", "COPY (SELECT * FROM c ORDER BY id) TO STDOUT"], None));
     assert_eq!(copied, input);
     // COPY FROM STDIN that the server rejects midway leaves the connection usable.
     let bad = p.psql(
         "psql_copy",
-        &[
-            "-v",
-            "ON_ERROR_STOP=0",
-            "-c",
-            "COPY c FROM STDIN",
-            "-c",
-            "SELECT count(*) FROM c",
-        ],
+        &["-v", "ON_ERROR_STOP=0", "-c", "COPY c FROM STDIN", "-c", "SELECT count(*) FROM c"],
         Some("1\tok\nnot-a-number\tbad\n"),
     );
     let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(
-        stderr.contains("invalid input syntax for type integer"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("invalid input syntax for type integer"), "{stderr}");
     assert!(String::from_utf8_lossy(&bad.stdout).contains(&rows.to_string()));
 }
 
@@ -108,14 +76,7 @@ fn notice_and_empty_query_pass_through() {
     let p = proxy("psql_notice", ProxyOptions::default());
     let out = p.psql(
         "psql_notice",
-        &[
-            "-c",
-            "DO $$ BEGIN RAISE NOTICE 'hello from the server'; END $$",
-            "-c",
-            ";",
-            "-c",
-            "SELECT 'still here'",
-        ],
+        &["-c", "DO $$ BEGIN RAISE NOTICE 'hello from the server'; END $$", "-c", ";", "-c", "SELECT 'still here'"],
         None,
     );
     assert!(out.status.success());
@@ -148,7 +109,12 @@ fn psql_cancel_reaches_the_server_running_the_query() {
         .unwrap();
     // Wait until the sleep is really running on the leader before cancelling.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while cluster.sql(0, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'") != "1" {
+    while cluster.sql(
+        0,
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'",
+    ) != "1"
+    {
         assert!(Instant::now() < deadline, "query never started");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -156,76 +122,33 @@ fn psql_cancel_reaches_the_server_running_the_query() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("canceling statement due to user request"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("canceling statement due to user request"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert!(
-        p.metrics()
-            .contains("pgcausal_cancel_requests_total{result=\"forwarded\"} 1"),
-        "{}",
-        p.metrics()
-    );
+    assert!(p.metrics().contains("pgcausal_cancel_requests_total{result=\"forwarded\"} 1"), "{}", p.metrics());
 }
 
 #[test]
 fn md5_and_trust_users_log_in_and_wrong_passwords_do_not() {
     let p = proxy("psql_auth", ProxyOptions::default());
-    let out = ok(p.psql_as(
-        MD5_USER,
-        MD5_PASSWORD,
-        "psql_auth",
-        &["-c", "SELECT current_user"],
-        None,
-    ));
+    let out = ok(p.psql_as(MD5_USER, MD5_PASSWORD, "psql_auth", &["-c", "SELECT current_user"], None));
     assert_eq!(out.trim(), MD5_USER);
-    let out = ok(p.psql_as(
-        TRUST_USER,
-        "anything",
-        "psql_auth",
-        &["-c", "SELECT current_user"],
-        None,
-    ));
+    let out = ok(p.psql_as(TRUST_USER, "anything", "psql_auth", &["-c", "SELECT current_user"], None));
     assert_eq!(out.trim(), TRUST_USER);
     for (user, password) in [(USER, "wrong"), (MD5_USER, "wrong"), ("nobody", "x")] {
         let out = p.psql_as(user, password, "psql_auth", &["-c", "SELECT 1"], None);
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains(&format!(
-                "password authentication failed for user \"{user}\""
-            )),
-            "{stderr}"
-        );
+        assert!(stderr.contains(&format!("password authentication failed for user \"{user}\"")), "{stderr}");
     }
     let out = p.psql("no_such_database", &["-c", "SELECT 1"], None);
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("database \"no_such_database\" does not exist"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database \"no_such_database\" does not exist"));
 }
 
 #[test]
 fn session_mode_applies_startup_parameters() {
-    let p = proxy(
-        "psql_session",
-        ProxyOptions {
-            pool_mode: "session",
-            ..Default::default()
-        },
-    );
+    let p = proxy("psql_session", ProxyOptions { pool_mode: "session", ..Default::default() });
     let out = std::process::Command::new(pg_bin("psql"))
-        .args([
-            "-X",
-            "-At",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &p.port.to_string(),
-            "-U",
-            USER,
-            "-d",
-            "psql_session",
-        ])
+        .args(["-X", "-At", "-h", "127.0.0.1", "-p", &p.port.to_string(), "-U", USER, "-d", "psql_session"])
         .args([
             "-c",
             "SHOW search_path",
@@ -243,22 +166,14 @@ fn session_mode_applies_startup_parameters() {
         .unwrap();
     assert_eq!(ok(out), "custom_path\nmy-app\nSET\n7s\n");
     // The next client on the same (reset) server connection sees none of it.
-    let out = ok(p.psql(
-        "psql_session",
-        &["-c", "SHOW search_path", "-c", "SHOW statement_timeout"],
-        None,
-    ));
+    let out = ok(p.psql("psql_session", &["-c", "SHOW search_path", "-c", "SHOW statement_timeout"], None));
     assert_eq!(out, "\"$user\", public\n0\n");
 }
 
 #[test]
 fn metrics_count_clients_queries_and_errors() {
     let p = proxy("psql_metrics", ProxyOptions::default());
-    let _ = p.psql(
-        "psql_metrics",
-        &["-c", "SELECT 1", "-c", "SELECT 1/0"],
-        None,
-    );
+    let _ = p.psql("psql_metrics", &["-c", "SELECT 1", "-c", "SELECT 1/0"], None);
     let m = p.metrics();
     let value = |name: &str| -> f64 {
         m.lines()
@@ -267,21 +182,9 @@ fn metrics_count_clients_queries_and_errors() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     };
-    assert!(
-        value("pgcausal_queries_total{node=\"node0\"}") >= 2.0,
-        "{m}"
-    );
-    assert!(
-        value("pgcausal_errors_total{class=\"22\",source=\"server\"}") >= 1.0,
-        "{m}"
-    );
+    assert!(value("pgcausal_queries_total{node=\"node0\"}") >= 2.0, "{m}");
+    assert!(value("pgcausal_errors_total{class=\"22\",source=\"server\"}") >= 1.0, "{m}");
     assert!(value("pgcausal_node_up{node=\"node1\"}") == 1.0, "{m}");
-    assert!(
-        value("pgcausal_node_is_leader{node=\"node0\"}") == 1.0,
-        "{m}"
-    );
-    assert!(
-        m.contains("pgcausal_server_connections{node=\"node0\"}"),
-        "{m}"
-    );
+    assert!(value("pgcausal_node_is_leader{node=\"node0\"}") == 1.0, "{m}");
+    assert!(m.contains("pgcausal_server_connections{node=\"node0\"}"), "{m}");
 }

@@ -88,11 +88,8 @@ impl ServerConn {
             statements: Default::default(),
         };
         let mut out = BytesMut::new();
-        let params = [
-            ("user", login.user.as_str()),
-            ("database", login.database.as_str()),
-            ("application_name", "pgcausal"),
-        ];
+        let params =
+            [("user", login.user.as_str()), ("database", login.database.as_str()), ("application_name", "pgcausal")];
         frontend::startup_message(params, &mut out)?;
         conn.writer.write_all(&out).await?;
         conn.authenticate(login).await?;
@@ -134,50 +131,29 @@ impl ServerConn {
                 3 => frontend::password_message(login.password.as_bytes(), &mut out)?,
                 5 if data.len() >= 4 => {
                     let salt = [data[0], data[1], data[2], data[3]];
-                    let hash = authentication::md5_hash(
-                        login.user.as_bytes(),
-                        login.password.as_bytes(),
-                        salt,
-                    );
+                    let hash = authentication::md5_hash(login.user.as_bytes(), login.password.as_bytes(), salt);
                     frontend::password_message(hash.as_bytes(), &mut out)?;
                 }
                 10 => {
-                    let offers_scram = data
-                        .split(|&b| b == 0)
-                        .any(|m| m == sasl::SCRAM_SHA_256.as_bytes());
+                    let offers_scram = data.split(|&b| b == 0).any(|m| m == sasl::SCRAM_SHA_256.as_bytes());
                     if !offers_scram {
-                        return Err(BackendError::Auth(
-                            "server offers no supported SASL mechanism".into(),
-                        ));
+                        return Err(BackendError::Auth("server offers no supported SASL mechanism".into()));
                     }
-                    let s = sasl::ScramSha256::new(
-                        login.password.as_bytes(),
-                        sasl::ChannelBinding::unsupported(),
-                    );
+                    let s = sasl::ScramSha256::new(login.password.as_bytes(), sasl::ChannelBinding::unsupported());
                     frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut out)?;
                     scram = Some(s);
                 }
                 11 => {
-                    let s = scram
-                        .as_mut()
-                        .ok_or_else(|| BackendError::Auth("SASL continue without start".into()))?;
-                    s.update(data)
-                        .map_err(|e| BackendError::Auth(e.to_string()))?;
+                    let s = scram.as_mut().ok_or_else(|| BackendError::Auth("SASL continue without start".into()))?;
+                    s.update(data).map_err(|e| BackendError::Auth(e.to_string()))?;
                     frontend::sasl_response(s.message(), &mut out)?;
                 }
                 12 => {
-                    let mut s = scram
-                        .take()
-                        .ok_or_else(|| BackendError::Auth("SASL final without start".into()))?;
-                    s.finish(data)
-                        .map_err(|e| BackendError::Auth(format!("server signature: {e}")))?;
+                    let mut s = scram.take().ok_or_else(|| BackendError::Auth("SASL final without start".into()))?;
+                    s.finish(data).map_err(|e| BackendError::Auth(format!("server signature: {e}")))?;
                     continue;
                 }
-                other => {
-                    return Err(BackendError::Auth(format!(
-                        "unsupported authentication request {other}"
-                    )))
-                }
+                other => return Err(BackendError::Auth(format!("unsupported authentication request {other}"))),
             }
             self.writer.write_all(&out).await?;
         }
@@ -186,8 +162,8 @@ impl ServerConn {
     /// Reads one whole message (startup and control use only; the data path streams).
     pub async fn read_message(&mut self) -> Result<(u8, Bytes), BackendError> {
         loop {
-            let header = framing::peek_header(&self.rbuf, usize::MAX)
-                .map_err(|e| BackendError::Protocol(e.to_string()))?;
+            let header =
+                framing::peek_header(&self.rbuf, usize::MAX).map_err(|e| BackendError::Protocol(e.to_string()))?;
             if let Some((tag, total)) = header {
                 if self.rbuf.len() >= total {
                     let mut msg = self.rbuf.split_to(total);
@@ -222,10 +198,7 @@ impl ServerConn {
     fn note_parameter(&mut self, body: &[u8]) {
         let (name, rest) = messages::read_cstr(body).unwrap_or_default();
         let (value, _) = messages::read_cstr(rest).unwrap_or_default();
-        let (name, value) = (
-            String::from_utf8_lossy(name),
-            String::from_utf8_lossy(value).into_owned(),
-        );
+        let (name, value) = (String::from_utf8_lossy(name), String::from_utf8_lossy(value).into_owned());
         match self.params.iter_mut().find(|(n, _)| *n == name) {
             Some(p) => p.1 = value,
             None => self.params.push((name.into_owned(), value)),

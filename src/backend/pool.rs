@@ -129,13 +129,7 @@ impl Pools {
     /// Closes idle connections past `idle_timeout`; run periodically.
     pub fn reap_idle(&self) {
         for n in &self.nodes {
-            let pools: Vec<Pool> = n
-                .pools
-                .lock()
-                .expect("pool map poisoned")
-                .values()
-                .cloned()
-                .collect();
+            let pools: Vec<Pool> = n.pools.lock().expect("pool map poisoned").values().cloned().collect();
             for p in pools {
                 p.retain(|_, m| m.last_used() < self.idle_timeout);
             }
@@ -144,13 +138,7 @@ impl Pools {
 
     /// Drops every idle connection to a node (it went down or changed role).
     pub fn drain_node(&self, node: usize) {
-        let pools: Vec<Pool> = self.nodes[node]
-            .pools
-            .lock()
-            .expect("pool map poisoned")
-            .values()
-            .cloned()
-            .collect();
+        let pools: Vec<Pool> = self.nodes[node].pools.lock().expect("pool map poisoned").values().cloned().collect();
         for p in pools {
             p.retain(|_, _| false);
         }

@@ -81,5 +81,4 @@ mod tests {
         assert_eq!(s.insert(10_000), Some(1));
         assert!(!s.touch(1) && s.touch(0) && s.touch(10_000));
     }
-
 }

@@ -17,12 +17,7 @@ impl Cluster {
     pub(super) fn client_command(&self, program: &str) -> Command {
         let mut cmd = Command::new(self.bindir.join(program));
         cmd.env_clear().current_dir("/");
-        cmd.envs([
-            ("LC_ALL", "C"),
-            ("LANG", "C"),
-            ("PGSSLMODE", "disable"),
-            ("PGGSSENCMODE", "disable"),
-        ]);
+        cmd.envs([("LC_ALL", "C"), ("LANG", "C"), ("PGSSLMODE", "disable"), ("PGGSSENCMODE", "disable")]);
         cmd.env("PGCONNECT_TIMEOUT", "10");
         for key in ["PATH", "TZ"] {
             if let Some(value) = std::env::var_os(key) {
@@ -37,16 +32,10 @@ impl Cluster {
         let mut cmd = self.client_command(program);
         match &self.run_as {
             Some(user) => {
-                cmd.uid(user.uid)
-                    .gid(user.gid)
-                    .env("HOME", "/tmp")
-                    .env("USER", &user.name);
+                cmd.uid(user.uid).gid(user.gid).env("HOME", "/tmp").env("USER", &user.name);
             }
             None => {
-                cmd.env(
-                    "HOME",
-                    std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()),
-                );
+                cmd.env("HOME", std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()));
             }
         }
         cmd
@@ -56,10 +45,7 @@ impl Cluster {
     pub(super) fn run(&self, mut cmd: Command, log_of: Option<usize>) -> Result<Output> {
         let desc = describe(&cmd);
         debug!(command = %desc, "running");
-        let out = cmd
-            .stdin(Stdio::null())
-            .output()
-            .map_err(io_err(format!("cannot run `{desc}`")))?;
+        let out = cmd.stdin(Stdio::null()).output().map_err(io_err(format!("cannot run `{desc}`")))?;
         if out.status.success() {
             return Ok(out);
         }
@@ -69,17 +55,9 @@ impl Cluster {
         }
         if let Some(node) = log_of.and_then(|i| self.nodes.get(i)) {
             let log = node.dir.join("postgres.log");
-            detail.push_str(&format!(
-                "\n--- tail of {} ---\n{}",
-                log.display(),
-                log_tail(&log)
-            ));
+            detail.push_str(&format!("\n--- tail of {} ---\n{}", log.display(), log_tail(&log)));
         }
-        Err(ClusterError::Command {
-            command: desc,
-            status: out.status.to_string(),
-            detail,
-        })
+        Err(ClusterError::Command { command: desc, status: out.status.to_string(), detail })
     }
 
     /// psql with SQL on stdin; `shown` is what gets logged instead of the SQL (which may hold passwords).
@@ -87,24 +65,16 @@ impl Cluster {
         let port = self.node(i)?.port.to_string();
         let mut cmd = self.client_command("psql");
         cmd.args("-X -A -t -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -f -".split(' '));
-        cmd.args(["-p", &port, "-U", SUPERUSER, "-d", db])
-            .env("PGPASSWORD", &self.password);
+        cmd.args(["-p", &port, "-U", SUPERUSER, "-d", db]).env("PGPASSWORD", &self.password);
         let desc = describe(&cmd);
         debug!(node = %self.nodes[i].name, sql = shown, "psql");
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .map_err(io_err(format!("cannot run `{desc}`")))?;
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(io_err(format!("cannot run `{desc}`")))?;
         let mut stdin = child.stdin.take();
         let sql = sql.to_owned();
         // Feed stdin from a thread so a large result cannot deadlock against our writes.
-        let writer =
-            std::thread::spawn(move || stdin.as_mut().map(|s| s.write_all(sql.as_bytes())));
-        let out = child
-            .wait_with_output()
-            .map_err(io_err(format!("waiting for `{desc}`")))?;
+        let writer = std::thread::spawn(move || stdin.as_mut().map(|s| s.write_all(sql.as_bytes())));
+        let out = child.wait_with_output().map_err(io_err(format!("waiting for `{desc}`")))?;
         let _ = writer.join();
         if !out.status.success() {
             let detail = String::from_utf8_lossy(&out.stderr).trim().to_string();
@@ -120,11 +90,7 @@ impl Cluster {
 
 /// The command line for logs and errors, with anything after `password=` masked.
 pub(super) fn describe(cmd: &Command) -> String {
-    let mut text = Path::new(cmd.get_program())
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
+    let mut text = Path::new(cmd.get_program()).file_name().unwrap_or_default().to_string_lossy().into_owned();
     for arg in cmd.get_args() {
         let arg = arg.to_string_lossy();
         text.push(' ');
@@ -173,9 +139,6 @@ mod tests {
         let mut cmd = Command::new("/x/pg_basebackup");
         cmd.args(["-d", "host=h password='secret'", "-D", "/d"]);
         let text = describe(&cmd);
-        assert!(
-            !text.contains("secret") && text.starts_with("pg_basebackup -d"),
-            "{text}"
-        );
+        assert!(!text.contains("secret") && text.starts_with("pg_basebackup -d"), "{text}");
     }
 }

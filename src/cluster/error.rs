@@ -17,18 +17,9 @@ pub enum ClusterError {
         source: io::Error,
     },
     #[error("command `{command}` failed ({status}): {detail}")]
-    Command {
-        command: String,
-        status: String,
-        detail: String,
-    },
+    Command { command: String, status: String, detail: String },
     #[error("{node} {what} (log {log})\n--- log tail ---\n{tail}")]
-    Node {
-        node: String,
-        what: String,
-        log: PathBuf,
-        tail: String,
-    },
+    Node { node: String, what: String, log: PathBuf, tail: String },
     #[error("timed out after {waited:?} waiting for {what}")]
     Timeout { what: String, waited: Duration },
     #[error("no node {0} in this cluster")]

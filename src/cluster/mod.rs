@@ -160,10 +160,7 @@ pub struct Cluster {
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster")
-            .field("root", &self.root)
-            .field("nodes", &self.nodes())
-            .finish_non_exhaustive()
+        f.debug_struct("Cluster").field("root", &self.root).field("nodes", &self.nodes()).finish_non_exhaustive()
     }
 }
 
@@ -173,10 +170,7 @@ impl Cluster {
         let started = Instant::now();
         let bindir = find_pg_bindir()?;
         if let Some(missing) = TOOLS.split(' ').find(|t| !bindir.join(t).is_file()) {
-            return Err(ClusterError::NoBinaries(format!(
-                "{missing} missing in {}",
-                bindir.display()
-            )));
+            return Err(ClusterError::NoBinaries(format!("{missing} missing in {}", bindir.display())));
         }
         let run_as = resolve_run_as()?;
         let root = prepare_root(&spec.root, run_as.as_ref())?;
@@ -206,14 +200,7 @@ impl Cluster {
     }
 
     pub fn nodes(&self) -> Vec<NodeInfo> {
-        self.nodes
-            .iter()
-            .map(|n| NodeInfo {
-                name: n.name.clone(),
-                port: n.port,
-                data_dir: n.data.clone(),
-            })
-            .collect()
+        self.nodes.iter().map(|n| NodeInfo { name: n.name.clone(), port: n.port, data_dir: n.data.clone() }).collect()
     }
 
     pub fn node_count(&self) -> usize {
@@ -255,10 +242,7 @@ impl Cluster {
     pub fn leader(&self) -> Result<usize> {
         self.running()
             .into_iter()
-            .find(|&i| {
-                self.psql(i, "postgres", "select pg_is_in_recovery()")
-                    .is_ok_and(|r| r == "f")
-            })
+            .find(|&i| self.psql(i, "postgres", "select pg_is_in_recovery()").is_ok_and(|r| r == "f"))
             .ok_or_else(|| ClusterError::Setup("no running node is out of recovery".into()))
     }
 
@@ -300,10 +284,7 @@ impl Cluster {
     pub fn promote(&self, i: usize) -> Result<()> {
         let node = self.node(i)?;
         let mut cmd = self.server_command("pg_ctl");
-        cmd.arg("promote")
-            .arg("-D")
-            .arg(&node.data)
-            .args(["-w", "-t", "60"]);
+        cmd.arg("promote").arg("-D").arg(&node.data).args(["-w", "-t", "60"]);
         self.run(cmd, Some(i))?;
         info!(node = %node.name, "promoted");
         Ok(())
@@ -323,10 +304,7 @@ impl Cluster {
     pub fn wait_replicated(&self, timeout: Duration) -> Result<()> {
         let leader = self.leader()?;
         let lsn = self.psql(leader, "postgres", "select pg_current_wal_lsn()")?;
-        let check = format!(
-            "select coalesce(pg_last_wal_replay_lsn() >= {}::pg_lsn, false)",
-            quote_literal(&lsn)
-        );
+        let check = format!("select coalesce(pg_last_wal_replay_lsn() >= {}::pg_lsn, false)", quote_literal(&lsn));
         self.wait_followers(timeout, &format!("followers to replay up to {lsn}"), &check)
     }
 
@@ -369,9 +347,7 @@ impl Cluster {
     }
 
     fn running(&self) -> Vec<usize> {
-        (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].child.is_some())
-            .collect()
+        (0..self.nodes.len()).filter(|&i| self.nodes[i].child.is_some()).collect()
     }
 
     fn wait_followers(&self, timeout: Duration, what: &str, check: &str) -> Result<()> {
@@ -388,14 +364,8 @@ impl Cluster {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                let names: Vec<&str> = pending
-                    .iter()
-                    .map(|&i| self.nodes[i].name.as_str())
-                    .collect();
-                return Err(ClusterError::Timeout {
-                    what: format!("{what} (behind: {names:?})"),
-                    waited: timeout,
-                });
+                let names: Vec<&str> = pending.iter().map(|&i| self.nodes[i].name.as_str()).collect();
+                return Err(ClusterError::Timeout { what: format!("{what} (behind: {names:?})"), waited: timeout });
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -18,11 +18,7 @@ use super::{Cluster, ClusterError};
 /// highest `/usr/lib/postgresql/*/bin`.
 pub fn find_pg_bindir() -> Result<PathBuf> {
     let usable = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
-    if let Ok(out) = Command::new("pg_config")
-        .arg("--bindir")
-        .stderr(Stdio::null())
-        .output()
-    {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").stderr(Stdio::null()).output() {
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         if out.status.success() && usable(&dir) {
             return Ok(dir);
@@ -34,10 +30,7 @@ pub fn find_pg_bindir() -> Result<PathBuf> {
             continue;
         }
         // Resolve symlinks (/usr/local/bin/initdb -> .../15/bin/initdb) so sibling tools are found.
-        if let Some(real) = fs::canonicalize(&initdb)
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_path_buf))
-        {
+        if let Some(real) = fs::canonicalize(&initdb).ok().and_then(|p| p.parent().map(Path::to_path_buf)) {
             if usable(&real) {
                 return Ok(real);
             }
@@ -52,19 +45,14 @@ pub fn find_pg_bindir() -> Result<PathBuf> {
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let version = name
-                .split('.')
-                .map(|p| p.parse().ok())
-                .collect::<Option<Vec<u32>>>()?;
+            let version = name.split('.').map(|p| p.parse().ok()).collect::<Option<Vec<u32>>>()?;
             Some((version, e.path().join("bin")))
         })
         .filter(|(_, dir)| usable(dir))
         .collect();
     versions.sort();
     versions.pop().map(|(_, dir)| dir).ok_or_else(|| {
-        ClusterError::NoBinaries(
-            "no initdb via `pg_config --bindir`, on PATH, or in /usr/lib/postgresql/*/bin".into(),
-        )
+        ClusterError::NoBinaries("no initdb via `pg_config --bindir`, on PATH, or in /usr/lib/postgresql/*/bin".into())
     })
 }
 
@@ -82,20 +70,8 @@ fn lookup_user(name: &str) -> Option<PgUser> {
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     let mut result: *mut libc::passwd = std::ptr::null_mut();
-    let rc = unsafe {
-        libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    (rc == 0 && !result.is_null()).then(|| PgUser {
-        name: name.into(),
-        uid: pwd.pw_uid,
-        gid: pwd.pw_gid,
-    })
+    let rc = unsafe { libc::getpwnam_r(cname.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
+    (rc == 0 && !result.is_null()).then(|| PgUser { name: name.into(), uid: pwd.pw_uid, gid: pwd.pw_gid })
 }
 
 pub(super) fn resolve_run_as() -> Result<Option<PgUser>> {
@@ -113,10 +89,7 @@ pub(super) fn resolve_run_as() -> Result<Option<PgUser>> {
         .map_err(io_err("cannot run useradd"))?;
     // A parallel caller may have created it first, so look it up whatever useradd said.
     lookup_user("pgcausal").map(Some).ok_or_else(|| {
-        ClusterError::Setup(format!(
-            "useradd pgcausal failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        ClusterError::Setup(format!("useradd pgcausal failed: {}", String::from_utf8_lossy(&out.stderr).trim()))
     })
 }
 
@@ -134,14 +107,11 @@ fn traversable_by(meta: &fs::Metadata, user: &PgUser) -> bool {
 /// Creates the root, makes it traversable for the server user, and checks its ancestors are too.
 pub(super) fn prepare_root(root: &Path, run_as: Option<&PgUser>) -> Result<PathBuf> {
     fs::create_dir_all(root).map_err(io_err(format!("cannot create {}", root.display())))?;
-    let root =
-        fs::canonicalize(root).map_err(io_err(format!("cannot resolve {}", root.display())))?;
+    let root = fs::canonicalize(root).map_err(io_err(format!("cannot resolve {}", root.display())))?;
     if let Some(user) = run_as {
-        fs::set_permissions(&root, Permissions::from_mode(0o755))
-            .map_err(io_err("cannot chmod root"))?;
+        fs::set_permissions(&root, Permissions::from_mode(0o755)).map_err(io_err("cannot chmod root"))?;
         for dir in root.ancestors().skip(1) {
-            let meta =
-                fs::metadata(dir).map_err(io_err(format!("cannot stat {}", dir.display())))?;
+            let meta = fs::metadata(dir).map_err(io_err(format!("cannot stat {}", dir.display())))?;
             if !traversable_by(&meta, user) {
                 return Err(ClusterError::Setup(format!(
                     "{} (mode {:o}) is not traversable by user {}; put the cluster root elsewhere or chmod o+x it",
@@ -178,15 +148,12 @@ impl Cluster {
         let Some(user) = &self.run_as else {
             return Ok(());
         };
-        let cpath = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| ClusterError::Setup("NUL in path".into()))?;
+        let cpath = CString::new(path.as_os_str().as_bytes()).map_err(|_| ClusterError::Setup("NUL in path".into()))?;
         // SAFETY: cpath is a valid NUL-terminated path.
         if unsafe { libc::chown(cpath.as_ptr(), user.uid, user.gid) } != 0 {
-            return Err(io_err(format!(
-                "cannot chown {} to {}",
-                path.display(),
-                user.name
-            ))(io::Error::last_os_error()));
+            return Err(
+                io_err(format!("cannot chown {} to {}", path.display(), user.name))(io::Error::last_os_error()),
+            );
         }
         Ok(())
     }

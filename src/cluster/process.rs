@@ -29,17 +29,11 @@ fn register_pid(pid: u32) {
         // SAFETY: registering a plain extern "C" fn that never unwinds.
         unsafe { libc::atexit(kill_registered_at_exit) };
     });
-    LIVE_PIDS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(pid as libc::pid_t);
+    LIVE_PIDS.lock().unwrap_or_else(|e| e.into_inner()).push(pid as libc::pid_t);
 }
 
 pub(super) fn deregister_pid(pid: u32) {
-    LIVE_PIDS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .retain(|p| *p != pid as libc::pid_t);
+    LIVE_PIDS.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| *p != pid as libc::pid_t);
 }
 
 extern "C" fn kill_registered_at_exit() {
@@ -106,16 +100,10 @@ impl Cluster {
             let offset = log.metadata().map(|m| m.len()).unwrap_or(0);
             let stdout = log.try_clone().map_err(io_err("cannot dup log file"))?;
             let mut cmd = self.server_command("postgres");
-            cmd.arg("-D")
-                .arg(&self.nodes[i].data)
-                .stdin(Stdio::null())
-                .stdout(stdout)
-                .stderr(log);
+            cmd.arg("-D").arg(&self.nodes[i].data).stdin(Stdio::null()).stdout(stdout).stderr(log);
             let desc = describe(&cmd);
             debug!(command = %desc, "spawning");
-            let child = cmd
-                .spawn()
-                .map_err(io_err(format!("cannot spawn `{desc}`")))?;
+            let child = cmd.spawn().map_err(io_err(format!("cannot spawn `{desc}`")))?;
             register_pid(child.id());
             let pid = child.id();
             self.nodes[i].child = Some(child);
@@ -131,23 +119,15 @@ impl Cluster {
                         self.set_port(i, port)?;
                         continue;
                     }
-                    return Err(
-                        self.node_error(i, format!("postgres exited during startup ({status})"))
-                    );
+                    return Err(self.node_error(i, format!("postgres exited during startup ({status})")));
                 }
                 Startup::TimedOut => {
                     self.reap_forcefully(i);
-                    return Err(self.node_error(
-                        i,
-                        format!("did not accept connections within {READY_TIMEOUT:?}"),
-                    ));
+                    return Err(self.node_error(i, format!("did not accept connections within {READY_TIMEOUT:?}")));
                 }
             }
         }
-        Err(ClusterError::Setup(format!(
-            "{}: no free port after {BIND_ATTEMPTS} attempts",
-            self.nodes[i].name
-        )))
+        Err(ClusterError::Setup(format!("{}: no free port after {BIND_ATTEMPTS} attempts", self.nodes[i].name)))
     }
 
     /// Ready when postmaster.pid says ready/standby for our PID (as pg_ctl -w checks) and pg_isready agrees.
@@ -187,8 +167,7 @@ impl Cluster {
             .ok()
             .and_then(|text| text.lines().next()?.trim().parse::<u32>().ok());
         let alive_postgres = |pid: u32| {
-            fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("postgres"))
+            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("postgres"))
         };
         match pid {
             Some(pid) if alive_postgres(pid) => Err(ClusterError::Setup(format!(
@@ -204,9 +183,7 @@ impl Cluster {
     fn pg_isready(&self, port: u16) -> bool {
         let mut cmd = self.client_command("pg_isready");
         cmd.args(["-q", "-h", "127.0.0.1", "-p", &port.to_string(), "-t", "5"]);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         cmd.status().is_ok_and(|s| s.success())
     }
 
@@ -236,23 +213,12 @@ impl Cluster {
 
     fn node_error(&self, i: usize, what: String) -> ClusterError {
         let log = self.nodes[i].dir.join("postgres.log");
-        ClusterError::Node {
-            node: self.nodes[i].name.clone(),
-            what,
-            tail: log_tail(&log),
-            log,
-        }
+        ClusterError::Node { node: self.nodes[i].name.clone(), what, tail: log_tail(&log), log }
     }
 }
 
 fn is_bind_failure(log: &str) -> bool {
-    [
-        "could not bind",
-        "Address already in use",
-        "could not create any TCP/IP sockets",
-    ]
-    .iter()
-    .any(|m| log.contains(m))
+    ["could not bind", "Address already in use", "could not create any TCP/IP sockets"].iter().any(|m| log.contains(m))
 }
 
 fn read_from(path: &Path, offset: u64) -> String {

@@ -11,8 +11,8 @@ use super::command::{conninfo_quote, quote_ident, quote_literal};
 use super::error::{io_err, Result};
 use super::state::pick_port;
 use super::{
-    Cluster, ClusterError, ClusterSpec, Node, PasswordEncryption, UserSpec, CONF_FILE,
-    READY_TIMEOUT, STATE_FILE, SUPERUSER,
+    Cluster, ClusterError, ClusterSpec, Node, PasswordEncryption, UserSpec, CONF_FILE, READY_TIMEOUT, STATE_FILE,
+    SUPERUSER,
 };
 
 /// Settings every node gets; small enough for a 2-core machine running several clusters.
@@ -49,21 +49,12 @@ impl Cluster {
             let port = pick_port(&taken)?;
             taken.insert(port);
             let data = dir.join("data");
-            self.nodes.push(Node {
-                name: format!("node{i}"),
-                dir,
-                data,
-                port,
-                child: None,
-            });
+            self.nodes.push(Node { name: format!("node{i}"), dir, data, port, child: None });
         }
         info!(root = %self.root.display(), followers = spec.followers, "initialising cluster");
         self.init_leader(spec)?;
         for f in 0..spec.followers {
-            self.init_follower(
-                f + 1,
-                spec.follower_conf.get(f).map(Vec::as_slice).unwrap_or(&[]),
-            )?;
+            self.init_follower(f + 1, spec.follower_conf.get(f).map(Vec::as_slice).unwrap_or(&[]))?;
         }
         self.save_state()?;
         self.initialized = true;
@@ -77,31 +68,21 @@ impl Cluster {
         let pwfile = self.root.join(".pgcausal-pwfile");
         self.write_owned(&pwfile, &format!("{}\n", self.password), 0o600)?;
         let mut cmd = self.server_command("initdb");
-        cmd.arg("-D")
-            .arg(&data)
-            .arg(format!("--pwfile={}", pwfile.display()));
+        cmd.arg("-D").arg(&data).arg(format!("--pwfile={}", pwfile.display()));
         cmd.args(["-U", SUPERUSER, "-E", "UTF8", "--locale=C"]);
         cmd.args(["--auth-local=trust", "--auth-host=scram-sha-256"]);
         cmd.arg("--no-sync"); // fsync is off anyway; syncing the fresh cluster costs seconds
         let result = self.run(cmd, None);
         let _ = fs::remove_file(&pwfile);
         result?;
-        fs::write(data.join("pg_hba.conf"), hba_conf(spec))
-            .map_err(io_err("cannot write pg_hba.conf"))?;
+        fs::write(data.join("pg_hba.conf"), hba_conf(spec)).map_err(io_err("cannot write pg_hba.conf"))?;
         let mut conf = OpenOptions::new()
             .append(true)
             .open(data.join("postgresql.conf"))
             .map_err(io_err("cannot open postgresql.conf"))?;
-        writeln!(
-            conf,
-            "\n# pgcausal: per-node settings\ninclude_if_exists = '{CONF_FILE}'"
-        )
-        .map_err(io_err("cannot append to postgresql.conf"))?;
-        self.write_owned(
-            &data.join(CONF_FILE),
-            &node_conf(self.nodes[0].port, &[]),
-            0o600,
-        )?;
+        writeln!(conf, "\n# pgcausal: per-node settings\ninclude_if_exists = '{CONF_FILE}'")
+            .map_err(io_err("cannot append to postgresql.conf"))?;
+        self.write_owned(&data.join(CONF_FILE), &node_conf(self.nodes[0].port, &[]), 0o600)?;
         self.spawn_node(0)?;
         self.create_users(&spec.users)
     }
@@ -117,20 +98,12 @@ impl Cluster {
         );
         let mut cmd = self.server_command("pg_basebackup");
         cmd.arg("-d").arg(conninfo).arg("-D").arg(&data);
-        cmd.args(["-X", "stream", "-R", "-c", "fast", "--no-sync"])
-            .env("PGPASSWORD", &self.password);
+        cmd.args(["-X", "stream", "-R", "-c", "fast", "--no-sync"]).env("PGPASSWORD", &self.password);
         self.run(cmd, Some(0))?;
         if !data.join("standby.signal").exists() {
-            return Err(ClusterError::Setup(format!(
-                "pg_basebackup -R wrote no standby.signal in {}",
-                data.display()
-            )));
+            return Err(ClusterError::Setup(format!("pg_basebackup -R wrote no standby.signal in {}", data.display())));
         }
-        self.write_owned(
-            &data.join(CONF_FILE),
-            &node_conf(self.nodes[i].port, extra),
-            0o600,
-        )?;
+        self.write_owned(&data.join(CONF_FILE), &node_conf(self.nodes[i].port, extra), 0o600)?;
         self.spawn_node(i)
     }
 
@@ -160,24 +133,11 @@ fn validate(spec: &ClusterSpec) -> Result<()> {
     if spec.superuser_password.is_empty() || spec.superuser_password.contains(['\n', '\r']) {
         return bad("superuser_password must be non-empty and one line (initdb --pwfile)".into());
     }
-    if let Some(u) = spec
-        .users
-        .iter()
-        .find(|u| u.name.is_empty() || u.name.contains('\0'))
-    {
+    if let Some(u) = spec.users.iter().find(|u| u.name.is_empty() || u.name.contains('\0')) {
         return bad(format!("invalid role name {:?}", u.name));
     }
-    let valid_key = |k: &str| {
-        !k.is_empty()
-            && k.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-    };
-    if let Some((k, _)) = spec
-        .follower_conf
-        .iter()
-        .flatten()
-        .find(|(k, _)| !valid_key(k))
-    {
+    let valid_key = |k: &str| !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    if let Some((k, _)) = spec.follower_conf.iter().flatten().find(|(k, _)| !valid_key(k)) {
         return bad(format!("invalid setting name {k:?} in follower_conf"));
     }
     Ok(())
@@ -188,7 +148,9 @@ pub(super) fn conf_line(key: &str, value: &str) -> String {
 }
 
 fn node_conf(port: u16, extra: &[(String, String)]) -> String {
-    let mut text = String::from("# Written by pgcausal (cluster.rs) for a local test cluster; `port` is rewritten when it moves.\n");
+    let mut text = String::from(
+        "# Written by pgcausal (cluster.rs) for a local test cluster; `port` is rewritten when it moves.\n",
+    );
     text.push_str(&conf_line("port", &port.to_string()));
     for (key, value) in BASE_SETTINGS {
         text.push_str(&conf_line(key, value));
@@ -203,23 +165,14 @@ fn node_conf(port: u16, extra: &[(String, String)]) -> String {
 }
 
 fn hba_conf(spec: &ClusterSpec) -> String {
-    let mut text = String::from(
-        "# Written by pgcausal (cluster.rs); first matching line wins.\nlocal all all trust\n",
-    );
+    let mut text = String::from("# Written by pgcausal (cluster.rs); first matching line wins.\nlocal all all trust\n");
     for line in &spec.hba_extra {
         text.push_str(line);
         text.push('\n');
     }
     // An md5-hashed password can never pass scram-sha-256, so md5 roles get an md5 line.
-    for user in spec
-        .users
-        .iter()
-        .filter(|u| u.password_encryption == PasswordEncryption::Md5)
-    {
-        text.push_str(&format!(
-            "host all \"{}\" 127.0.0.1/32 md5\n",
-            user.name.replace('"', "")
-        ));
+    for user in spec.users.iter().filter(|u| u.password_encryption == PasswordEncryption::Md5) {
+        text.push_str(&format!("host all \"{}\" 127.0.0.1/32 md5\n", user.name.replace('"', "")));
     }
     text.push_str("host all all 127.0.0.1/32 scram-sha-256\nhost replication all 127.0.0.1/32 scram-sha-256\n");
     text

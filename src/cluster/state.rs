@@ -17,46 +17,24 @@ use super::{Cluster, ClusterError, ClusterSpec, Node, CONF_FILE, STATE_FILE};
 impl Cluster {
     pub(super) fn reuse(&mut self, spec: &ClusterSpec) -> Result<()> {
         let state_path = self.root.join(STATE_FILE);
-        let text = fs::read_to_string(&state_path)
-            .map_err(io_err(format!("cannot read {}", state_path.display())))?;
-        let state: BTreeMap<&str, &str> = text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.split_once('='))
-            .collect();
+        let text = fs::read_to_string(&state_path).map_err(io_err(format!("cannot read {}", state_path.display())))?;
+        let state: BTreeMap<&str, &str> =
+            text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_once('=')).collect();
         let bad = |what: &str| ClusterError::Setup(format!("{}: {what}", state_path.display()));
-        let count: usize = state
-            .get("nodes")
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| bad("no valid nodes="))?;
+        let count: usize = state.get("nodes").and_then(|v| v.parse().ok()).ok_or_else(|| bad("no valid nodes="))?;
         if count != 1 + spec.followers {
-            warn!(
-                saved = count - 1,
-                requested = spec.followers,
-                "reusing existing cluster; follower count differs"
-            );
+            warn!(saved = count - 1, requested = spec.followers, "reusing existing cluster; follower count differs");
         }
         for i in 0..count {
             let key = format!("node{i}.port");
-            let port = state
-                .get(key.as_str())
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| bad(&format!("no valid {key}=")))?;
+            let port =
+                state.get(key.as_str()).and_then(|v| v.parse().ok()).ok_or_else(|| bad(&format!("no valid {key}=")))?;
             let dir = self.root.join(format!("node{i}"));
             let data = dir.join("data");
             if !data.join("PG_VERSION").is_file() {
-                return Err(bad(&format!(
-                    "{} is not a PostgreSQL data directory",
-                    data.display()
-                )));
+                return Err(bad(&format!("{} is not a PostgreSQL data directory", data.display())));
             }
-            self.nodes.push(Node {
-                name: format!("node{i}"),
-                dir,
-                data,
-                port,
-                child: None,
-            });
+            self.nodes.push(Node { name: format!("node{i}"), dir, data, port, child: None });
         }
         self.initialized = true;
         info!(root = %self.root.display(), nodes = count, "reusing existing cluster");
@@ -70,10 +48,7 @@ impl Cluster {
         // Report roles as they are now; an earlier promotion may have changed them and that is not repaired.
         let mut leaders = 0;
         for i in 0..count {
-            let role = match self
-                .psql(i, "postgres", "select pg_is_in_recovery()")?
-                .as_str()
-            {
+            let role = match self.psql(i, "postgres", "select pg_is_in_recovery()")?.as_str() {
                 "f" => "leader",
                 _ => "follower",
             };
@@ -85,10 +60,7 @@ impl Cluster {
                 warn!(error = %e, "reused cluster: followers not streaming");
             }
         } else {
-            warn!(
-                leaders,
-                "reused cluster does not have exactly one leader; leaving it as it is"
-            );
+            warn!(leaders, "reused cluster does not have exactly one leader; leaving it as it is");
         }
         Ok(())
     }
@@ -109,11 +81,7 @@ impl Cluster {
     /// Moves node i to `port`: its pgcausal.conf, every follower's primary_conninfo, and cluster.state.
     pub(super) fn set_port(&mut self, i: usize, port: u16) -> Result<()> {
         let old = self.nodes[i].port;
-        rewrite_setting(
-            &self.nodes[i].data.join(CONF_FILE),
-            "port",
-            &port.to_string(),
-        )?;
+        rewrite_setting(&self.nodes[i].data.join(CONF_FILE), "port", &port.to_string())?;
         for j in (0..self.nodes.len()).filter(|&j| j != i) {
             let auto = self.nodes[j].data.join("postgresql.auto.conf");
             if retarget_conninfo(&auto, old, port)? {
@@ -130,13 +98,8 @@ impl Cluster {
     }
 
     pub(super) fn save_state(&self) -> Result<()> {
-        let mut text = String::from(
-            "# pgcausal local cluster (cluster.rs); node0 was the initial leader\nversion=1\n",
-        );
-        text.push_str(&format!(
-            "nodes={}\ninitial_leader=node0\n",
-            self.nodes.len()
-        ));
+        let mut text = String::from("# pgcausal local cluster (cluster.rs); node0 was the initial leader\nversion=1\n");
+        text.push_str(&format!("nodes={}\ninitial_leader=node0\n", self.nodes.len()));
         for (i, node) in self.nodes.iter().enumerate() {
             text.push_str(&format!("node{i}.port={}\n", node.port));
         }
@@ -148,8 +111,7 @@ impl Cluster {
 
 pub(super) fn pick_port(avoid: &HashSet<u16>) -> Result<u16> {
     for _ in 0..100 {
-        let listener =
-            TcpListener::bind(("127.0.0.1", 0)).map_err(io_err("cannot bind a loopback port"))?;
+        let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(io_err("cannot bind a loopback port"))?;
         let port = listener.local_addr().map_err(io_err("local_addr"))?.port();
         if !avoid.contains(&port) {
             return Ok(port);
@@ -160,8 +122,7 @@ pub(super) fn pick_port(avoid: &HashSet<u16>) -> Result<u16> {
 
 /// Replaces `key = ...` in a conf file we own, or appends it.
 fn rewrite_setting(path: &Path, key: &str, value: &str) -> Result<()> {
-    let text =
-        fs::read_to_string(path).map_err(io_err(format!("cannot read {}", path.display())))?;
+    let text = fs::read_to_string(path).map_err(io_err(format!("cannot read {}", path.display())))?;
     let mut found = false;
     let mut out = String::new();
     for line in text.lines() {
@@ -214,18 +175,15 @@ mod tests {
 
     #[test]
     fn conninfo_port_rewrite() {
-        let dir =
-            std::env::temp_dir().join(format!("pgcausal-cluster-unit-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("pgcausal-cluster-unit-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("auto.conf");
-        fs::write(&path, "primary_conninfo = 'user=postgres host=127.0.0.1 port=5432 sslmode=disable'\nport = 5432\n").unwrap();
+        fs::write(&path, "primary_conninfo = 'user=postgres host=127.0.0.1 port=5432 sslmode=disable'\nport = 5432\n")
+            .unwrap();
         assert!(retarget_conninfo(&path, 5432, 6000).unwrap());
         assert!(!retarget_conninfo(&path, 543, 7000).unwrap());
         let text = fs::read_to_string(&path).unwrap();
-        assert!(
-            text.contains(" port=6000 ") && text.contains("port = 5432"),
-            "{text}"
-        );
+        assert!(text.contains(" port=6000 ") && text.contains("port = 5432"), "{text}");
         rewrite_setting(&path, "port", "7001").unwrap();
         assert!(fs::read_to_string(&path).unwrap().contains("port = '7001'"));
         fs::remove_dir_all(&dir).unwrap();

@@ -49,11 +49,7 @@ impl ScramSecret {
         // SASLprep is skipped: passwords are used as given, as PostgreSQL does for non-UTF-8 ones.
         let salted = hi(password.as_bytes(), &salt, ITERATIONS);
         let client_key = hmac(&salted, b"Client Key");
-        ScramSecret {
-            salt,
-            stored_key: Sha256::digest(client_key).into(),
-            server_key: hmac(&salted, b"Server Key"),
-        }
+        ScramSecret { salt, stored_key: Sha256::digest(client_key).into(), server_key: hmac(&salted, b"Server Key") }
     }
 }
 
@@ -77,18 +73,11 @@ pub struct ScramExchange {
 
 impl ScramExchange {
     /// Handles client-first; returns the exchange and the server-first message to send.
-    pub fn start(
-        secret: &ScramSecret,
-        client_first: &[u8],
-    ) -> Result<(ScramExchange, String), ScramError> {
-        let text =
-            std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+    pub fn start(secret: &ScramSecret, client_first: &[u8]) -> Result<(ScramExchange, String), ScramError> {
+        let text = std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let (gs2_header, bare) = match text.get(..2) {
             Some("n,") | Some("y,") => {
-                let end = text[2..]
-                    .find(',')
-                    .ok_or(ScramError::Malformed("gs2 header"))?
-                    + 3;
+                let end = text[2..].find(',').ok_or(ScramError::Malformed("gs2 header"))? + 3;
                 (&text[..end], &text[end..])
             }
             Some("p=") => return Err(ScramError::ChannelBinding),
@@ -114,11 +103,8 @@ impl ScramExchange {
 
     /// Verifies client-final; returns server-final ("v=...") on success.
     pub fn finish(self, secret: &ScramSecret, client_final: &[u8]) -> Result<String, ScramError> {
-        let text =
-            std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
-        let (without_proof, proof) = text
-            .rsplit_once(",p=")
-            .ok_or(ScramError::Malformed("missing proof"))?;
+        let text = std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
+        let (without_proof, proof) = text.rsplit_once(",p=").ok_or(ScramError::Malformed("missing proof"))?;
         let mut binding = None;
         let mut nonce = None;
         for attr in without_proof.split(',') {
@@ -134,28 +120,16 @@ impl ScramExchange {
         if nonce != Some(self.nonce.as_str()) {
             return Err(ScramError::Malformed("nonce mismatch"));
         }
-        let proof = B64
-            .decode(proof)
-            .map_err(|_| ScramError::Malformed("proof is not base64"))?;
+        let proof = B64.decode(proof).map_err(|_| ScramError::Malformed("proof is not base64"))?;
         if proof.len() != 32 {
             return Err(ScramError::Malformed("proof length"));
         }
-        let auth_message = format!(
-            "{},{},{}",
-            self.client_first_bare, self.server_first, without_proof
-        );
+        let auth_message = format!("{},{},{}", self.client_first_bare, self.server_first, without_proof);
         let signature = hmac(&secret.stored_key, auth_message.as_bytes());
-        let client_key: Vec<u8> = proof
-            .iter()
-            .zip(signature.iter())
-            .map(|(p, s)| p ^ s)
-            .collect();
+        let client_key: Vec<u8> = proof.iter().zip(signature.iter()).map(|(p, s)| p ^ s).collect();
         let stored: [u8; 32] = Sha256::digest(&client_key).into();
         // Constant-time compare: the proof is attacker-controlled.
-        let diff = stored
-            .iter()
-            .zip(secret.stored_key.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let diff = stored.iter().zip(secret.stored_key.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
         if diff != 0 {
             return Err(ScramError::WrongProof);
         }
@@ -180,14 +154,11 @@ mod tests {
 
     fn exchange(server_password: &str, client_password: &str) -> Result<(), ScramError> {
         let secret = ScramSecret::new(server_password);
-        let mut client =
-            ScramSha256::new(client_password.as_bytes(), ChannelBinding::unsupported());
+        let mut client = ScramSha256::new(client_password.as_bytes(), ChannelBinding::unsupported());
         let (ex, server_first) = ScramExchange::start(&secret, client.message())?;
         client.update(server_first.as_bytes()).unwrap();
         let server_final = ex.finish(&secret, client.message())?;
-        client
-            .finish(server_final.as_bytes())
-            .expect("client accepts the server signature");
+        client.finish(server_final.as_bytes()).expect("client accepts the server signature");
         Ok(())
     }
 

@@ -17,8 +17,7 @@ pub struct CancelTarget {
 impl CancelTarget {
     pub fn set(&self, node: usize, pid: u32, secret: u32) {
         self.node.store(node, Ordering::Relaxed);
-        self.key
-            .store(((pid as u64) << 32) | secret as u64, Ordering::Release);
+        self.key.store(((pid as u64) << 32) | secret as u64, Ordering::Release);
     }
 
     pub fn clear(&self) {
@@ -27,13 +26,7 @@ impl CancelTarget {
 
     fn get(&self) -> Option<(usize, u32, u32)> {
         let key = self.key.load(Ordering::Acquire);
-        (key != 0).then(|| {
-            (
-                self.node.load(Ordering::Relaxed),
-                (key >> 32) as u32,
-                key as u32,
-            )
-        })
+        (key != 0).then(|| (self.node.load(Ordering::Relaxed), (key >> 32) as u32, key as u32))
     }
 }
 
@@ -58,11 +51,7 @@ pub struct CancelKey {
 
 impl Drop for CancelKey {
     fn drop(&mut self) {
-        self.registry
-            .entries
-            .lock()
-            .expect("cancel registry poisoned")
-            .remove(&self.pid);
+        self.registry.entries.lock().expect("cancel registry poisoned").remove(&self.pid);
     }
 }
 
@@ -77,23 +66,9 @@ impl CancelRegistry {
             }
         };
         let secret = rng.gen();
-        let target = Arc::new(CancelTarget {
-            key: AtomicU64::new(0),
-            node: AtomicUsize::new(0),
-        });
-        entries.insert(
-            pid,
-            Entry {
-                secret,
-                target: target.clone(),
-            },
-        );
-        CancelKey {
-            pid,
-            secret,
-            target,
-            registry: self.clone(),
-        }
+        let target = Arc::new(CancelTarget { key: AtomicU64::new(0), node: AtomicUsize::new(0) });
+        entries.insert(pid, Entry { secret, target: target.clone() });
+        CancelKey { pid, secret, target, registry: self.clone() }
     }
 
     /// The server connection to cancel for a client's key, if the key is valid and a query runs.

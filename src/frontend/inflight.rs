@@ -11,15 +11,22 @@ use crate::protocol::framing::Verdict;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// `hash` names the server-side statement, so a failed Parse can be forgotten.
-    Parse { hash: Option<u64>, swallow: bool },
+    Parse {
+        hash: Option<u64>,
+        swallow: bool,
+    },
     Bind,
     DescribeStatement,
     DescribePortal,
     Execute,
-    Close { swallow: bool },
+    Close {
+        swallow: bool,
+    },
     Sync,
     /// A simple query; `swallow` for the ones the proxy injects (settings, resets).
-    Query { swallow: bool },
+    Query {
+        swallow: bool,
+    },
     FunctionCall,
     /// An answer the proxy gives itself, emitted once everything before it has been answered.
     Reply(Bytes),
@@ -193,7 +200,13 @@ mod tests {
     #[test]
     fn an_error_skips_to_sync_and_reports_the_failed_parse() {
         let reply = Request::Reply(Bytes::from_static(PARSE_COMPLETE));
-        let requests = vec![Request::Parse { hash: Some(9), swallow: true }, Request::Bind, reply, Request::Execute, Request::Sync];
+        let requests = vec![
+            Request::Parse { hash: Some(9), swallow: true },
+            Request::Bind,
+            reply,
+            Request::Execute,
+            Request::Sync,
+        ];
         let (out, outcomes, left) = run(requests, b"EZ");
         assert_eq!(out, b"EZ");
         assert_eq!(outcomes[0].failed_parse, Some(9));

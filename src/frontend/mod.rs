@@ -22,11 +22,8 @@ pub async fn serve_client(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
         fail(&mut stream, &ProxyError::TooManyClients).await;
         return;
     }
-    let login = tokio::time::timeout(
-        shared.config.proxy.client_login_timeout,
-        startup::handshake(&mut stream, shared),
-    )
-    .await;
+    let login =
+        tokio::time::timeout(shared.config.proxy.client_login_timeout, startup::handshake(&mut stream, shared)).await;
     let login = match login {
         Ok(Ok(Some(login))) => login,
         Ok(Ok(None)) => return, // a cancel request, fully handled

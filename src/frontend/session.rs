@@ -111,11 +111,7 @@ impl Session<'_> {
         let conn = &mut *self.server.as_mut().expect("just acquired").lease;
         if self.mode == PoolMode::Session {
             for (name, value) in startup_settings(&self.login.params) {
-                let sql = format!(
-                    "SELECT pg_catalog.set_config({}, {}, false)",
-                    quote(&name),
-                    quote(&value)
-                );
+                let sql = format!("SELECT pg_catalog.set_config({}, {}, false)", quote(&name), quote(&value));
                 conn.run(&sql).await?;
             }
         }
@@ -148,8 +144,7 @@ impl Session<'_> {
         let want_client = self.to_server.len() < HIGH_WATER;
         let want_server = self.to_client.len() < HIGH_WATER;
         let (client_rd, client_wr) = (&mut self.client_rd, &mut self.client_wr);
-        let (cbuf, to_client, to_server) =
-            (&mut self.cbuf, &mut self.to_client, &mut self.to_server);
+        let (cbuf, to_client, to_server) = (&mut self.cbuf, &mut self.to_client, &mut self.to_server);
         let Some(leased) = self.server.as_mut() else {
             return tokio::select! {
                 r = client_wr.write_buf(to_client), if !to_client.is_empty() => r.map(|_| Event::Wrote),
@@ -191,7 +186,8 @@ impl Session<'_> {
             if self.server.is_none() && answerable_without_server(tag, msg) {
                 self.discard_until_sync = false;
                 self.unsynced = false;
-                let result = answer_without_server(tag, msg, &mut self.statements, &mut self.inflight, &mut self.to_client);
+                let result =
+                    answer_without_server(tag, msg, &mut self.statements, &mut self.inflight, &mut self.to_client);
                 self.cbuf.advance(total);
                 self.refused(result?);
                 continue;
@@ -275,22 +271,12 @@ impl Session<'_> {
     /// Leases a connection to the leader (routing comes later), waiting a bounded time.
     async fn acquire(&mut self) -> Result<(), ProxyError> {
         let shared = self.shared;
-        let node = shared
-            .topology
-            .leader(shared.config.proxy.leader_wait_timeout)
-            .await
-            .ok_or_else(|| {
-                ProxyError::NoLeader(format!(
-                    "none of {} nodes is an up primary",
-                    shared.config.nodes.len()
-                ))
-            })?;
+        let node = shared.topology.leader(shared.config.proxy.leader_wait_timeout).await.ok_or_else(|| {
+            ProxyError::NoLeader(format!("none of {} nodes is an up primary", shared.config.nodes.len()))
+        })?;
         let login = &self.login;
-        let pool = self.pools[node].get_or_insert_with(|| {
-            shared
-                .pools
-                .pool(node, &login.database, &login.user, &login.password)
-        });
+        let pool = self.pools[node]
+            .get_or_insert_with(|| shared.pools.pool(node, &login.database, &login.user, &login.password));
         let metrics = &shared.pools.nodes[node].metrics;
         let started = Instant::now();
         let lease = match pool.get().await {
@@ -307,11 +293,7 @@ impl Session<'_> {
         };
         metrics.pool_wait.record(started.elapsed().as_secs_f64());
         self.key.target.set(node, lease.pid, lease.secret);
-        self.server = Some(Leased {
-            lease,
-            node,
-            scanner: BackendScanner::default(),
-        });
+        self.server = Some(Leased { lease, node, scanner: BackendScanner::default() });
         Ok(())
     }
 
@@ -450,10 +432,7 @@ mod tests {
     fn startup_options_expand_to_settings() {
         let params = vec![
             ("application_name".to_string(), "psql".to_string()),
-            (
-                "options".to_string(),
-                "-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB".to_string(),
-            ),
+            ("options".to_string(), "-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB".to_string()),
         ];
         assert_eq!(
             startup_settings(&params),

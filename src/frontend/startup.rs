@@ -26,10 +26,7 @@ pub struct ClientLogin {
 }
 
 /// Runs the handshake; Ok(None) means the connection was a cancel request and is done.
-pub async fn handshake(
-    stream: &mut TcpStream,
-    shared: &Shared,
-) -> Result<Option<ClientLogin>, ProxyError> {
+pub async fn handshake(stream: &mut TcpStream, shared: &Shared) -> Result<Option<ClientLogin>, ProxyError> {
     loop {
         let mut head = [0u8; 4];
         stream.read_exact(&mut head).await?;
@@ -38,16 +35,12 @@ pub async fn handshake(
         stream.read_exact(&mut body).await?;
         match startup::parse(&body)? {
             // No TLS or GSS encryption yet: 'N' tells the client to continue in plain text.
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
-                stream.write_all(b"N").await?
-            }
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => stream.write_all(b"N").await?,
             StartupPacket::Cancel { pid, secret } => {
                 forward_cancel(shared, pid, secret).await;
                 return Ok(None);
             }
-            StartupPacket::Startup { minor, params } => {
-                return login(stream, shared, minor, params).await.map(Some)
-            }
+            StartupPacket::Startup { minor, params } => return login(stream, shared, minor, params).await.map(Some),
         }
     }
 }
@@ -75,11 +68,8 @@ async fn login(
     minor: i32,
     mut params: Vec<(String, String)>,
 ) -> Result<ClientLogin, ProxyError> {
-    let unrecognized: Vec<String> = params
-        .iter()
-        .filter(|(k, _)| k.starts_with("_pq_."))
-        .map(|(k, _)| k.clone())
-        .collect();
+    let unrecognized: Vec<String> =
+        params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
     if minor > 0 || !unrecognized.is_empty() {
         let mut out = BytesMut::new();
         messages::put_negotiate_protocol_version(&mut out, 0, &unrecognized);
@@ -87,23 +77,14 @@ async fn login(
         params.retain(|(k, _)| !k.starts_with("_pq_."));
     }
     let take = |params: &mut Vec<(String, String)>, key: &str| {
-        params
-            .iter()
-            .position(|(k, _)| k == key)
-            .map(|i| params.remove(i).1)
+        params.iter().position(|(k, _)| k == key).map(|i| params.remove(i).1)
     };
     let user = take(&mut params, "user")
         .filter(|u| !u.is_empty())
-        .ok_or_else(|| {
-            ProxyError::Protocol("no PostgreSQL user name specified in startup packet".into())
-        })?;
-    let database = take(&mut params, "database")
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| user.clone());
+        .ok_or_else(|| ProxyError::Protocol("no PostgreSQL user name specified in startup packet".into()))?;
+    let database = take(&mut params, "database").filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
     if take(&mut params, "replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
-        return Err(ProxyError::Protocol(
-            "replication connections are not supported by pgcausal".into(),
-        ));
+        return Err(ProxyError::Protocol("replication connections are not supported by pgcausal".into()));
     }
     let Some(config) = shared.config.user(&user) else {
         // Same message as a wrong password, so user names cannot be probed.
@@ -120,12 +101,7 @@ async fn login(
         return Err(ProxyError::AuthFailed(user));
     }
     metrics::counter!(crate::metrics::CLIENT_LOGINS, "result" => "ok").increment(1);
-    Ok(ClientLogin {
-        user,
-        database,
-        params,
-        password: config.password.clone(),
-    })
+    Ok(ClientLogin { user, database, params, password: config.password.clone() })
 }
 
 /// Reads one password-family message ('p') during authentication.
@@ -134,10 +110,7 @@ async fn read_password_message(stream: &mut TcpStream) -> Result<Vec<u8>, ProxyE
     stream.read_exact(&mut head).await?;
     let (tag, total) = framing::peek_header(&head, MAX_AUTH_MESSAGE)?.expect("header is complete");
     if tag != fe::PASSWORD {
-        return Err(ProxyError::Protocol(format!(
-            "expected password response, got message type '{}'",
-            tag as char
-        )));
+        return Err(ProxyError::Protocol(format!("expected password response, got message type '{}'", tag as char)));
     }
     let mut body = vec![0u8; total - framing::HEADER_LEN];
     stream.read_exact(&mut body).await?;
@@ -162,12 +135,10 @@ async fn scram(stream: &mut TcpStream, shared: &Shared, user: &str) -> Result<bo
     stream.write_all(&out).await?;
     // SASLInitialResponse: mechanism\0, int32 length, client-first.
     let body = read_password_message(stream).await?;
-    let (mechanism, rest) = messages::read_cstr(&body)
-        .ok_or_else(|| ProxyError::Protocol("malformed SASL response".into()))?;
+    let (mechanism, rest) =
+        messages::read_cstr(&body).ok_or_else(|| ProxyError::Protocol("malformed SASL response".into()))?;
     if mechanism != b"SCRAM-SHA-256" || rest.len() < 4 {
-        return Err(ProxyError::Protocol(
-            "client selected an invalid SASL authentication mechanism".into(),
-        ));
+        return Err(ProxyError::Protocol("client selected an invalid SASL authentication mechanism".into()));
     }
     let client_first = &rest[4..];
     let (exchange, server_first) = match ScramExchange::start(secret, client_first) {

@@ -125,14 +125,8 @@ mod tests {
     #[test]
     fn peek_rejects_bad_and_huge_lengths() {
         assert_eq!(peek_header(b"Q\0\0", 100), Ok(None));
-        assert_eq!(
-            peek_header(b"Q\0\0\0\x02", 100),
-            Err(FrameError::BadLength(2))
-        );
-        assert!(matches!(
-            peek_header(b"Q\x7f\xff\xff\xff", 1 << 20),
-            Err(FrameError::TooLarge { .. })
-        ));
+        assert_eq!(peek_header(b"Q\0\0\0\x02", 100), Err(FrameError::BadLength(2)));
+        assert!(matches!(peek_header(b"Q\x7f\xff\xff\xff", 1 << 20), Err(FrameError::TooLarge { .. })));
         assert_eq!(peek_header(b"Q\0\0\0\x08abcd", 100), Ok(Some((b'Q', 9))));
     }
 
@@ -147,7 +141,11 @@ mod tests {
         impl ServerMessages for Seen {
             fn decide(&mut self, tag: u8, msg: &[u8]) -> Verdict {
                 self.0.push((tag, msg.len()));
-                if tag == b'1' { Verdict::Swallow } else { Verdict::Forward }
+                if tag == b'1' {
+                    Verdict::Swallow
+                } else {
+                    Verdict::Forward
+                }
             }
             fn after(&mut self, _: &mut bytes::BytesMut) {}
         }

@@ -24,12 +24,7 @@ fn put_cstr(buf: &mut BytesMut, s: &str) {
 /// ErrorResponse ('E') or NoticeResponse ('N') with severity, SQLSTATE and message.
 pub fn put_error(buf: &mut BytesMut, tag: u8, severity: &str, code: &str, message: &str) {
     let at = begin(buf, tag);
-    for (field, value) in [
-        (b'S', severity),
-        (b'V', severity),
-        (b'C', code),
-        (b'M', message),
-    ] {
+    for (field, value) in [(b'S', severity), (b'V', severity), (b'C', code), (b'M', message)] {
         buf.put_u8(field);
         put_cstr(buf, value);
     }
@@ -104,10 +99,7 @@ pub fn sqlstate_of(body: &[u8]) -> [u8; 5] {
 
 /// The human message ('M' field) of an ErrorResponse body.
 pub fn message_of(body: &[u8]) -> String {
-    fields(body)
-        .find(|(k, _)| *k == b'M')
-        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        .unwrap_or_default()
+    fields(body).find(|(k, _)| *k == b'M').map(|(_, v)| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()
 }
 
 /// Reads a NUL-terminated string at the start of `buf`: (string, rest).
@@ -120,10 +112,7 @@ pub fn read_cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
 pub fn parameter_status(msg: &[u8]) -> Option<(String, String)> {
     let (name, rest) = read_cstr(msg.get(5..)?)?;
     let (value, _) = read_cstr(rest)?;
-    Some((
-        String::from_utf8_lossy(name).into_owned(),
-        String::from_utf8_lossy(value).into_owned(),
-    ))
+    Some((String::from_utf8_lossy(name).into_owned(), String::from_utf8_lossy(value).into_owned()))
 }
 
 #[cfg(test)]
@@ -134,10 +123,7 @@ mod tests {
     fn error_round_trip() {
         let m = error_response("FATAL", "08P01", "bad\0 thing");
         assert_eq!(m[0], b'E');
-        assert_eq!(
-            i32::from_be_bytes([m[1], m[2], m[3], m[4]]) as usize,
-            m.len() - 1
-        );
+        assert_eq!(i32::from_be_bytes([m[1], m[2], m[3], m[4]]) as usize, m.len() - 1);
         assert_eq!(&sqlstate_of(&m[5..]), b"08P01");
         assert_eq!(message_of(&m[5..]), "bad thing");
     }
@@ -146,9 +132,6 @@ mod tests {
     fn parameter_status_round_trip() {
         let mut b = BytesMut::new();
         put_parameter_status(&mut b, "TimeZone", "UTC");
-        assert_eq!(
-            parameter_status(&b),
-            Some(("TimeZone".into(), "UTC".into()))
-        );
+        assert_eq!(parameter_status(&b), Some(("TimeZone".into(), "UTC".into())));
     }
 }

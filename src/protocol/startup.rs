@@ -72,9 +72,7 @@ pub fn parse(body: &[u8]) -> Result<StartupPacket, StartupError> {
         }
         let (value, tail) = read_cstr(tail).ok_or(StartupError::Malformed("missing value"))?;
         let text = |b: &[u8]| {
-            std::str::from_utf8(b)
-                .map(str::to_owned)
-                .map_err(|_| StartupError::Malformed("parameter is not UTF-8"))
+            std::str::from_utf8(b).map(str::to_owned).map_err(|_| StartupError::Malformed("parameter is not UTF-8"))
         };
         params.push((text(name)?, text(value)?));
         rest = tail;
@@ -105,20 +103,11 @@ mod tests {
             p,
             StartupPacket::Startup {
                 minor: 0,
-                params: vec![
-                    ("user".into(), "app".into()),
-                    ("database".into(), "db".into())
-                ]
+                params: vec![("user".into(), "app".into()), ("database".into(), "db".into())]
             }
         );
-        assert_eq!(
-            parse(&SSL_REQUEST.to_be_bytes()).unwrap(),
-            StartupPacket::SslRequest
-        );
-        assert_eq!(
-            parse(&body(2 << 16, &[])).unwrap_err(),
-            StartupError::UnsupportedVersion(2, 0)
-        );
+        assert_eq!(parse(&SSL_REQUEST.to_be_bytes()).unwrap(), StartupPacket::SslRequest);
+        assert_eq!(parse(&body(2 << 16, &[])).unwrap_err(), StartupError::UnsupportedVersion(2, 0));
         assert!(parse(&[0, 3, 0, 0, b'u', b's']).is_err());
         assert!(packet_len(0x7fff_ffffu32.to_be_bytes()).is_err());
         assert!(packet_len(4u32.to_be_bytes()).is_err());

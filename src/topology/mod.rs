@@ -28,11 +28,7 @@ pub struct NodeState {
 
 impl Default for NodeState {
     fn default() -> Self {
-        NodeState {
-            up: false,
-            role: Role::Unknown,
-            timeline: 0,
-        }
+        NodeState { up: false, role: Role::Unknown, timeline: 0 }
     }
 }
 
@@ -46,21 +42,12 @@ pub struct Snapshot {
 
 impl Snapshot {
     fn elect(nodes: Vec<NodeState>, previous: Option<usize>) -> Snapshot {
-        let primaries = || {
-            nodes
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| n.up && n.role == Role::Primary)
-        };
+        let primaries = || nodes.iter().enumerate().filter(|(_, n)| n.up && n.role == Role::Primary);
         let newest = primaries().map(|(_, n)| n.timeline).max();
         // Keep the current leader when it still qualifies, so two primaries never flap.
         let leader = newest.and_then(|tl| {
             previous
-                .filter(|&p| {
-                    nodes
-                        .get(p)
-                        .is_some_and(|n| n.up && n.role == Role::Primary && n.timeline == tl)
-                })
+                .filter(|&p| nodes.get(p).is_some_and(|n| n.up && n.role == Role::Primary && n.timeline == tl))
                 .or_else(|| primaries().find(|(_, n)| n.timeline == tl).map(|(i, _)| i))
         });
         Snapshot { nodes, leader }
@@ -76,15 +63,8 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(nodes: usize) -> Topology {
-        let snapshot = Snapshot {
-            nodes: vec![NodeState::default(); nodes],
-            leader: None,
-        };
-        Topology {
-            current: ArcSwap::from_pointee(snapshot),
-            write: Mutex::new(()),
-            changed: Notify::new(),
-        }
+        let snapshot = Snapshot { nodes: vec![NodeState::default(); nodes], leader: None };
+        Topology { current: ArcSwap::from_pointee(snapshot), write: Mutex::new(()), changed: Notify::new() }
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -130,28 +110,17 @@ mod tests {
     use super::*;
 
     fn primary(timeline: u32) -> NodeState {
-        NodeState {
-            up: true,
-            role: Role::Primary,
-            timeline,
-        }
+        NodeState { up: true, role: Role::Primary, timeline }
     }
 
     #[test]
     fn elects_the_newest_timeline_and_keeps_a_qualifying_leader() {
-        let standby = NodeState {
-            up: true,
-            role: Role::Standby,
-            timeline: 0,
-        };
+        let standby = NodeState { up: true, role: Role::Standby, timeline: 0 };
         let s = Snapshot::elect(vec![primary(1), standby.clone(), primary(2)], None);
         assert_eq!(s.leader, Some(2));
         let s = Snapshot::elect(vec![primary(2), standby.clone(), primary(2)], Some(2));
         assert_eq!(s.leader, Some(2));
-        let down = NodeState {
-            up: false,
-            ..primary(3)
-        };
+        let down = NodeState { up: false, ..primary(3) };
         let s = Snapshot::elect(vec![down, standby.clone(), primary(2)], Some(0));
         assert_eq!(s.leader, Some(2));
         assert_eq!(Snapshot::elect(vec![standby], None).leader, None);

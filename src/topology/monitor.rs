@@ -26,36 +26,17 @@ fn control_pool(config: &Config, node: &NodeConfig) -> Pool {
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(5))
         .tcp_user_timeout(config.monitor.timeout);
-    let manager = Manager::from_config(
-        pg,
-        tokio_postgres::NoTls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(1)
-        .build()
-        .expect("no runtime-dependent timeouts")
+    let manager =
+        Manager::from_config(pg, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Pool::builder(manager).max_size(1).build().expect("no runtime-dependent timeouts")
 }
 
 async fn probe(pool: &Pool) -> Result<NodeState, String> {
     let client = pool.get().await.map_err(|e| e.to_string())?;
-    let row = client
-        .query_one(PROBE_SQL, &[])
-        .await
-        .map_err(|e| e.to_string())?;
+    let row = client.query_one(PROBE_SQL, &[]).await.map_err(|e| e.to_string())?;
     let in_recovery: bool = row.get(0);
     let timeline: i32 = row.get(1);
-    Ok(NodeState {
-        up: true,
-        role: if in_recovery {
-            Role::Standby
-        } else {
-            Role::Primary
-        },
-        timeline: timeline as u32,
-    })
+    Ok(NodeState { up: true, role: if in_recovery { Role::Standby } else { Role::Primary }, timeline: timeline as u32 })
 }
 
 /// Starts the monitor tasks; they run until the runtime stops.
@@ -66,8 +47,7 @@ pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange) 
         let (topology, on_change, name) = (topology.clone(), on_change.clone(), node.name.clone());
         let up = metrics::gauge!(crate::metrics::NODE_UP, "node" => name.clone());
         let leader = metrics::gauge!(crate::metrics::NODE_IS_LEADER, "node" => name.clone());
-        let probe_time =
-            metrics::histogram!(crate::metrics::NODE_PROBE_SECONDS, "node" => name.clone());
+        let probe_time = metrics::histogram!(crate::metrics::NODE_PROBE_SECONDS, "node" => name.clone());
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -88,11 +68,7 @@ pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange) 
                 probe_time.record(started.elapsed().as_secs_f64());
                 up.set(if state.up { 1.0 } else { 0.0 });
                 let before = topology.update(i, state.clone());
-                leader.set(if topology.snapshot().leader == Some(i) {
-                    1.0
-                } else {
-                    0.0
-                });
+                leader.set(if topology.snapshot().leader == Some(i) { 1.0 } else { 0.0 });
                 if before != state {
                     tracing::info!(node = %name, ?before, after = ?state, "node state changed");
                     on_change(i, &before, &state);

@@ -39,43 +39,24 @@ fn spec(root: PathBuf, followers: usize) -> ClusterSpec {
 impl TestCluster {
     /// A new leader + `followers` cluster; `tweak` may adjust the spec (e.g. follower delays).
     pub fn start(followers: usize, tweak: impl FnOnce(&mut ClusterSpec)) -> TestCluster {
-        let dir = tempfile::Builder::new()
-            .prefix("pgcausal-test-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("pgcausal-test-").tempdir().expect("tempdir");
         let mut spec = spec(dir.path().join("cluster"), followers);
         tweak(&mut spec);
         let cluster = Cluster::start(spec).expect("cluster starts");
         let ports = cluster.nodes().iter().map(|n| n.port).collect();
-        TestCluster {
-            cluster: Mutex::new(cluster),
-            ports,
-            _dir: dir,
-        }
+        TestCluster { cluster: Mutex::new(cluster), ports, _dir: dir }
     }
 
     /// Runs SQL as superuser on node `i` (psql -At) and returns its output.
     pub fn sql(&self, i: usize, db: &str, sql: &str) -> String {
-        self.cluster
-            .lock()
-            .unwrap()
-            .psql(i, db, sql)
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        self.cluster.lock().unwrap().psql(i, db, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
     /// A fresh database for one test, present on every follower before returning.
     pub fn create_database(&self, name: &str) {
-        self.sql(
-            0,
-            "postgres",
-            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        );
+        self.sql(0, "postgres", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         self.sql(0, "postgres", &format!("CREATE DATABASE {name}"));
-        self.cluster
-            .lock()
-            .unwrap()
-            .wait_replicated(Duration::from_secs(30))
-            .expect("replicated");
+        self.cluster.lock().unwrap().wait_replicated(Duration::from_secs(30)).expect("replicated");
     }
 }
 
@@ -86,11 +67,7 @@ pub fn shared_cluster() -> &'static TestCluster {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Settings for a proxy under test.
@@ -106,12 +83,7 @@ pub struct ProxyOptions {
 
 impl Default for ProxyOptions {
     fn default() -> Self {
-        ProxyOptions {
-            pool_mode: "transaction",
-            pool_size: 4,
-            proxy_section: String::new(),
-            extra: String::new(),
-        }
+        ProxyOptions { pool_mode: "transaction", pool_size: 4, proxy_section: String::new(), extra: String::new() }
     }
 }
 
@@ -150,21 +122,12 @@ impl ProxyProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_pgcausal"))
             .args(["serve", "--config"])
             .arg(&config_path)
-            .env(
-                "PGCAUSAL_LOG",
-                std::env::var("PGCAUSAL_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("PGCAUSAL_LOG", std::env::var("PGCAUSAL_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .expect("pgcausal starts");
-        let proxy = ProxyProcess {
-            child,
-            port,
-            metrics_port,
-            config_path,
-            _dir: dir,
-        };
+        let proxy = ProxyProcess { child, port, metrics_port, config_path, _dir: dir };
         proxy.wait_ready();
         proxy
     }
@@ -196,14 +159,7 @@ impl ProxyProcess {
         self.psql_as(USER, PASSWORD, db, args, stdin)
     }
 
-    pub fn psql_as(
-        &self,
-        user: &str,
-        password: &str,
-        db: &str,
-        args: &[&str],
-        stdin: Option<&str>,
-    ) -> Output {
+    pub fn psql_as(&self, user: &str, password: &str, db: &str, args: &[&str], stdin: Option<&str>) -> Output {
         use std::io::Write;
         let mut child = Command::new(pg_bin("psql"))
             .args([
@@ -239,18 +195,14 @@ impl ProxyProcess {
 
     /// A libpq/tokio-postgres connection string through the proxy.
     pub fn conn_str(&self, db: &str) -> String {
-        format!(
-            "host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={db}",
-            self.port
-        )
+        format!("host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={db}", self.port)
     }
 
     /// The /metrics page.
     pub fn metrics(&self) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).unwrap();
         body
@@ -275,9 +227,7 @@ impl Drop for ProxyProcess {
 /// A PostgreSQL client program from the same installation as the servers.
 pub fn pg_bin(name: &str) -> PathBuf {
     static BINDIR: OnceLock<PathBuf> = OnceLock::new();
-    BINDIR
-        .get_or_init(|| pgcausal::cluster::find_pg_bindir().expect("PostgreSQL binaries"))
-        .join(name)
+    BINDIR.get_or_init(|| pgcausal::cluster::find_pg_bindir().expect("PostgreSQL binaries")).join(name)
 }
 
 /// stdout of a successful command, or a panic with its stderr.
