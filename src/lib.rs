@@ -10,4 +10,5 @@ pub mod frontend;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;
+pub mod route;
 pub mod topology;

@@ -13,6 +13,7 @@ pub const POOL_WAIT: &str = "pgcausal_pool_wait_seconds";
 pub const POOL_TIMEOUTS: &str = "pgcausal_pool_timeouts_total";
 pub const ERRORS: &str = "pgcausal_errors_total";
 pub const CANCEL_REQUESTS: &str = "pgcausal_cancel_requests_total";
+pub const SESSION_PINS: &str = "pgcausal_session_pins_total";
 pub const NODE_UP: &str = "pgcausal_node_up";
 pub const NODE_IS_LEADER: &str = "pgcausal_node_is_leader";
 pub const NODE_PROBE_SECONDS: &str = "pgcausal_node_probe_seconds";
@@ -28,6 +29,7 @@ pub fn describe() {
     describe_counter!(POOL_TIMEOUTS, "Clients that gave up waiting for a server connection, by node");
     describe_counter!(ERRORS, "Errors sent to clients, by SQLSTATE class and source (server or proxy)");
     describe_counter!(CANCEL_REQUESTS, "Cancel requests by result");
+    describe_counter!(SESSION_PINS, "Sessions pinned to their server connection, by kind (listen, temp_table, ...)");
     describe_gauge!(NODE_UP, "1 if the node's last health probe succeeded");
     describe_gauge!(NODE_IS_LEADER, "1 if the node is the current leader");
     describe_histogram!(NODE_PROBE_SECONDS, "Duration of node health probes");

@@ -4,6 +4,7 @@ use crate::backend::Pools;
 use crate::config::Config;
 use crate::frontend::auth::ScramSecret;
 use crate::frontend::cancel::CancelRegistry;
+use crate::route::{Classifier, FunctionCatalog};
 use crate::topology::{monitor, Topology};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,6 +21,8 @@ pub struct Shared {
     /// SCRAM secrets per user, derived once (4096 PBKDF2 rounds is too slow per login).
     pub scram: HashMap<String, ScramSecret>,
     pub clients: AtomicUsize,
+    /// SQL classification shared by all sessions (fingerprint-keyed cache).
+    pub classifier: Classifier,
 }
 
 /// A bound, not yet serving proxy.
@@ -44,6 +47,7 @@ impl Proxy {
             cancels: Arc::new(CancelRegistry::default()),
             scram,
             clients: AtomicUsize::new(0),
+            classifier: Classifier::new(10_000, Arc::new(FunctionCatalog::builtin())),
             config,
         });
         let weak = Arc::downgrade(&shared);

@@ -58,6 +58,8 @@ pub struct ServerConn {
     pub created: Instant,
     /// Set when a client may have left session state; the pool resets it before reuse.
     pub needs_reset: bool,
+    /// Settings a client left on this connection (the next client's are synced over them).
+    pub settings: super::settings::Settings,
     /// Proxy-named prepared statements this connection holds.
     pub statements: super::statements::ServerStatements,
     /// Counts this connection in the server-connections gauge while it lives.
@@ -86,6 +88,7 @@ impl ServerConn {
             needs_reset: false,
             gauge: None,
             statements: Default::default(),
+            settings: Default::default(),
         };
         let mut out = BytesMut::new();
         let params =

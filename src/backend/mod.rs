@@ -2,6 +2,7 @@
 
 pub mod conn;
 pub mod pool;
+pub mod settings;
 pub mod statements;
 
 pub use conn::{BackendError, Login, ServerConn};

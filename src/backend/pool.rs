@@ -42,7 +42,9 @@ impl managed::Manager for Manager {
         }
         if conn.needs_reset {
             conn.run(&self.reset_query).await?;
-            conn.statements.clear(); // the reset query may have dropped them (DISCARD ALL does)
+            // The reset query may have dropped them (DISCARD ALL does).
+            conn.statements.clear();
+            conn.settings.clear();
             conn.needs_reset = false;
         }
         Ok(())

@@ -7,6 +7,7 @@ pub mod prepared;
 pub mod requests;
 pub mod session;
 pub mod startup;
+pub mod state;
 
 use crate::error::ProxyError;
 use crate::protocol::messages;

@@ -11,6 +11,8 @@ use super::inflight::{Inflight, Request};
 use super::prepared::ClientStatements;
 use super::requests::{answer_without_server, answerable_without_server, Outbound, Refused};
 use super::startup::{put_login_ok, ClientLogin};
+use super::state::{ClientSettings, Pins};
+use crate::backend::settings::Settings;
 use crate::backend::statements::ServerStatements;
 use crate::backend::{Lease, Pool};
 use crate::config::PoolMode;
@@ -18,6 +20,7 @@ use crate::error::ProxyError;
 use crate::protocol::framing::{self, BackendScanner, ServerMessages, Verdict};
 use crate::protocol::{fe, messages};
 use crate::proxy::Shared;
+use crate::route::SessionEffect;
 use bytes::{Buf, Bytes, BytesMut};
 use deadpool::managed::{Object, PoolError};
 use std::io;
@@ -60,6 +63,10 @@ pub struct Session<'a> {
     inflight: Inflight,
     /// The client's named prepared statements.
     statements: ClientStatements,
+    /// The client's session settings, replayed on each server connection it uses.
+    settings: ClientSettings,
+    /// State that ties the client to its current server connection (LISTEN, temp tables, ...).
+    pins: Pins,
     /// Extended-protocol messages went out after the last Sync: the server must be kept.
     unsynced: bool,
     /// Transaction status from the last ReadyForQuery ('I', 'T' or 'E').
@@ -84,6 +91,8 @@ pub async fn run(stream: TcpStream, login: ClientLogin, shared: &Shared) -> Resu
         pools: vec![None; shared.config.nodes.len()],
         inflight: Inflight::default(),
         statements: ClientStatements::default(),
+        settings: ClientSettings::default(),
+        pins: Pins::default(),
         unsynced: false,
         tx_status: b'I',
         discard_until_sync: false,
@@ -109,12 +118,16 @@ impl Session<'_> {
     async fn start(&mut self) -> Result<(), ProxyError> {
         self.acquire().await?;
         let conn = &mut *self.server.as_mut().expect("just acquired").lease;
-        if self.mode == PoolMode::Session {
-            for (name, value) in startup_settings(&self.login.params) {
-                let sql = format!("SELECT pg_catalog.set_config({}, {}, false)", quote(&name), quote(&value));
-                conn.run(&sql).await?;
-            }
+        let mut startup = Settings::default();
+        for (name, value) in startup_settings(&self.login.params) {
+            startup.set_text(&name, &value);
         }
+        // Applied here rather than injected, so the ParameterStatus the client sees reflect them.
+        if let Some(sql) = startup.sync_sql(&conn.settings) {
+            conn.run(&sql).await?;
+            conn.settings = startup.clone();
+        }
+        self.settings = ClientSettings::from_startup(startup);
         let mut out = BytesMut::new();
         put_login_ok(&mut out, &conn.params, self.key.pid, self.key.secret);
         self.client_wr.write_all(&out).await?;
@@ -193,7 +206,11 @@ impl Session<'_> {
                 continue;
             }
             if self.server.is_none() {
-                if let Err(e) = self.acquire().await {
+                let acquired = self.acquire().await;
+                if acquired.is_ok() {
+                    self.sync_settings();
+                }
+                if let Err(e) = acquired {
                     self.cbuf.advance(total);
                     self.refuse(&e);
                     if matches!(tag, fe::QUERY | fe::SYNC | fe::FUNCTION_CALL) {
@@ -206,6 +223,9 @@ impl Session<'_> {
             }
             self.discard_until_sync = false;
             self.account(tag);
+            if matches!(tag, fe::QUERY | fe::PARSE) {
+                self.observe_sql(tag, total);
+            }
             let leased = self.server.as_mut().expect("leased above");
             let mut outbound = Outbound {
                 to_server: &mut self.to_server,
@@ -227,6 +247,45 @@ impl Session<'_> {
             crate::metrics::error(b"42", "proxy");
             self.inflight.push(Request::Reply(error), &mut self.to_client);
             self.discard_until_sync = true;
+        }
+    }
+
+    /// Classifies the SQL of a Query or Parse and tracks the session state it changes.
+    fn observe_sql(&mut self, tag: u8, total: usize) {
+        let body = &self.cbuf[5..total];
+        let sql = match tag {
+            fe::PARSE => messages::read_cstr(body).and_then(|(_, rest)| messages::read_cstr(rest)).map(|(q, _)| q),
+            _ => messages::read_cstr(body).map(|(q, _)| q),
+        };
+        let Some(sql) = sql else { return };
+        let classification = self.shared.classifier.classify(&String::from_utf8_lossy(sql));
+        if !classification.session.is_empty() {
+            self.settings.apply(&classification.session);
+        }
+        if !classification.pins.is_empty() || !classification.unpins.is_empty() {
+            for kind in self.pins.apply(&classification) {
+                metrics::counter!(crate::metrics::SESSION_PINS, "kind" => kind).increment(1);
+            }
+        }
+        // DISCARD ALL and DEALLOCATE drop the server's statements, ours included.
+        if classification.session.contains(&SessionEffect::DiscardAll) || starts_with_word(sql, b"deallocate") {
+            if let Some(leased) = self.server.as_mut() {
+                leased.lease.statements.clear();
+            }
+            if classification.session.contains(&SessionEffect::DiscardAll) {
+                self.statements.clear();
+            }
+        }
+    }
+
+    /// Brings a newly leased server connection to the client's settings (answers swallowed).
+    fn sync_settings(&mut self) {
+        let Some(leased) = self.server.as_mut() else { return };
+        let current = self.settings.current();
+        if let Some(sql) = current.sync_sql(&leased.lease.settings) {
+            leased.lease.settings = current.clone();
+            let _ = postgres_protocol::message::frontend::query(&sql, &mut self.to_server);
+            self.inflight.push(Request::Query { swallow: true }, &mut self.to_client);
         }
     }
 
@@ -253,6 +312,8 @@ impl Session<'_> {
             inflight: &mut self.inflight,
             statements: &mut conn.statements,
             tx_status: &mut self.tx_status,
+            settings: &mut self.settings,
+            server_settings: &mut conn.settings,
         };
         let was_empty = self.to_client.is_empty();
         let n = leased.scanner.scan(&conn.rbuf, &mut self.to_client, &mut sink);
@@ -311,7 +372,7 @@ impl Session<'_> {
 
     /// In transaction mode, hands the server back as soon as its transaction is over.
     fn maybe_release(&mut self) {
-        if self.mode == PoolMode::Transaction && self.server_is_clean() {
+        if self.mode == PoolMode::Transaction && self.server_is_clean() && !self.pins.is_pinned() {
             self.key.target.clear();
             self.server = None;
         }
@@ -375,6 +436,8 @@ struct ServerSide<'a> {
     inflight: &'a mut Inflight,
     statements: &'a mut ServerStatements,
     tx_status: &'a mut u8,
+    settings: &'a mut ClientSettings,
+    server_settings: &'a mut Settings,
 }
 
 impl ServerMessages for ServerSide<'_> {
@@ -384,8 +447,17 @@ impl ServerMessages for ServerSide<'_> {
             self.statements.remove(hash);
         }
         match tag {
-            b'Z' => *self.tx_status = *msg.get(5).unwrap_or(&b'I'),
-            b'E' => crate::metrics::error(&messages::sqlstate_of(&msg[5..]), "server"),
+            b'Z' => {
+                *self.tx_status = *msg.get(5).unwrap_or(&b'I');
+                if *self.tx_status == b'I' {
+                    *self.server_settings = self.settings.end_transaction();
+                }
+            }
+            b'E' => {
+                crate::metrics::error(&messages::sqlstate_of(&msg[5..]), "server");
+                self.settings.transaction_failed();
+            }
+            b'C' if msg[5..].starts_with(b"ROLLBACK") => self.settings.transaction_failed(),
             _ => {}
         }
         verdict
@@ -419,9 +491,12 @@ fn startup_settings(params: &[(String, String)]) -> Vec<(String, String)> {
     out
 }
 
-/// A SQL string literal.
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+/// True if `sql` starts with `word` (case-insensitive), after whitespace.
+fn starts_with_word(sql: &[u8], word: &[u8]) -> bool {
+    let sql = sql.trim_ascii_start();
+    sql.len() >= word.len()
+        && sql[..word.len()].eq_ignore_ascii_case(word)
+        && sql.get(word.len()).is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'_')
 }
 
 #[cfg(test)]
@@ -443,6 +518,7 @@ mod tests {
                 ("work_mem".to_string(), "4MB".to_string()),
             ]
         );
-        assert_eq!(quote("it's"), "'it''s'");
+        assert!(starts_with_word(b"  DEALLOCATE ALL", b"deallocate"));
+        assert!(!starts_with_word(b"deallocated", b"deallocate"));
     }
 }

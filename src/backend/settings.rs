@@ -1,0 +1,137 @@
+//! Session settings beyond the server defaults (SET, set_config, startup options), as statements
+//! that reproduce them; a client carries its own, a server connection carries what it last got.
+
+/// Settings in the order they were made (SET SESSION AUTHORIZATION before SET ROLE matters).
+#[derive(Clone, Default, PartialEq, Eq, Debug)]
+pub struct Settings {
+    /// (lowercase name, SQL that sets it).
+    entries: Vec<(String, String)>,
+    /// Nobody knows what this server carries (a failed transaction changed settings): reset all.
+    unknown: bool,
+}
+
+/// Settings that RESET ALL leaves alone and that need their own RESET syntax.
+fn reset_sql(name: &str) -> String {
+    match name {
+        "role" => "RESET ROLE".into(),
+        "session_authorization" => "RESET SESSION AUTHORIZATION".into(),
+        other => format!("RESET {}", quote_ident(other)),
+    }
+}
+
+/// A setting name as an identifier; dotted custom names keep their parts.
+fn quote_ident(name: &str) -> String {
+    name.split('.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
+}
+
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+impl Settings {
+    pub fn unknown() -> Settings {
+        Settings { entries: Vec::new(), unknown: true }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && !self.unknown
+    }
+
+    /// Records `SET name TO value` (`value` is SQL text, as the client wrote it).
+    pub fn set(&mut self, name: &str, value_sql: &str) {
+        let name = name.to_ascii_lowercase();
+        let sql = match name.as_str() {
+            "role" => format!("SET ROLE {value_sql}"),
+            "session_authorization" => format!("SET SESSION AUTHORIZATION {value_sql}"),
+            _ => format!("SET {} TO {value_sql}", quote_ident(&name)),
+        };
+        self.put(name, sql);
+    }
+
+    /// Records a plain-text value (startup options, set_config arguments).
+    pub fn set_text(&mut self, name: &str, value: &str) {
+        let name = name.to_ascii_lowercase();
+        let sql = format!("SELECT pg_catalog.set_config({}, {}, false)", quote_literal(&name), quote_literal(value));
+        self.put(name, sql);
+    }
+
+    fn put(&mut self, name: String, sql: String) {
+        let name = if name == "time zone" { "timezone".to_string() } else { name };
+        self.entries.retain(|(n, _)| *n != name);
+        self.entries.push((name, sql));
+    }
+
+    pub fn reset(&mut self, name: &str) {
+        let name = name.to_ascii_lowercase();
+        let name = if name == "time zone" { "timezone".to_string() } else { name };
+        self.entries.retain(|(n, _)| *n != name);
+    }
+
+    /// RESET ALL: everything but role and session authorization.
+    pub fn reset_all(&mut self) {
+        self.entries.retain(|(n, _)| n == "role" || n == "session_authorization");
+    }
+
+    /// DISCARD ALL: nothing left.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.unknown = false;
+    }
+
+    /// SQL turning a server that carries `from` into one that carries `self`; None if equal.
+    pub fn sync_sql(&self, from: &Settings) -> Option<String> {
+        if self == from {
+            return None;
+        }
+        let mut sql = Vec::new();
+        if from.unknown {
+            sql.extend(["RESET ALL", "RESET ROLE", "RESET SESSION AUTHORIZATION"].map(String::from));
+            sql.extend(self.entries.iter().map(|(_, s)| s.clone()));
+            return Some(sql.join("; "));
+        }
+        for (name, _) in &from.entries {
+            if !self.entries.iter().any(|(n, _)| n == name) {
+                sql.push(reset_sql(name));
+            }
+        }
+        // Re-apply in order from the first entry that differs, so ordering stays as the client made it.
+        let same_prefix = self.entries.iter().zip(&from.entries).take_while(|(a, b)| a == b).count();
+        sql.extend(self.entries[same_prefix..].iter().map(|(_, s)| s.clone()));
+        Some(sql.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_resets_what_the_client_lacks_and_sets_what_differs() {
+        let mut server = Settings::default();
+        server.set("search_path", "other");
+        server.set("role", "admin");
+        let mut client = Settings::default();
+        client.set("TimeZone", "'UTC'");
+        assert_eq!(client.sync_sql(&server).unwrap(), "RESET \"search_path\"; RESET ROLE; SET \"timezone\" TO 'UTC'");
+        assert_eq!(client.sync_sql(&client.clone()), None);
+        client.set_text("application_name", "it's");
+        assert!(client
+            .sync_sql(&Settings::default())
+            .unwrap()
+            .ends_with("set_config('application_name', 'it''s', false)"));
+    }
+
+    #[test]
+    fn reset_all_keeps_role_and_discard_clears() {
+        let mut s = Settings::default();
+        s.set("role", "r");
+        s.set("work_mem", "'4MB'");
+        s.reset_all();
+        assert_eq!(s.sync_sql(&Settings::default()).unwrap(), "SET ROLE r");
+        s.clear();
+        assert!(s.is_empty());
+        s.set("time zone", "'UTC'");
+        s.reset("timezone");
+        assert!(s.is_empty());
+    }
+}

@@ -1,0 +1,173 @@
+//! Session state a server would keep for the client (settings, and state that cannot move such as
+//! LISTEN or temp tables), tracked from classified SQL with transaction semantics, so it can follow
+//! the client across server connections or pin the client to one.
+
+use crate::backend::settings::Settings;
+use crate::route::{Classification, Pin, SessionEffect, Unpin};
+use std::collections::BTreeSet;
+
+/// The client's settings: committed ones, and a working copy while a transaction runs.
+#[derive(Debug, Default)]
+pub struct ClientSettings {
+    committed: Settings,
+    pending: Option<Settings>,
+    /// An error or rollback happened in the current transaction.
+    failed: bool,
+}
+
+impl ClientSettings {
+    pub fn from_startup(settings: Settings) -> ClientSettings {
+        ClientSettings { committed: settings, pending: None, failed: false }
+    }
+
+    /// What a server running the client's work must carry.
+    pub fn current(&self) -> &Settings {
+        self.pending.as_ref().unwrap_or(&self.committed)
+    }
+
+    /// Records the effects of statements sent; they count once their transaction commits.
+    pub fn apply(&mut self, effects: &[SessionEffect]) {
+        let mut changed = false;
+        for effect in effects {
+            let working = self.pending.get_or_insert_with(|| self.committed.clone());
+            match effect {
+                SessionEffect::Set { name, value, local: false } => working.set(name, value),
+                SessionEffect::SetConfigCall { name, value, is_local: false } => working.set_text(name, value),
+                SessionEffect::Reset { name } => working.reset(name),
+                SessionEffect::ResetAll => working.reset_all(),
+                SessionEffect::DiscardAll => working.clear(),
+                _ => continue, // SET LOCAL dies with its transaction; proxy commands never reach a server
+            }
+            changed = true;
+        }
+        if !changed && self.pending.as_ref() == Some(&self.committed) {
+            self.pending = None;
+        }
+    }
+
+    /// An ErrorResponse, or a ROLLBACK: changes of this transaction will not stick.
+    pub fn transaction_failed(&mut self) {
+        self.failed = true;
+    }
+
+    /// At ReadyForQuery 'I': settles the transaction's changes and returns what the server carries
+    /// now (unknown when a failed transaction had changes: savepoints may have kept some).
+    pub fn end_transaction(&mut self) -> Settings {
+        let pending = self.pending.take();
+        let failed = std::mem::take(&mut self.failed);
+        match pending {
+            Some(p) if !failed => {
+                self.committed = p;
+                self.committed.clone()
+            }
+            Some(p) if p != self.committed => Settings::unknown(),
+            _ => self.committed.clone(),
+        }
+    }
+}
+
+/// State that lives in one server backend and cannot be replayed elsewhere.
+#[derive(Debug, Default)]
+pub struct Pins {
+    channels: BTreeSet<String>,
+    listen_all: bool,
+    temp_tables: BTreeSet<String>,
+    cursors: BTreeSet<String>,
+    advisory_locks: bool,
+    untracked: bool,
+}
+
+impl Pins {
+    /// Applies a statement's pins and unpins; returns the kinds newly pinned (for the metric).
+    pub fn apply(&mut self, c: &Classification) -> Vec<&'static str> {
+        let mut new = Vec::new();
+        for unpin in &c.unpins {
+            match unpin {
+                Unpin::UnlistenAll => {
+                    self.channels.clear();
+                    self.listen_all = false;
+                }
+                Unpin::Unlisten { channel } => {
+                    self.channels.remove(channel);
+                }
+                Unpin::DiscardAll => *self = Pins::default(),
+                Unpin::DiscardTemp => self.temp_tables.clear(),
+                Unpin::AdvisoryUnlockAll => self.advisory_locks = false,
+                Unpin::DropTable { names } => names.iter().for_each(|n| {
+                    self.temp_tables.remove(n);
+                }),
+                Unpin::CloseCursor { name } => {
+                    self.cursors.remove(name);
+                }
+                Unpin::CloseAllCursors => self.cursors.clear(),
+                Unpin::FinishPrepared => {}
+            }
+        }
+        let was = self.is_pinned();
+        for pin in &c.pins {
+            let kind = match pin {
+                Pin::Listen { channel } => {
+                    self.channels.insert(channel.clone());
+                    "listen"
+                }
+                Pin::TempTable { name } => {
+                    self.temp_tables.insert(name.clone());
+                    "temp_table"
+                }
+                Pin::AdvisoryLock => {
+                    self.advisory_locks = true;
+                    "advisory_lock"
+                }
+                Pin::HoldCursor { name } => {
+                    self.cursors.insert(name.clone());
+                    "hold_cursor"
+                }
+                // A prepared transaction belongs to no backend once prepared.
+                Pin::PrepareTransaction => continue,
+                Pin::UntrackedSessionState => {
+                    self.untracked = true;
+                    "untracked_state"
+                }
+            };
+            if !was {
+                new.push(kind);
+            }
+        }
+        new
+    }
+
+    /// True while the client must keep its server connection.
+    pub fn is_pinned(&self) -> bool {
+        !self.channels.is_empty()
+            || self.listen_all
+            || !self.temp_tables.is_empty()
+            || !self.cursors.is_empty()
+            || self.advisory_locks
+            || self.untracked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(name: &str, value: &str) -> SessionEffect {
+        SessionEffect::Set { name: name.into(), value: value.into(), local: false }
+    }
+
+    #[test]
+    fn settings_stick_only_when_their_transaction_commits() {
+        let mut s = ClientSettings::default();
+        s.apply(&[set("search_path", "a")]);
+        assert_eq!(s.end_transaction(), s.current().clone());
+        let committed = s.current().clone();
+        s.apply(&[set("search_path", "b")]);
+        s.transaction_failed();
+        assert_eq!(s.end_transaction(), Settings::unknown(), "server state uncertain after a failed change");
+        assert_eq!(s.current(), &committed, "rolled-back SET does not stick");
+        s.apply(&[SessionEffect::Set { name: "work_mem".into(), value: "'1MB'".into(), local: true }]);
+        assert_eq!(s.end_transaction(), committed);
+        s.apply(&[SessionEffect::DiscardAll]);
+        assert!(s.end_transaction().is_empty());
+    }
+}

@@ -1,0 +1,173 @@
+//! `Classifier`: the shared fingerprint -> classification cache in front of `classify()`.
+//!
+//! Hit path: fingerprint (no allocation), one quick_cache lookup (an `Arc`
+//! clone), a generation check, one relaxed counter increment. quick_cache was
+//! chosen over moka::sync after measuring hits at ~20 ns vs ~160 ns.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use quick_cache::sync::Cache;
+
+use crate::route::{classify, fingerprint, Classification, Fingerprint, FunctionCatalog, Reason, Target};
+
+#[derive(Clone)]
+struct Entry {
+    /// Catalog generation the result was computed with; older ones are misses.
+    generation: u64,
+    classification: Arc<Classification>,
+}
+
+/// Counters for the caller's metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub entries: usize,
+    pub capacity: u64,
+}
+
+/// Classifies SQL strings through a bounded cache shared by all sessions.
+pub struct Classifier {
+    cache: Cache<u64, Entry>,
+    /// Fingerprints a follower rejected (SQLSTATE 25006). Kept apart from the
+    /// cache so a catalog swap does not forget them and uncacheable statements
+    /// are covered too.
+    leader_only: Cache<u64, ()>,
+    catalog: ArcSwap<FunctionCatalog>,
+    generation: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl Default for Classifier {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_CAPACITY, Arc::new(FunctionCatalog::builtin()))
+    }
+}
+
+impl Classifier {
+    pub const DEFAULT_CAPACITY: usize = 10_000;
+
+    /// `capacity` is the number of cached classifications (at least 1).
+    pub fn new(capacity: usize, catalog: Arc<FunctionCatalog>) -> Self {
+        let capacity = capacity.max(1);
+        Classifier {
+            cache: Cache::new(capacity),
+            leader_only: Cache::new((capacity / 10).max(64)),
+            catalog: ArcSwap::new(catalog),
+            generation: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// Classifies `sql`, from the cache when possible.
+    pub fn classify(&self, sql: &str) -> Arc<Classification> {
+        self.classify_fingerprinted(sql, &fingerprint(sql))
+    }
+
+    /// Like [`classify`](Self::classify) for a caller that already computed `fingerprint(sql)`.
+    pub fn classify_fingerprinted(&self, sql: &str, fp: &Fingerprint) -> Arc<Classification> {
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some(entry) = self.cache.get(&fp.hash) {
+            if entry.generation == generation {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return entry.classification;
+            }
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        // Load the catalog after the generation: a swap in between makes this
+        // entry's generation stale, never the other way round.
+        let mut classification = classify(sql, &self.catalog.load());
+        if classification.target == Target::Follower && self.leader_only.contains_key(&fp.hash) {
+            classification.target = Target::Leader;
+            classification.reason = Reason::Remembered;
+        }
+        let cacheable = classification.cacheable;
+        let classification = Arc::new(classification);
+        if cacheable {
+            let entry = Entry { generation, classification: Arc::clone(&classification) };
+            self.cache.insert(fp.hash, entry);
+        }
+        classification
+    }
+
+    /// Forces `sql`'s fingerprint to the leader from now on: the caller's
+    /// safety net after a follower answered SQLSTATE 25006 (read-only transaction).
+    pub fn remember_leader_only(&self, sql: &str) {
+        let fp = fingerprint(sql);
+        tracing::info!(fingerprint = fp.hash, "follower rejected statement; routing it to the leader from now on");
+        self.leader_only.insert(fp.hash, ());
+        self.cache.remove(&fp.hash);
+    }
+
+    /// Swaps in a new function catalog. Cached results may depend on the old
+    /// volatile set, so they are invalidated (generation bump) and dropped.
+    pub fn set_catalog(&self, catalog: Arc<FunctionCatalog>) {
+        self.catalog.store(catalog);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.cache.clear();
+    }
+
+    pub fn catalog(&self) -> Arc<FunctionCatalog> {
+        self.catalog.load_full()
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            entries: self.cache.len(),
+            capacity: self.cache.capacity(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::FunctionOverrides;
+
+    #[test]
+    fn hits_after_first_miss() {
+        let c = Classifier::default();
+        let a = c.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 1");
+        let b = c.classify("select abalance from pgbench_accounts where aid = 2;");
+        assert!(Arc::ptr_eq(&a, &b));
+        let s = c.stats();
+        assert_eq!((s.hits, s.misses, s.entries), (1, 1, 1));
+    }
+
+    #[test]
+    fn uncacheable_results_are_recomputed() {
+        let c = Classifier::default();
+        let a = c.classify("SET search_path = 'a'");
+        let b = c.classify("SET search_path = 'b'");
+        assert_ne!(a.session, b.session);
+        assert_eq!(c.stats().entries, 0);
+    }
+
+    #[test]
+    fn catalog_swap_invalidates() {
+        let c = Classifier::default();
+        assert_eq!(c.classify("SELECT app.write_fn(1)").target, Target::Follower);
+        let catalog = FunctionCatalog::from_pg_proc([("app", "write_fn", 'v')], &FunctionOverrides::default());
+        c.set_catalog(Arc::new(catalog));
+        assert_eq!(c.classify("SELECT app.write_fn(2)").target, Target::Leader);
+        assert!(c.catalog().is_loaded());
+    }
+
+    #[test]
+    fn remembered_statements_go_to_the_leader() {
+        let c = Classifier::default();
+        assert_eq!(c.classify("SELECT my_writer(1)").target, Target::Follower);
+        c.remember_leader_only("SELECT my_writer(7)");
+        let again = c.classify("SELECT my_writer(3)");
+        assert_eq!((again.target, again.reason), (Target::Leader, Reason::Remembered));
+        // Survives a catalog swap.
+        c.set_catalog(Arc::new(FunctionCatalog::builtin()));
+        assert_eq!(c.classify("SELECT my_writer(4)").target, Target::Leader);
+    }
+}
