@@ -27,6 +27,8 @@ pub struct Config {
     #[serde(default)]
     pub monitor: MonitorConfig,
     #[serde(default)]
+    pub routing: RoutingConfig,
+    #[serde(default)]
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -137,8 +139,63 @@ impl Default for MonitorConfig {
             user: None,
             password: None,
             database: "postgres".into(),
-            interval: Duration::from_millis(250),
-            timeout: Duration::from_secs(1),
+            interval: Duration::from_millis(200),
+            timeout: Duration::from_millis(700),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaderReads {
+    /// Reads never run on the leader; with no eligible follower they fail (SQLSTATE 57P03).
+    Never,
+    /// Reads run on the leader only when no follower is eligible.
+    Fallback,
+    /// The leader takes its share of reads like a follower.
+    Always,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    LeastOutstanding,
+    RoundRobin,
+    Random,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Send reads to followers (transaction pooling only; session pooling stays on the leader).
+    pub enabled: bool,
+    pub leader_reads: LeaderReads,
+    pub balance: Balance,
+    /// A follower whose replay position is further behind the leader than this leaves rotation.
+    pub max_lag_bytes: u64,
+    /// A follower that has not replayed what it received for this long leaves rotation.
+    #[serde(with = "humantime_serde")]
+    pub max_lag: Duration,
+    /// Functions that always send a statement to the leader (in addition to volatile ones).
+    pub write_functions: Vec<String>,
+    /// Functions that never force the leader, whatever pg_proc says (e.g. random).
+    pub read_only_functions: Vec<String>,
+    /// How often the volatile-function list is reloaded from the leader.
+    #[serde(with = "humantime_serde")]
+    pub catalog_refresh: Duration,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            leader_reads: LeaderReads::Fallback,
+            balance: Balance::LeastOutstanding,
+            max_lag_bytes: 16 * 1024 * 1024,
+            max_lag: Duration::from_secs(10),
+            write_functions: Vec::new(),
+            read_only_functions: Vec::new(),
+            catalog_refresh: Duration::from_secs(60),
         }
     }
 }
@@ -228,6 +285,9 @@ impl Config {
         }
         if self.proxy.max_message_size < 1024 {
             return bad("proxy.max_message_size".into(), "must be at least 1024 bytes");
+        }
+        if self.routing.catalog_refresh.is_zero() {
+            return bad("routing.catalog_refresh".into(), "must be greater than zero");
         }
         if self.monitor.interval.is_zero() {
             return bad("monitor.interval".into(), "must be greater than zero");

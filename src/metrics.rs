@@ -13,6 +13,10 @@ pub const POOL_WAIT: &str = "pgcausal_pool_wait_seconds";
 pub const POOL_TIMEOUTS: &str = "pgcausal_pool_timeouts_total";
 pub const ERRORS: &str = "pgcausal_errors_total";
 pub const CANCEL_REQUESTS: &str = "pgcausal_cancel_requests_total";
+pub const ROUTED: &str = "pgcausal_routed_total";
+pub const ROUTE_RETRIES: &str = "pgcausal_route_retries_total";
+pub const ROUTE_FALLBACKS: &str = "pgcausal_route_fallbacks_total";
+pub const CLASSIFIER_CACHE: &str = "pgcausal_classifier_cache_total";
 pub const SESSION_PINS: &str = "pgcausal_session_pins_total";
 pub const NODE_UP: &str = "pgcausal_node_up";
 pub const NODE_IS_LEADER: &str = "pgcausal_node_is_leader";
@@ -29,6 +33,10 @@ pub fn describe() {
     describe_counter!(POOL_TIMEOUTS, "Clients that gave up waiting for a server connection, by node");
     describe_counter!(ERRORS, "Errors sent to clients, by SQLSTATE class and source (server or proxy)");
     describe_counter!(CANCEL_REQUESTS, "Cancel requests by result");
+    describe_counter!(ROUTED, "Units of work (transactions or statements) leased to a node, by node and target (leader, follower)");
+    describe_counter!(ROUTE_RETRIES, "Read units re-run elsewhere before any row reached the client, by SQLSTATE or cause");
+    describe_counter!(ROUTE_FALLBACKS, "Reads sent to the leader because no follower was eligible");
+    describe_counter!(CLASSIFIER_CACHE, "SQL classification cache lookups by result (hit, miss)");
     describe_counter!(SESSION_PINS, "Sessions pinned to their server connection, by kind (listen, temp_table, ...)");
     describe_gauge!(NODE_UP, "1 if the node's last health probe succeeded");
     describe_gauge!(NODE_IS_LEADER, "1 if the node is the current leader");
@@ -59,6 +67,9 @@ pub struct NodeMetrics {
     pub queries: Counter,
     pub pool_wait: Histogram,
     pub pool_timeouts: Counter,
+    /// Units leased here as a follower read, or as leader work.
+    pub routed_reads: Counter,
+    pub routed_leader: Counter,
     server_connections: Gauge,
     connects_ok: Counter,
     connects_failed: Counter,
@@ -71,6 +82,8 @@ impl NodeMetrics {
             queries: counter!(QUERIES, "node" => node.clone()),
             pool_wait: histogram!(POOL_WAIT, "node" => node.clone()),
             pool_timeouts: counter!(POOL_TIMEOUTS, "node" => node.clone()),
+            routed_reads: counter!(ROUTED, "node" => node.clone(), "target" => "follower"),
+            routed_leader: counter!(ROUTED, "node" => node.clone(), "target" => "leader"),
             server_connections: gauge!(SERVER_CONNECTIONS, "node" => node.clone()),
             connects_ok: counter!(SERVER_CONNECTS, "node" => node.clone(), "result" => "ok"),
             connects_failed: counter!(SERVER_CONNECTS, "node" => node, "result" => "error"),

@@ -4,8 +4,9 @@ use crate::backend::Pools;
 use crate::config::Config;
 use crate::frontend::auth::ScramSecret;
 use crate::frontend::cancel::CancelRegistry;
-use crate::route::{Classifier, FunctionCatalog};
-use crate::topology::{monitor, Topology};
+use crate::route::{Classifier, FunctionCatalog, FunctionOverrides};
+use crate::topology::balance::Balancer;
+use crate::topology::{catalog, monitor, LagLimits, Topology};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,7 +23,9 @@ pub struct Shared {
     pub scram: HashMap<String, ScramSecret>,
     pub clients: AtomicUsize,
     /// SQL classification shared by all sessions (fingerprint-keyed cache).
-    pub classifier: Classifier,
+    pub classifier: Arc<Classifier>,
+    /// Picks the follower for each read unit.
+    pub balancer: Balancer,
 }
 
 /// A bound, not yet serving proxy.
@@ -39,7 +42,17 @@ impl Proxy {
             crate::metrics::install_exporter(addr)?;
         }
         let listener = TcpListener::bind(config.proxy.listen).await?;
-        let topology = Arc::new(Topology::new(config.nodes.len()));
+        let limits = LagLimits {
+            max_bytes: config.routing.max_lag_bytes,
+            max_ms: config.routing.max_lag.as_millis() as u64,
+        };
+        let topology = Arc::new(Topology::new(config.nodes.len(), limits));
+        let overrides = FunctionOverrides {
+            write_functions: config.routing.write_functions.clone(),
+            read_only_functions: config.routing.read_only_functions.clone(),
+        };
+        let classifier = Arc::new(Classifier::new(10_000, Arc::new(FunctionCatalog::with_overrides(&overrides))));
+        catalog::spawn(Arc::new(config.clone()), topology.clone(), Arc::downgrade(&classifier));
         let scram = config.users.iter().map(|u| (u.name.clone(), ScramSecret::new(&u.password))).collect();
         let shared = Arc::new(Shared {
             pools: Pools::new(&config),
@@ -47,7 +60,8 @@ impl Proxy {
             cancels: Arc::new(CancelRegistry::default()),
             scram,
             clients: AtomicUsize::new(0),
-            classifier: Classifier::new(10_000, Arc::new(FunctionCatalog::builtin())),
+            classifier,
+            balancer: Balancer::new(config.routing.balance, config.nodes.len()),
             config,
         });
         let weak = Arc::downgrade(&shared);

@@ -5,7 +5,9 @@ pub mod cancel;
 pub mod inflight;
 pub mod prepared;
 pub mod requests;
+pub mod routing;
 pub mod session;
+pub mod sql_prepared;
 pub mod startup;
 pub mod state;
 

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 use crate::backend::statements::server_name;
+use crate::route::Classification;
+use std::sync::Arc;
 
 /// A client's named statement: what to send to prepare it anywhere.
 #[derive(Debug, Clone)]
@@ -14,6 +16,15 @@ pub struct Statement {
     pub hash: u64,
     /// Everything after the name in the client's Parse: query\0, parameter count and types.
     pub tail: Bytes,
+    /// Where it runs, classified once (cleared when a follower proved it writes).
+    pub classification: Option<Arc<Classification>>,
+}
+
+impl Statement {
+    /// The SQL text.
+    pub fn query(&self) -> &[u8] {
+        crate::protocol::messages::read_cstr(&self.tail).map_or(&[][..], |(q, _)| q)
+    }
 }
 
 /// The statements one client has prepared, by the client's own names.
@@ -27,12 +38,16 @@ impl ClientStatements {
         self.by_name.get(name)
     }
 
+    pub fn get_mut(&mut self, name: &[u8]) -> Option<&mut Statement> {
+        self.by_name.get_mut(name)
+    }
+
     /// Registers a Parse; false if the name is taken (PostgreSQL's 42P05).
     pub fn insert(&mut self, name: &[u8], tail: &[u8]) -> Option<Statement> {
         if self.by_name.contains_key(name) {
             return None;
         }
-        let statement = Statement { hash: statement_hash(tail), tail: Bytes::copy_from_slice(tail) };
+        let statement = Statement { hash: statement_hash(tail), tail: Bytes::copy_from_slice(tail), classification: None };
         self.by_name.insert(Bytes::copy_from_slice(name), statement.clone());
         Some(statement)
     }

@@ -15,6 +15,8 @@ pub struct Outbound<'a> {
     pub inflight: &'a mut Inflight,
     pub server: &'a mut ServerStatements,
     pub client: &'a mut ClientStatements,
+    /// The message is being sent again after a failed attempt elsewhere: its Parse already registered.
+    pub replaying: bool,
 }
 
 /// A message the proxy refuses the way PostgreSQL would: an error, then skip to Sync.
@@ -111,8 +113,10 @@ impl Outbound<'_> {
             self.inflight.push(Request::Parse { hash: None, swallow: false }, self.to_client);
             return Ok(Ok(()));
         }
-        let Some(statement) = self.client.insert(name, tail) else {
-            return Ok(Err(duplicate(name)));
+        let statement = match self.client.insert(name, tail) {
+            Some(statement) => statement,
+            None if self.replaying => self.client.get(name).expect("registered").clone(),
+            None => return Ok(Err(duplicate(name))),
         };
         if self.server.touch(statement.hash) {
             self.inflight.push(Request::Reply(Bytes::from_static(PARSE_COMPLETE)), self.to_client);

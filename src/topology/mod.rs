@@ -1,5 +1,8 @@
-//! Node roles and health as the monitors see them, published as a lock-free snapshot for sessions.
+//! Node roles, health and WAL positions as the monitors see them, published as a lock-free
+//! snapshot for sessions (which followers may serve reads, which node is the leader).
 
+pub mod balance;
+pub mod catalog;
 pub mod monitor;
 
 use arc_swap::ArcSwap;
@@ -24,12 +27,32 @@ pub struct NodeState {
     pub role: Role,
     /// Timeline of a primary's current WAL; primaries on older timelines are fenced.
     pub timeline: u32,
+    /// A primary's current WAL position, a standby's replay position.
+    pub lsn: u64,
+    /// How long a standby has had received WAL it has not replayed (0 when caught up).
+    pub replay_lag_ms: u64,
+    /// pg_postmaster_start_time in microseconds: a restart is a new incarnation.
+    pub incarnation: i64,
 }
 
 impl Default for NodeState {
     fn default() -> Self {
-        NodeState { up: false, role: Role::Unknown, timeline: 0 }
+        NodeState { up: false, role: Role::Unknown, timeline: 0, lsn: 0, replay_lag_ms: 0, incarnation: 0 }
     }
+}
+
+impl NodeState {
+    /// Role or reachability differ (WAL positions move all the time and are not a change).
+    pub fn changed_from(&self, other: &NodeState) -> bool {
+        self.up != other.up || self.role != other.role || self.timeline != other.timeline || self.incarnation != other.incarnation
+    }
+}
+
+/// When a follower is fresh enough to serve reads.
+#[derive(Debug, Clone, Copy)]
+pub struct LagLimits {
+    pub max_bytes: u64,
+    pub max_ms: u64,
 }
 
 /// One consistent view of the cluster; replaced as a whole, never mutated.
@@ -38,10 +61,12 @@ pub struct Snapshot {
     pub nodes: Vec<NodeState>,
     /// The node writes go to: an up primary on the newest timeline.
     pub leader: Option<usize>,
+    /// Followers that may serve reads now: up, streaming, within the lag limits.
+    pub followers: Vec<usize>,
 }
 
 impl Snapshot {
-    fn elect(nodes: Vec<NodeState>, previous: Option<usize>) -> Snapshot {
+    fn elect(nodes: Vec<NodeState>, previous: Option<usize>, limits: LagLimits) -> Snapshot {
         let primaries = || nodes.iter().enumerate().filter(|(_, n)| n.up && n.role == Role::Primary);
         let newest = primaries().map(|(_, n)| n.timeline).max();
         // Keep the current leader when it still qualifies, so two primaries never flap.
@@ -50,21 +75,32 @@ impl Snapshot {
                 .filter(|&p| nodes.get(p).is_some_and(|n| n.up && n.role == Role::Primary && n.timeline == tl))
                 .or_else(|| primaries().find(|(_, n)| n.timeline == tl).map(|(i, _)| i))
         });
-        Snapshot { nodes, leader }
+        // Without a known leader (it is down) byte lag cannot be measured: reads keep going on
+        // followers that replay what they receive.
+        let leader_lsn = leader.map(|l| nodes[l].lsn);
+        let followers = nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.up && n.role == Role::Standby && n.replay_lag_ms <= limits.max_ms)
+            .filter(|(_, n)| leader_lsn.is_none_or(|l| l.saturating_sub(n.lsn) <= limits.max_bytes))
+            .map(|(i, _)| i)
+            .collect();
+        Snapshot { nodes, leader, followers }
     }
 }
 
 pub struct Topology {
     current: ArcSwap<Snapshot>,
+    limits: LagLimits,
     /// Serialises monitor updates; sessions never take it.
     write: Mutex<()>,
     changed: Notify,
 }
 
 impl Topology {
-    pub fn new(nodes: usize) -> Topology {
-        let snapshot = Snapshot { nodes: vec![NodeState::default(); nodes], leader: None };
-        Topology { current: ArcSwap::from_pointee(snapshot), write: Mutex::new(()), changed: Notify::new() }
+    pub fn new(nodes: usize, limits: LagLimits) -> Topology {
+        let snapshot = Snapshot { nodes: vec![NodeState::default(); nodes], leader: None, followers: Vec::new() };
+        Topology { current: ArcSwap::from_pointee(snapshot), limits, write: Mutex::new(()), changed: Notify::new() }
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -81,7 +117,10 @@ impl Topology {
         }
         let mut nodes = current.nodes.clone();
         nodes[node] = state;
-        let next = Snapshot::elect(nodes, current.leader);
+        let next = Snapshot::elect(nodes, current.leader, self.limits);
+        if next.followers != current.followers {
+            tracing::info!(followers = ?next.followers, "followers in rotation changed");
+        }
         if next.leader != current.leader {
             tracing::info!(from = ?current.leader, to = ?next.leader, "leader changed");
         }
@@ -109,20 +148,36 @@ impl Topology {
 mod tests {
     use super::*;
 
+    const LIMITS: LagLimits = LagLimits { max_bytes: 1000, max_ms: 500 };
+
     fn primary(timeline: u32) -> NodeState {
-        NodeState { up: true, role: Role::Primary, timeline }
+        NodeState { up: true, role: Role::Primary, timeline, lsn: 10_000, ..Default::default() }
+    }
+
+    fn standby(lsn: u64, replay_lag_ms: u64) -> NodeState {
+        NodeState { up: true, role: Role::Standby, lsn, replay_lag_ms, ..Default::default() }
     }
 
     #[test]
     fn elects_the_newest_timeline_and_keeps_a_qualifying_leader() {
-        let standby = NodeState { up: true, role: Role::Standby, timeline: 0 };
-        let s = Snapshot::elect(vec![primary(1), standby.clone(), primary(2)], None);
+        let s = Snapshot::elect(vec![primary(1), standby(10_000, 0), primary(2)], None, LIMITS);
         assert_eq!(s.leader, Some(2));
-        let s = Snapshot::elect(vec![primary(2), standby.clone(), primary(2)], Some(2));
+        let s = Snapshot::elect(vec![primary(2), standby(10_000, 0), primary(2)], Some(2), LIMITS);
         assert_eq!(s.leader, Some(2));
         let down = NodeState { up: false, ..primary(3) };
-        let s = Snapshot::elect(vec![down, standby.clone(), primary(2)], Some(0));
+        let s = Snapshot::elect(vec![down, standby(10_000, 0), primary(2)], Some(0), LIMITS);
         assert_eq!(s.leader, Some(2));
-        assert_eq!(Snapshot::elect(vec![standby], None).leader, None);
+        assert_eq!(Snapshot::elect(vec![standby(0, 0)], None, LIMITS).leader, None);
+    }
+
+    #[test]
+    fn followers_in_rotation_are_up_standbys_within_lag_limits() {
+        let down = NodeState { up: false, ..standby(10_000, 0) };
+        let nodes = vec![primary(1), standby(9_500, 0), standby(8_000, 0), standby(10_000, 900), down];
+        assert_eq!(Snapshot::elect(nodes.clone(), None, LIMITS).followers, vec![1]);
+        // With the leader gone, byte lag is unknown: time lag alone decides.
+        let mut leaderless = nodes;
+        leaderless[0].up = false;
+        assert_eq!(Snapshot::elect(leaderless, None, LIMITS).followers, vec![1, 2]);
     }
 }

@@ -1,4 +1,4 @@
-//! One health monitor per node: probes role and timeline over a control-plane connection.
+//! One health monitor per node: probes role, timeline and WAL position over a control-plane connection.
 
 use super::{NodeState, Role, Topology};
 use crate::config::{Config, NodeConfig};
@@ -9,11 +9,16 @@ use std::time::{Duration, Instant};
 /// Called when a node's state changes: (node index, before, after).
 pub type OnChange = Arc<dyn Fn(usize, &NodeState, &NodeState) + Send + Sync>;
 
-const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
-     CASE WHEN pg_is_in_recovery() THEN 0 \
-     ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END";
+/// One round trip: role, timeline, WAL position, replay lag, incarnation.
+const PROBE_SQL: &str = "SELECT r, \
+     CASE WHEN r THEN 0 ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
+     ((CASE WHEN r THEN coalesce(pg_last_wal_replay_lsn(), '0/0') ELSE pg_current_wal_lsn() END) - '0/0'::pg_lsn)::int8, \
+     CASE WHEN NOT r OR pg_last_wal_receive_lsn() IS NULL OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0 \
+     ELSE coalesce((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::int8, 0) END, \
+     (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::int8 \
+     FROM pg_is_in_recovery() AS r";
 
-fn control_pool(config: &Config, node: &NodeConfig) -> Pool {
+pub fn control_pool(config: &Config, node: &NodeConfig) -> Pool {
     let (user, password) = config.monitor_login();
     let mut pg = tokio_postgres::Config::new();
     pg.host(&node.host)
@@ -35,8 +40,14 @@ async fn probe(pool: &Pool) -> Result<NodeState, String> {
     let client = pool.get().await.map_err(|e| e.to_string())?;
     let row = client.query_one(PROBE_SQL, &[]).await.map_err(|e| e.to_string())?;
     let in_recovery: bool = row.get(0);
-    let timeline: i32 = row.get(1);
-    Ok(NodeState { up: true, role: if in_recovery { Role::Standby } else { Role::Primary }, timeline: timeline as u32 })
+    Ok(NodeState {
+        up: true,
+        role: if in_recovery { Role::Standby } else { Role::Primary },
+        timeline: row.get::<_, i32>(1) as u32,
+        lsn: row.get::<_, i64>(2).max(0) as u64,
+        replay_lag_ms: row.get::<_, i64>(3).max(0) as u64,
+        incarnation: row.get(4),
+    })
 }
 
 /// Starts the monitor tasks; they run until the runtime stops.
@@ -69,7 +80,7 @@ pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange) 
                 up.set(if state.up { 1.0 } else { 0.0 });
                 let before = topology.update(i, state.clone());
                 leader.set(if topology.snapshot().leader == Some(i) { 1.0 } else { 0.0 });
-                if before != state {
+                if state.changed_from(&before) {
                     tracing::info!(node = %name, ?before, after = ?state, "node state changed");
                     on_change(i, &before, &state);
                 }

@@ -1,0 +1,83 @@
+//! Choosing the node for a read among the eligible ones: least outstanding leases (default),
+//! round robin, or random.
+
+use crate::config::Balance;
+use rand::Rng;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+pub struct Balancer {
+    policy: Balance,
+    /// Server connections currently leased per node (the "outstanding queries" of a node).
+    outstanding: Arc<Vec<AtomicUsize>>,
+    next: AtomicUsize,
+}
+
+/// Counts one lease on a node while it lives.
+pub struct Outstanding {
+    counts: Arc<Vec<AtomicUsize>>,
+    node: usize,
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.counts[self.node].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Balancer {
+    pub fn new(policy: Balance, nodes: usize) -> Balancer {
+        Balancer { policy, outstanding: Arc::new((0..nodes).map(|_| AtomicUsize::new(0)).collect()), next: AtomicUsize::new(0) }
+    }
+
+    /// One of `candidates` not in `exclude`, or None.
+    pub fn pick(&self, candidates: &[usize], exclude: &[usize]) -> Option<usize> {
+        let usable = || candidates.iter().copied().filter(|c| !exclude.contains(c));
+        let count = usable().count();
+        if count <= 1 {
+            return usable().next();
+        }
+        match self.policy {
+            Balance::LeastOutstanding => {
+                // Ties rotate, so an idle cluster still spreads reads.
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                let rotated: Vec<usize> = usable().collect();
+                (0..count)
+                    .map(|i| rotated[(start + i) % count])
+                    .min_by_key(|&n| self.outstanding[n].load(Ordering::Relaxed))
+            }
+            Balance::RoundRobin => usable().nth(self.next.fetch_add(1, Ordering::Relaxed) % count),
+            Balance::Random => usable().nth(rand::thread_rng().gen_range(0..count)),
+        }
+    }
+
+    pub fn lease(&self, node: usize) -> Outstanding {
+        self.outstanding[node].fetch_add(1, Ordering::Relaxed);
+        Outstanding { counts: self.outstanding.clone(), node }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn least_outstanding_prefers_the_idle_node_and_rotates_ties() {
+        let b = Balancer::new(Balance::LeastOutstanding, 3);
+        let _busy = b.lease(1);
+        assert!((0..10).all(|_| b.pick(&[1, 2], &[]) == Some(2)));
+        let picks: Vec<_> = (0..4).map(|_| b.pick(&[0, 2], &[]).unwrap()).collect();
+        assert!(picks.contains(&0) && picks.contains(&2), "{picks:?}");
+        assert_eq!(b.pick(&[1, 2], &[2]), Some(1));
+        assert_eq!(b.pick(&[2], &[2]), None);
+    }
+
+    #[test]
+    fn round_robin_and_random_stay_within_candidates() {
+        let rr = Balancer::new(Balance::RoundRobin, 3);
+        let picks: Vec<_> = (0..4).map(|_| rr.pick(&[1, 2], &[]).unwrap()).collect();
+        assert_eq!(picks, vec![1, 2, 1, 2]);
+        let random = Balancer::new(Balance::Random, 3);
+        assert!((0..50).all(|_| matches!(random.pick(&[0, 2], &[]), Some(0 | 2))));
+    }
+}
