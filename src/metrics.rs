@@ -33,8 +33,14 @@ pub fn describe() {
     describe_counter!(POOL_TIMEOUTS, "Clients that gave up waiting for a server connection, by node");
     describe_counter!(ERRORS, "Errors sent to clients, by SQLSTATE class and source (server or proxy)");
     describe_counter!(CANCEL_REQUESTS, "Cancel requests by result");
-    describe_counter!(ROUTED, "Units of work (transactions or statements) leased to a node, by node and target (leader, follower)");
-    describe_counter!(ROUTE_RETRIES, "Read units re-run elsewhere before any row reached the client, by SQLSTATE or cause");
+    describe_counter!(
+        ROUTED,
+        "Units of work (transactions or statements) leased to a node, by node and target (leader, follower)"
+    );
+    describe_counter!(
+        ROUTE_RETRIES,
+        "Read units re-run elsewhere before any row reached the client, by SQLSTATE or cause"
+    );
     describe_counter!(ROUTE_FALLBACKS, "Reads sent to the leader because no follower was eligible");
     describe_counter!(CLASSIFIER_CACHE, "SQL classification cache lookups by result (hit, miss)");
     describe_counter!(SESSION_PINS, "Sessions pinned to their server connection, by kind (listen, temp_table, ...)");

@@ -42,10 +42,8 @@ impl Proxy {
             crate::metrics::install_exporter(addr)?;
         }
         let listener = TcpListener::bind(config.proxy.listen).await?;
-        let limits = LagLimits {
-            max_bytes: config.routing.max_lag_bytes,
-            max_ms: config.routing.max_lag.as_millis() as u64,
-        };
+        let limits =
+            LagLimits { max_bytes: config.routing.max_lag_bytes, max_ms: config.routing.max_lag.as_millis() as u64 };
         let topology = Arc::new(Topology::new(config.nodes.len(), limits));
         let overrides = FunctionOverrides {
             write_functions: config.routing.write_functions.clone(),

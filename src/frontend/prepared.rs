@@ -47,7 +47,8 @@ impl ClientStatements {
         if self.by_name.contains_key(name) {
             return None;
         }
-        let statement = Statement { hash: statement_hash(tail), tail: Bytes::copy_from_slice(tail), classification: None };
+        let statement =
+            Statement { hash: statement_hash(tail), tail: Bytes::copy_from_slice(tail), classification: None };
         self.by_name.insert(Bytes::copy_from_slice(name), statement.clone());
         Some(statement)
     }

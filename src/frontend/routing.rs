@@ -69,9 +69,9 @@ pub fn want(c: &Classification, route: RouteOverride, in_deferred_begin: bool) -
 /// `Some(true)` means "on the leader" (the follower refused a write), `Some(false)` "on another node".
 pub fn retry_on(sqlstate: &[u8; 5]) -> Option<bool> {
     match sqlstate {
-        b"25006" => Some(true),                                             // read_only_sql_transaction
+        b"25006" => Some(true),                                   // read_only_sql_transaction
         b"57P01" | b"57P02" | b"57P03" | b"40001" => Some(false), // shutdown, conflict with recovery
-        [b'0', b'8', ..] => Some(false),                                    // connection exception
+        [b'0', b'8', ..] => Some(false),                          // connection exception
         _ => None,
     }
 }
@@ -83,7 +83,10 @@ pub struct ProxySettings {
 }
 
 /// The reply to a `pgcausal.*` command, or an error (SQLSTATE, message).
-pub fn answer_proxy_command(c: &Classification, settings: &mut ProxySettings) -> Result<BytesMut, (&'static str, String)> {
+pub fn answer_proxy_command(
+    c: &Classification,
+    settings: &mut ProxySettings,
+) -> Result<BytesMut, (&'static str, String)> {
     let mut out = BytesMut::new();
     for effect in &c.session {
         match effect {

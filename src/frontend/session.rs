@@ -15,8 +15,8 @@ use super::startup::{put_login_ok, ClientLogin};
 use super::state::{ClientSettings, Pins};
 use crate::backend::settings::Settings;
 use crate::backend::statements::ServerStatements;
-use crate::backend::{Lease, Pool};
 use crate::backend::BackendError;
+use crate::backend::{Lease, Pool};
 use crate::config::{LeaderReads, PoolMode};
 use crate::error::ProxyError;
 use crate::protocol::framing::{self, BackendScanner, ServerMessages, Verdict};
@@ -24,10 +24,10 @@ use crate::protocol::{fe, messages};
 use crate::proxy::Shared;
 use crate::route::{Classification, SessionEffect, TxControl};
 use crate::topology::balance::Outstanding;
-use std::sync::Arc;
 use bytes::{Buf, Bytes, BytesMut};
 use deadpool::managed::{Object, PoolError};
 use std::io;
+use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -61,7 +61,10 @@ struct Hold {
 enum HoldEvent {
     Release,
     /// Run again: on the leader if true, else on another node.
-    Retry { leader: bool, code: [u8; 5] },
+    Retry {
+        leader: bool,
+        code: [u8; 5],
+    },
 }
 
 enum Event {
@@ -336,7 +339,9 @@ impl Session<'_> {
         let classifier = &self.shared.classifier;
         let named = |body: &[u8]| messages::read_cstr(body).map(|(name, _)| name.to_vec());
         let statement_name = match tag {
-            fe::QUERY => return messages::read_cstr(body).map(|(q, _)| classifier.classify(&String::from_utf8_lossy(q))),
+            fe::QUERY => {
+                return messages::read_cstr(body).map(|(q, _)| classifier.classify(&String::from_utf8_lossy(q)))
+            }
             fe::PARSE => {
                 let (_, rest) = messages::read_cstr(body)?;
                 return messages::read_cstr(rest).map(|(q, _)| classifier.classify(&String::from_utf8_lossy(q)));
@@ -576,12 +581,16 @@ impl Session<'_> {
             let body = &rest[5..total.min(rest.len())];
             let sql: Option<Vec<u8>> = match tag {
                 fe::QUERY => messages::read_cstr(body).map(|(q, _)| q.to_vec()),
-                fe::PARSE => messages::read_cstr(body).and_then(|(_, r)| messages::read_cstr(r)).map(|(q, _)| q.to_vec()),
-                fe::BIND => messages::read_cstr(body).and_then(|(_, r)| messages::read_cstr(r)).and_then(|(name, _)| {
-                    let statement = self.statements.get_mut(name)?;
-                    statement.classification = None;
-                    Some(statement.query().to_vec())
-                }),
+                fe::PARSE => {
+                    messages::read_cstr(body).and_then(|(_, r)| messages::read_cstr(r)).map(|(q, _)| q.to_vec())
+                }
+                fe::BIND => {
+                    messages::read_cstr(body).and_then(|(_, r)| messages::read_cstr(r)).and_then(|(name, _)| {
+                        let statement = self.statements.get_mut(name)?;
+                        statement.classification = None;
+                        Some(statement.query().to_vec())
+                    })
+                }
                 _ => None,
             };
             if let Some(sql) = sql {
@@ -633,7 +642,9 @@ impl Session<'_> {
                 Err(ProxyError::Backend(BackendError::Io(_) | BackendError::Timeout(_))) if follower.is_some() => {
                     tried.push(node);
                 }
-                Err(ProxyError::Backend(BackendError::Io(_) | BackendError::Timeout(_))) if Instant::now() < deadline => {
+                Err(ProxyError::Backend(BackendError::Io(_) | BackendError::Timeout(_)))
+                    if Instant::now() < deadline =>
+                {
                     tokio::time::sleep(shared.config.monitor.interval).await;
                 }
                 Err(e) => return Err(e),
@@ -665,7 +676,8 @@ impl Session<'_> {
         if follower { &metrics.routed_reads } else { &metrics.routed_leader }.increment(1);
         self.key.target.set(node, lease.pid, lease.secret);
         let outstanding = shared.balancer.lease(node);
-        self.server = Some(Leased { lease, node, follower, scanner: BackendScanner::default(), _outstanding: outstanding });
+        self.server =
+            Some(Leased { lease, node, follower, scanner: BackendScanner::default(), _outstanding: outstanding });
         // Reads outside a transaction on a follower may be re-run: hold their answers back.
         self.hold = (follower && self.tx_status == b'I' && self.deferred_begin.is_none()).then(Hold::default);
         Ok(())

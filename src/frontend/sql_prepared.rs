@@ -1,90 +1,108 @@
 //! SQL-level PREPARE/EXECUTE/DEALLOCATE under transaction pooling: the proxy keeps each client's
-//! PREPARE texts and tracks which names every server connection holds, so it can re-prepare a
-//! statement on whichever connection runs an EXECUTE and drop another client's same-named one.
+//! PREPARE texts and which names each server connection holds, so an EXECUTE re-prepares the
+//! statement on whatever connection runs it, and a PREPARE first drops another client's namesake.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 /// Server connections keep at most this many SQL-level names (least recently used dropped first).
 pub const SERVER_SQL_CAPACITY: usize = 1000;
-/// PostgreSQL truncates identifiers to NAMEDATALEN - 1 bytes.
-const MAX_IDENT: usize = 63;
 
 /// What one simple-query string does with SQL-level prepared statements (only single-statement strings are handled; multi-statement strings return Other).
 #[derive(Debug, PartialEq, Eq)]
 pub enum SqlPrepare<'a> {
-    /// `name` normalized like PostgreSQL; `sql` is the PREPARE statement, without comments or `;`, to replay.
-    Prepare { name: String, sql: &'a str },
+    /// `name` normalized like PostgreSQL; `sql` is the PREPARE statement without comments or `;`, to replay.
+    Prepare {
+        name: String,
+        sql: &'a str,
+    },
     /// EXECUTE name, or EXPLAIN [options] EXECUTE name.
-    Execute { name: String },
-    Deallocate { name: String },
+    Execute {
+        name: String,
+    },
+    Deallocate {
+        name: String,
+    },
     DeallocateAll,
     Other,
 }
 
 impl SqlPrepare<'_> {
-    /// The statement name, for undoing bookkeeping when the server reports an error.
+    /// The statement name, to undo bookkeeping when the server reports an error.
     pub fn name(&self) -> Option<&str> {
         match self {
-            SqlPrepare::Prepare { name, .. } | SqlPrepare::Execute { name } | SqlPrepare::Deallocate { name } => Some(name),
+            Self::Prepare { name, .. } | Self::Execute { name } | Self::Deallocate { name } => Some(name),
             _ => None,
         }
     }
 }
 
-/// Classifies a simple-query string; only strings starting with PREPARE, EXECUTE, EXPLAIN or DEALLOCATE are scanned further.
+/// Reads the first keywords; strings starting with PREPARE, EXECUTE, EXPLAIN or DEALLOCATE are scanned to their end.
 pub fn inspect(sql: &str) -> SqlPrepare<'_> {
-    let mut lx = Lexer { s: sql.as_bytes(), pos: 0, last: 0 };
-    lx.blank(true);
-    let start = lx.pos;
-    let Some(first) = lx.word() else { return SqlPrepare::Other };
-    let query = if first.eq_ignore_ascii_case("prepare") {
-        let Some(name) = lx.name() else { return SqlPrepare::Other };
-        lx.blank(false);
-        // Also rules out PREPARE TRANSACTION 'gid' (a statement may be named "transaction").
-        if lx.peek() != Some(b'(') && !lx.keyword("as") {
-            return SqlPrepare::Other;
-        }
-        SqlPrepare::Prepare { name, sql: "" }
-    } else if first.eq_ignore_ascii_case("execute") {
-        let Some(name) = lx.name() else { return SqlPrepare::Other };
-        SqlPrepare::Execute { name }
-    } else if first.eq_ignore_ascii_case("explain") {
-        lx.blank(false);
-        if lx.peek() == Some(b'(') {
-            lx.skip_parens();
-        }
-        while lx.keyword("analyze") || lx.keyword("analyse") || lx.keyword("verbose") {}
-        let Some(name) = lx.keyword("execute").then(|| lx.name()).flatten() else { return SqlPrepare::Other };
-        SqlPrepare::Execute { name }
-    } else if first.eq_ignore_ascii_case("deallocate") {
-        let at = lx.pos;
-        // `DEALLOCATE prepare` alone drops a statement named "prepare".
-        if !lx.keyword("prepare") || lx.at_statement_end() {
-            lx.pos = at;
-        }
-        if lx.keyword("all") {
-            SqlPrepare::DeallocateAll
-        } else {
-            let Some(name) = lx.name() else { return SqlPrepare::Other };
-            SqlPrepare::Deallocate { name }
-        }
-    } else {
-        return SqlPrepare::Other;
-    };
-    let Some(end) = lx.single_statement_end() else { return SqlPrepare::Other };
-    match query {
-        SqlPrepare::Prepare { name, .. } => SqlPrepare::Prepare { name, sql: &sql[start..end] },
-        q => q,
+    let text = |(a, b): (usize, usize)| &sql[a..b];
+    let mut tokens = Tokens { s: sql.as_bytes(), pos: 0 }.skip_while(|&t| text(t) == ";");
+    let Some(first) = tokens.next() else { return SqlPrepare::Other };
+    let kinds = ["prepare", "execute", "explain", "deallocate"];
+    let Some(kind) = kinds.into_iter().find(|k| text(first).eq_ignore_ascii_case(k)) else { return SqlPrepare::Other };
+    let rest: Vec<(usize, usize)> = tokens.by_ref().take_while(|&t| text(t) != ";").collect();
+    if tokens.any(|t| text(t) != ";") {
+        return SqlPrepare::Other; // several statements
     }
+    let is = |i: usize, kw: &str| rest.get(i).is_some_and(|&t| text(t).eq_ignore_ascii_case(kw));
+    let name = |i: usize| rest.get(i).and_then(|&t| ident(text(t)));
+    let query = match kind {
+        // `(` or AS must follow the name, which rules out PREPARE TRANSACTION 'gid' (a statement may be named "transaction").
+        "prepare" => (is(1, "(") || is(1, "as"))
+            .then(|| name(0))
+            .flatten()
+            .map(|name| SqlPrepare::Prepare { name, sql: &sql[first.0..rest.last().map_or(first.1, |t| t.1)] }),
+        "execute" => name(0).map(|name| SqlPrepare::Execute { name }),
+        "explain" => {
+            let (mut i, mut depth) = (0, 0);
+            for (j, &t) in rest.iter().enumerate().take_while(|_| is(0, "(")) {
+                depth += match text(t) {
+                    "(" => 1,
+                    ")" => -1,
+                    _ => 0,
+                };
+                if depth == 0 {
+                    i = j + 1; // after the options
+                    break;
+                }
+            }
+            while is(i, "analyze") || is(i, "analyse") || is(i, "verbose") {
+                i += 1;
+            }
+            is(i, "execute").then(|| name(i + 1)).flatten().map(|name| SqlPrepare::Execute { name })
+        }
+        _ => {
+            // `DEALLOCATE prepare` alone drops a statement named "prepare".
+            let i = usize::from(is(0, "prepare") && rest.len() > 1);
+            if is(i, "all") {
+                Some(SqlPrepare::DeallocateAll)
+            } else {
+                name(i).map(|name| SqlPrepare::Deallocate { name })
+            }
+        }
+    };
+    query.unwrap_or(SqlPrepare::Other)
 }
 
-/// A byte scanner that knows PostgreSQL's comments, strings, quoted identifiers and dollar quotes.
-struct Lexer<'a> {
-    s: &'a [u8],
-    pos: usize,
-    /// End of the last token consumed, so trailing comments and `;` are not part of the statement.
-    last: usize,
+/// A statement name as PostgreSQL reads it: unquoted lowercased, quoted kept, truncated to 63 bytes.
+fn ident(token: &str) -> Option<String> {
+    let mut name = match token.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(quoted) if !quoted.is_empty() => quoted.replace("\"\"", "\""),
+        None if token.bytes().next().is_some_and(ident_start) && token.bytes().all(ident_cont) => {
+            token.to_ascii_lowercase()
+        }
+        _ => return None, // "", U&"...", a number, an operator
+    };
+    let mut n = name.len().min(63);
+    while !name.is_char_boundary(n) {
+        n -= 1;
+    }
+    name.truncate(n);
+    Some(name)
 }
 
 fn ident_start(b: u8) -> bool {
@@ -95,187 +113,92 @@ fn ident_cont(b: u8) -> bool {
     ident_start(b) || b.is_ascii_digit() || b == b'$'
 }
 
-impl<'a> Lexer<'a> {
-    fn peek(&self) -> Option<u8> {
-        self.s.get(self.pos).copied()
-    }
+fn find(s: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    s.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|i| from + i)
+}
 
-    fn at(&self, text: &[u8]) -> bool {
-        self.s[self.pos..].starts_with(text)
+/// Index after the closing `q` of a token whose body starts at `i` (doubled quotes, and backslashes if `escapes`).
+fn after_quote(s: &[u8], mut i: usize, q: u8, escapes: bool) -> usize {
+    while i < s.len() {
+        match s[i] {
+            b'\\' if escapes => i += 2,
+            c if c == q && s.get(i + 1) == Some(&q) => i += 2,
+            c if c == q => return i + 1,
+            _ => i += 1,
+        }
     }
+    s.len()
+}
 
-    /// Skips whitespace and comments (nested, as in PostgreSQL), and `;` if `semicolons`.
-    fn blank(&mut self, semicolons: bool) {
-        while let Some(b) = self.peek() {
-            if matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c') || (semicolons && b == b';') {
-                self.pos += 1;
-            } else if self.at(b"--") {
-                self.pos = self.s[self.pos..].iter().position(|&c| c == b'\n').map_or(self.s.len(), |i| self.pos + i);
-            } else if self.at(b"/*") {
-                let mut depth = 0;
-                while self.pos < self.s.len() {
-                    if self.at(b"/*") {
-                        depth += 1;
-                        self.pos += 2;
-                    } else if self.at(b"*/") {
-                        depth -= 1;
-                        self.pos += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        self.pos += 1;
+/// Token spans, skipping whitespace and comments; knows strings, quoted identifiers and dollar quotes.
+/// Every span ends at an ASCII byte or the end, so it slices the `str` safely.
+struct Tokens<'a> {
+    s: &'a [u8],
+    pos: usize,
+}
+
+impl Iterator for Tokens<'_> {
+    type Item = (usize, usize);
+
+    fn next(&mut self) -> Option<(usize, usize)> {
+        let (s, mut i) = (self.s, self.pos);
+        while i < s.len() {
+            if s[i].is_ascii_whitespace() || s[i] == 0x0b {
+                i += 1;
+            } else if s[i..].starts_with(b"--") {
+                i = find(s, i, b"\n").unwrap_or(s.len());
+            } else if s[i..].starts_with(b"/*") {
+                let mut depth = 0; // block comments nest in PostgreSQL
+                while i < s.len() {
+                    let two = &s[i..(i + 2).min(s.len())];
+                    depth += match two {
+                        b"/*" => 1,
+                        b"*/" => -1,
+                        _ => 0,
+                    };
+                    i += if matches!(two, b"/*" | b"*/") { 2 } else { 1 };
+                    if depth == 0 {
+                        break;
                     }
                 }
             } else {
-                return;
+                break;
             }
         }
-    }
-
-    /// An unquoted word (identifier or keyword), as written.
-    fn word(&mut self) -> Option<&'a str> {
-        self.blank(false);
-        let start = self.pos;
-        if !self.peek().is_some_and(ident_start) {
-            return None;
-        }
-        while self.peek().is_some_and(ident_cont) {
-            self.pos += 1;
-        }
-        self.last = self.pos;
-        // Boundaries fall on ASCII bytes or the end, so this is valid UTF-8.
-        std::str::from_utf8(&self.s[start..self.pos]).ok()
-    }
-
-    /// Consumes the keyword `kw` if it comes next.
-    fn keyword(&mut self, kw: &str) -> bool {
-        let at = self.pos;
-        let found = self.word().is_some_and(|w| w.eq_ignore_ascii_case(kw));
-        if !found {
-            self.pos = at;
-        }
-        found
-    }
-
-    /// A statement name, normalized: unquoted lowercased, quoted kept, both truncated to 63 bytes.
-    fn name(&mut self) -> Option<String> {
-        self.blank(false);
-        let mut name = if self.peek() == Some(b'"') {
-            let start = self.pos + 1;
-            if !self.quoted(b'"', false) || self.pos - start < 2 {
-                return None; // unterminated, or "" (a syntax error)
+        let b = *s.get(i)?;
+        let end = if b == b'\'' || b == b'"' {
+            after_quote(s, i + 1, b, false)
+        } else if b == b'$' && !s.get(i + 1).is_some_and(u8::is_ascii_digit) {
+            // $tag$ ... $tag$, where the tag is an identifier without `$` (or empty).
+            let tag = s[i + 1..].iter().position(|&c| !ident_cont(c) || c == b'$').map(|n| &s[i..i + n + 2]);
+            match tag.filter(|t| t.last() == Some(&b'$')) {
+                Some(tag) => find(s, i + tag.len(), tag).map_or(s.len(), |j| j + tag.len()),
+                None => i + 1,
             }
-            std::str::from_utf8(&self.s[start..self.pos - 1]).ok()?.replace("\"\"", "\"")
+        } else if ident_cont(b) {
+            let j = s[i..].iter().position(|&c| !ident_cont(c)).map_or(s.len(), |n| i + n);
+            // E'...' has backslash escapes; U&'...' and U&"..." are one token.
+            match (&s[i..j], s.get(j), s.get(j + 1)) {
+                (b"e" | b"E", Some(b'\''), _) => after_quote(s, j + 1, b'\'', true),
+                (b"u" | b"U", Some(b'&'), Some(&q @ (b'\'' | b'"'))) => after_quote(s, j + 2, q, false),
+                _ => j,
+            }
         } else {
-            let word = self.word()?.to_ascii_lowercase();
-            if word == "u" && self.peek() == Some(b'&') {
-                return None; // U&"..." identifiers are rare; left untracked
-            }
-            word
+            i + 1
         };
-        if name.len() > MAX_IDENT {
-            let mut n = MAX_IDENT;
-            while !name.is_char_boundary(n) {
-                n -= 1;
-            }
-            name.truncate(n);
-        }
-        Some(name)
-    }
-
-    /// Consumes a `quote`-delimited token starting at the opening quote (doubled quotes, and backslashes if `escapes`).
-    /// Returns whether the closing quote was found.
-    fn quoted(&mut self, quote: u8, escapes: bool) -> bool {
-        self.pos += 1;
-        while let Some(b) = self.peek() {
-            self.pos += 1;
-            if escapes && b == b'\\' {
-                self.pos = (self.pos + 1).min(self.s.len());
-            } else if b == quote {
-                if self.peek() != Some(quote) {
-                    self.last = self.pos;
-                    return true;
-                }
-                self.pos += 1;
-            }
-        }
-        self.last = self.pos;
-        false
-    }
-
-    /// Consumes one token of any kind.
-    fn token(&mut self) {
-        let b = self.s[self.pos];
-        if ident_cont(b) && b != b'$' {
-            let start = self.pos;
-            while self.peek().is_some_and(ident_cont) {
-                self.pos += 1;
-            }
-            if self.pos - start == 1 && matches!(b, b'e' | b'E') && self.peek() == Some(b'\'') {
-                self.quoted(b'\'', true); // E'...': backslash escapes
-                return;
-            }
-        } else if b == b'\'' || b == b'"' {
-            self.quoted(b, false);
-            return;
-        } else if b == b'$' && !self.s.get(self.pos + 1).is_some_and(u8::is_ascii_digit) {
-            // $tag$ ... $tag$ (a tag cannot start with a digit: `$1` is a parameter).
-            let tag_len = self.s[self.pos + 1..].iter().position(|&c| !ident_cont(c) || c == b'$');
-            match tag_len.filter(|&n| self.s.get(self.pos + 1 + n) == Some(&b'$')) {
-                Some(n) => {
-                    let tag = &self.s[self.pos..self.pos + n + 2];
-                    let body = self.pos + tag.len();
-                    let close = self.s[body..].windows(tag.len()).position(|w| w == tag);
-                    self.pos = close.map_or(self.s.len(), |i| body + i + tag.len());
-                }
-                _ => self.pos += 1,
-            }
-        } else {
-            self.pos += 1; // `$1` lands here too: `$`, then the digits as a word
-        }
-        self.last = self.pos;
-    }
-
-    fn at_statement_end(&mut self) -> bool {
-        self.blank(false);
-        matches!(self.peek(), None | Some(b';'))
-    }
-
-    /// Skips a parenthesized group (EXPLAIN options), nested parentheses included.
-    fn skip_parens(&mut self) {
-        let mut depth = 0;
-        while !self.at_statement_end() {
-            match self.peek() {
-                Some(b'(') => depth += 1,
-                Some(b')') => depth -= 1,
-                _ => {}
-            }
-            self.token();
-            if depth == 0 {
-                return;
-            }
-        }
-    }
-
-    /// Where the current statement's last token ends, or None if another statement follows it.
-    fn single_statement_end(&mut self) -> Option<usize> {
-        while !self.at_statement_end() {
-            self.token();
-        }
-        self.blank(true);
-        (self.pos == self.s.len()).then_some(self.last)
+        self.pos = end;
+        Some((i, end))
     }
 }
 
-/// The client's SQL-level statements: name -> PREPARE text.
+/// The client's SQL-level statements: name -> (hash, PREPARE text).
 #[derive(Debug, Default)]
 pub struct ClientSqlStatements {
     by_name: HashMap<String, (u64, String)>,
 }
 
 impl ClientSqlStatements {
-    /// The client's PREPARE failed on the server: the name was never created.
+    /// The client's PREPARE failed: PostgreSQL did not create the name.
     pub fn forget(&mut self, name: &str) {
         self.by_name.remove(name);
     }
@@ -284,17 +207,9 @@ impl ClientSqlStatements {
     pub fn clear(&mut self) {
         self.by_name.clear();
     }
-
-    pub fn len(&self) -> usize {
-        self.by_name.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
-    }
 }
 
-/// What a server connection holds: name -> hash of the PREPARE text (None: a statement we did not track).
+/// What a server connection holds: name -> (hash of the PREPARE text or None if unknown, last use).
 #[derive(Debug, Default)]
 pub struct ServerSqlStatements {
     by_name: HashMap<String, (Option<u64>, u64)>,
@@ -302,30 +217,21 @@ pub struct ServerSqlStatements {
 }
 
 impl ServerSqlStatements {
-    /// A PREPARE for `name` (the client's or an injected one) failed, so the server does not hold it.
+    /// A PREPARE of `name` (the client's or an injected one) failed: the server does not hold it.
     pub fn forget(&mut self, name: &str) {
         self.by_name.remove(name);
     }
 
-    /// A PREPARE for `name` failed with `sqlstate`; 42P05 means the server holds an untracked
-    /// statement under that name (prepared in a multi-statement string), to drop before the next try.
+    /// Like `forget`, except that 42P05 means the server holds a `name` we did not track
+    /// (e.g. from a multi-statement string): it is then dropped before the next PREPARE.
     pub fn prepare_failed(&mut self, name: &str, sqlstate: &str) {
-        if sqlstate == "42P05" {
-            self.by_name.insert(name.to_string(), (None, self.tick));
-        } else {
-            self.forget(name);
+        match sqlstate {
+            "42P05" => drop(self.by_name.insert(name.to_string(), (None, self.tick))),
+            _ => self.forget(name),
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.by_name.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
-    }
-
-    /// Whether the server holds `name`, and which statement (marks it used).
+    /// Whether the server holds `name` and which statement (None: unknown); marks it used.
     fn get(&mut self, name: &str) -> Option<Option<u64>> {
         self.tick += 1;
         let (hash, used) = self.by_name.get_mut(name)?;
@@ -333,47 +239,35 @@ impl ServerSqlStatements {
         Some(*hash)
     }
 
-    /// Records `name`; returns the least recently used name to DEALLOCATE if the map is full.
+    /// Records `name`; when full, forgets the least recently used name and returns it to DEALLOCATE.
     fn insert(&mut self, name: &str, hash: u64) -> Option<String> {
         self.tick += 1;
-        let evicted = if !self.by_name.contains_key(name) && self.by_name.len() >= SERVER_SQL_CAPACITY {
-            let victim = self.by_name.iter().min_by_key(|(_, (_, used))| *used).map(|(n, _)| n.clone())?;
-            self.by_name.remove(&victim);
-            Some(victim)
-        } else {
-            None
-        };
+        let mut victim = None;
+        if !self.by_name.contains_key(name) && self.by_name.len() >= SERVER_SQL_CAPACITY {
+            victim = self.by_name.iter().min_by_key(|(_, (_, used))| *used).map(|(n, _)| n.clone());
+            self.by_name.remove(victim.as_deref()?);
+        }
         self.by_name.insert(name.to_string(), (Some(hash), self.tick));
-        evicted
+        victim
     }
 }
 
 /// What the session does with one simple query.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Plan {
-    /// Forward the client's query unchanged, after running `inject` (if Some) as a separate, swallowed
-    /// simple query on the same server connection. If `inject` fails: `server.prepare_failed(name, code)`
-    /// (and `client.forget(name)` for a Prepare), and send its error to the client instead of the query.
+    /// Forward the client's query unchanged, after running `inject` (if Some) as a separate, swallowed simple
+    /// query on the same server connection. If `inject` fails: `server.prepare_failed(name, code)` (and
+    /// `client.forget(name)` for a Prepare), and answer the client with its error instead of forwarding.
     Forward { inject: Option<String> },
     /// Do not send anything: answer the client with CommandComplete(tag) + ReadyForQuery, as PostgreSQL would.
     Answer { tag: &'static str },
-    /// Answer with an error like PostgreSQL's + ReadyForQuery.
+    /// Answer with an error like PostgreSQL's (42P05 duplicate, 26000 does not exist) + ReadyForQuery.
     Error { code: &'static str, message: String },
 }
 
-/// The identifier in double quotes, as PostgreSQL reads it back exactly.
+/// The identifier in double quotes, which PostgreSQL reads back exactly (no lowercasing).
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn deallocate(name: &str) -> String {
-    format!("DEALLOCATE {}", quote_ident(name))
-}
-
-fn text_hash(sql: &str) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    sql.hash(&mut h);
-    h.finish()
 }
 
 fn error(code: &'static str, name: &str, what: &str) -> Plan {
@@ -381,56 +275,54 @@ fn error(code: &'static str, name: &str, what: &str) -> Plan {
 }
 
 /// Decides how to run `query` for this client on this server connection, and records its effect.
-/// Call it only outside failed transactions: there PostgreSQL rejects these with 25P02, changing nothing, so forward.
-/// If the client's PREPARE fails: `client.forget(name)` and `server.prepare_failed(name, code)`.
+/// Call it outside failed transactions only: there PostgreSQL rejects all of these with 25P02, so forward.
+/// If the forwarded PREPARE fails: `client.forget(name)` and `server.prepare_failed(name, code)`.
 pub fn plan(query: &SqlPrepare, client: &mut ClientSqlStatements, server: &mut ServerSqlStatements) -> Plan {
-    let inject = |steps: Vec<String>| Plan::Forward { inject: (!steps.is_empty()).then(|| steps.join("; ")) };
+    let deallocate = |name: &str| format!("DEALLOCATE {}", quote_ident(name));
+    let forward = |steps: Vec<String>| Plan::Forward { inject: (!steps.is_empty()).then(|| steps.join("; ")) };
     match query {
         SqlPrepare::Prepare { name, sql } => {
             if client.by_name.contains_key(name) {
                 return error("42P05", name, "already exists");
             }
-            let hash = text_hash(sql);
-            client.by_name.insert(name.clone(), (hash, sql.to_string()));
-            // PREPARE fails if the name exists on the server, even with the same text.
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            sql.hash(&mut h);
+            client.by_name.insert(name.clone(), (h.finish(), sql.to_string()));
+            // The server's PREPARE fails if it holds the name, even for the same text.
             let mut steps: Vec<String> = server.get(name).map(|_| deallocate(name)).into_iter().collect();
-            steps.extend(server.insert(name, hash).map(|victim| deallocate(&victim)));
-            inject(steps)
+            steps.extend(server.insert(name, h.finish()).map(|victim| deallocate(&victim)));
+            forward(steps)
         }
         SqlPrepare::Execute { name } => {
-            let Some((hash, sql)) = client.by_name.get(name) else {
-                // PostgreSQL reports the error itself, unless it would run another client's statement.
-                return match server.get(name) {
-                    Some(_) => error("26000", name, "does not exist"),
-                    None => Plan::Forward { inject: None },
-                };
-            };
             let held = server.get(name);
+            let Some((hash, sql)) = client.by_name.get(name) else {
+                // PostgreSQL reports the error itself, unless the name is another client's statement here.
+                return if held.is_some() { error("26000", name, "does not exist") } else { forward(vec![]) };
+            };
             if held == Some(Some(*hash)) {
-                return Plan::Forward { inject: None };
+                return forward(vec![]);
             }
             let mut steps: Vec<String> = held.map(|_| deallocate(name)).into_iter().collect();
             steps.extend(server.insert(name, *hash).map(|victim| deallocate(&victim)));
             steps.push(sql.clone());
-            inject(steps)
+            forward(steps)
         }
         SqlPrepare::Deallocate { name } => {
             let Some((hash, _)) = client.by_name.remove(name) else {
                 return error("26000", name, "does not exist");
             };
-            if server.get(name) == Some(Some(hash)) {
-                server.forget(name);
-                Plan::Forward { inject: None }
-            } else {
-                Plan::Answer { tag: "DEALLOCATE" } // not on this connection: nothing to drop
+            if server.get(name) != Some(Some(hash)) {
+                return Plan::Answer { tag: "DEALLOCATE" }; // not on this connection: nothing to drop
             }
+            server.forget(name);
+            forward(vec![])
         }
         SqlPrepare::DeallocateAll => {
             client.clear();
             server_discarded(server);
-            Plan::Forward { inject: None }
+            forward(vec![])
         }
-        SqlPrepare::Other => Plan::Forward { inject: None },
+        SqlPrepare::Other => forward(vec![]),
     }
 }
 
@@ -450,9 +342,15 @@ mod tests {
         let long = format!("PREPARE {} AS SELECT 1", "Ab".repeat(40));
         let cases = [
             ("PREPARE p AS SELECT 1", prepare("p", "PREPARE p AS SELECT 1")),
-            (" -- c\n/* a /* nested */ b */ prepare P(int) AS SELECT $1 ; -- end", prepare("p", "prepare P(int) AS SELECT $1")),
+            (
+                " -- c\n/* a /* nested */ b */ prepare P(int) AS SELECT $1 ; -- end",
+                prepare("p", "prepare P(int) AS SELECT $1"),
+            ),
             ("PREPARE \"My Stmt\" AS SELECT 1;;", prepare("My Stmt", "PREPARE \"My Stmt\" AS SELECT 1")),
-            ("Prepare \"a\"\"b\"(text) as select 'x;y', $$;$$, $q$;$q$, E'\\';', x$$ from t", prepare("a\"b", "Prepare \"a\"\"b\"(text) as select 'x;y', $$;$$, $q$;$q$, E'\\';', x$$ from t")),
+            (
+                "Prepare \"a\"\"b\"(text) as select 'x;y', $$;$$, $q$;$q$, E'\\';', x$$ from t",
+                prepare("a\"b", "Prepare \"a\"\"b\"(text) as select 'x;y', $$;$$, $q$;$q$, E'\\';', x$$ from t"),
+            ),
             ("PREPARE transaction AS SELECT 1", prepare("transaction", "PREPARE transaction AS SELECT 1")),
             (&long, prepare(&"ab".repeat(40)[..63], &long)),
             ("EXECUTE p(1,2)", execute("p")),
@@ -524,10 +422,13 @@ mod tests {
         // The first text stays the client's statement.
         assert_eq!(plan(&execute("a\"b"), &mut client, &mut other), forward(Some("PREPARE \"a\"\"b\" AS SELECT 1")));
         let unknown = plan(&Deallocate { name: "nope".into() }, &mut client, &mut server);
-        assert_eq!(unknown, Plan::Error { code: "26000", message: "prepared statement \"nope\" does not exist".into() });
+        assert_eq!(
+            unknown,
+            Plan::Error { code: "26000", message: "prepared statement \"nope\" does not exist".into() }
+        );
         // Dropped on the connection that holds it; answered locally elsewhere.
         assert_eq!(plan(&Deallocate { name: "a\"b".into() }, &mut client, &mut server), forward(None));
-        assert!(server.is_empty() && client.is_empty() && other.len() == 1);
+        assert!(server.by_name.is_empty() && client.by_name.is_empty() && other.by_name.len() == 1);
         plan(&prepare("q", "PREPARE q AS SELECT 1"), &mut client, &mut server);
         let tag = plan(&Deallocate { name: "q".into() }, &mut client, &mut other);
         assert_eq!(tag, Plan::Answer { tag: "DEALLOCATE" });
@@ -539,18 +440,21 @@ mod tests {
         let (mut client, mut server) = Default::default();
         plan(&prepare("p", "PREPARE p AS SELECT 1"), &mut client, &mut server);
         assert_eq!(plan(&DeallocateAll, &mut client, &mut server), forward(None));
-        assert!(client.is_empty() && server.is_empty());
+        assert!(client.by_name.is_empty() && server.by_name.is_empty());
         assert_eq!(plan(&Other, &mut client, &mut server), forward(None));
         // A PREPARE that fails leaves nothing behind...
         plan(&prepare("p", "PREPARE p AS SELEC 1"), &mut client, &mut server);
         client.forget("p");
         server.prepare_failed("p", "42601");
-        assert!(client.is_empty() && server.is_empty());
+        assert!(client.by_name.is_empty() && server.by_name.is_empty());
         // ...unless the server already held an untracked p: drop it before the next try.
         plan(&prepare("p", "PREPARE p AS SELECT 1"), &mut client, &mut server);
         client.forget("p");
         server.prepare_failed("p", "42P05");
-        assert_eq!(plan(&prepare("p", "PREPARE p AS SELECT 1"), &mut client, &mut server), forward(Some("DEALLOCATE \"p\"")));
+        assert_eq!(
+            plan(&prepare("p", "PREPARE p AS SELECT 1"), &mut client, &mut server),
+            forward(Some("DEALLOCATE \"p\""))
+        );
     }
 
     #[test]
@@ -563,7 +467,10 @@ mod tests {
         assert_eq!(plan(&execute("s0"), &mut client, &mut server), forward(None));
         let last = prepare(&format!("s{SERVER_SQL_CAPACITY}"), &texts[SERVER_SQL_CAPACITY]);
         assert_eq!(plan(&last, &mut client, &mut server), forward(Some("DEALLOCATE \"s1\"")));
-        assert_eq!(server.len(), SERVER_SQL_CAPACITY);
-        assert_eq!(plan(&execute("s1"), &mut client, &mut server), forward(Some("DEALLOCATE \"s2\"; PREPARE s1 AS SELECT 1")));
+        assert_eq!(server.by_name.len(), SERVER_SQL_CAPACITY);
+        assert_eq!(
+            plan(&execute("s1"), &mut client, &mut server),
+            forward(Some("DEALLOCATE \"s2\"; PREPARE s1 AS SELECT 1"))
+        );
     }
 }

@@ -88,6 +88,22 @@ const DEFAULT_READ_ONLY_FUNCTIONS: &[&str] = &[
     "pg_sleep_for",
     "pg_sleep_until",
     "set_config",
+    // Introspection that reads, never writes (volatile only because the answer varies).
+    "pg_is_in_recovery",
+    "inet_server_port",
+    "inet_server_addr",
+    "inet_client_port",
+    "inet_client_addr",
+    "pg_backend_pid",
+    "pg_postmaster_start_time",
+    "pg_last_wal_replay_lsn",
+    "pg_last_wal_receive_lsn",
+    "pg_last_xact_replay_timestamp",
+    "pg_is_wal_replay_paused",
+    "txid_current_if_assigned",
+    "pg_stat_get_activity",
+    "pg_current_logfile",
+    "statement_timestamp",
 ];
 
 /// Config overrides applied on top of the catalog.

@@ -27,7 +27,11 @@ impl Drop for Outstanding {
 
 impl Balancer {
     pub fn new(policy: Balance, nodes: usize) -> Balancer {
-        Balancer { policy, outstanding: Arc::new((0..nodes).map(|_| AtomicUsize::new(0)).collect()), next: AtomicUsize::new(0) }
+        Balancer {
+            policy,
+            outstanding: Arc::new((0..nodes).map(|_| AtomicUsize::new(0)).collect()),
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// One of `candidates` not in `exclude`, or None.

@@ -11,7 +11,11 @@ use tokio_postgres::NoTls;
 const VOLATILE_SQL: &str = "SELECT n.nspname::text, p.proname::text FROM pg_proc p \
      JOIN pg_namespace n ON n.oid = p.pronamespace WHERE p.provolatile = 'v'";
 
-async fn connect(config: &Config, node: usize, database: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+async fn connect(
+    config: &Config,
+    node: usize,
+    database: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (user, password) = config.monitor_login();
     let n = &config.nodes[node];
     let mut pg = tokio_postgres::Config::new();

@@ -44,7 +44,10 @@ impl Default for NodeState {
 impl NodeState {
     /// Role or reachability differ (WAL positions move all the time and are not a change).
     pub fn changed_from(&self, other: &NodeState) -> bool {
-        self.up != other.up || self.role != other.role || self.timeline != other.timeline || self.incarnation != other.incarnation
+        self.up != other.up
+            || self.role != other.role
+            || self.timeline != other.timeline
+            || self.incarnation != other.incarnation
     }
 }
 
