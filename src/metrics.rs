@@ -17,6 +17,7 @@ pub const ROUTED: &str = "pgcausal_routed_total";
 pub const ROUTE_RETRIES: &str = "pgcausal_route_retries_total";
 pub const ROUTE_FALLBACKS: &str = "pgcausal_route_fallbacks_total";
 pub const CLASSIFIER_CACHE: &str = "pgcausal_classifier_cache_total";
+pub const UNPARSED: &str = "pgcausal_unparsed_statements_total";
 pub const SESSION_PINS: &str = "pgcausal_session_pins_total";
 pub const NODE_UP: &str = "pgcausal_node_up";
 pub const NODE_IS_LEADER: &str = "pgcausal_node_is_leader";
@@ -43,6 +44,10 @@ pub fn describe() {
     );
     describe_counter!(ROUTE_FALLBACKS, "Reads sent to the leader because no follower was eligible");
     describe_counter!(CLASSIFIER_CACHE, "SQL classification cache lookups by result (hit, miss)");
+    describe_counter!(
+        UNPARSED,
+        "Distinct statements sqlparser could not parse (routed by keyword, else to the leader)"
+    );
     describe_counter!(SESSION_PINS, "Sessions pinned to their server connection, by kind (listen, temp_table, ...)");
     describe_gauge!(NODE_UP, "1 if the node's last health probe succeeded");
     describe_gauge!(NODE_IS_LEADER, "1 if the node is the current leader");
@@ -60,6 +65,13 @@ pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
         .install()?;
     describe();
     Ok(())
+}
+
+/// Publishes the classifier's own counters (kept as atomics off the metrics hot path).
+pub fn classifier(stats: &crate::route::CacheStats) {
+    counter!(CLASSIFIER_CACHE, "result" => "hit").absolute(stats.hits);
+    counter!(CLASSIFIER_CACHE, "result" => "miss").absolute(stats.misses);
+    counter!(UNPARSED).absolute(stats.unparsed);
 }
 
 /// Counts one error sent to a client.

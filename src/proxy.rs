@@ -80,7 +80,10 @@ impl Proxy {
             loop {
                 tick.tick().await;
                 match reaper.upgrade() {
-                    Some(shared) => shared.pools.reap_idle(),
+                    Some(shared) => {
+                        shared.pools.reap_idle();
+                        crate::metrics::classifier(&shared.classifier.stats());
+                    }
                     None => return,
                 }
             }

@@ -73,3 +73,44 @@ fn protocol_errors_around_statements_match_postgres() {
         assert_eq!(client.query_one("SELECT 2::int4", &[]).await.unwrap().get::<_, i32>(0), 2);
     });
 }
+
+#[test]
+fn sql_level_prepare_execute_deallocate_follow_each_client() {
+    let cluster = shared_cluster();
+    cluster.create_database("sql_prepare");
+    // One server connection per node: both clients' statements share the backends.
+    let p = ProxyProcess::start(cluster, ProxyOptions { pool_size: 1, ..Default::default() });
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let connect = || async {
+            let (c, conn) = tokio_postgres::connect(&p.conn_str("sql_prepare"), tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            c
+        };
+        let (a, b) = (connect().await, connect().await);
+        async fn value(c: &tokio_postgres::Client, sql: &str) -> Result<Option<String>, tokio_postgres::Error> {
+            let rows = c.simple_query(sql).await?;
+            Ok(rows.iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            }))
+        }
+        a.batch_execute("PREPARE p (int) AS SELECT 'a' || $1").await.unwrap();
+        b.batch_execute("PREPARE p (int) AS SELECT 'b' || $1").await.unwrap();
+        for _ in 0..50 {
+            assert_eq!(value(&a, "EXECUTE p(1)").await.unwrap().as_deref(), Some("a1"));
+            assert_eq!(value(&b, "EXECUTE p(2)").await.unwrap().as_deref(), Some("b2"));
+        }
+        // A duplicate name is refused as PostgreSQL would; an unknown one too.
+        let err = a.batch_execute("PREPARE p AS SELECT 3").await.unwrap_err();
+        assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::DUPLICATE_PSTATEMENT), "{err:?}");
+        a.batch_execute("DEALLOCATE p").await.unwrap();
+        let err = value(&a, "EXECUTE p(1)").await.unwrap_err();
+        assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INVALID_SQL_STATEMENT_NAME), "{err:?}");
+        assert_eq!(value(&b, "EXECUTE p(3)").await.unwrap().as_deref(), Some("b3"));
+        let err = a.batch_execute("DEALLOCATE nothing_here").await.unwrap_err();
+        assert_eq!(err.code(), Some(&tokio_postgres::error::SqlState::INVALID_SQL_STATEMENT_NAME), "{err:?}");
+        b.batch_execute("DEALLOCATE ALL").await.unwrap();
+        assert!(value(&b, "EXECUTE p(1)").await.is_err());
+    });
+}

@@ -60,6 +60,8 @@ pub struct ServerConn {
     pub needs_reset: bool,
     /// Settings a client left on this connection (the next client's are synced over them).
     pub settings: super::settings::Settings,
+    /// SQL-level (PREPARE name AS ...) statements this connection holds, by name.
+    pub sql_statements: crate::frontend::sql_prepared::ServerSqlStatements,
     /// Proxy-named prepared statements this connection holds.
     pub statements: super::statements::ServerStatements,
     /// Counts this connection in the server-connections gauge while it lives.
@@ -88,6 +90,7 @@ impl ServerConn {
             needs_reset: false,
             gauge: None,
             statements: Default::default(),
+            sql_statements: Default::default(),
             settings: Default::default(),
         };
         let mut out = BytesMut::new();

@@ -44,6 +44,7 @@ impl managed::Manager for Manager {
             conn.run(&self.reset_query).await?;
             // The reset query may have dropped them (DISCARD ALL does).
             conn.statements.clear();
+            crate::frontend::sql_prepared::server_discarded(&mut conn.sql_statements);
             conn.settings.clear();
             conn.needs_reset = false;
         }

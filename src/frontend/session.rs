@@ -11,6 +11,7 @@ use super::inflight::{Inflight, Request};
 use super::prepared::ClientStatements;
 use super::requests::{answer_without_server, answerable_without_server, Outbound, Refused};
 use super::routing::{self, ProxySettings, Want};
+use super::sql_prepared::{self, ClientSqlStatements, Plan, SqlPrepare};
 use super::startup::{put_login_ok, ClientLogin};
 use super::state::{ClientSettings, Pins};
 use crate::backend::settings::Settings;
@@ -91,6 +92,10 @@ pub struct Session<'a> {
     inflight: Inflight,
     /// The client's named prepared statements.
     statements: ClientStatements,
+    /// The client's SQL-level prepared statements (PREPARE name AS ...).
+    sql_statements: ClientSqlStatements,
+    /// SQL-level PREPAREs sent in the current unit (client's own: true), forgotten if it fails.
+    sql_prepares: Vec<(String, bool)>,
     /// The client's session settings, replayed on each server connection it uses.
     settings: ClientSettings,
     /// State that ties the client to its current server connection (LISTEN, temp tables, ...).
@@ -132,6 +137,8 @@ pub async fn run(stream: TcpStream, login: ClientLogin, shared: &Shared) -> Resu
         pools: vec![None; shared.config.nodes.len()],
         inflight: Inflight::default(),
         statements: ClientStatements::default(),
+        sql_statements: ClientSqlStatements::default(),
+        sql_prepares: Vec::new(),
         settings: ClientSettings::default(),
         pins: Pins::default(),
         unsynced: false,
@@ -311,6 +318,10 @@ impl Session<'_> {
                     self.observe_sql(c, tag, total);
                 }
             }
+            if tag == fe::QUERY && !self.plan_sql_prepare(total) {
+                self.consume(total);
+                continue;
+            }
             if let Some(hold) = self.hold.as_mut() {
                 hold.replay.extend_from_slice(&self.cbuf[..total]);
             }
@@ -331,6 +342,66 @@ impl Session<'_> {
             self.refused(result?);
         }
         Ok(())
+    }
+
+    /// SQL-level PREPARE/EXECUTE/DEALLOCATE: prepares the statement on this connection first
+    /// when needed, or answers the query itself. False when the query must not be sent.
+    fn plan_sql_prepare(&mut self, total: usize) -> bool {
+        // In a failed transaction PostgreSQL rejects these unchanged (25P02): let it.
+        if self.tx_status == b'E' {
+            return true;
+        }
+        let Some((sql, _)) = messages::read_cstr(&self.cbuf[5..total]) else { return true };
+        let sql = String::from_utf8_lossy(sql);
+        let query = sql_prepared::inspect(&sql);
+        if matches!(query, SqlPrepare::Other) {
+            return true;
+        }
+        let conn = &mut self.server.as_mut().expect("leased").lease;
+        let plan = sql_prepared::plan(&query, &mut self.sql_statements, &mut conn.sql_statements);
+        if let (SqlPrepare::Prepare { name, .. }, Plan::Forward { .. }) = (&query, &plan) {
+            self.sql_prepares.push((name.clone(), true));
+        }
+        match plan {
+            Plan::Forward { inject: None } => true,
+            Plan::Forward { inject: Some(inject) } => {
+                if let SqlPrepare::Execute { name } = &query {
+                    self.sql_prepares.push((name.clone(), false));
+                }
+                let _ = postgres_protocol::message::frontend::query(&inject, &mut self.to_server);
+                let out = match self.hold.as_mut() {
+                    Some(h) => &mut h.held,
+                    None => &mut self.to_client,
+                };
+                self.inflight.push(Request::Query { swallow: true }, out);
+                true
+            }
+            Plan::Answer { tag } => {
+                let mut reply = BytesMut::new();
+                routing::put_command_complete(&mut reply, tag);
+                self.push_reply(reply.freeze());
+                self.answer_sync();
+                false
+            }
+            Plan::Error { code, message } => {
+                crate::metrics::error(code.as_bytes(), "proxy");
+                self.push_reply(messages::error_response("ERROR", code, &message).freeze());
+                self.answer_sync();
+                false
+            }
+        }
+    }
+
+    /// The unit that sent SQL-level PREPAREs failed: the statements were not created.
+    fn sql_prepare_failed(&mut self, code: &[u8; 5]) {
+        let code = String::from_utf8_lossy(code);
+        let Some(leased) = self.server.as_mut() else { return };
+        for (name, client_own) in self.sql_prepares.drain(..) {
+            leased.lease.sql_statements.prepare_failed(&name, &code);
+            if client_own {
+                self.sql_statements.forget(&name);
+            }
+        }
     }
 
     /// The classification of a message that carries or names SQL (once per Parse for statements).
@@ -467,6 +538,10 @@ impl Session<'_> {
             }
             if discard {
                 self.statements.clear();
+                self.sql_statements.clear();
+                if let Some(leased) = self.server.as_mut() {
+                    sql_prepared::server_discarded(&mut leased.lease.sql_statements);
+                }
             }
         }
     }
@@ -513,6 +588,7 @@ impl Session<'_> {
             server_settings: &mut conn.settings,
             holding: self.hold.is_some(),
             hold_event: None,
+            first_error: None,
         };
         let out = match self.hold.as_mut() {
             Some(h) => &mut h.held,
@@ -521,7 +597,15 @@ impl Session<'_> {
         let was_empty = out.is_empty();
         let n = leased.scanner.scan(&conn.rbuf, out, &mut sink);
         conn.rbuf.advance(n);
-        match sink.hold_event {
+        let first_error = sink.first_error;
+        let hold_event = sink.hold_event;
+        if let Some(code) = first_error.filter(|_| !self.sql_prepares.is_empty()) {
+            self.sql_prepare_failed(&code);
+        }
+        if self.inflight.is_empty() {
+            self.sql_prepares.clear();
+        }
+        match hold_event {
             Some(HoldEvent::Retry { leader, code }) if self.unit_retries < 3 => {
                 self.retry_unit(leader, &String::from_utf8_lossy(&code));
                 return Ok(());
@@ -637,14 +721,10 @@ impl Session<'_> {
             };
             match self.lease(node, follower.is_some()).await {
                 Ok(()) => return Ok(()),
-                // A node that refuses connections is skipped (reads) or waited out (writes: the
-                // monitors will find the new leader).
-                Err(ProxyError::Backend(BackendError::Io(_) | BackendError::Timeout(_))) if follower.is_some() => {
-                    tried.push(node);
-                }
-                Err(ProxyError::Backend(BackendError::Io(_) | BackendError::Timeout(_)))
-                    if Instant::now() < deadline =>
-                {
+                // A node that refuses connections (down, starting, shutting down) is skipped for
+                // reads, and waited out for writes: the monitors will find the leader.
+                Err(ProxyError::Backend(e)) if unreachable(&e) && follower.is_some() => tried.push(node),
+                Err(ProxyError::Backend(e)) if unreachable(&e) && Instant::now() < deadline => {
                     tokio::time::sleep(shared.config.monitor.interval).await;
                 }
                 Err(e) => return Err(e),
@@ -784,6 +864,8 @@ struct ServerSide<'a> {
     /// Output is held back (a retryable read): watch for its first row or a retryable error.
     holding: bool,
     hold_event: Option<HoldEvent>,
+    /// The first ErrorResponse's SQLSTATE in this batch of output.
+    first_error: Option<[u8; 5]>,
 }
 
 impl ServerMessages for ServerSide<'_> {
@@ -811,7 +893,9 @@ impl ServerMessages for ServerSide<'_> {
                 }
             }
             b'E' => {
-                crate::metrics::error(&messages::sqlstate_of(&msg[5..]), "server");
+                let code = messages::sqlstate_of(&msg[5..]);
+                crate::metrics::error(&code, "server");
+                self.first_error.get_or_insert(code);
                 self.settings.transaction_failed();
             }
             b'C' if msg[5..].starts_with(b"ROLLBACK") => self.settings.transaction_failed(),
@@ -846,6 +930,17 @@ fn startup_settings(params: &[(String, String)]) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// A connection failure that says nothing about the client's request: try elsewhere or later.
+fn unreachable(e: &BackendError) -> bool {
+    match e {
+        BackendError::Io(_) | BackendError::Timeout(_) => true,
+        BackendError::Server { code, .. } => {
+            <[u8; 5]>::try_from(code.as_bytes()).is_ok_and(|code| routing::retry_on(&code).is_some())
+        }
+        _ => false,
+    }
 }
 
 /// True if `sql` starts with `word` (case-insensitive), after whitespace.

@@ -8,7 +8,8 @@ use std::hash::{Hash, Hasher};
 /// Server connections keep at most this many SQL-level names (least recently used dropped first).
 pub const SERVER_SQL_CAPACITY: usize = 1000;
 
-/// What one simple-query string does with SQL-level prepared statements (only single-statement strings are handled; multi-statement strings return Other).
+/// What one simple-query string does with SQL-level prepared statements
+/// (only single-statement strings are handled; multi-statement strings return Other).
 #[derive(Debug, PartialEq, Eq)]
 pub enum SqlPrepare<'a> {
     /// `name` normalized like PostgreSQL; `sql` is the PREPARE statement without comments or `;`, to replay.
@@ -51,25 +52,16 @@ pub fn inspect(sql: &str) -> SqlPrepare<'_> {
     let is = |i: usize, kw: &str| rest.get(i).is_some_and(|&t| text(t).eq_ignore_ascii_case(kw));
     let name = |i: usize| rest.get(i).and_then(|&t| ident(text(t)));
     let query = match kind {
-        // `(` or AS must follow the name, which rules out PREPARE TRANSACTION 'gid' (a statement may be named "transaction").
+        // `(` or AS must follow the name: rules out PREPARE TRANSACTION 'gid' ("transaction" is a valid name).
         "prepare" => (is(1, "(") || is(1, "as"))
             .then(|| name(0))
             .flatten()
             .map(|name| SqlPrepare::Prepare { name, sql: &sql[first.0..rest.last().map_or(first.1, |t| t.1)] }),
         "execute" => name(0).map(|name| SqlPrepare::Execute { name }),
         "explain" => {
-            let (mut i, mut depth) = (0, 0);
-            for (j, &t) in rest.iter().enumerate().take_while(|_| is(0, "(")) {
-                depth += match text(t) {
-                    "(" => 1,
-                    ")" => -1,
-                    _ => 0,
-                };
-                if depth == 0 {
-                    i = j + 1; // after the options
-                    break;
-                }
-            }
+            // Skip the parenthesized options, if any (they contain no parentheses).
+            let close = rest.iter().position(|&t| text(t) == ")");
+            let mut i = if is(0, "(") { close.map_or(rest.len(), |j| j + 1) } else { 0 };
             while is(i, "analyze") || is(i, "analyse") || is(i, "verbose") {
                 i += 1;
             }
@@ -151,12 +143,8 @@ impl Iterator for Tokens<'_> {
                 let mut depth = 0; // block comments nest in PostgreSQL
                 while i < s.len() {
                     let two = &s[i..(i + 2).min(s.len())];
-                    depth += match two {
-                        b"/*" => 1,
-                        b"*/" => -1,
-                        _ => 0,
-                    };
-                    i += if matches!(two, b"/*" | b"*/") { 2 } else { 1 };
+                    let nest = i32::from(two == b"/*") - i32::from(two == b"*/");
+                    (depth, i) = (depth + nest, i + 1 + usize::from(nest != 0));
                     if depth == 0 {
                         break;
                     }
@@ -336,21 +324,38 @@ mod tests {
     use super::*;
     use SqlPrepare::*;
 
+    fn prepare<'a>(name: &str, sql: &'a str) -> SqlPrepare<'a> {
+        Prepare { name: name.to_string(), sql }
+    }
+
+    fn execute(name: &str) -> SqlPrepare<'static> {
+        Execute { name: name.to_string() }
+    }
+
+    fn deallocate(name: &str) -> SqlPrepare<'static> {
+        Deallocate { name: name.to_string() }
+    }
+
+    fn forward(inject: Option<&str>) -> Plan {
+        Plan::Forward { inject: inject.map(str::to_string) }
+    }
+
+    fn error(code: &'static str, message: &str) -> Plan {
+        Plan::Error { code, message: message.to_string() }
+    }
+
     #[test]
     fn inspect_spellings() {
-        let deallocate = |name: &str| Deallocate { name: name.to_string() };
+        let tricky = "Prepare \"a\"\"b\"(text) as select 'x;y', $$;$$, $q$;$q$, E'\\';', x$$ from t";
         let long = format!("PREPARE {} AS SELECT 1", "Ab".repeat(40));
         let cases = [
             ("PREPARE p AS SELECT 1", prepare("p", "PREPARE p AS SELECT 1")),
             (
-                " -- c\n/* a /* nested */ b */ prepare P(int) AS SELECT $1 ; -- end",
+                "-- c\n /* a /* b */ */ prepare P(int) AS SELECT $1 ; -- end",
                 prepare("p", "prepare P(int) AS SELECT $1"),
             ),
             ("PREPARE \"My Stmt\" AS SELECT 1;;", prepare("My Stmt", "PREPARE \"My Stmt\" AS SELECT 1")),
-            (
-                "Prepare \"a\"\"b\"(text) as select 'x;y', $$;$$, $q$;$q$, E'\\';', x$$ from t",
-                prepare("a\"b", "Prepare \"a\"\"b\"(text) as select 'x;y', $$;$$, $q$;$q$, E'\\';', x$$ from t"),
-            ),
+            (tricky, prepare("a\"b", tricky)),
             ("PREPARE transaction AS SELECT 1", prepare("transaction", "PREPARE transaction AS SELECT 1")),
             (&long, prepare(&"ab".repeat(40)[..63], &long)),
             ("EXECUTE p(1,2)", execute("p")),
@@ -358,7 +363,7 @@ mod tests {
             ("/**/EXECUTE \"P\"", execute("P")),
             ("EXPLAIN ANALYZE EXECUTE p(1)", execute("p")),
             ("explain analyse verbose execute p", execute("p")),
-            ("EXPLAIN (ANALYZE, FORMAT JSON, SETTINGS (true)) EXECUTE q", execute("q")),
+            ("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE q", execute("q")),
             ("DEALLOCATE PREPARE p", deallocate("p")),
             ("deallocate p;", deallocate("p")),
             ("DEALLOCATE prepare", deallocate("prepare")),
@@ -383,22 +388,9 @@ mod tests {
         }
     }
 
-    fn prepare<'a>(name: &str, sql: &'a str) -> SqlPrepare<'a> {
-        Prepare { name: name.to_string(), sql }
-    }
-
-    fn execute(name: &str) -> SqlPrepare<'static> {
-        Execute { name: name.to_string() }
-    }
-
-    fn forward(inject: Option<&str>) -> Plan {
-        Plan::Forward { inject: inject.map(str::to_string) }
-    }
-
     #[test]
     fn clients_sharing_a_connection_keep_their_own_statements() {
-        let (mut a, mut b, mut c) = Default::default();
-        let (mut shared, mut fresh) = (ServerSqlStatements::default(), ServerSqlStatements::default());
+        let (mut a, mut b, mut c, mut shared, mut fresh) = Default::default();
         let (pa, pb) = (prepare("p", "PREPARE p AS SELECT 1"), prepare("p", "PREPARE p AS SELECT 2"));
         assert_eq!(plan(&pa, &mut a, &mut shared), forward(None));
         // B's PREPARE would fail with 42P05 on the server: A's p goes first.
@@ -407,9 +399,8 @@ mod tests {
         assert_eq!(plan(&execute("p"), &mut a, &mut shared), forward(None));
         // A's next transaction lands on another connection.
         assert_eq!(plan(&execute("p"), &mut a, &mut fresh), forward(Some("PREPARE p AS SELECT 1")));
-        // C never prepared p: it must not run A's, but a connection without p reports the error itself.
-        let c_error = plan(&execute("p"), &mut c, &mut shared);
-        assert_eq!(c_error, Plan::Error { code: "26000", message: "prepared statement \"p\" does not exist".into() });
+        // C never prepared p: it must not run A's; a connection without p reports the error itself.
+        assert_eq!(plan(&execute("p"), &mut c, &mut shared), error("26000", "prepared statement \"p\" does not exist"));
         assert_eq!(plan(&execute("p"), &mut c, &mut ServerSqlStatements::default()), forward(None));
     }
 
@@ -418,20 +409,16 @@ mod tests {
         let (mut client, mut server, mut other) = Default::default();
         assert_eq!(plan(&prepare("a\"b", "PREPARE \"a\"\"b\" AS SELECT 1"), &mut client, &mut server), forward(None));
         let again = plan(&prepare("a\"b", "PREPARE \"a\"\"b\" AS SELECT 2"), &mut client, &mut server);
-        assert_eq!(again, Plan::Error { code: "42P05", message: "prepared statement \"a\"b\" already exists".into() });
+        assert_eq!(again, error("42P05", "prepared statement \"a\"b\" already exists"));
         // The first text stays the client's statement.
         assert_eq!(plan(&execute("a\"b"), &mut client, &mut other), forward(Some("PREPARE \"a\"\"b\" AS SELECT 1")));
-        let unknown = plan(&Deallocate { name: "nope".into() }, &mut client, &mut server);
-        assert_eq!(
-            unknown,
-            Plan::Error { code: "26000", message: "prepared statement \"nope\" does not exist".into() }
-        );
+        let unknown = plan(&deallocate("nope"), &mut client, &mut server);
+        assert_eq!(unknown, error("26000", "prepared statement \"nope\" does not exist"));
         // Dropped on the connection that holds it; answered locally elsewhere.
-        assert_eq!(plan(&Deallocate { name: "a\"b".into() }, &mut client, &mut server), forward(None));
+        assert_eq!(plan(&deallocate("a\"b"), &mut client, &mut server), forward(None));
         assert!(server.by_name.is_empty() && client.by_name.is_empty() && other.by_name.len() == 1);
         plan(&prepare("q", "PREPARE q AS SELECT 1"), &mut client, &mut server);
-        let tag = plan(&Deallocate { name: "q".into() }, &mut client, &mut other);
-        assert_eq!(tag, Plan::Answer { tag: "DEALLOCATE" });
+        assert_eq!(plan(&deallocate("q"), &mut client, &mut other), Plan::Answer { tag: "DEALLOCATE" });
         assert_eq!(plan(&execute("q"), &mut client, &mut ServerSqlStatements::default()), forward(None));
     }
 
@@ -442,35 +429,29 @@ mod tests {
         assert_eq!(plan(&DeallocateAll, &mut client, &mut server), forward(None));
         assert!(client.by_name.is_empty() && server.by_name.is_empty());
         assert_eq!(plan(&Other, &mut client, &mut server), forward(None));
-        // A PREPARE that fails leaves nothing behind...
-        plan(&prepare("p", "PREPARE p AS SELEC 1"), &mut client, &mut server);
-        client.forget("p");
-        server.prepare_failed("p", "42601");
-        assert!(client.by_name.is_empty() && server.by_name.is_empty());
-        // ...unless the server already held an untracked p: drop it before the next try.
-        plan(&prepare("p", "PREPARE p AS SELECT 1"), &mut client, &mut server);
-        client.forget("p");
-        server.prepare_failed("p", "42P05");
-        assert_eq!(
-            plan(&prepare("p", "PREPARE p AS SELECT 1"), &mut client, &mut server),
-            forward(Some("DEALLOCATE \"p\""))
-        );
+        // A PREPARE that fails leaves nothing behind, unless the server held an untracked p (42P05).
+        for (code, inject) in [("42601", None), ("42P05", Some("DEALLOCATE \"p\""))] {
+            plan(&prepare("p", "PREPARE p AS SELECT 1"), &mut client, &mut server);
+            client.forget("p");
+            server.prepare_failed("p", code);
+            assert_eq!(plan(&prepare("p", "PREPARE p AS SELECT 1"), &mut client, &mut server), forward(inject));
+            plan(&DeallocateAll, &mut client, &mut server);
+        }
     }
 
     #[test]
     fn full_server_maps_drop_the_least_recently_used_name() {
-        let (mut client, mut server) = (ClientSqlStatements::default(), ServerSqlStatements::default());
+        let (mut client, mut server) = Default::default();
         let texts: Vec<String> = (0..=SERVER_SQL_CAPACITY).map(|i| format!("PREPARE s{i} AS SELECT {i}")).collect();
-        for (i, sql) in texts.iter().enumerate().take(SERVER_SQL_CAPACITY) {
-            assert_eq!(plan(&prepare(&format!("s{i}"), sql), &mut client, &mut server), forward(None));
+        for (i, sql) in texts.iter().enumerate() {
+            let inject = (i == SERVER_SQL_CAPACITY).then_some("DEALLOCATE \"s1\"");
+            assert_eq!(plan(&prepare(&format!("s{i}"), sql), &mut client, &mut server), forward(inject));
+            if i + 1 == SERVER_SQL_CAPACITY {
+                plan(&execute("s0"), &mut client, &mut server); // s0 used recently, s1 becomes the oldest
+            }
         }
-        assert_eq!(plan(&execute("s0"), &mut client, &mut server), forward(None));
-        let last = prepare(&format!("s{SERVER_SQL_CAPACITY}"), &texts[SERVER_SQL_CAPACITY]);
-        assert_eq!(plan(&last, &mut client, &mut server), forward(Some("DEALLOCATE \"s1\"")));
         assert_eq!(server.by_name.len(), SERVER_SQL_CAPACITY);
-        assert_eq!(
-            plan(&execute("s1"), &mut client, &mut server),
-            forward(Some("DEALLOCATE \"s2\"; PREPARE s1 AS SELECT 1"))
-        );
+        let reprepare = plan(&execute("s1"), &mut client, &mut server);
+        assert_eq!(reprepare, forward(Some("DEALLOCATE \"s2\"; PREPARE s1 AS SELECT 1")));
     }
 }

@@ -24,6 +24,8 @@ struct Entry {
 pub struct CacheStats {
     pub hits: u64,
     pub misses: u64,
+    /// Misses that sqlparser could not parse (routed by keyword or to the leader).
+    pub unparsed: u64,
     pub entries: usize,
     pub capacity: u64,
 }
@@ -39,6 +41,7 @@ pub struct Classifier {
     generation: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
+    unparsed: AtomicU64,
 }
 
 impl Default for Classifier {
@@ -60,6 +63,7 @@ impl Classifier {
             generation: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            unparsed: AtomicU64::new(0),
         }
     }
 
@@ -81,6 +85,10 @@ impl Classifier {
         // Load the catalog after the generation: a swap in between makes this
         // entry's generation stale, never the other way round.
         let mut classification = classify(sql, &self.catalog.load());
+        if matches!(classification.reason, Reason::Unparsed | Reason::UnparsedRead) {
+            self.unparsed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(sql = %sql.chars().take(200).collect::<String>(), target = ?classification.target, "SQL did not parse");
+        }
         if classification.target == Target::Follower && self.leader_only.contains_key(&fp.hash) {
             classification.target = Target::Leader;
             classification.reason = Reason::Remembered;
@@ -119,6 +127,7 @@ impl Classifier {
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
+            unparsed: self.unparsed.load(Ordering::Relaxed),
             entries: self.cache.len(),
             capacity: self.cache.capacity(),
         }

@@ -43,11 +43,12 @@ impl Balancer {
         }
         match self.policy {
             Balance::LeastOutstanding => {
-                // Ties rotate, so an idle cluster still spreads reads.
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
-                let rotated: Vec<usize> = usable().collect();
+                // Ties break at random, so an idle cluster still spreads reads (a rotating
+                // counter would lock into step with clients that lease twice per statement).
+                let start = rand::thread_rng().gen_range(0..count);
+                let usable: Vec<usize> = usable().collect();
                 (0..count)
-                    .map(|i| rotated[(start + i) % count])
+                    .map(|i| usable[(start + i) % count])
                     .min_by_key(|&n| self.outstanding[n].load(Ordering::Relaxed))
             }
             Balance::RoundRobin => usable().nth(self.next.fetch_add(1, Ordering::Relaxed) % count),
@@ -70,7 +71,7 @@ mod tests {
         let b = Balancer::new(Balance::LeastOutstanding, 3);
         let _busy = b.lease(1);
         assert!((0..10).all(|_| b.pick(&[1, 2], &[]) == Some(2)));
-        let picks: Vec<_> = (0..4).map(|_| b.pick(&[0, 2], &[]).unwrap()).collect();
+        let picks: Vec<_> = (0..64).map(|_| b.pick(&[0, 2], &[]).unwrap()).collect();
         assert!(picks.contains(&0) && picks.contains(&2), "{picks:?}");
         assert_eq!(b.pick(&[1, 2], &[2]), Some(1));
         assert_eq!(b.pick(&[2], &[2]), None);
