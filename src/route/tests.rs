@@ -172,7 +172,8 @@ fn cases() -> Vec<(&'static str, Expect)> {
         ("SELECT txid_current()", leader()),
         ("SELECT pg_notify('ch', 'x')", leader()),
         ("SELECT lo_create(0)", leader()),
-        ("SELECT pg_is_in_recovery()", leader()),
+        // Volatile in pg_proc, but only introspection: follower-safe by the built-in read-only list.
+        ("SELECT pg_is_in_recovery()", follower()),
         (
             "SELECT set_config('search_path','x',false)",
             follower().effect(SessionEffect::SetConfigCall {

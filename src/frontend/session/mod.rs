@@ -1,0 +1,461 @@
+//! One client session after login: reads client messages, leases a server connection when work
+//! arrives, and pumps bytes both ways (rows are never decoded) until the client leaves.
+//!
+//! The path of a query: client socket → `cbuf` → `process_client` (frame, account, lease) →
+//! `to_server` → server socket → server `rbuf` → `process_server` (scan headers, count
+//! ReadyForQuery) → `to_client` → client socket. Both directions are pumped in one `select!`, so
+//! a client that pipelines more than the socket buffers hold can never deadlock the server.
+
+mod output;
+mod tracking;
+mod unit;
+
+use super::cancel::CancelKey;
+use super::inflight::{Inflight, Request};
+use super::prepared::ClientStatements;
+use super::requests::{answer_without_server, answerable_without_server, Outbound, Refused};
+use super::routing::{self, ProxySettings, Want};
+use super::sql_prepared::{self, ClientSqlStatements, Plan, SqlPrepare};
+use super::startup::{put_login_ok, ClientLogin};
+use super::state::{ClientSettings, Pins};
+use crate::backend::settings::Settings;
+use crate::backend::statements::ServerStatements;
+use crate::backend::BackendError;
+use crate::backend::{Lease, Pool};
+use crate::config::{LeaderReads, PoolMode};
+use crate::error::ProxyError;
+use crate::protocol::framing::{self, BackendScanner, ServerMessages, Verdict};
+use crate::protocol::{fe, messages};
+use crate::proxy::Shared;
+use crate::route::{Classification, SessionEffect, TxControl};
+use crate::topology::balance::Outstanding;
+use bytes::{Buf, Bytes, BytesMut};
+use deadpool::managed::{Object, PoolError};
+use std::io;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// Stop reading a side while this much is queued for the other.
+const HIGH_WATER: usize = 256 * 1024;
+
+/// The server connection a session holds, with where it is in the server's output.
+struct Leased {
+    lease: Lease,
+    node: usize,
+    /// Leased to serve reads on a follower (the leader when it serves reads counts as not).
+    follower: bool,
+    scanner: BackendScanner,
+    _outstanding: Outstanding,
+}
+
+/// A read unit on a follower whose answer is held back until its first row (or completion), so
+/// it can run again elsewhere if the follower refuses it (a write in disguise) or fails.
+#[derive(Default)]
+struct Hold {
+    /// Client messages of the unit, to send again.
+    replay: BytesMut,
+    /// Server output not yet passed on.
+    held: BytesMut,
+}
+
+/// What the held output showed first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HoldEvent {
+    Release,
+    /// Run again: on the leader if true, else on another node.
+    Retry {
+        leader: bool,
+        code: [u8; 5],
+    },
+}
+
+enum Event {
+    ClientRead(usize),
+    ServerRead(usize),
+    Wrote,
+    ServerFailed(io::Error),
+}
+
+pub struct Session<'a> {
+    shared: &'a Shared,
+    login: ClientLogin,
+    key: CancelKey,
+    mode: PoolMode,
+    client_rd: OwnedReadHalf,
+    client_wr: OwnedWriteHalf,
+    cbuf: BytesMut,
+    to_client: BytesMut,
+    to_server: BytesMut,
+    server: Option<Leased>,
+    /// This session's pool on each node, looked up once.
+    pools: Vec<Option<Pool>>,
+    /// Requests sent (or answered by the proxy) whose answers are still to come, in order.
+    inflight: Inflight,
+    /// The client's named prepared statements.
+    statements: ClientStatements,
+    /// The client's SQL-level prepared statements (PREPARE name AS ...).
+    sql_statements: ClientSqlStatements,
+    /// SQL-level PREPAREs sent in the current unit (client's own: true), forgotten if it fails.
+    sql_prepares: Vec<(String, bool)>,
+    /// The client's session settings, replayed on each server connection it uses.
+    settings: ClientSettings,
+    /// State that ties the client to its current server connection (LISTEN, temp tables, ...).
+    pins: Pins,
+    /// Extended-protocol messages went out after the last Sync: the server must be kept.
+    unsynced: bool,
+    /// Transaction status from the last ReadyForQuery ('I', 'T' or 'E').
+    tx_status: u8,
+    /// After the proxy failed a message of an extended batch, skip to Sync as a server would.
+    discard_until_sync: bool,
+    closing: bool,
+    /// The proxy's own settings (`SET pgcausal.route = ...`).
+    proxy: ProxySettings,
+    /// A plain BEGIN answered by the proxy, sent with the first statement that picks the node.
+    deferred_begin: Option<Bytes>,
+    hold: Option<Hold>,
+    /// Bytes at the start of `cbuf` that are a unit being sent again.
+    replaying: usize,
+    /// Retries of the current unit (bounded, so a failing statement cannot loop).
+    unit_retries: u8,
+    /// The next lease goes to the leader (a follower refused the unit as a write).
+    force_leader: bool,
+    /// Nodes not to use for the next lease (they just failed the unit).
+    exclude: Vec<usize>,
+}
+
+/// Runs a logged-in client to the end of its session.
+pub async fn run(stream: TcpStream, login: ClientLogin, shared: &Shared) -> Result<(), ProxyError> {
+    let (client_rd, client_wr) = stream.into_split();
+    let mut session = Session {
+        key: shared.cancels.register(),
+        mode: shared.config.proxy.pool_mode,
+        client_rd,
+        client_wr,
+        cbuf: BytesMut::with_capacity(8 * 1024),
+        to_client: BytesMut::with_capacity(8 * 1024),
+        to_server: BytesMut::with_capacity(8 * 1024),
+        server: None,
+        pools: vec![None; shared.config.nodes.len()],
+        inflight: Inflight::default(),
+        statements: ClientStatements::default(),
+        sql_statements: ClientSqlStatements::default(),
+        sql_prepares: Vec::new(),
+        settings: ClientSettings::default(),
+        pins: Pins::default(),
+        unsynced: false,
+        tx_status: b'I',
+        discard_until_sync: false,
+        closing: false,
+        proxy: ProxySettings::default(),
+        deferred_begin: None,
+        hold: None,
+        replaying: 0,
+        unit_retries: 0,
+        force_leader: false,
+        exclude: Vec::new(),
+        login,
+        shared,
+    };
+    if let Err(e) = session.start().await {
+        super::fail(&mut session.client_wr, &e).await;
+        return Err(e);
+    }
+    let result = session.pump().await;
+    if let Err(e) = &result {
+        super::fail(&mut session.client_wr, e).await;
+    }
+    session.finish();
+    result
+}
+
+impl Session<'_> {
+    /// Leases a first server connection (which proves the database and login work), applies the
+    /// client's startup parameters in session mode, and completes the client's login.
+    async fn start(&mut self) -> Result<(), ProxyError> {
+        self.acquire(Want::Leader).await?;
+        self.hold = None;
+        let conn = &mut *self.server.as_mut().expect("just acquired").lease;
+        let mut startup = Settings::default();
+        for (name, value) in startup_settings(&self.login.params) {
+            startup.set_text(&name, &value);
+        }
+        // Applied here rather than injected, so the ParameterStatus the client sees reflect them.
+        if let Some(sql) = startup.sync_sql(&conn.settings) {
+            conn.run(&sql).await?;
+            conn.settings = startup.clone();
+        }
+        self.settings = ClientSettings::from_startup(startup);
+        let mut out = BytesMut::new();
+        put_login_ok(&mut out, &conn.params, self.key.pid, self.key.secret);
+        self.client_wr.write_all(&out).await?;
+        self.maybe_release();
+        Ok(())
+    }
+
+    async fn pump(&mut self) -> Result<(), ProxyError> {
+        loop {
+            self.process_client().await?;
+            let released = self.maybe_release();
+            if self.closing {
+                return Ok(());
+            }
+            if released && self.has_complete_message() {
+                continue; // a statement waited for this unit to end (it needs another node)
+            }
+            match self.next_event().await? {
+                Event::ClientRead(0) => self.closing = true,
+                Event::ServerRead(0) => self.server_lost(io::ErrorKind::UnexpectedEof.into())?,
+                Event::ServerFailed(e) => self.server_lost(e)?,
+                Event::ServerRead(_) => self.process_server()?,
+                Event::ClientRead(_) | Event::Wrote => {}
+            }
+        }
+    }
+
+    /// Waits for the first socket that can make progress in either direction.
+    async fn next_event(&mut self) -> Result<Event, ProxyError> {
+        let want_client = self.to_server.len() < HIGH_WATER;
+        let want_server = self.to_client.len() < HIGH_WATER;
+        let (client_rd, client_wr) = (&mut self.client_rd, &mut self.client_wr);
+        let (cbuf, to_client, to_server) = (&mut self.cbuf, &mut self.to_client, &mut self.to_server);
+        let Some(leased) = self.server.as_mut() else {
+            return tokio::select! {
+                r = client_wr.write_buf(to_client), if !to_client.is_empty() => r.map(|_| Event::Wrote),
+                r = client_rd.read_buf(cbuf), if want_client => r.map(Event::ClientRead),
+            }
+            .map_err(ProxyError::ClientIo);
+        };
+        let conn = &mut *leased.lease;
+        tokio::select! {
+            r = client_wr.write_buf(to_client), if !to_client.is_empty() => Ok(r.map(|_| Event::Wrote)?),
+            r = conn.writer.write_buf(to_server), if !to_server.is_empty() => {
+                Ok(r.map_or_else(Event::ServerFailed, |_| Event::Wrote))
+            }
+            r = conn.reader.read_buf(&mut conn.rbuf), if want_server => {
+                Ok(r.map_or_else(Event::ServerFailed, Event::ServerRead))
+            }
+            r = client_rd.read_buf(cbuf), if want_client => Ok(r.map(Event::ClientRead)?),
+        }
+    }
+
+    fn has_complete_message(&self) -> bool {
+        let max = self.shared.config.proxy.max_message_size;
+        matches!(framing::peek_header(&self.cbuf, max), Ok(Some((_, total))) if self.cbuf.len() >= total)
+    }
+
+    /// Consumes a processed message from `cbuf`.
+    fn consume(&mut self, total: usize) {
+        self.cbuf.advance(total);
+        self.replaying = self.replaying.saturating_sub(total);
+    }
+
+    /// Where answers for the client go now: held back during a retryable read, else out.
+    fn client_out(&mut self) -> &mut BytesMut {
+        match self.hold.as_mut() {
+            Some(h) => &mut h.held,
+            None => &mut self.to_client,
+        }
+    }
+
+    /// Frames complete client messages, routes each unit of work to a node, and queues the
+    /// messages for its server connection.
+    async fn process_client(&mut self) -> Result<(), ProxyError> {
+        let max = self.shared.config.proxy.max_message_size;
+        while self.to_server.len() < HIGH_WATER {
+            let Some((tag, total)) = framing::peek_header(&self.cbuf, max)? else { break };
+            if self.cbuf.len() < total {
+                self.cbuf.reserve(total - self.cbuf.len());
+                break;
+            }
+            if tag == fe::TERMINATE {
+                self.closing = true;
+                return Ok(());
+            }
+            if self.discard_until_sync && tag != fe::SYNC {
+                self.consume(total);
+                continue;
+            }
+            let class = self.classify_message(tag, total);
+            if tag == fe::QUERY && class.as_ref().is_some_and(|c| c.is_proxy_command()) {
+                self.answer_proxy_command(class.as_deref().expect("checked"));
+                self.consume(total);
+                continue;
+            }
+            if self.server.is_none() {
+                let msg = &self.cbuf[..total];
+                if answerable_without_server(tag, msg) {
+                    self.discard_until_sync = false;
+                    self.unsynced = false;
+                    let result =
+                        answer_without_server(tag, msg, &mut self.statements, &mut self.inflight, &mut self.to_client);
+                    self.consume(total);
+                    self.refused(result?);
+                    continue;
+                }
+                if self.answer_transaction_control(tag, total, class.as_deref()) {
+                    self.consume(total);
+                    continue;
+                }
+                let want = self.want(class.as_deref());
+                if let Err(e) = self.acquire(want).await {
+                    self.consume(total);
+                    self.refuse(&e);
+                    if matches!(tag, fe::QUERY | fe::SYNC | fe::FUNCTION_CALL) {
+                        self.answer_sync();
+                    } else {
+                        self.discard_until_sync = true;
+                    }
+                    continue;
+                }
+                self.sync_settings();
+                self.send_deferred_begin();
+            } else if self.must_wait_for_another_node(class.as_deref()) {
+                break;
+            }
+            self.discard_until_sync = false;
+            self.account(tag);
+            if let Some(c) = &class {
+                if tag == fe::QUERY || tag == fe::PARSE {
+                    self.observe_sql(c, tag, total);
+                }
+            }
+            if tag == fe::FLUSH {
+                // The client now waits for what was answered so far: nothing may be held back.
+                self.release_hold();
+            }
+            if tag == fe::QUERY && !self.plan_sql_prepare(total) {
+                self.consume(total);
+                continue;
+            }
+            if let Some(hold) = self.hold.as_mut() {
+                hold.replay.extend_from_slice(&self.cbuf[..total]);
+            }
+            let leased = self.server.as_mut().expect("leased above");
+            let mut outbound = Outbound {
+                to_server: &mut self.to_server,
+                to_client: match self.hold.as_mut() {
+                    Some(h) => &mut h.held,
+                    None => &mut self.to_client,
+                },
+                inflight: &mut self.inflight,
+                server: &mut leased.lease.statements,
+                client: &mut self.statements,
+                replaying: self.replaying > 0,
+            };
+            let result = outbound.message(tag, &self.cbuf[..total]);
+            self.consume(total);
+            self.refused(result?);
+        }
+        Ok(())
+    }
+
+    /// A message the proxy refused like PostgreSQL would: its error, then skip to Sync.
+    fn refused(&mut self, result: Result<(), Refused>) {
+        if let Err(Refused(error)) = result {
+            crate::metrics::error(b"42", "proxy");
+            self.push_reply(error);
+            self.discard_until_sync = true;
+        }
+    }
+
+    /// Per-message bookkeeping: whether the server must be kept until a Sync, and query counts.
+    fn account(&mut self, tag: u8) {
+        let node = self.server.as_ref().map_or(0, |l| l.node);
+        match tag {
+            fe::SYNC => self.unsynced = false,
+            fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::FLUSH => self.unsynced = true,
+            fe::EXECUTE => {
+                self.unsynced = true;
+                self.shared.pools.nodes[node].metrics.queries.increment(1);
+            }
+            fe::QUERY | fe::FUNCTION_CALL => self.shared.pools.nodes[node].metrics.queries.increment(1),
+            _ => {}
+        }
+    }
+
+    /// Answers a Sync (or a failed Query) with ReadyForQuery, after whatever is still in flight.
+    fn answer_sync(&mut self) {
+        let ready = Bytes::copy_from_slice(&messages::ready_for_query(self.tx_status));
+        self.push_reply(ready);
+    }
+
+    /// Queues the proxy's own answer, in order with what is in flight.
+    fn push_reply(&mut self, reply: Bytes) {
+        let out = match self.hold.as_mut() {
+            Some(h) => &mut h.held,
+            None => &mut self.to_client,
+        };
+        self.inflight.push(Request::Reply(reply), out);
+    }
+
+    /// Answers with an ErrorResponse (severity ERROR) for a failure the session survives.
+    fn refuse(&mut self, e: &ProxyError) {
+        crate::metrics::error(e.sqlstate().as_bytes(), "proxy");
+        let error = messages::error_response("ERROR", e.sqlstate(), &e.to_string()).freeze();
+        self.push_reply(error);
+    }
+
+    /// Returns a clean server to its pool (reset first in session mode); closes any other.
+    fn finish(&mut self) {
+        let clean = self.server_is_clean();
+        if let Some(mut leased) = self.server.take() {
+            self.key.target.clear();
+            if clean {
+                leased.lease.needs_reset = self.mode == PoolMode::Session;
+            } else {
+                drop(Object::take(leased.lease));
+            }
+        }
+    }
+}
+
+/// Startup parameters to apply as settings: everything but user/database, with `options`
+/// (`-c name=value` or `--name=value`) expanded.
+fn startup_settings(params: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, value) in params {
+        if name != "options" {
+            out.push((name.clone(), value.clone()));
+            continue;
+        }
+        let mut words = value.split_whitespace();
+        while let Some(word) = words.next() {
+            let setting = match word {
+                "-c" => words.next(),
+                w => w.strip_prefix("--").or_else(|| w.strip_prefix("-c")),
+            };
+            if let Some((k, v)) = setting.and_then(|s| s.split_once('=')) {
+                out.push((k.replace('-', "_"), v.to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tracking::starts_with_word;
+    use super::*;
+
+    #[test]
+    fn startup_options_expand_to_settings() {
+        let params = vec![
+            ("application_name".to_string(), "psql".to_string()),
+            ("options".to_string(), "-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB".to_string()),
+        ];
+        assert_eq!(
+            startup_settings(&params),
+            vec![
+                ("application_name".to_string(), "psql".to_string()),
+                ("search_path".to_string(), "a,b".to_string()),
+                ("statement_timeout".to_string(), "5s".to_string()),
+                ("work_mem".to_string(), "4MB".to_string()),
+            ]
+        );
+        assert!(starts_with_word(b"  DEALLOCATE ALL", b"deallocate"));
+        assert!(!starts_with_word(b"deallocated", b"deallocate"));
+    }
+}

@@ -1,0 +1,227 @@
+//! Server output: request accounting, holding back a retryable read and re-running it, releasing
+//! the server connection when its unit is over, and losing it.
+
+use super::*;
+
+impl Session<'_> {
+    /// Scans what the server sent, tracks requests and ReadyForQuery, and passes answers on.
+    pub(super) fn process_server(&mut self) -> Result<(), ProxyError> {
+        let leased = self.server.as_mut().expect("reading from a held server");
+        let conn = &mut *leased.lease;
+        let mut sink = ServerSide {
+            inflight: &mut self.inflight,
+            statements: &mut conn.statements,
+            tx_status: &mut self.tx_status,
+            settings: &mut self.settings,
+            server_settings: &mut conn.settings,
+            holding: self.hold.is_some(),
+            hold_event: None,
+            first_error: None,
+        };
+        let out = match self.hold.as_mut() {
+            Some(h) => &mut h.held,
+            None => &mut self.to_client,
+        };
+        let was_empty = out.is_empty();
+        let n = leased.scanner.scan(&conn.rbuf, out, &mut sink);
+        conn.rbuf.advance(n);
+        let first_error = sink.first_error;
+        let hold_event = sink.hold_event;
+        if let Some(code) = first_error.filter(|_| !self.sql_prepares.is_empty()) {
+            self.sql_prepare_failed(&code);
+        }
+        if self.inflight.is_empty() {
+            self.sql_prepares.clear();
+        }
+        match hold_event {
+            Some(HoldEvent::Retry { leader, code }) if self.unit_retries < 3 => {
+                self.retry_unit(leader, &String::from_utf8_lossy(&code));
+                return Ok(());
+            }
+            Some(_) => self.release_hold(),
+            None => {}
+        }
+        // Write straight through while the client keeps up: one syscall, no select round.
+        if was_empty && self.hold.is_none() && !self.to_client.is_empty() {
+            match self.client_wr.try_write(&self.to_client) {
+                Ok(w) => self.to_client.advance(w),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(ProxyError::ClientIo(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The held read produced its first row or finished: pass everything on.
+    pub(super) fn release_hold(&mut self) {
+        if let Some(hold) = self.hold.take() {
+            self.to_client.extend_from_slice(&hold.held);
+        }
+    }
+
+    /// Runs the held unit again: on the leader (a follower refused it as a write, which is then
+    /// remembered) or on another node (the follower failed). Nothing of it reached the client.
+    pub(super) fn retry_unit(&mut self, leader: bool, reason: &str) {
+        let hold = self.hold.take().expect("retrying a held unit");
+        let leased = self.server.take().expect("retrying on a held server");
+        tracing::debug!(node = %self.shared.pools.nodes[leased.node].name, reason, leader, "re-running a read unit");
+        drop(Object::take(leased.lease)); // mid-unit: never reused
+        self.key.target.clear();
+        self.to_server.clear();
+        self.inflight.clear();
+        self.unsynced = false;
+        self.tx_status = b'I';
+        self.unit_retries += 1;
+        metrics::counter!(crate::metrics::ROUTE_RETRIES, "reason" => reason.to_string()).increment(1);
+        if leader {
+            self.remember_leader_only(&hold.replay);
+            self.force_leader = true;
+        } else {
+            self.exclude.push(leased.node);
+        }
+        let mut cbuf = BytesMut::with_capacity(hold.replay.len() + self.cbuf.len());
+        cbuf.extend_from_slice(&hold.replay);
+        cbuf.extend_from_slice(&self.cbuf);
+        self.replaying = hold.replay.len();
+        self.cbuf = cbuf;
+    }
+
+    /// Marks every statement of a refused unit as leader-only, for the classifier and this client.
+    pub(super) fn remember_leader_only(&mut self, replay: &[u8]) {
+        let mut rest = replay;
+        while let Ok(Some((tag, total))) = framing::peek_header(rest, usize::MAX) {
+            let body = &rest[5..total.min(rest.len())];
+            let sql: Option<Vec<u8>> = match tag {
+                fe::QUERY => messages::read_cstr(body).map(|(q, _)| q.to_vec()),
+                fe::PARSE => {
+                    messages::read_cstr(body).and_then(|(_, r)| messages::read_cstr(r)).map(|(q, _)| q.to_vec())
+                }
+                fe::BIND => {
+                    messages::read_cstr(body).and_then(|(_, r)| messages::read_cstr(r)).and_then(|(name, _)| {
+                        let statement = self.statements.get_mut(name)?;
+                        statement.classification = None;
+                        Some(statement.query().to_vec())
+                    })
+                }
+                _ => None,
+            };
+            if let Some(sql) = sql {
+                self.shared.classifier.remember_leader_only(&String::from_utf8_lossy(&sql));
+            }
+            rest = &rest[total.min(rest.len())..];
+        }
+    }
+
+    /// True when the held server has answered everything and sits idle outside a transaction.
+    pub(super) fn server_is_clean(&self) -> bool {
+        self.server.as_ref().is_some_and(|l| {
+            self.inflight.is_empty()
+                && !self.unsynced
+                && self.to_server.is_empty()
+                && self.tx_status == b'I'
+                && !l.scanner.mid_message()
+                && l.lease.rbuf.is_empty()
+        })
+    }
+
+    /// In transaction mode, hands the server back as soon as its transaction is over.
+    pub(super) fn maybe_release(&mut self) -> bool {
+        if self.mode == PoolMode::Transaction && self.server_is_clean() && !self.pins.is_pinned() {
+            self.release_hold();
+            self.key.target.clear();
+            self.server = None;
+            self.unit_retries = 0;
+            return true;
+        }
+        false
+    }
+
+    /// The server connection failed under us: fail what was pending, keep the client if we can.
+    pub(super) fn server_lost(&mut self, error: io::Error) -> Result<(), ProxyError> {
+        if self.hold.is_some() && self.unit_retries < 3 {
+            self.retry_unit(false, "connection_lost");
+            return Ok(());
+        }
+        self.release_hold();
+        let leased = self.server.take().expect("server was held");
+        let node = &self.shared.pools.nodes[leased.node].name;
+        tracing::warn!(%node, %error, "server connection lost");
+        self.key.target.clear();
+        self.to_server.clear();
+        drop(Object::take(leased.lease));
+        if leased.scanner.mid_message() || self.mode == PoolMode::Session {
+            // Part of a message already reached the client, or session state is gone: it must reconnect.
+            return Err(ProxyError::Backend(error.into()));
+        }
+        let sync_points = self.inflight.sync_points();
+        self.inflight.clear();
+        if sync_points > 0 || self.unsynced {
+            self.refuse(&ProxyError::Backend(error.into()));
+            for _ in 0..sync_points {
+                self.to_client.extend_from_slice(&messages::ready_for_query(b'I'));
+            }
+            self.discard_until_sync = self.unsynced;
+        }
+        self.unsynced = false;
+        self.tx_status = b'I';
+        Ok(())
+    }
+}
+
+/// The session's view of server output: request accounting, statement cache, transaction status.
+struct ServerSide<'a> {
+    inflight: &'a mut Inflight,
+    statements: &'a mut ServerStatements,
+    tx_status: &'a mut u8,
+    settings: &'a mut ClientSettings,
+    server_settings: &'a mut Settings,
+    /// Output is held back (a retryable read): watch for its first row or a retryable error.
+    holding: bool,
+    hold_event: Option<HoldEvent>,
+    /// The first ErrorResponse's SQLSTATE in this batch of output.
+    first_error: Option<[u8; 5]>,
+}
+
+impl ServerMessages for ServerSide<'_> {
+    fn decide(&mut self, tag: u8, msg: &[u8]) -> Verdict {
+        let (verdict, outcome) = self.inflight.on_server_message(tag);
+        if let Some(hash) = outcome.failed_parse {
+            self.statements.remove(hash);
+        }
+        if tag == b'Z' {
+            *self.tx_status = *msg.get(5).unwrap_or(&b'I');
+        }
+        // Answers to the proxy's own injected queries (settings sync, BEGIN) are not the client's:
+        // they neither end its transaction nor show that its read went through.
+        if verdict == Verdict::Swallow {
+            return verdict;
+        }
+        if self.holding && self.hold_event.is_none() {
+            self.hold_event = match tag {
+                b'E' => Some(match routing::retry_on(&messages::sqlstate_of(&msg[5..])) {
+                    Some(leader) => HoldEvent::Retry { leader, code: messages::sqlstate_of(&msg[5..]) },
+                    None => HoldEvent::Release,
+                }),
+                // Rows, completion, COPY, or the end of the unit: the read has gone through.
+                b'D' | b'C' | b'I' | b's' | b'G' | b'H' | b'W' | b'Z' | b'V' => Some(HoldEvent::Release),
+                _ => None,
+            };
+        }
+        match tag {
+            b'Z' if *self.tx_status == b'I' => *self.server_settings = self.settings.end_transaction(),
+            b'E' => {
+                let code = messages::sqlstate_of(&msg[5..]);
+                crate::metrics::error(&code, "server");
+                self.first_error.get_or_insert(code);
+                self.settings.transaction_failed();
+            }
+            b'C' if msg[5..].starts_with(b"ROLLBACK") => self.settings.transaction_failed(),
+            _ => {}
+        }
+        verdict
+    }
+
+    fn after(&mut self, out: &mut BytesMut) {
+        self.inflight.emit_due_replies(out);
+    }
+}

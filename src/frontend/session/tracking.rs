@@ -1,0 +1,120 @@
+//! Session state carried across server connections: settings, pins, SQL-level prepared statements.
+
+use super::*;
+
+impl Session<'_> {
+    /// SQL-level PREPARE/EXECUTE/DEALLOCATE: prepares the statement on this connection first
+    /// when needed, or answers the query itself. False when the query must not be sent.
+    pub(super) fn plan_sql_prepare(&mut self, total: usize) -> bool {
+        // In a failed transaction PostgreSQL rejects these unchanged (25P02): let it.
+        if self.tx_status == b'E' {
+            return true;
+        }
+        let Some((sql, _)) = messages::read_cstr(&self.cbuf[5..total]) else { return true };
+        let sql = String::from_utf8_lossy(sql);
+        let query = sql_prepared::inspect(&sql);
+        if matches!(query, SqlPrepare::Other) {
+            return true;
+        }
+        let conn = &mut self.server.as_mut().expect("leased").lease;
+        let plan = sql_prepared::plan(&query, &mut self.sql_statements, &mut conn.sql_statements);
+        if let (SqlPrepare::Prepare { name, .. }, Plan::Forward { .. }) = (&query, &plan) {
+            self.sql_prepares.push((name.clone(), true));
+        }
+        match plan {
+            Plan::Forward { inject: None } => true,
+            Plan::Forward { inject: Some(inject) } => {
+                if let SqlPrepare::Execute { name } = &query {
+                    self.sql_prepares.push((name.clone(), false));
+                }
+                let _ = postgres_protocol::message::frontend::query(&inject, &mut self.to_server);
+                let out = match self.hold.as_mut() {
+                    Some(h) => &mut h.held,
+                    None => &mut self.to_client,
+                };
+                self.inflight.push(Request::Query { swallow: true }, out);
+                true
+            }
+            Plan::Answer { tag } => {
+                let mut reply = BytesMut::new();
+                routing::put_command_complete(&mut reply, tag);
+                self.push_reply(reply.freeze());
+                self.answer_sync();
+                false
+            }
+            Plan::Error { code, message } => {
+                crate::metrics::error(code.as_bytes(), "proxy");
+                self.push_reply(messages::error_response("ERROR", code, &message).freeze());
+                self.answer_sync();
+                false
+            }
+        }
+    }
+
+    /// The unit that sent SQL-level PREPAREs failed: the statements were not created.
+    pub(super) fn sql_prepare_failed(&mut self, code: &[u8; 5]) {
+        let code = String::from_utf8_lossy(code);
+        let Some(leased) = self.server.as_mut() else { return };
+        for (name, client_own) in self.sql_prepares.drain(..) {
+            leased.lease.sql_statements.prepare_failed(&name, &code);
+            if client_own {
+                self.sql_statements.forget(&name);
+            }
+        }
+    }
+
+    /// Tracks the session state a Query or Parse changes.
+    pub(super) fn observe_sql(&mut self, classification: &Classification, tag: u8, total: usize) {
+        if !classification.session.is_empty() {
+            self.settings.apply(&classification.session);
+        }
+        if !classification.pins.is_empty() || !classification.unpins.is_empty() {
+            for kind in self.pins.apply(classification) {
+                metrics::counter!(crate::metrics::SESSION_PINS, "kind" => kind).increment(1);
+            }
+        }
+        let body = &self.cbuf[5..total];
+        let sql = match tag {
+            fe::PARSE => messages::read_cstr(body).and_then(|(_, rest)| messages::read_cstr(rest)).map(|(q, _)| q),
+            _ => messages::read_cstr(body).map(|(q, _)| q),
+        };
+        // DISCARD ALL and DEALLOCATE drop the server's statements, ours included.
+        let discard = classification.session.contains(&SessionEffect::DiscardAll);
+        if discard || sql.is_some_and(|q| starts_with_word(q, b"deallocate")) {
+            if let Some(leased) = self.server.as_mut() {
+                leased.lease.statements.clear();
+            }
+            if discard {
+                self.statements.clear();
+                self.sql_statements.clear();
+                if let Some(leased) = self.server.as_mut() {
+                    sql_prepared::server_discarded(&mut leased.lease.sql_statements);
+                }
+            }
+        }
+    }
+
+    /// Brings a newly leased server connection to the client's settings (answers swallowed).
+    pub(super) fn sync_settings(&mut self) {
+        let Some(leased) = self.server.as_mut() else { return };
+        let current = self.settings.current();
+        if let Some(sql) = current.sync_sql(&leased.lease.settings) {
+            tracing::debug!(node = leased.node, %sql, "syncing settings");
+            leased.lease.settings = current.clone();
+            let _ = postgres_protocol::message::frontend::query(&sql, &mut self.to_server);
+            self.inflight.push(Request::Query { swallow: true }, &mut self.to_client);
+            if let Some(hold) = self.hold.as_mut() {
+                // A retry syncs its new server itself; the replay must not carry this query.
+                hold.replay.clear();
+            }
+        }
+    }
+}
+
+/// True if `sql` starts with `word` (case-insensitive), after whitespace.
+pub(super) fn starts_with_word(sql: &[u8], word: &[u8]) -> bool {
+    let sql = sql.trim_ascii_start();
+    sql.len() >= word.len()
+        && sql[..word.len()].eq_ignore_ascii_case(word)
+        && sql.get(word.len()).is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'_')
+}

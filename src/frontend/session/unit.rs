@@ -1,0 +1,198 @@
+//! Routing one unit of work (a transaction, or a statement outside one): which node it needs,
+//! the proxy's own answers (pgcausal.* commands, a deferred BEGIN), and leasing the connection.
+
+use super::*;
+
+impl Session<'_> {
+    /// The classification of a message that carries or names SQL (once per Parse for statements).
+    pub(super) fn classify_message(&mut self, tag: u8, total: usize) -> Option<Arc<Classification>> {
+        let body = &self.cbuf[5..total];
+        let classifier = &self.shared.classifier;
+        let named = |body: &[u8]| messages::read_cstr(body).map(|(name, _)| name.to_vec());
+        let statement_name = match tag {
+            fe::QUERY => {
+                return messages::read_cstr(body).map(|(q, _)| classifier.classify(&String::from_utf8_lossy(q)))
+            }
+            fe::PARSE => {
+                let (_, rest) = messages::read_cstr(body)?;
+                return messages::read_cstr(rest).map(|(q, _)| classifier.classify(&String::from_utf8_lossy(q)));
+            }
+            fe::BIND => messages::read_cstr(body).and_then(|(_, rest)| named(rest))?,
+            fe::DESCRIBE if body.first() == Some(&b'S') => named(&body[1..])?,
+            _ => return None,
+        };
+        let statement = self.statements.get_mut(&statement_name)?;
+        if statement.classification.is_none() {
+            statement.classification = Some(classifier.classify(&String::from_utf8_lossy(statement.query())));
+        }
+        statement.classification.clone()
+    }
+
+    /// The kind of node the next unit of work needs.
+    pub(super) fn want(&mut self, class: Option<&Classification>) -> Want {
+        let routing = &self.shared.config.routing;
+        if std::mem::take(&mut self.force_leader)
+            || !routing.enabled
+            || self.mode == PoolMode::Session
+            || self.pins.is_pinned()
+        {
+            return Want::Leader;
+        }
+        class.map_or(Want::Leader, |c| routing::want(c, self.proxy.route, self.deferred_begin.is_some()))
+    }
+
+    /// A read unit on a follower is done with when the next statement needs the leader: wait for
+    /// it to end (at a Sync boundary, outside a transaction) and lease the leader then.
+    pub(super) fn must_wait_for_another_node(&self, class: Option<&Classification>) -> bool {
+        let Some(leased) = self.server.as_ref() else { return false };
+        let Some(c) = class else { return false };
+        leased.follower
+            && self.tx_status == b'I'
+            && !self.unsynced
+            && self.mode == PoolMode::Transaction
+            && routing::want(c, self.proxy.route, false) == Want::Leader
+    }
+
+    /// `SET/SHOW/RESET pgcausal.*`: answered by the proxy, in order with other answers.
+    pub(super) fn answer_proxy_command(&mut self, c: &Classification) {
+        let reply = match routing::answer_proxy_command(c, &mut self.proxy) {
+            Ok(reply) => reply.freeze(),
+            Err((code, message)) => {
+                crate::metrics::error(code.as_bytes(), "proxy");
+                messages::error_response("ERROR", code, &message).freeze()
+            }
+        };
+        let mut out = self.client_out().split_off(0);
+        self.inflight.push(Request::Reply(reply), &mut out);
+        self.client_out().unsplit(out);
+        self.answer_sync();
+    }
+
+    /// A plain BEGIN (not READ ONLY) is answered here; its node is chosen by the next statement
+    /// (`SET TRANSACTION READ ONLY` sends the whole transaction to a follower). COMMIT or
+    /// ROLLBACK of such a transaction that ran nothing is answered here too.
+    pub(super) fn answer_transaction_control(&mut self, tag: u8, total: usize, class: Option<&Classification>) -> bool {
+        let Some(c) = class.filter(|c| tag == fe::QUERY && c.statement_count == 1) else { return false };
+        if !self.shared.config.routing.enabled || self.mode == PoolMode::Session || self.pins.is_pinned() {
+            return false;
+        }
+        let reply = match (c.tx, self.deferred_begin.is_some()) {
+            (TxControl::Begin { read_only: false }, false) if self.proxy.route != routing::RouteOverride::Leader => {
+                self.deferred_begin = Some(Bytes::copy_from_slice(&self.cbuf[..total]));
+                self.tx_status = b'T';
+                routing::local_transaction_reply("BEGIN", b'T')
+            }
+            (TxControl::Commit, true) => {
+                self.deferred_begin = None;
+                self.tx_status = b'I';
+                routing::local_transaction_reply("COMMIT", b'I')
+            }
+            (TxControl::Rollback, true) => {
+                self.deferred_begin = None;
+                self.tx_status = b'I';
+                routing::local_transaction_reply("ROLLBACK", b'I')
+            }
+            _ => return false,
+        };
+        self.inflight.push(Request::Reply(reply), &mut self.to_client);
+        true
+    }
+
+    /// Sends a deferred BEGIN ahead of the statement that chose the node (its answer swallowed).
+    pub(super) fn send_deferred_begin(&mut self) {
+        if let Some(begin) = self.deferred_begin.take() {
+            self.to_server.extend_from_slice(&begin);
+            self.inflight.push(Request::Query { swallow: true }, &mut self.to_client);
+        }
+    }
+
+    /// Leases a server connection for a unit of work: a follower for reads (balanced, skipping
+    /// nodes that fail to connect; the leader as fallback), else the leader, waiting a bounded
+    /// time for one to be known and reachable.
+    pub(super) async fn acquire(&mut self, want: Want) -> Result<(), ProxyError> {
+        let shared = self.shared;
+        let deadline = Instant::now() + shared.config.proxy.leader_wait_timeout;
+        let mut tried = std::mem::take(&mut self.exclude);
+        loop {
+            let snapshot = shared.topology.snapshot();
+            let follower = match want {
+                Want::Follower => {
+                    let mut candidates = snapshot.followers.clone();
+                    if shared.config.routing.leader_reads == LeaderReads::Always {
+                        candidates.extend(snapshot.leader);
+                    }
+                    let picked = shared.balancer.pick(&candidates, &tried);
+                    if picked.is_none() && shared.config.routing.leader_reads == LeaderReads::Never {
+                        return Err(ProxyError::NoFollower);
+                    }
+                    picked.filter(|&n| Some(n) != snapshot.leader)
+                }
+                Want::Leader => None,
+            };
+            let node = match follower {
+                Some(n) => n,
+                None => {
+                    if want == Want::Follower {
+                        metrics::counter!(crate::metrics::ROUTE_FALLBACKS, "reason" => "no_follower").increment(1);
+                    }
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    shared.topology.leader(wait).await.ok_or_else(|| {
+                        ProxyError::NoLeader(format!("none of {} nodes is an up primary", shared.config.nodes.len()))
+                    })?
+                }
+            };
+            match self.lease(node, follower.is_some()).await {
+                Ok(()) => return Ok(()),
+                // A node that refuses connections (down, starting, shutting down) is skipped for
+                // reads, and waited out for writes: the monitors will find the leader.
+                Err(ProxyError::Backend(e)) if unreachable(&e) && follower.is_some() => tried.push(node),
+                Err(ProxyError::Backend(e)) if unreachable(&e) && Instant::now() < deadline => {
+                    tokio::time::sleep(shared.config.monitor.interval).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Leases a connection on one node.
+    pub(super) async fn lease(&mut self, node: usize, follower: bool) -> Result<(), ProxyError> {
+        let shared = self.shared;
+        let login = &self.login;
+        let pool = self.pools[node]
+            .get_or_insert_with(|| shared.pools.pool(node, &login.database, &login.user, &login.password));
+        let metrics = &shared.pools.nodes[node].metrics;
+        let started = Instant::now();
+        let lease = match pool.get().await {
+            Ok(lease) => lease,
+            Err(PoolError::Timeout(_)) => {
+                metrics.pool_timeouts.increment(1);
+                return Err(ProxyError::PoolTimeout {
+                    node: shared.pools.nodes[node].name.clone(),
+                    waited: started.elapsed(),
+                });
+            }
+            Err(PoolError::Backend(e)) => return Err(e.into()),
+            Err(e) => return Err(ProxyError::Internal(e.to_string())),
+        };
+        metrics.pool_wait.record(started.elapsed().as_secs_f64());
+        if follower { &metrics.routed_reads } else { &metrics.routed_leader }.increment(1);
+        self.key.target.set(node, lease.pid, lease.secret);
+        let outstanding = shared.balancer.lease(node);
+        self.server =
+            Some(Leased { lease, node, follower, scanner: BackendScanner::default(), _outstanding: outstanding });
+        // Reads outside a transaction on a follower may be re-run: hold their answers back.
+        self.hold = (follower && self.tx_status == b'I' && self.deferred_begin.is_none()).then(Hold::default);
+        Ok(())
+    }
+}
+
+/// A connection failure that says nothing about the client's request: try elsewhere or later.
+fn unreachable(e: &BackendError) -> bool {
+    match e {
+        BackendError::Io(_) | BackendError::Timeout(_) => true,
+        BackendError::Server { code, .. } => {
+            <[u8; 5]>::try_from(code.as_bytes()).is_ok_and(|code| routing::retry_on(&code).is_some())
+        }
+        _ => false,
+    }
+}
