@@ -29,6 +29,8 @@ pub struct Config {
     #[serde(default)]
     pub routing: RoutingConfig,
     #[serde(default)]
+    pub consistency: ConsistencyConfig,
+    #[serde(default)]
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -200,6 +202,44 @@ impl Default for RoutingConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTimeout {
+    /// Read on the leader (always fresh).
+    Leader,
+    /// Fail the read with SQLSTATE 57P03, naming the floor and the best follower's position.
+    Error,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsistencyConfig {
+    /// Default session level: eventual, monotonic, read_your_writes, causal, strong.
+    pub level: crate::consistency::Level,
+    /// How long a read waits for a follower to reach the session's floor.
+    #[serde(with = "humantime_serde")]
+    pub wait_timeout: Duration,
+    pub on_timeout: OnTimeout,
+    /// How often every node's WAL position is sampled (waiting reads also ask on demand).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Default bound on staleness for eventual reads; unset means unbounded.
+    #[serde(with = "humantime_serde")]
+    pub max_staleness: Option<Duration>,
+}
+
+impl Default for ConsistencyConfig {
+    fn default() -> Self {
+        Self {
+            level: crate::consistency::Level::Causal,
+            wait_timeout: Duration::from_millis(50),
+            on_timeout: OnTimeout::Leader,
+            poll_interval: Duration::from_millis(10),
+            max_staleness: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
@@ -285,6 +325,9 @@ impl Config {
         }
         if self.proxy.max_message_size < 1024 {
             return bad("proxy.max_message_size".into(), "must be at least 1024 bytes");
+        }
+        if self.consistency.poll_interval.is_zero() {
+            return bad("consistency.poll_interval".into(), "must be greater than zero");
         }
         if self.routing.catalog_refresh.is_zero() {
             return bad("routing.catalog_refresh".into(), "must be greater than zero");

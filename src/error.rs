@@ -23,6 +23,8 @@ pub enum ProxyError {
     PoolTimeout { node: String, waited: Duration },
     #[error("no leader is known: {0}")]
     NoLeader(String),
+    #[error("{0}")]
+    FloorTimeout(String),
     #[error("no follower is eligible for reads and routing.leader_reads = \"never\"")]
     NoFollower,
     #[error("{0}")]
@@ -43,7 +45,7 @@ impl ProxyError {
             ProxyError::AuthFailed(_) => "28P01",
             ProxyError::LoginTimeout => "08006",
             ProxyError::TooManyClients | ProxyError::PoolTimeout { .. } => "53300",
-            ProxyError::NoLeader(_) | ProxyError::NoFollower => "57P03",
+            ProxyError::NoLeader(_) | ProxyError::NoFollower | ProxyError::FloorTimeout(_) => "57P03",
             ProxyError::Backend(b) => b.sqlstate(),
             ProxyError::Internal(_) => "XX000",
             ProxyError::ClientIo(_) => "08006",

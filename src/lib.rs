@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod cluster;
 pub mod config;
+pub mod consistency;
 pub mod demo;
 pub mod error;
 pub mod frontend;

@@ -18,6 +18,9 @@ pub const ROUTE_RETRIES: &str = "pgcausal_route_retries_total";
 pub const ROUTE_FALLBACKS: &str = "pgcausal_route_fallbacks_total";
 pub const CLASSIFIER_CACHE: &str = "pgcausal_classifier_cache_total";
 pub const UNPARSED: &str = "pgcausal_unparsed_statements_total";
+pub const CONSISTENCY_WAIT: &str = "pgcausal_consistency_wait_seconds";
+pub const CONSISTENCY_FALLBACKS: &str = "pgcausal_consistency_fallbacks_total";
+pub const FLOOR_CLAMPS: &str = "pgcausal_floor_clamps_total";
 pub const SESSION_PINS: &str = "pgcausal_session_pins_total";
 pub const NODE_UP: &str = "pgcausal_node_up";
 pub const NODE_IS_LEADER: &str = "pgcausal_node_is_leader";
@@ -48,6 +51,9 @@ pub fn describe() {
         UNPARSED,
         "Distinct statements sqlparser could not parse (routed by keyword, else to the leader)"
     );
+    describe_histogram!(CONSISTENCY_WAIT, "Time reads waited for a follower to reach the session's floor");
+    describe_counter!(CONSISTENCY_FALLBACKS, "Reads sent to the leader (or failed) for consistency, by reason");
+    describe_counter!(FLOOR_CLAMPS, "Session floors clamped after a failover lost the WAL above them");
     describe_counter!(SESSION_PINS, "Sessions pinned to their server connection, by kind (listen, temp_table, ...)");
     describe_gauge!(NODE_UP, "1 if the node's last health probe succeeded");
     describe_gauge!(NODE_IS_LEADER, "1 if the node is the current leader");

@@ -2,6 +2,7 @@
 
 use crate::backend::Pools;
 use crate::config::Config;
+use crate::consistency::Positions;
 use crate::frontend::auth::ScramSecret;
 use crate::frontend::cancel::CancelRegistry;
 use crate::route::{Classifier, FunctionCatalog, FunctionOverrides};
@@ -26,6 +27,8 @@ pub struct Shared {
     pub classifier: Arc<Classifier>,
     /// Picks the follower for each read unit.
     pub balancer: Balancer,
+    /// Every node's latest WAL position, for session floors.
+    pub positions: Arc<Positions>,
 }
 
 /// A bound, not yet serving proxy.
@@ -49,6 +52,8 @@ impl Proxy {
             write_functions: config.routing.write_functions.clone(),
             read_only_functions: config.routing.read_only_functions.clone(),
         };
+        let positions = Arc::new(Positions::new(config.nodes.len()));
+        positions.spawn_pollers(&config, config.consistency.poll_interval);
         let classifier = Arc::new(Classifier::new(10_000, Arc::new(FunctionCatalog::with_overrides(&overrides))));
         catalog::spawn(Arc::new(config.clone()), topology.clone(), Arc::downgrade(&classifier));
         let scram = config.users.iter().map(|u| (u.name.clone(), ScramSecret::new(&u.password))).collect();
@@ -60,6 +65,7 @@ impl Proxy {
             clients: AtomicUsize::new(0),
             classifier,
             balancer: Balancer::new(config.routing.balance, config.nodes.len()),
+            positions: positions.clone(),
             config,
         });
         let weak = Arc::downgrade(&shared);

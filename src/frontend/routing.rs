@@ -1,6 +1,7 @@
 //! Per-session routing choices: where a unit of work should run, the session's `pgcausal.*`
 //! settings (answered by the proxy itself), and which server errors make a read safe to re-run.
 
+use crate::consistency::{parse_token, Floor, Level};
 use crate::protocol::messages;
 use crate::route::{Classification, SessionEffect, Target, TxControl};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -82,42 +83,97 @@ pub struct ProxySettings {
     pub route: RouteOverride,
 }
 
-/// The reply to a `pgcausal.*` command, or an error (SQLSTATE, message).
+type CommandError = (&'static str, String);
+
+fn invalid(name: &str, value: &str, expected: &str) -> CommandError {
+    ("22023", format!("invalid value for parameter \"{name}\": \"{value}\" ({expected})"))
+}
+
+/// `SET pgcausal.<name> = value` (also from startup options and RESET with `None`).
+pub fn apply_setting(
+    name: &str,
+    value: Option<&str>,
+    settings: &mut ProxySettings,
+    floor: &mut Floor,
+) -> Result<(), CommandError> {
+    let unquoted = value.map(|v| v.trim().trim_matches('\''));
+    match name.to_ascii_lowercase().as_str() {
+        "pgcausal.route" => {
+            settings.route = match unquoted {
+                None => RouteOverride::Auto,
+                Some(v) => RouteOverride::parse(v).ok_or_else(|| invalid(name, v, "auto, leader or follower"))?,
+            }
+        }
+        "pgcausal.consistency" => {
+            floor.level = match unquoted {
+                None => Level::default(),
+                Some(v) => Level::parse(v)
+                    .ok_or_else(|| invalid(name, v, "eventual, monotonic, read_your_writes, causal or strong"))?,
+            }
+        }
+        "pgcausal.max_staleness" => {
+            floor.max_staleness = match unquoted {
+                None | Some("0") | Some("off") | Some("") => None,
+                Some(v) => Some(humantime::parse_duration(v).map_err(|_| invalid(name, v, "a duration like 250ms"))?),
+            }
+        }
+        "pgcausal.min_lsn" => {
+            if let Some(v) = unquoted {
+                let (timeline, lsn) =
+                    parse_token(v).ok_or_else(|| invalid(name, v, "a token from SHOW pgcausal.lsn"))?;
+                floor.adopt(timeline, lsn);
+            }
+        }
+        _ => return Err(("42704", format!("unrecognized configuration parameter \"{name}\""))),
+    }
+    Ok(())
+}
+
+/// The value `SHOW pgcausal.<name>` answers; `token` is the session's settled causal token.
+fn show(name: &str, settings: &ProxySettings, floor: &Floor, token: Option<&str>) -> Result<String, CommandError> {
+    Ok(match name.to_ascii_lowercase().as_str() {
+        "pgcausal.route" => settings.route.name().to_string(),
+        "pgcausal.consistency" => floor.level.name().to_string(),
+        "pgcausal.max_staleness" => {
+            floor.max_staleness.map_or("off".into(), |d| humantime::format_duration(d).to_string())
+        }
+        "pgcausal.lsn" | "pgcausal.min_lsn" => token.unwrap_or_default().to_string(),
+        _ => return Err(("42704", format!("unrecognized configuration parameter \"{name}\""))),
+    })
+}
+
+/// True if answering `c` needs the session's settled causal token first.
+pub fn needs_token(c: &Classification) -> bool {
+    c.session.iter().any(|e| matches!(e, SessionEffect::ProxyShow { name } if name.eq_ignore_ascii_case("pgcausal.lsn") || name.eq_ignore_ascii_case("pgcausal.min_lsn")))
+}
+
+/// The reply to `pgcausal.*` commands, or an error (SQLSTATE, message).
 pub fn answer_proxy_command(
     c: &Classification,
     settings: &mut ProxySettings,
-) -> Result<BytesMut, (&'static str, String)> {
+    floor: &mut Floor,
+    token: Option<&str>,
+) -> Result<BytesMut, CommandError> {
     let mut out = BytesMut::new();
     for effect in &c.session {
         match effect {
             SessionEffect::ProxySet { name, value } => {
-                check_name(name)?;
-                settings.route = RouteOverride::parse(value).ok_or_else(|| {
-                    ("22023", format!("invalid value for parameter \"{name}\": \"{value}\" (auto, leader or follower)"))
-                })?;
+                apply_setting(name, Some(value), settings, floor)?;
                 put_command_complete(&mut out, "SET");
             }
             SessionEffect::ProxyReset { name } => {
-                check_name(name)?;
-                settings.route = RouteOverride::Auto;
+                apply_setting(name, None, settings, floor)?;
                 put_command_complete(&mut out, "RESET");
             }
             SessionEffect::ProxyShow { name } => {
-                check_name(name)?;
-                put_single_value(&mut out, name, settings.route.name());
+                let value = show(name, settings, floor, token)?;
+                put_single_value(&mut out, &name.to_ascii_lowercase(), &value);
                 put_command_complete(&mut out, "SHOW");
             }
             _ => {}
         }
     }
     Ok(out)
-}
-
-fn check_name(name: &str) -> Result<(), (&'static str, String)> {
-    match name.to_ascii_lowercase().as_str() {
-        "pgcausal.route" => Ok(()),
-        _ => Err(("42704", format!("unrecognized configuration parameter \"{name}\""))),
-    }
 }
 
 pub fn put_command_complete(out: &mut BytesMut, tag: &str) {
@@ -160,6 +216,7 @@ pub fn local_transaction_reply(tag: &str, status: u8) -> Bytes {
 mod tests {
     use super::*;
     use crate::route::{classify, FunctionCatalog};
+    use std::time::Duration;
 
     fn c(sql: &str) -> Classification {
         classify(sql, &FunctionCatalog::builtin())
@@ -180,14 +237,19 @@ mod tests {
 
     #[test]
     fn proxy_commands_set_show_and_reject() {
-        let mut s = ProxySettings::default();
-        let reply = answer_proxy_command(&c("SET pgcausal.route = leader"), &mut s).unwrap();
-        assert_eq!(&reply[..], b"C\0\0\0\x08SET\0");
+        let (mut s, mut f) = (ProxySettings::default(), Floor::new(Level::Causal, None));
+        let mut answer = |sql: &str| answer_proxy_command(&c(sql), &mut s, &mut f, Some("1/0/10"));
+        assert_eq!(&answer("SET pgcausal.route = leader").unwrap()[..], b"C\0\0\0\x08SET\0");
+        assert!(answer("SHOW pgcausal.route").unwrap().windows(6).any(|w| w == b"leader"));
+        assert_eq!(answer("SET pgcausal.route = sideways").unwrap_err().0, "22023");
+        assert_eq!(answer("SHOW pgcausal.nothing").unwrap_err().0, "42704");
+        answer("SET pgcausal.consistency = eventual").unwrap();
+        answer("SET pgcausal.max_staleness = '250ms'").unwrap();
+        assert_eq!(answer("SET pgcausal.min_lsn = 'nonsense'").unwrap_err().0, "22023");
+        answer("SET pgcausal.min_lsn = '1/0/3000148'").unwrap();
+        assert!(answer("SHOW pgcausal.lsn").unwrap().windows(6).any(|w| w == b"1/0/10"));
         assert_eq!(s.route, RouteOverride::Leader);
-        let reply = answer_proxy_command(&c("SHOW pgcausal.route"), &mut s).unwrap();
-        assert!(reply.windows(6).any(|w| w == b"leader"));
-        assert_eq!(answer_proxy_command(&c("SET pgcausal.route = sideways"), &mut s).unwrap_err().0, "22023");
-        assert_eq!(answer_proxy_command(&c("SHOW pgcausal.nothing"), &mut s).unwrap_err().0, "42704");
+        assert_eq!((f.level, f.max_staleness, f.lsn()), (Level::Eventual, Some(Duration::from_millis(250)), 0x3000148));
         assert_eq!(retry_on(b"25006"), Some(true));
         assert_eq!(retry_on(b"08006"), Some(false));
         assert_eq!(retry_on(b"23505"), None);

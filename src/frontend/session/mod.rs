@@ -23,6 +23,7 @@ use crate::backend::statements::ServerStatements;
 use crate::backend::BackendError;
 use crate::backend::{Lease, Pool};
 use crate::config::{LeaderReads, PoolMode};
+use crate::consistency::Floor;
 use crate::error::ProxyError;
 use crate::protocol::framing::{self, BackendScanner, ServerMessages, Verdict};
 use crate::protocol::{fe, messages};
@@ -47,6 +48,8 @@ struct Leased {
     node: usize,
     /// Leased to serve reads on a follower (the leader when it serves reads counts as not).
     follower: bool,
+    /// The node's incarnation when leased (a restart in between voids what was read there).
+    incarnation: i64,
     scanner: BackendScanner,
     _outstanding: Outstanding,
 }
@@ -113,6 +116,10 @@ pub struct Session<'a> {
     closing: bool,
     /// The proxy's own settings (`SET pgcausal.route = ...`).
     proxy: ProxySettings,
+    /// The session's consistency level and LSN floor.
+    floor: Floor,
+    /// The current unit ran a statement that writes (its commit raises the floor).
+    unit_wrote: bool,
     /// A plain BEGIN answered by the proxy, sent with the first statement that picks the node.
     deferred_begin: Option<Bytes>,
     hold: Option<Hold>,
@@ -150,6 +157,8 @@ pub async fn run(stream: TcpStream, login: ClientLogin, shared: &Shared) -> Resu
         discard_until_sync: false,
         closing: false,
         proxy: ProxySettings::default(),
+        floor: Floor::new(shared.config.consistency.level, shared.config.consistency.max_staleness),
+        unit_wrote: false,
         deferred_begin: None,
         hold: None,
         replaying: 0,
@@ -180,7 +189,12 @@ impl Session<'_> {
         let conn = &mut *self.server.as_mut().expect("just acquired").lease;
         let mut startup = Settings::default();
         for (name, value) in startup_settings(&self.login.params) {
-            startup.set_text(&name, &value);
+            if name.to_ascii_lowercase().starts_with("pgcausal.") {
+                routing::apply_setting(&name, Some(&value), &mut self.proxy, &mut self.floor)
+                    .map_err(|(_, message)| ProxyError::Protocol(format!("invalid startup option: {message}")))?;
+            } else {
+                startup.set_text(&name, &value);
+            }
         }
         // Applied here rather than injected, so the ParameterStatus the client sees reflect them.
         if let Some(sql) = startup.sync_sql(&conn.settings) {
@@ -252,14 +266,6 @@ impl Session<'_> {
         self.replaying = self.replaying.saturating_sub(total);
     }
 
-    /// Where answers for the client go now: held back during a retryable read, else out.
-    fn client_out(&mut self) -> &mut BytesMut {
-        match self.hold.as_mut() {
-            Some(h) => &mut h.held,
-            None => &mut self.to_client,
-        }
-    }
-
     /// Frames complete client messages, routes each unit of work to a node, and queues the
     /// messages for its server connection.
     async fn process_client(&mut self) -> Result<(), ProxyError> {
@@ -280,7 +286,7 @@ impl Session<'_> {
             }
             let class = self.classify_message(tag, total);
             if tag == fe::QUERY && class.as_ref().is_some_and(|c| c.is_proxy_command()) {
-                self.answer_proxy_command(class.as_deref().expect("checked"));
+                self.answer_proxy_command(class.as_deref().expect("checked")).await;
                 self.consume(total);
                 continue;
             }
@@ -321,6 +327,7 @@ impl Session<'_> {
                 if tag == fe::QUERY || tag == fe::PARSE {
                     self.observe_sql(c, tag, total);
                 }
+                self.unit_wrote |= writes(c);
             }
             if tag == fe::FLUSH {
                 // The client now waits for what was answered so far: nothing may be held back.
@@ -410,6 +417,12 @@ impl Session<'_> {
             }
         }
     }
+}
+
+/// True if a statement may change data (its commit must raise the session's floor).
+fn writes(c: &Classification) -> bool {
+    use crate::route::{Reason, Target};
+    c.target == Target::Leader && !matches!(c.reason, Reason::Transaction | Reason::Session | Reason::ProxyCommand)
 }
 
 /// Startup parameters to apply as settings: everything but user/database, with `options`

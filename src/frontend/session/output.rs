@@ -17,6 +17,7 @@ impl Session<'_> {
             holding: self.hold.is_some(),
             hold_event: None,
             first_error: None,
+            transaction_ended: false,
         };
         let out = match self.hold.as_mut() {
             Some(h) => &mut h.held,
@@ -27,6 +28,7 @@ impl Session<'_> {
         conn.rbuf.advance(n);
         let first_error = sink.first_error;
         let hold_event = sink.hold_event;
+        let transaction_ended = sink.transaction_ended;
         if let Some(code) = first_error.filter(|_| !self.sql_prepares.is_empty()) {
             self.sql_prepare_failed(&code);
         }
@@ -40,6 +42,11 @@ impl Session<'_> {
             }
             Some(_) => self.release_hold(),
             None => {}
+        }
+        if transaction_ended {
+            let leased = self.server.as_ref().expect("still held");
+            self.floor.unit_ended(leased.node, leased.follower, leased.incarnation, self.unit_wrote);
+            self.unit_wrote = false;
         }
         // Write straight through while the client keeps up: one syscall, no select round.
         if was_empty && self.hold.is_none() && !self.to_client.is_empty() {
@@ -180,6 +187,8 @@ struct ServerSide<'a> {
     hold_event: Option<HoldEvent>,
     /// The first ErrorResponse's SQLSTATE in this batch of output.
     first_error: Option<[u8; 5]>,
+    /// A client transaction (or statement outside one) ended: ReadyForQuery 'I'.
+    transaction_ended: bool,
 }
 
 impl ServerMessages for ServerSide<'_> {
@@ -208,7 +217,10 @@ impl ServerMessages for ServerSide<'_> {
             };
         }
         match tag {
-            b'Z' if *self.tx_status == b'I' => *self.server_settings = self.settings.end_transaction(),
+            b'Z' if *self.tx_status == b'I' => {
+                *self.server_settings = self.settings.end_transaction();
+                self.transaction_ended = true;
+            }
             b'E' => {
                 let code = messages::sqlstate_of(&msg[5..]);
                 crate::metrics::error(&code, "server");

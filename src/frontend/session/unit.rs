@@ -2,6 +2,9 @@
 //! the proxy's own answers (pgcausal.* commands, a deferred BEGIN), and leasing the connection.
 
 use super::*;
+use crate::config::OnTimeout;
+use crate::consistency::ReadPlan;
+use crate::topology::Snapshot;
 
 impl Session<'_> {
     /// The classification of a message that carries or names SQL (once per Parse for statements).
@@ -54,18 +57,66 @@ impl Session<'_> {
     }
 
     /// `SET/SHOW/RESET pgcausal.*`: answered by the proxy, in order with other answers.
-    pub(super) fn answer_proxy_command(&mut self, c: &Classification) {
-        let reply = match routing::answer_proxy_command(c, &mut self.proxy) {
+    pub(super) async fn answer_proxy_command(&mut self, c: &Classification) {
+        let token = if routing::needs_token(c) {
+            let shared = self.shared;
+            let snapshot = shared.topology.snapshot();
+            self.floor.follow_timeline(&snapshot, &shared.positions);
+            Some(self.floor.token(&snapshot, &shared.positions, shared.config.consistency.wait_timeout).await)
+        } else {
+            None
+        };
+        let reply = match routing::answer_proxy_command(c, &mut self.proxy, &mut self.floor, token.as_deref()) {
             Ok(reply) => reply.freeze(),
             Err((code, message)) => {
                 crate::metrics::error(code.as_bytes(), "proxy");
                 messages::error_response("ERROR", code, &message).freeze()
             }
         };
-        let mut out = self.client_out().split_off(0);
-        self.inflight.push(Request::Reply(reply), &mut out);
-        self.client_out().unsplit(out);
+        self.push_reply(reply);
         self.answer_sync();
+    }
+
+    /// Where a read unit runs: a follower that reached the session's floor (Some), or the
+    /// leader (None) when none did in time or none is in rotation.
+    async fn plan_read(&mut self, snapshot: &Snapshot, tried: &[usize]) -> Result<Option<usize>, ProxyError> {
+        let shared = self.shared;
+        if self.floor.follow_timeline(snapshot, &shared.positions).is_some() {
+            metrics::counter!(crate::metrics::FLOOR_CLAMPS).increment(1);
+        }
+        let readers;
+        let snapshot = if shared.config.routing.leader_reads == LeaderReads::Always {
+            let mut with_leader = snapshot.clone();
+            with_leader.followers.extend(snapshot.leader);
+            readers = with_leader;
+            &readers
+        } else {
+            snapshot
+        };
+        let consistency = &shared.config.consistency;
+        let on_error = consistency.on_timeout == OnTimeout::Error;
+        let plan = self.floor.plan_read(
+            snapshot,
+            &shared.positions,
+            &shared.balancer,
+            consistency.wait_timeout,
+            on_error,
+            tried,
+        );
+        match plan.await {
+            ReadPlan::Follower(node) => Ok(Some(node)),
+            ReadPlan::Leader("no_follower") if shared.config.routing.leader_reads == LeaderReads::Never => {
+                Err(ProxyError::NoFollower)
+            }
+            ReadPlan::Leader(reason) => {
+                metrics::counter!(crate::metrics::CONSISTENCY_FALLBACKS, "reason" => reason).increment(1);
+                Ok(None)
+            }
+            ReadPlan::Error(message) => {
+                metrics::counter!(crate::metrics::CONSISTENCY_FALLBACKS, "reason" => "error").increment(1);
+                Err(ProxyError::FloorTimeout(message))
+            }
+        }
     }
 
     /// A plain BEGIN (not READ ONLY) is answered here; its node is chosen by the next statement
@@ -116,25 +167,15 @@ impl Session<'_> {
         loop {
             let snapshot = shared.topology.snapshot();
             let follower = match want {
-                Want::Follower => {
-                    let mut candidates = snapshot.followers.clone();
-                    if shared.config.routing.leader_reads == LeaderReads::Always {
-                        candidates.extend(snapshot.leader);
-                    }
-                    let picked = shared.balancer.pick(&candidates, &tried);
-                    if picked.is_none() && shared.config.routing.leader_reads == LeaderReads::Never {
-                        return Err(ProxyError::NoFollower);
-                    }
-                    picked.filter(|&n| Some(n) != snapshot.leader)
-                }
+                Want::Follower => match self.plan_read(&snapshot, &tried).await? {
+                    Some(n) => Some(n).filter(|&n| Some(n) != snapshot.leader),
+                    None => None,
+                },
                 Want::Leader => None,
             };
             let node = match follower {
                 Some(n) => n,
                 None => {
-                    if want == Want::Follower {
-                        metrics::counter!(crate::metrics::ROUTE_FALLBACKS, "reason" => "no_follower").increment(1);
-                    }
                     let wait = deadline.saturating_duration_since(Instant::now());
                     shared.topology.leader(wait).await.ok_or_else(|| {
                         ProxyError::NoLeader(format!("none of {} nodes is an up primary", shared.config.nodes.len()))
@@ -178,8 +219,10 @@ impl Session<'_> {
         if follower { &metrics.routed_reads } else { &metrics.routed_leader }.increment(1);
         self.key.target.set(node, lease.pid, lease.secret);
         let outstanding = shared.balancer.lease(node);
-        self.server =
-            Some(Leased { lease, node, follower, scanner: BackendScanner::default(), _outstanding: outstanding });
+        let incarnation = shared.positions.nodes[node].sample().incarnation;
+        let scanner = BackendScanner::default();
+        self.server = Some(Leased { lease, node, follower, incarnation, scanner, _outstanding: outstanding });
+        self.unit_wrote = false;
         // Reads outside a transaction on a follower may be re-run: hold their answers back.
         self.hold = (follower && self.tx_status == b'I' && self.deferred_begin.is_none()).then(Hold::default);
         Ok(())

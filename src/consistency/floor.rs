@@ -1,0 +1,274 @@
+//! One session's floor: the WAL position its next read must see at least, raised after its writes
+//! (read-your-writes) and after reads on another node (monotonic reads), and the choice of a
+//! follower that has reached it.
+
+use super::positions::{now_ns, Positions};
+use super::{format_lsn, format_token, Level};
+use crate::topology::balance::Balancer;
+use crate::topology::Snapshot;
+use std::time::Duration;
+
+/// Where a read unit should run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadPlan {
+    Follower(usize),
+    /// The leader, and why (the label of the fallbacks metric).
+    Leader(&'static str),
+    /// `consistency.on_timeout = "error"`: the message names the floor and the best follower.
+    Error(String),
+}
+
+#[derive(Debug, Default)]
+pub struct Floor {
+    pub level: Level,
+    /// Eventual reads only go to followers replaying within this lag.
+    pub max_staleness: Option<Duration>,
+    lsn: u64,
+    /// Timeline the floor belongs to (0 until a leader was seen).
+    timeline: u32,
+    /// A unit ended on the leader at this instant (now_ns): the floor must rise to a leader
+    /// position sampled after it. Covers writes and reads on the leader alike.
+    leader_after: Option<u64>,
+    /// The last read ran on this follower: (node, incarnation, completed at).
+    last_read: Option<(usize, i64, u64)>,
+}
+
+/// Clamped floors (a failover lost the WAL above them), for the metric.
+pub struct Clamped(pub u64);
+
+impl Floor {
+    pub fn new(level: Level, max_staleness: Option<Duration>) -> Floor {
+        Floor { level, max_staleness, ..Floor::default() }
+    }
+
+    pub fn lsn(&self) -> u64 {
+        self.lsn
+    }
+
+    /// `SET pgcausal.min_lsn = '<token>'`: adopt what another session has seen.
+    pub fn adopt(&mut self, timeline: u32, lsn: u64) {
+        if timeline != 0 && self.timeline < timeline {
+            self.timeline = timeline;
+        }
+        self.lsn = self.lsn.max(lsn);
+    }
+
+    /// Records the end of a unit (its ReadyForQuery 'I' was just seen).
+    pub fn unit_ended(&mut self, node: usize, on_follower: bool, incarnation: i64, wrote: bool) {
+        let now = now_ns();
+        if on_follower {
+            if self.level.monotonic() {
+                self.last_read = Some((node, incarnation, now));
+            }
+        } else if (wrote && self.level.read_your_writes()) || self.level.monotonic() {
+            // The leader's position after `now` covers anything any follower served before it.
+            self.leader_after = Some(now);
+            self.last_read = None;
+        }
+    }
+
+    /// A new leader on a newer timeline: a floor above its position names WAL that was lost.
+    pub fn follow_timeline(&mut self, snapshot: &Snapshot, positions: &Positions) -> Option<Clamped> {
+        let leader = snapshot.leader?;
+        let timeline = snapshot.nodes[leader].timeline;
+        if timeline == 0 || timeline <= self.timeline {
+            return None;
+        }
+        let first = self.timeline == 0;
+        self.timeline = timeline;
+        let leader_lsn = positions.nodes[leader].sample().lsn;
+        if !first && leader_lsn > 0 && self.lsn > leader_lsn {
+            let lost = self.lsn - leader_lsn;
+            self.lsn = leader_lsn;
+            return Some(Clamped(lost));
+        }
+        None
+    }
+
+    /// Turns pending observations into the numeric floor. False if the leader's position
+    /// could not be learned in time (the caller then reads on the leader).
+    async fn settle_leader(&mut self, snapshot: &Snapshot, positions: &Positions, wait: Duration) -> bool {
+        let Some(after) = self.leader_after else { return true };
+        let Some(leader) = snapshot.leader else { return false };
+        match positions.sample_after(leader, after, wait).await {
+            Some(sample) => {
+                self.lsn = self.lsn.max(sample.lsn);
+                self.leader_after = None;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Folds the last read's node position (observed after it completed) into the floor.
+    async fn fold_last_read(&mut self, snapshot: &Snapshot, positions: &Positions, wait: Duration) -> bool {
+        let Some((node, incarnation, completed)) = self.last_read else { return true };
+        let on_node = match positions.sample_after(node, completed, wait).await {
+            Some(s) if s.incarnation == incarnation => Some(s.lsn),
+            _ => None,
+        };
+        // The node restarted or is gone: the leader's later position bounds what it served.
+        let lsn = match on_node {
+            Some(lsn) => Some(lsn),
+            None => match snapshot.leader {
+                Some(l) => positions.sample_after(l, completed, wait).await.map(|s| s.lsn),
+                None => None,
+            },
+        };
+        match lsn {
+            Some(lsn) => {
+                self.lsn = self.lsn.max(lsn);
+                self.last_read = None;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The session's causal token (everything it has seen so far).
+    pub async fn token(&mut self, snapshot: &Snapshot, positions: &Positions, wait: Duration) -> String {
+        self.settle_leader(snapshot, positions, wait).await;
+        self.fold_last_read(snapshot, positions, wait).await;
+        format_token(self.timeline, self.lsn)
+    }
+
+    /// Picks the node for a read unit among the followers in rotation (minus `exclude`).
+    pub async fn plan_read(
+        &mut self,
+        snapshot: &Snapshot,
+        positions: &Positions,
+        balancer: &Balancer,
+        wait: Duration,
+        error_on_timeout: bool,
+        exclude: &[usize],
+    ) -> ReadPlan {
+        let mut candidates: Vec<usize> = snapshot.followers.iter().copied().filter(|n| !exclude.contains(n)).collect();
+        match self.level {
+            Level::Strong => return ReadPlan::Leader("strong"),
+            Level::Eventual => {
+                if let Some(max) = self.max_staleness {
+                    let max = max.as_millis() as u64;
+                    candidates.retain(|&n| snapshot.nodes[n].replay_lag_ms <= max);
+                }
+                return balancer.pick(&candidates, &[]).map_or(ReadPlan::Leader("no_follower"), ReadPlan::Follower);
+            }
+            _ => {}
+        }
+        if candidates.is_empty() {
+            return ReadPlan::Leader("no_follower");
+        }
+        if !self.settle_leader(snapshot, positions, wait).await {
+            return ReadPlan::Leader("leader_position_unknown");
+        }
+        // Staying on the node of the last read needs no floor: it only moves forward.
+        if let Some((node, incarnation, _)) = self.last_read {
+            let s = positions.nodes[node].sample();
+            if candidates.contains(&node) && s.incarnation == incarnation && s.sent_at > 0 && s.lsn >= self.lsn {
+                return ReadPlan::Follower(node);
+            }
+            if !self.fold_last_read(snapshot, positions, wait).await {
+                return ReadPlan::Leader("leader_position_unknown");
+            }
+        }
+        let floor = self.lsn;
+        let reached = |n: usize| {
+            let s = positions.nodes[n].sample();
+            s.sent_at > 0 && s.lsn >= floor
+        };
+        let ready: Vec<usize> = candidates.iter().copied().filter(|&n| reached(n)).collect();
+        if let Some(node) = balancer.pick(&ready, &[]) {
+            return ReadPlan::Follower(node);
+        }
+        let started = std::time::Instant::now();
+        let waited = positions.wait_for(&candidates, wait, |_, s| s.sent_at > 0 && s.lsn >= floor).await;
+        metrics::histogram!(crate::metrics::CONSISTENCY_WAIT).record(started.elapsed().as_secs_f64());
+        match waited {
+            Some(node) => ReadPlan::Follower(node),
+            None if error_on_timeout => {
+                let best = candidates.iter().map(|&n| (n, positions.nodes[n].sample().lsn)).max_by_key(|&(_, l)| l);
+                let best = best.map_or("none".to_string(), |(n, l)| format!("node {n} at {}", format_lsn(l)));
+                ReadPlan::Error(format!(
+                    "no follower reached this session's floor {} within {wait:?} (best: {best})",
+                    format_lsn(floor)
+                ))
+            }
+            None => ReadPlan::Leader("floor_timeout"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Balance;
+    use crate::topology::{NodeState, Role};
+
+    fn snapshot() -> Snapshot {
+        let node = |role, timeline| NodeState { up: true, role, timeline, ..Default::default() };
+        Snapshot {
+            nodes: vec![node(Role::Primary, 1), node(Role::Standby, 0), node(Role::Standby, 0)],
+            leader: Some(0),
+            followers: vec![1, 2],
+        }
+    }
+
+    fn record(p: &Positions, node: usize, lsn: u64, incarnation: i64) {
+        p.nodes[node].record_for_test(lsn, incarnation);
+    }
+
+    const WAIT: Duration = Duration::from_millis(30);
+
+    #[tokio::test]
+    async fn reads_after_a_write_need_a_follower_past_the_leader_position() {
+        let (p, b, s) = (Positions::new(3), Balancer::new(Balance::Random, 3), snapshot());
+        let mut f = Floor::new(Level::Causal, None);
+        f.unit_ended(0, false, 1, true);
+        record(&p, 0, 500, 1);
+        record(&p, 1, 400, 1);
+        record(&p, 2, 500, 1);
+        assert_eq!(f.plan_read(&s, &p, &b, WAIT, false, &[]).await, ReadPlan::Follower(2));
+        assert_eq!(f.lsn(), 500);
+        // Nobody reaches a higher floor: the leader after the wait, or an error naming the floor.
+        f.adopt(0, 900);
+        assert_eq!(f.plan_read(&s, &p, &b, WAIT, false, &[]).await, ReadPlan::Leader("floor_timeout"));
+        match f.plan_read(&s, &p, &b, WAIT, true, &[]).await {
+            ReadPlan::Error(m) => assert!(m.contains("0/384") && m.contains("node 2 at 0/1F4"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn monotonic_reads_stay_or_carry_the_position_to_another_node() {
+        let (p, b, s) = (Positions::new(3), Balancer::new(Balance::Random, 3), snapshot());
+        let mut f = Floor::new(Level::Monotonic, None);
+        record(&p, 1, 300, 7);
+        record(&p, 2, 100, 1);
+        f.unit_ended(1, true, 7, false);
+        // Node 1 is fine to stay on; excluding it forces a move, which carries 300 along.
+        assert_eq!(f.plan_read(&s, &p, &b, WAIT, false, &[]).await, ReadPlan::Follower(1));
+        record(&p, 1, 300, 7); // a sample taken after the read completed
+        assert_eq!(f.plan_read(&s, &p, &b, WAIT, false, &[1]).await, ReadPlan::Leader("floor_timeout"));
+        assert_eq!(f.lsn(), 300);
+        // Eventual reads ignore floors entirely.
+        let mut e = Floor::new(Level::Eventual, None);
+        e.adopt(0, 10_000);
+        assert!(matches!(e.plan_read(&s, &p, &b, WAIT, false, &[]).await, ReadPlan::Follower(_)));
+        assert_eq!(
+            Floor::new(Level::Strong, None).plan_read(&s, &p, &b, WAIT, false, &[]).await,
+            ReadPlan::Leader("strong")
+        );
+    }
+
+    #[test]
+    fn a_newer_timeline_clamps_floors_above_the_new_leader() {
+        let p = Positions::new(3);
+        let mut s = snapshot();
+        let mut f = Floor::new(Level::Causal, None);
+        assert!(f.follow_timeline(&s, &p).is_none());
+        f.adopt(0, 1000);
+        s.nodes[0].timeline = 2;
+        record(&p, 0, 600, 1);
+        assert_eq!(f.follow_timeline(&s, &p).map(|c| c.0), Some(400));
+        assert_eq!(f.lsn(), 600);
+    }
+}

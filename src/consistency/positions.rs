@@ -1,0 +1,202 @@
+//! Every node's latest known WAL position (a standby's replay LSN, a primary's insert LSN) with
+//! its incarnation and when the sample was asked for, kept current by one fast poller per node
+//! that also probes on demand (coalesced: one probe in flight per node serves every waiter).
+
+use crate::config::Config;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Monotonic nanoseconds since the first call, so instants fit in an atomic.
+pub fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
+}
+
+/// One node's latest sample. Written by its poller only; read lock-free by sessions.
+#[derive(Default)]
+pub struct NodePosition {
+    lsn: AtomicU64,
+    incarnation: AtomicI64,
+    /// When the probe that produced the sample was sent (now_ns); 0 = never / node down.
+    sent_at: AtomicU64,
+    /// True while the node is in recovery (a follower).
+    standby: AtomicBool,
+    /// Set by waiters that need a fresh sample now.
+    wanted: Notify,
+    /// Signalled after every sample.
+    sampled: Notify,
+}
+
+/// A consistent-enough view of one sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    pub lsn: u64,
+    pub incarnation: i64,
+    pub sent_at: u64,
+    pub standby: bool,
+}
+
+impl NodePosition {
+    /// Reads `sent_at` before the rest: the LSN read is then from that sample or a newer one.
+    pub fn sample(&self) -> Sample {
+        let sent_at = self.sent_at.load(Ordering::Acquire);
+        Sample {
+            sent_at,
+            lsn: self.lsn.load(Ordering::Acquire),
+            incarnation: self.incarnation.load(Ordering::Acquire),
+            standby: self.standby.load(Ordering::Acquire),
+        }
+    }
+
+    fn record(&self, lsn: u64, incarnation: i64, standby: bool, sent_at: u64) {
+        if incarnation != self.incarnation.load(Ordering::Relaxed) {
+            // A restarted node may be behind what it served before: start its history afresh.
+            self.lsn.store(lsn, Ordering::Release);
+        } else {
+            self.lsn.fetch_max(lsn, Ordering::Release);
+        }
+        self.incarnation.store(incarnation, Ordering::Release);
+        self.standby.store(standby, Ordering::Release);
+        self.sent_at.store(sent_at, Ordering::Release);
+        self.sampled.notify_waiters();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn record_for_test(&self, lsn: u64, incarnation: i64) {
+        self.record(lsn, incarnation, true, now_ns());
+    }
+
+    fn mark_down(&self) {
+        self.sent_at.store(0, Ordering::Release);
+        self.sampled.notify_waiters();
+    }
+}
+
+/// All nodes' positions, indexed like `config.nodes`.
+pub struct Positions {
+    pub nodes: Vec<NodePosition>,
+}
+
+const POSITION_SQL: &str = "SELECT (CASE WHEN pg_is_in_recovery() \
+     THEN coalesce(pg_last_wal_replay_lsn(), '0/0') ELSE pg_current_wal_insert_lsn() END - '0/0'::pg_lsn)::int8, \
+     (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::int8, pg_is_in_recovery()";
+
+impl Positions {
+    pub fn new(nodes: usize) -> Positions {
+        Positions { nodes: (0..nodes).map(|_| NodePosition::default()).collect() }
+    }
+
+    /// A sample of `node` taken after `after` (now_ns), probing on demand; None on timeout.
+    pub async fn sample_after(&self, node: usize, after: u64, timeout: Duration) -> Option<Sample> {
+        let position = &self.nodes[node];
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = position.sampled.notified();
+            let sample = position.sample();
+            if sample.sent_at >= after {
+                return Some(sample);
+            }
+            position.wanted.notify_one();
+            tokio::time::timeout_at(deadline, notified).await.ok()?;
+        }
+    }
+
+    /// Waits until one of `candidates` has a sample for which `accept` holds, probing them on
+    /// demand; returns that node, or None on timeout.
+    pub async fn wait_for(
+        &self,
+        candidates: &[usize],
+        timeout: Duration,
+        accept: impl Fn(usize, &Sample) -> bool,
+    ) -> Option<usize> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Register interest before checking, so a sample landing in between is not missed.
+            let waits: Vec<_> = candidates.iter().map(|&n| self.nodes[n].sampled.notified()).collect();
+            if let Some(&n) = candidates.iter().find(|&&n| accept(n, &self.nodes[n].sample())) {
+                return Some(n);
+            }
+            for &n in candidates {
+                self.nodes[n].wanted.notify_one();
+            }
+            let any = futures_any(waits);
+            tokio::time::timeout_at(deadline, any).await.ok()?;
+        }
+    }
+
+    /// Starts one poller per node: a sample every `interval`, or at once when a waiter asks.
+    pub fn spawn_pollers(self: &Arc<Self>, config: &Config, interval: Duration) {
+        for (i, node) in config.nodes.iter().enumerate() {
+            let pool = crate::topology::monitor::control_pool(config, node);
+            let positions = self.clone();
+            let timeout = config.monitor.timeout;
+            tokio::spawn(async move {
+                let position = &positions.nodes[i];
+                loop {
+                    let sent_at = now_ns();
+                    let probe = async {
+                        let client = pool.get().await.map_err(|e| e.to_string())?;
+                        let statement = client.prepare_cached(POSITION_SQL).await.map_err(|e| e.to_string())?;
+                        client.query_one(&statement, &[]).await.map_err(|e| e.to_string())
+                    };
+                    match tokio::time::timeout(timeout, probe).await {
+                        Ok(Ok(row)) => {
+                            position.record(row.get::<_, i64>(0).max(0) as u64, row.get(1), row.get(2), sent_at);
+                        }
+                        _ => position.mark_down(),
+                    }
+                    // Sleep until the next tick unless someone needs a fresh sample sooner.
+                    let _ = tokio::time::timeout(interval, position.wanted.notified()).await;
+                    if Arc::strong_count(&positions) == 1 {
+                        return;
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Resolves when any of the futures does.
+async fn futures_any<F: std::future::Future<Output = ()>>(futures: Vec<F>) {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        if futures.iter_mut().any(|f| f.as_mut().poll(cx).is_ready()) || futures.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restart_forgets_the_old_position_and_samples_never_go_back_otherwise() {
+        let p = NodePosition::default();
+        p.record(100, 1, true, 5);
+        p.record(90, 1, true, 6);
+        assert_eq!(p.sample(), Sample { lsn: 100, incarnation: 1, sent_at: 6, standby: true });
+        p.record(50, 2, true, 7);
+        assert_eq!(p.sample().lsn, 50);
+        p.mark_down();
+        assert_eq!(p.sample().sent_at, 0);
+    }
+
+    #[tokio::test]
+    async fn waiting_asks_for_probes_and_times_out() {
+        let positions = Arc::new(Positions::new(2));
+        let p2 = positions.clone();
+        let waiter =
+            tokio::spawn(async move { p2.wait_for(&[0, 1], Duration::from_secs(5), |_, s| s.lsn >= 10).await });
+        // The "poller": answers a probe request with a sample.
+        positions.nodes[1].wanted.notified().await;
+        positions.nodes[1].record(12, 1, true, now_ns());
+        assert_eq!(waiter.await.unwrap(), Some(1));
+        assert_eq!(positions.wait_for(&[0], Duration::from_millis(20), |_, s| s.lsn >= 10).await, None);
+    }
+}
