@@ -211,6 +211,13 @@ pub enum OnTimeout {
     Error,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteLsn {
+    Probe,
+    SameConnection,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsistencyConfig {
@@ -223,6 +230,10 @@ pub struct ConsistencyConfig {
     /// How often every node's WAL position is sampled (waiting reads also ask on demand).
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// How a write's commit position is learned: `probe` (a coalesced leader probe that started
+    /// after the commit, shared by all sessions) or `same_connection` (a query on the write's own
+    /// connection before it returns to the pool).
+    pub write_lsn: WriteLsn,
     /// Default bound on staleness for eventual reads; unset means unbounded.
     #[serde(with = "humantime_serde")]
     pub max_staleness: Option<Duration>,
@@ -235,6 +246,7 @@ impl Default for ConsistencyConfig {
             wait_timeout: Duration::from_millis(50),
             on_timeout: OnTimeout::Leader,
             poll_interval: Duration::from_millis(10),
+            write_lsn: WriteLsn::Probe,
             max_staleness: None,
         }
     }

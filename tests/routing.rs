@@ -147,6 +147,13 @@ fn follower_ports(cluster: &TestCluster) -> Vec<u16> {
     cluster.ports[1..].to_vec()
 }
 
+/// Routing on its own, at the eventual level: at the default causal level a session stays on the
+/// follower of its last read while switching would need a fresh position sample, and may wait for
+/// (or fall back from) followers behind its floor; tests/consistency.rs covers that level.
+fn routing_options() -> ProxyOptions {
+    ProxyOptions { extra: "[consistency]\nlevel = \"eventual\"\n".into(), ..Default::default() }
+}
+
 /// Failed checks of a test that goes on after a failure, to report everything it saw at once.
 #[derive(Default)]
 struct Problems(Vec<String>);
@@ -391,7 +398,7 @@ fn reads_spread_over_both_followers_and_writes_go_to_the_leader() {
          AS $$ BEGIN INSERT INTO t (v) VALUES (x); RETURN x; END $$",
     );
     cluster.cluster.lock().unwrap().wait_replicated(Duration::from_secs(30)).expect("replicated");
-    let p = ProxyProcess::start(cluster, ProxyOptions::default());
+    let p = ProxyProcess::start(cluster, routing_options());
     let leader = leader_port(cluster);
     let rt = runtime();
     rt.block_on(async { warm_up(cluster, &connect(&p, db).await).await });
@@ -539,7 +546,7 @@ fn read_only_transaction_stays_on_one_follower() {
     let cluster = shared_cluster();
     let db = "routing_ro_tx";
     cluster.create_database(db);
-    let p = ProxyProcess::start(cluster, ProxyOptions::default());
+    let p = ProxyProcess::start(cluster, routing_options());
     let leader = leader_port(cluster);
     let rt = runtime();
     rt.block_on(async {
@@ -643,7 +650,7 @@ fn hints_and_pins_route_to_the_leader() {
     let cluster = shared_cluster();
     let db = "routing_hints";
     cluster.create_database(db);
-    let p = ProxyProcess::start(cluster, ProxyOptions::default());
+    let p = ProxyProcess::start(cluster, routing_options());
     let leader = leader_port(cluster);
     let rt = runtime();
     rt.block_on(async {
@@ -782,7 +789,7 @@ fn hints_and_pins_route_to_the_leader() {
 fn stopped_follower_leaves_rotation_without_errors() {
     let _serial = serial();
     let tc = TestCluster::start(2, |_| {});
-    let p = ProxyProcess::start(&tc, ProxyOptions::default());
+    let p = ProxyProcess::start(&tc, routing_options());
     let (f1, f2) = (tc.ports[1], tc.ports[2]);
     let rt = runtime();
     let log: ReadLog = Arc::default();
@@ -860,7 +867,7 @@ fn manual_failover_writes_resume_within_5s() {
     let tc = TestCluster::start(2, |_| {});
     tc.sql(0, "postgres", "CREATE TABLE w (id serial PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
     tc.cluster.lock().unwrap().wait_replicated(Duration::from_secs(30)).expect("replicated");
-    let p = ProxyProcess::start(&tc, ProxyOptions::default());
+    let p = ProxyProcess::start(&tc, routing_options());
     let (leader, f1, f2) = (tc.ports[0], tc.ports[1], tc.ports[2]);
     let conn_str = p.conn_str("postgres");
     let rt = runtime();
@@ -981,7 +988,7 @@ fn manual_failover_writes_resume_within_5s() {
 fn no_follower_means_reads_on_the_leader() {
     let _serial = serial();
     let tc = TestCluster::start(0, |_| {});
-    let p = ProxyProcess::start(&tc, ProxyOptions::default());
+    let p = ProxyProcess::start(&tc, routing_options());
     let leader = tc.ports[0];
     let rt = runtime();
     rt.block_on(async {

@@ -53,6 +53,12 @@ impl Floor {
         self.lsn = self.lsn.max(lsn);
     }
 
+    /// The leader's insert position read on the write's own connection after its commit.
+    pub fn write_position(&mut self, lsn: u64) {
+        self.lsn = self.lsn.max(lsn);
+        self.leader_after = None;
+    }
+
     /// Records the end of a unit (its ReadyForQuery 'I' was just seen).
     pub fn unit_ended(&mut self, node: usize, on_follower: bool, incarnation: i64, wrote: bool) {
         let now = now_ns();
@@ -160,7 +166,15 @@ impl Floor {
         if !self.settle_leader(snapshot, positions, wait).await {
             return ReadPlan::Leader("leader_position_unknown");
         }
-        // Staying on the node of the last read needs no floor: it only moves forward.
+        // A sample of the last read's node taken after the read completed folds in for free.
+        if let Some((node, incarnation, completed)) = self.last_read {
+            let s = positions.nodes[node].sample();
+            if s.sent_at >= completed && s.incarnation == incarnation {
+                self.lsn = self.lsn.max(s.lsn);
+                self.last_read = None;
+            }
+        }
+        // Otherwise staying on that node needs no floor (it only moves forward); moving does.
         if let Some((node, incarnation, _)) = self.last_read {
             let s = positions.nodes[node].sample();
             if candidates.contains(&node) && s.incarnation == incarnation && s.sent_at > 0 && s.lsn >= self.lsn {

@@ -1,4 +1,4 @@
-//! Every node's latest known WAL position (a standby's replay LSN, a primary's insert LSN) with
+//! Every node's latest known WAL position (a standby's replay LSN, a primary's flush LSN) with
 //! its incarnation and when the sample was asked for, kept current by one fast poller per node
 //! that also probes on demand (coalesced: one probe in flight per node serves every waiter).
 
@@ -79,8 +79,10 @@ pub struct Positions {
     pub nodes: Vec<NodePosition>,
 }
 
+/// A primary reports its flush position: a commit is flushed before it is acknowledged, and
+/// unlike the insert position it never points past a page header no replay can reach.
 const POSITION_SQL: &str = "SELECT (CASE WHEN pg_is_in_recovery() \
-     THEN coalesce(pg_last_wal_replay_lsn(), '0/0') ELSE pg_current_wal_insert_lsn() END - '0/0'::pg_lsn)::int8, \
+     THEN coalesce(pg_last_wal_replay_lsn(), '0/0') ELSE pg_current_wal_flush_lsn() END - '0/0'::pg_lsn)::int8, \
      (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::int8, pg_is_in_recovery()";
 
 impl Positions {

@@ -68,6 +68,11 @@ impl Inflight {
         self.queue.is_empty()
     }
 
+    /// True while the answers now arriving belong to a query the proxy injected.
+    pub fn answering_injected_query(&self) -> bool {
+        matches!(self.queue.front(), Some(Request::Query { swallow: true }))
+    }
+
     /// How many ReadyForQuery messages the client still expects from what was sent.
     pub fn sync_points(&self) -> usize {
         self.queue.iter().filter(|r| r.is_sync_point()).count()

@@ -41,7 +41,7 @@ pub enum Verdict {
 /// small and is handed over whole, so the session can read it. (None of the streaming ones
 /// ends a request, so replies never fall due in the middle of one.)
 #[inline]
-fn streams(tag: u8) -> bool {
+pub fn streams(tag: u8) -> bool {
     matches!(tag, be::DATA_ROW | b'd' | b't' | b'V' | be::NOTICE_RESPONSE)
 }
 
@@ -49,6 +49,10 @@ fn streams(tag: u8) -> bool {
 pub trait ServerMessages {
     /// Decides about one message: whole, or only its 5-byte header for streaming ones.
     fn decide(&mut self, tag: u8, msg: &[u8]) -> Verdict;
+    /// Whether this message streams through after its header (default: bulk message types).
+    fn streams(&self, tag: u8) -> bool {
+        streams(tag)
+    }
     /// Runs after each whole message was passed on or dropped: where replies now due are emitted.
     fn after(&mut self, out: &mut bytes::BytesMut);
 }
@@ -92,7 +96,7 @@ impl BackendScanner {
             }
             let tag = rest[0];
             let total = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]).max(4) as usize + 1;
-            if streams(tag) {
+            if sink.streams(tag) {
                 self.skip_forward = sink.decide(tag, &rest[..HEADER_LEN]) == Verdict::Forward;
                 self.skip = total;
                 continue;

@@ -120,6 +120,8 @@ pub struct Session<'a> {
     floor: Floor,
     /// The current unit ran a statement that writes (its commit raises the floor).
     unit_wrote: bool,
+    /// An LSN query was injected after a write (`consistency.write_lsn = same_connection`).
+    lsn_probe_sent: bool,
     /// A plain BEGIN answered by the proxy, sent with the first statement that picks the node.
     deferred_begin: Option<Bytes>,
     hold: Option<Hold>,
@@ -159,6 +161,7 @@ pub async fn run(stream: TcpStream, login: ClientLogin, shared: &Shared) -> Resu
         proxy: ProxySettings::default(),
         floor: Floor::new(shared.config.consistency.level, shared.config.consistency.max_staleness),
         unit_wrote: false,
+        lsn_probe_sent: false,
         deferred_begin: None,
         hold: None,
         replaying: 0,

@@ -2,6 +2,7 @@
 //! the server connection when its unit is over, and losing it.
 
 use super::*;
+use crate::config::WriteLsn;
 
 impl Session<'_> {
     /// Scans what the server sent, tracks requests and ReadyForQuery, and passes answers on.
@@ -18,6 +19,8 @@ impl Session<'_> {
             hold_event: None,
             first_error: None,
             transaction_ended: false,
+            capture_lsn: self.lsn_probe_sent,
+            captured_lsn: None,
         };
         let out = match self.hold.as_mut() {
             Some(h) => &mut h.held,
@@ -29,6 +32,10 @@ impl Session<'_> {
         let first_error = sink.first_error;
         let hold_event = sink.hold_event;
         let transaction_ended = sink.transaction_ended;
+        if let Some(lsn) = sink.captured_lsn {
+            self.lsn_probe_sent = false;
+            self.floor.write_position(lsn);
+        }
         if let Some(code) = first_error.filter(|_| !self.sql_prepares.is_empty()) {
             self.sql_prepare_failed(&code);
         }
@@ -46,6 +53,13 @@ impl Session<'_> {
         if transaction_ended {
             let leased = self.server.as_ref().expect("still held");
             self.floor.unit_ended(leased.node, leased.follower, leased.incarnation, self.unit_wrote);
+            let same_connection = self.shared.config.consistency.write_lsn == WriteLsn::SameConnection;
+            if self.unit_wrote && !leased.follower && same_connection && self.floor.level.read_your_writes() {
+                // Ask the write's own connection where WAL ends now; it returns to the pool after.
+                let _ = postgres_protocol::message::frontend::query(LSN_QUERY, &mut self.to_server);
+                self.inflight.push(Request::Query { swallow: true }, &mut self.to_client);
+                self.lsn_probe_sent = true;
+            }
             self.unit_wrote = false;
         }
         // Write straight through while the client keeps up: one syscall, no select round.
@@ -189,10 +203,30 @@ struct ServerSide<'a> {
     first_error: Option<[u8; 5]>,
     /// A client transaction (or statement outside one) ended: ReadyForQuery 'I'.
     transaction_ended: bool,
+    /// An injected LSN query is in flight: read its row.
+    capture_lsn: bool,
+    captured_lsn: Option<u64>,
+}
+
+/// The leader's flush position as an integer (one DataRow with one text column).
+const LSN_QUERY: &str = "SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::int8";
+
+/// The integer in a one-column text DataRow.
+fn data_row_integer(msg: &[u8]) -> Option<u64> {
+    let len = i32::from_be_bytes(msg.get(7..11)?.try_into().ok()?);
+    std::str::from_utf8(msg.get(11..11 + usize::try_from(len).ok()?)?).ok()?.parse().ok()
 }
 
 impl ServerMessages for ServerSide<'_> {
+    fn streams(&self, tag: u8) -> bool {
+        // The row of an injected LSN query is read whole; every other row streams.
+        framing::streams(tag) && !(self.capture_lsn && tag == b'D' && self.inflight.answering_injected_query())
+    }
+
     fn decide(&mut self, tag: u8, msg: &[u8]) -> Verdict {
+        if self.capture_lsn && tag == b'D' && self.inflight.answering_injected_query() {
+            self.captured_lsn = data_row_integer(msg);
+        }
         let (verdict, outcome) = self.inflight.on_server_message(tag);
         if let Some(hash) = outcome.failed_parse {
             self.statements.remove(hash);
