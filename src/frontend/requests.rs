@@ -47,10 +47,13 @@ pub fn answer_without_server(
     client: &mut ClientStatements,
     inflight: &mut Inflight,
     to_client: &mut BytesMut,
+    tx_status: u8,
 ) -> Result<Result<(), Refused>, ProxyError> {
     let body = &msg[5..];
-    let reply: &'static [u8] = match tag {
-        fe::SYNC => &READY_IDLE,
+    let ready = messages::ready_for_query(tx_status);
+    let reply: &[u8] = match tag {
+        // No server is held: idle, or inside a BEGIN the proxy has not sent yet ('T').
+        fe::SYNC => &ready,
         fe::FLUSH => return Ok(Ok(())),
         fe::PARSE => {
             let (name, tail) = messages::read_cstr(body).ok_or_else(|| malformed("Parse"))?;
@@ -65,12 +68,9 @@ pub fn answer_without_server(
             CLOSE_COMPLETE
         }
     };
-    inflight.push(Request::Reply(Bytes::from_static(reply)), to_client);
+    inflight.push(Request::Reply(Bytes::copy_from_slice(reply)), to_client);
     Ok(Ok(()))
 }
-
-/// Outside a transaction (no server held) the status is always idle.
-const READY_IDLE: [u8; 6] = messages::ready_for_query(b'I');
 
 fn duplicate(name: &[u8]) -> Refused {
     let text = format!("prepared statement \"{}\" already exists", String::from_utf8_lossy(name));
