@@ -15,7 +15,6 @@ pub const ERRORS: &str = "pgcausal_errors_total";
 pub const CANCEL_REQUESTS: &str = "pgcausal_cancel_requests_total";
 pub const ROUTED: &str = "pgcausal_routed_total";
 pub const ROUTE_RETRIES: &str = "pgcausal_route_retries_total";
-pub const ROUTE_FALLBACKS: &str = "pgcausal_route_fallbacks_total";
 pub const CLASSIFIER_CACHE: &str = "pgcausal_classifier_cache_total";
 pub const UNPARSED: &str = "pgcausal_unparsed_statements_total";
 pub const CONSISTENCY_WAIT: &str = "pgcausal_consistency_wait_seconds";
@@ -45,7 +44,6 @@ pub fn describe() {
         ROUTE_RETRIES,
         "Read units re-run elsewhere before any row reached the client, by SQLSTATE or cause"
     );
-    describe_counter!(ROUTE_FALLBACKS, "Reads sent to the leader because no follower was eligible");
     describe_counter!(CLASSIFIER_CACHE, "SQL classification cache lookups by result (hit, miss)");
     describe_counter!(
         UNPARSED,
