@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 use crate::backend::statements::server_name;
+use crate::protocol::messages::{begin, finish};
 use crate::route::Classification;
 use std::sync::Arc;
 
@@ -69,18 +70,6 @@ pub fn statement_hash(tail: &[u8]) -> u64 {
     h.finish()
 }
 
-fn begin(out: &mut BytesMut, tag: u8) -> usize {
-    out.put_u8(tag);
-    let at = out.len();
-    out.put_i32(0);
-    at
-}
-
-fn finish(out: &mut BytesMut, at: usize) {
-    let len = (out.len() - at) as i32;
-    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
-}
-
 /// Parse of a statement under its server name.
 pub fn put_parse(out: &mut BytesMut, statement: &Statement) {
     let at = begin(out, b'P');
@@ -90,13 +79,18 @@ pub fn put_parse(out: &mut BytesMut, statement: &Statement) {
     finish(out, at);
 }
 
-/// Close of a server statement.
-pub fn put_close_statement(out: &mut BytesMut, hash: u64) {
-    let at = begin(out, b'C');
+/// A Close or Describe ('S') of a server statement.
+fn put_statement_message(out: &mut BytesMut, tag: u8, hash: u64) {
+    let at = begin(out, tag);
     out.put_u8(b'S');
     out.put_slice(&server_name(hash));
     out.put_u8(0);
     finish(out, at);
+}
+
+/// Close of a server statement.
+pub fn put_close_statement(out: &mut BytesMut, hash: u64) {
+    put_statement_message(out, b'C', hash);
 }
 
 /// Bind with the statement name replaced: `portal` and `rest` are copied from the client's Bind.
@@ -112,11 +106,7 @@ pub fn put_bind(out: &mut BytesMut, portal: &[u8], hash: u64, rest: &[u8]) {
 
 /// Describe of a statement under its server name.
 pub fn put_describe_statement(out: &mut BytesMut, hash: u64) {
-    let at = begin(out, b'D');
-    out.put_u8(b'S');
-    out.put_slice(&server_name(hash));
-    out.put_u8(0);
-    finish(out, at);
+    put_statement_message(out, b'D', hash);
 }
 
 pub const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];

@@ -3,14 +3,14 @@
 use bytes::{BufMut, BytesMut};
 
 /// Starts a message: tag + length placeholder; `finish` fills the length in.
-fn begin(buf: &mut BytesMut, tag: u8) -> usize {
+pub fn begin(buf: &mut BytesMut, tag: u8) -> usize {
     buf.put_u8(tag);
     let at = buf.len();
     buf.put_i32(0);
     at
 }
 
-fn finish(buf: &mut BytesMut, at: usize) {
+pub fn finish(buf: &mut BytesMut, at: usize) {
     let len = (buf.len() - at) as i32;
     buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }

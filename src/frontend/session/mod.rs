@@ -298,8 +298,14 @@ impl Session<'_> {
                 if answerable_without_server(tag, msg) {
                     self.discard_until_sync = false;
                     self.unsynced = false;
-                    let result =
-                        answer_without_server(tag, msg, &mut self.statements, &mut self.inflight, &mut self.to_client, self.tx_status);
+                    let result = answer_without_server(
+                        tag,
+                        msg,
+                        &mut self.statements,
+                        &mut self.inflight,
+                        &mut self.to_client,
+                        self.tx_status,
+                    );
                     self.consume(total);
                     self.refused(result?);
                     continue;
