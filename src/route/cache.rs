@@ -92,6 +92,7 @@ impl Classifier {
         if classification.target == Target::Follower && self.leader_only.contains_key(&fp.hash) {
             classification.target = Target::Leader;
             classification.reason = Reason::Remembered;
+            classification.writes = true;
         }
         let cacheable = classification.cacheable;
         let classification = Arc::new(classification);

@@ -55,6 +55,7 @@ fn classify_one(text: &str, functions: &FunctionCatalog) -> Classification {
     if runs {
         apply_runtime_facts(&mut c, &facts);
     }
+    c.writes |= c.route_writes();
     c
 }
 

@@ -203,6 +203,10 @@ pub struct Classification {
     pub hint: Option<Hint>,
     /// Number of statements in the string (0 for an empty query).
     pub statement_count: usize,
+    /// Some statement in the string may change data (its commit must raise the session's
+    /// floor), whatever reason decided the route: `BEGIN; INSERT ...; COMMIT` routes as a
+    /// transaction but writes.
+    pub writes: bool,
     /// Whether this result depends only on the fingerprint and may be cached.
     /// False when it carries literal values (SET values, set_config arguments)
     /// or depends on one (`EXPLAIN (ANALYZE 'off')`).
@@ -220,6 +224,7 @@ impl Classification {
             session: Vec::new(),
             hint: None,
             statement_count: 1,
+            writes: false,
             cacheable: true,
         }
     }
@@ -254,12 +259,22 @@ impl Classification {
         self.unpins.extend(next.unpins);
         self.session.extend(next.session);
         self.statement_count += next.statement_count;
+        self.writes |= next.writes;
         self.cacheable &= next.cacheable;
     }
 
     /// True when the whole string is a single `pgcausal.*` command the proxy answers itself.
     pub fn is_proxy_command(&self) -> bool {
         self.statement_count == 1 && self.session.iter().any(SessionEffect::is_proxy_command)
+    }
+
+    /// Whether this statement's own route says it may change data.
+    pub(crate) fn route_writes(&self) -> bool {
+        self.target == Target::Leader
+            && matches!(
+                self.reason,
+                Reason::Write | Reason::Locking | Reason::VolatileFunction | Reason::Unparsed | Reason::UnparsedRead | Reason::Remembered
+            )
     }
 
     /// The first pin, for callers that only need to know whether to stick to the leader.

@@ -402,3 +402,17 @@ fn fingerprint_groups_pgbench_statements() {
     assert_eq!(u1.hash, u2.hash);
     assert_ne!(a.hash, u1.hash);
 }
+
+#[test]
+fn writes_are_seen_inside_transactions_and_multi_statement_strings() {
+    let catalog = FunctionCatalog::builtin();
+    let writes = |sql: &str| classify(sql, &catalog).writes;
+    assert!(writes("BEGIN; INSERT INTO t VALUES (1); COMMIT"));
+    assert!(writes("SET search_path = public; UPDATE t SET v = 1"));
+    assert!(writes("SELECT nextval('s')"));
+    assert!(writes("SELECT * FROM t FOR UPDATE"));
+    assert!(!writes("SELECT 1"));
+    assert!(!writes("BEGIN"));
+    assert!(!writes("SET search_path = public"));
+    assert!(!writes("BEGIN READ ONLY; SELECT 1; COMMIT"));
+}

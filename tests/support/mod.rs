@@ -240,3 +240,51 @@ pub fn ok(out: Output) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A cluster kept in a static (statics never drop): started once by `start`, and at process
+/// exit its servers get a fast shutdown and its directory is removed, instead of leaving the
+/// servers to the kill-at-exit registry and the data directories on disk.
+pub fn static_cluster(
+    cell: &'static OnceLock<TestCluster>,
+    start: impl FnOnce() -> TestCluster,
+) -> &'static TestCluster {
+    let mut started = false;
+    let cluster = cell.get_or_init(|| {
+        started = true;
+        start()
+    });
+    if started {
+        clean_up_at_exit(cluster);
+    }
+    cluster
+}
+
+/// Stops `cluster` and removes its directory when the process exits. Registered after the
+/// cluster's servers were started, so it runs before the kill-at-exit registry (atexit is LIFO).
+pub fn clean_up_at_exit(cluster: &'static TestCluster) {
+    static CLUSTERS: Mutex<Vec<&'static TestCluster>> = Mutex::new(Vec::new());
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    extern "C" fn clean_up() {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let clusters = match CLUSTERS.try_lock() {
+                Ok(guard) => guard.clone(),
+                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().clone(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
+            for c in clusters {
+                match c.cluster.try_lock() {
+                    Ok(mut guard) => guard.stop(),
+                    Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner().stop(),
+                    // Still in use (a test thread was cut off): leave it to the kill registry.
+                    Err(std::sync::TryLockError::WouldBlock) => continue,
+                }
+                let _ = std::fs::remove_dir_all(c._dir.path());
+            }
+        }));
+    }
+    REGISTER.call_once(|| {
+        // SAFETY: registering a plain extern "C" fn that catches every panic.
+        unsafe { libc::atexit(clean_up) };
+    });
+    CLUSTERS.lock().unwrap_or_else(|e| e.into_inner()).push(cluster);
+}

@@ -336,7 +336,7 @@ impl Session<'_> {
                 if tag == fe::QUERY || tag == fe::PARSE {
                     self.observe_sql(c, tag, total);
                 }
-                self.unit_wrote |= writes(c);
+                self.unit_wrote |= c.writes;
             }
             if tag == fe::FLUSH {
                 // The client now waits for what was answered so far: nothing may be held back.
@@ -426,12 +426,6 @@ impl Session<'_> {
             }
         }
     }
-}
-
-/// True if a statement may change data (its commit must raise the session's floor).
-fn writes(c: &Classification) -> bool {
-    use crate::route::{Reason, Target};
-    c.target == Target::Leader && !matches!(c.reason, Reason::Transaction | Reason::Session | Reason::ProxyCommand)
 }
 
 /// Startup parameters to apply as settings: everything but user/database, with `options`
