@@ -273,7 +273,12 @@ impl Classification {
         self.target == Target::Leader
             && matches!(
                 self.reason,
-                Reason::Write | Reason::Locking | Reason::VolatileFunction | Reason::Unparsed | Reason::UnparsedRead | Reason::Remembered
+                Reason::Write
+                    | Reason::Locking
+                    | Reason::VolatileFunction
+                    | Reason::Unparsed
+                    | Reason::UnparsedRead
+                    | Reason::Remembered
             )
     }
 
