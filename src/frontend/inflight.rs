@@ -30,12 +30,17 @@ pub enum Request {
     FunctionCall,
     /// An answer the proxy gives itself, emitted once everything before it has been answered.
     Reply(Bytes),
+    /// A Sync the proxy added to end a unit early (to move it to another node); swallowed.
+    InjectedSync,
+    /// Where the client's CopyDone/CopyFail fell: no answer of its own, but Syncs sent before it
+    /// during an extended-protocol COPY FROM are ignored by the server.
+    CopyEnd,
 }
 
 impl Request {
     /// Requests that end with a ReadyForQuery.
     fn is_sync_point(&self) -> bool {
-        matches!(self, Request::Sync | Request::Query { .. } | Request::FunctionCall)
+        matches!(self, Request::Sync | Request::InjectedSync | Request::Query { .. } | Request::FunctionCall)
     }
 
     fn is_extended(&self) -> bool {
@@ -61,6 +66,8 @@ pub struct Outcome {
 #[derive(Debug, Default)]
 pub struct Inflight {
     queue: VecDeque<Request>,
+    /// The server is in COPY FROM mode of an extended-protocol Execute: it ignores Syncs.
+    copy_in: bool,
 }
 
 impl Inflight {
@@ -82,7 +89,34 @@ impl Inflight {
     pub fn push(&mut self, request: Request, out: &mut BytesMut) {
         match request {
             Request::Reply(bytes) if self.queue.is_empty() => out.extend_from_slice(&bytes),
+            // The server ignores a Sync sent while it copies in: no answer will come.
+            Request::Sync if self.copy_in => {}
+            Request::CopyEnd => {
+                self.copy_in = false;
+                if !self.queue.is_empty() {
+                    self.queue.push_back(Request::CopyEnd);
+                }
+            }
             r => self.queue.push_back(r),
+        }
+    }
+
+    /// The server entered COPY FROM for the Execute at the front: Syncs the client sent before
+    /// its CopyDone/CopyFail will get no answer.
+    fn copy_in_started(&mut self) {
+        let end = self.queue.iter().position(|r| *r == Request::CopyEnd);
+        let mut index = 0;
+        self.queue.retain(|r| {
+            index += 1;
+            !(index > 1 && end.is_none_or(|e| index - 1 < e) && *r == Request::Sync)
+        });
+        self.copy_in = end.is_none();
+    }
+
+    /// Markers that produce no answer are dropped when they reach the front.
+    fn drop_markers(&mut self) {
+        while self.queue.front() == Some(&Request::CopyEnd) {
+            self.queue.pop_front();
         }
     }
 
@@ -99,12 +133,16 @@ impl Inflight {
                 // Pops through the sync point; anything before it got no answer.
                 while let Some(r) = self.queue.pop_front() {
                     if r.is_sync_point() {
-                        if matches!(r, Request::Query { swallow: true }) {
+                        if matches!(r, Request::Query { swallow: true } | Request::InjectedSync) {
                             verdict = Verdict::Swallow;
                         }
                         break;
                     }
                 }
+                false
+            }
+            (b'G', Request::Execute) => {
+                self.copy_in_started();
                 false
             }
             (b'E', r) if r.is_extended() => {
@@ -134,12 +172,15 @@ impl Inflight {
         if ends_front {
             self.queue.pop_front();
         }
+        self.drop_markers();
         (verdict, outcome)
     }
 
     /// Emits the proxy's own replies that are now at the head of the queue.
     pub fn emit_due_replies(&mut self, out: &mut BytesMut) {
-        while let Some(Request::Reply(_)) = self.queue.front() {
+        loop {
+            self.drop_markers();
+            let Some(Request::Reply(_)) = self.queue.front() else { return };
             if let Some(Request::Reply(bytes)) = self.queue.pop_front() {
                 out.extend_from_slice(&bytes);
             }
@@ -148,6 +189,7 @@ impl Inflight {
 
     /// Drops everything (the server connection is gone).
     pub fn clear(&mut self) {
+        self.copy_in = false;
         self.queue.clear();
     }
 }
@@ -216,6 +258,35 @@ mod tests {
         assert_eq!(out, b"EZ");
         assert_eq!(outcomes[0].failed_parse, Some(9));
         assert_eq!(left, 0);
+    }
+
+    #[test]
+    fn syncs_sent_during_an_extended_copy_in_get_no_answer() {
+        // tokio-postgres: Bind, Execute, Sync, CopyData, CopyDone, Sync, Close(S, answered here), Sync.
+        let mut t = Inflight::default();
+        let mut out = BytesMut::new();
+        for r in [Request::Bind, Request::Execute, Request::Sync, Request::CopyEnd, Request::Sync] {
+            t.push(r, &mut out);
+        }
+        t.push(Request::Reply(Bytes::from_static(b"3")), &mut out);
+        t.push(Request::Sync, &mut out);
+        for &tag in b"2GCZ" {
+            assert_eq!(t.on_server_message(tag).0, Verdict::Forward);
+            t.emit_due_replies(&mut out);
+        }
+        assert_eq!(&out[..], b"3", "the proxy's CloseComplete follows the first ReadyForQuery");
+        t.on_server_message(b'Z');
+        assert!(t.is_empty(), "{:?}", t.queue);
+        // A Sync the client sends while the server copies in is not waited for either.
+        let mut t = Inflight::default();
+        t.push(Request::Execute, &mut out);
+        t.on_server_message(b'G');
+        t.push(Request::Sync, &mut out);
+        t.push(Request::CopyEnd, &mut out);
+        t.push(Request::Sync, &mut out);
+        t.on_server_message(b'C');
+        t.on_server_message(b'Z');
+        assert!(t.is_empty(), "{:?}", t.queue);
     }
 
     #[test]

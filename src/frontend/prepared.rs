@@ -19,6 +19,8 @@ pub struct Statement {
     pub tail: Bytes,
     /// Where it runs, classified once (cleared when a follower proved it writes).
     pub classification: Option<Arc<Classification>>,
+    /// The DDL generation it was prepared in.
+    pub schema: u64,
 }
 
 impl Statement {
@@ -44,12 +46,14 @@ impl ClientStatements {
     }
 
     /// Registers a Parse; false if the name is taken (PostgreSQL's 42P05).
-    pub fn insert(&mut self, name: &[u8], tail: &[u8]) -> Option<Statement> {
+    /// `schema` is the proxy's DDL generation: after DDL, the same text is a new server statement
+    /// (one prepared before could still name a dropped type or an old row shape).
+    pub fn insert(&mut self, name: &[u8], tail: &[u8], schema: u64) -> Option<Statement> {
         if self.by_name.contains_key(name) {
             return None;
         }
-        let statement =
-            Statement { hash: statement_hash(tail), tail: Bytes::copy_from_slice(tail), classification: None };
+        let hash = statement_hash(tail, schema);
+        let statement = Statement { hash, tail: Bytes::copy_from_slice(tail), classification: None, schema };
         self.by_name.insert(Bytes::copy_from_slice(name), statement.clone());
         Some(statement)
     }
@@ -63,10 +67,12 @@ impl ClientStatements {
     }
 }
 
-/// Identity of a statement: same SQL text and parameter types, same server statement.
-pub fn statement_hash(tail: &[u8]) -> u64 {
+/// Identity of a statement: same SQL text and parameter types (and DDL generation), same server
+/// statement.
+pub fn statement_hash(tail: &[u8], schema: u64) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     tail.hash(&mut h);
+    schema.hash(&mut h);
     h.finish()
 }
 
@@ -119,12 +125,12 @@ mod tests {
     #[test]
     fn same_sql_and_types_share_a_server_name() {
         let mut a = ClientStatements::default();
-        let s1 = a.insert(b"s1", b"SELECT $1\0\0\x01\0\0\0\x17").unwrap();
-        assert!(a.insert(b"s1", b"SELECT 2\0\0\0").is_none(), "duplicate names are refused");
+        let s1 = a.insert(b"s1", b"SELECT $1\0\0\x01\0\0\0\x17", 0).unwrap();
+        assert!(a.insert(b"s1", b"SELECT 2\0\0\0", 0).is_none(), "duplicate names are refused");
         let mut b = ClientStatements::default();
-        let other = b.insert(b"mine", b"SELECT $1\0\0\x01\0\0\0\x17").unwrap();
+        let other = b.insert(b"mine", b"SELECT $1\0\0\x01\0\0\0\x17", 0).unwrap();
         assert_eq!(s1.hash, other.hash);
-        let int8 = b.insert(b"int8", b"SELECT $1\0\0\x01\0\0\0\x14").unwrap();
+        let int8 = b.insert(b"int8", b"SELECT $1\0\0\x01\0\0\0\x14", 0).unwrap();
         assert_ne!(s1.hash, int8.hash);
         assert!(server_name(s1.hash).starts_with(b"pgcausal_"));
         assert!(a.remove(b"s1") && !a.remove(b"s1"));

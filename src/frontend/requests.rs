@@ -17,6 +17,8 @@ pub struct Outbound<'a> {
     pub client: &'a mut ClientStatements,
     /// The message is being sent again after a failed attempt elsewhere: its Parse already registered.
     pub replaying: bool,
+    /// The proxy's DDL generation (part of server statement names).
+    pub schema: u64,
 }
 
 /// A message the proxy refuses the way PostgreSQL would: an error, then skip to Sync.
@@ -48,6 +50,7 @@ pub fn answer_without_server(
     inflight: &mut Inflight,
     to_client: &mut BytesMut,
     tx_status: u8,
+    schema: u64,
 ) -> Result<Result<(), Refused>, ProxyError> {
     let body = &msg[5..];
     let ready = messages::ready_for_query(tx_status);
@@ -57,7 +60,7 @@ pub fn answer_without_server(
         fe::FLUSH => return Ok(Ok(())),
         fe::PARSE => {
             let (name, tail) = messages::read_cstr(body).ok_or_else(|| malformed("Parse"))?;
-            if client.insert(name, tail).is_none() {
+            if client.insert(name, tail, schema).is_none() {
                 return Ok(Err(duplicate(name)));
             }
             PARSE_COMPLETE
@@ -83,8 +86,8 @@ impl Outbound<'_> {
         let body = &msg[5..];
         let request = match tag {
             fe::PARSE => return self.parse(msg),
-            fe::BIND => return self.bind(msg).map(Ok),
-            fe::DESCRIBE => return self.describe(msg).map(Ok),
+            fe::BIND => return self.bind(msg),
+            fe::DESCRIBE => return self.describe(msg),
             fe::CLOSE if body.first() == Some(&b'S') && body.get(1) != Some(&0) => {
                 let (name, _) = messages::read_cstr(&body[1..]).ok_or_else(|| malformed("Close"))?;
                 self.client.remove(name);
@@ -97,6 +100,7 @@ impl Outbound<'_> {
             fe::SYNC => Some(Request::Sync),
             fe::QUERY => Some(Request::Query { swallow: false }),
             fe::FUNCTION_CALL => Some(Request::FunctionCall),
+            fe::COPY_DONE | fe::COPY_FAIL => Some(Request::CopyEnd),
             _ => None, // Flush, COPY data and unknown types: no answer of their own
         };
         self.to_server.extend_from_slice(msg);
@@ -113,7 +117,7 @@ impl Outbound<'_> {
             self.inflight.push(Request::Parse { hash: None, swallow: false }, self.to_client);
             return Ok(Ok(()));
         }
-        let statement = match self.client.insert(name, tail) {
+        let statement = match self.client.insert(name, tail, self.schema) {
             Some(statement) => statement,
             None if self.replaying => self.client.get(name).expect("registered").clone(),
             None => return Ok(Err(duplicate(name))),
@@ -137,40 +141,56 @@ impl Outbound<'_> {
     }
 
     /// The client's statement by name, prepared on this server connection if it is not yet.
-    fn ensure_prepared(&mut self, name: &[u8]) -> Option<u64> {
-        let statement = self.client.get(name)?.clone();
+    /// The client's statement by name, prepared on this server connection if it is not yet.
+    /// A statement prepared before DDL ran through the proxy is not silently re-prepared
+    /// elsewhere (its row shape may have changed under the client): it fails as PostgreSQL's
+    /// own plan cache would, and drivers re-prepare it.
+    fn ensure_prepared(&mut self, name: &[u8]) -> Result<Option<u64>, Refused> {
+        let Some(statement) = self.client.get(name).cloned() else { return Ok(None) };
         if !self.server.touch(statement.hash) {
+            if statement.schema < self.schema {
+                // Exactly PostgreSQL's error, routine included: drivers recognise it by that.
+                let error = messages::error_response_with(
+                    "ERROR",
+                    "0A000",
+                    "cached plan must not change result type",
+                    &[(b'F', "plancache.c"), (b'R', "RevalidateCachedQuery")],
+                );
+                return Err(Refused(error.freeze()));
+            }
             self.prepare(&statement, true);
         }
-        Some(statement.hash)
+        Ok(Some(statement.hash))
     }
 
-    fn bind(&mut self, msg: &[u8]) -> Result<(), ProxyError> {
+    fn bind(&mut self, msg: &[u8]) -> Result<Result<(), Refused>, ProxyError> {
         let (portal, rest) = messages::read_cstr(&msg[5..]).ok_or_else(|| malformed("Bind"))?;
         let (name, rest) = messages::read_cstr(rest).ok_or_else(|| malformed("Bind"))?;
-        match (name.is_empty(), self.ensure_prepared(name)) {
-            (false, Some(hash)) => prepared::put_bind(self.to_server, portal, hash, rest),
+        match self.ensure_prepared(name) {
+            Ok(Some(hash)) => prepared::put_bind(self.to_server, portal, hash, rest),
             // Unnamed, or unknown: the server answers (unknown names get its 26000 error).
-            _ => self.to_server.extend_from_slice(msg),
+            Ok(None) => self.to_server.extend_from_slice(msg),
+            Err(refused) => return Ok(Err(refused)),
         }
         self.inflight.push(Request::Bind, self.to_client);
-        Ok(())
+        Ok(Ok(()))
     }
 
-    fn describe(&mut self, msg: &[u8]) -> Result<(), ProxyError> {
+    fn describe(&mut self, msg: &[u8]) -> Result<Result<(), Refused>, ProxyError> {
         let body = &msg[5..];
         let kind = *body.first().ok_or_else(|| malformed("Describe"))?;
         let (name, _) = messages::read_cstr(&body[1..]).ok_or_else(|| malformed("Describe"))?;
         if kind == b'P' {
             self.to_server.extend_from_slice(msg);
             self.inflight.push(Request::DescribePortal, self.to_client);
-            return Ok(());
+            return Ok(Ok(()));
         }
-        match (name.is_empty(), self.ensure_prepared(name)) {
-            (false, Some(hash)) => prepared::put_describe_statement(self.to_server, hash),
-            _ => self.to_server.extend_from_slice(msg),
+        match self.ensure_prepared(name) {
+            Ok(Some(hash)) => prepared::put_describe_statement(self.to_server, hash),
+            Ok(None) => self.to_server.extend_from_slice(msg),
+            Err(refused) => return Ok(Err(refused)),
         }
         self.inflight.push(Request::DescribeStatement, self.to_client);
-        Ok(())
+        Ok(Ok(()))
     }
 }

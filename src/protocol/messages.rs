@@ -32,6 +32,19 @@ pub fn put_error(buf: &mut BytesMut, tag: u8, severity: &str, code: &str, messag
     finish(buf, at);
 }
 
+/// ErrorResponse with extra fields (e.g. 'R' routine, which some drivers match on).
+pub fn error_response_with(severity: &str, code: &str, message: &str, extra: &[(u8, &str)]) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(96 + message.len());
+    let at = begin(&mut buf, b'E');
+    for (field, value) in [(b'S', severity), (b'V', severity), (b'C', code), (b'M', message)].iter().chain(extra) {
+        buf.put_u8(*field);
+        put_cstr(&mut buf, value);
+    }
+    buf.put_u8(0);
+    finish(&mut buf, at);
+    buf
+}
+
 pub fn error_response(severity: &str, code: &str, message: &str) -> BytesMut {
     let mut buf = BytesMut::with_capacity(64 + message.len());
     put_error(&mut buf, b'E', severity, code, message);

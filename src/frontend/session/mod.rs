@@ -33,6 +33,7 @@ use crate::topology::balance::Outstanding;
 use bytes::{Buf, Bytes, BytesMut};
 use deadpool::managed::{Object, PoolError};
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -122,6 +123,10 @@ pub struct Session<'a> {
     unit_wrote: bool,
     /// An LSN query was injected after a write (`consistency.write_lsn = same_connection`).
     lsn_probe_sent: bool,
+    /// The current unit has executed something (it can no longer move to another node).
+    unit_executed: bool,
+    /// The current unit parsed an unnamed statement (it lives only on this connection).
+    unit_unnamed: bool,
     /// A plain BEGIN answered by the proxy, sent with the first statement that picks the node.
     deferred_begin: Option<Bytes>,
     hold: Option<Hold>,
@@ -162,6 +167,8 @@ pub async fn run(stream: TcpStream, login: ClientLogin, shared: &Shared) -> Resu
         floor: Floor::new(shared.config.consistency.level, shared.config.consistency.max_staleness),
         unit_wrote: false,
         lsn_probe_sent: false,
+        unit_executed: false,
+        unit_unnamed: false,
         deferred_begin: None,
         hold: None,
         replaying: 0,
@@ -295,6 +302,7 @@ impl Session<'_> {
             }
             if self.server.is_none() {
                 let msg = &self.cbuf[..total];
+                let schema = self.shared.schema_generation.load(Ordering::Relaxed);
                 if answerable_without_server(tag, msg) {
                     self.discard_until_sync = false;
                     self.unsynced = false;
@@ -305,6 +313,7 @@ impl Session<'_> {
                         &mut self.inflight,
                         &mut self.to_client,
                         self.tx_status,
+                        schema,
                     );
                     self.consume(total);
                     self.refused(result?);
@@ -332,11 +341,30 @@ impl Session<'_> {
             }
             self.discard_until_sync = false;
             self.account(tag);
-            if let Some(c) = &class {
-                if tag == fe::QUERY || tag == fe::PARSE {
-                    self.observe_sql(c, tag, total);
+            // Session state changes when SQL runs: a Query, an unnamed Parse (bound right away),
+            // or the Bind of a named statement (a named Parse alone runs nothing).
+            let named = self.cbuf.get(5).is_some_and(|&b| b != 0);
+            let observe = match tag {
+                fe::QUERY => class.clone(),
+                fe::PARSE if !named => class.clone(),
+                fe::BIND
+                    if self.cbuf[5..total]
+                        .iter()
+                        .position(|&b| b == 0)
+                        .is_some_and(|p| self.cbuf.get(6 + p) != Some(&0)) =>
+                {
+                    class.clone()
                 }
+                _ => None,
+            };
+            if let Some(c) = &class {
                 self.unit_wrote |= c.writes;
+            }
+            if observe.is_some() && self.runs_ddl(tag, total) {
+                self.shared.schema_generation.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(c) = observe.as_ref().filter(|_| tag != fe::BIND) {
+                self.observe_sql(c, tag, total);
             }
             if tag == fe::FLUSH {
                 // The client now waits for what was answered so far: nothing may be held back.
@@ -360,8 +388,13 @@ impl Session<'_> {
                 server: &mut leased.lease.statements,
                 client: &mut self.statements,
                 replaying: self.replaying > 0,
+                schema: self.shared.schema_generation.load(Ordering::Relaxed),
             };
             let result = outbound.message(tag, &self.cbuf[..total]);
+            if let Some(c) = observe.as_ref().filter(|_| tag == fe::BIND) {
+                // After the Bind went out: a statement like DISCARD ALL may drop the client's statements.
+                self.observe_sql(c, tag, total);
+            }
             self.consume(total);
             self.refused(result?);
         }
@@ -382,12 +415,20 @@ impl Session<'_> {
         let node = self.server.as_ref().map_or(0, |l| l.node);
         match tag {
             fe::SYNC => self.unsynced = false,
-            fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::FLUSH => self.unsynced = true,
+            fe::PARSE => {
+                self.unsynced = true;
+                self.unit_unnamed |= self.cbuf.get(5) == Some(&0);
+            }
+            fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::FLUSH => self.unsynced = true,
             fe::EXECUTE => {
                 self.unsynced = true;
+                self.unit_executed = true;
                 self.shared.pools.nodes[node].metrics.queries.increment(1);
             }
-            fe::QUERY | fe::FUNCTION_CALL => self.shared.pools.nodes[node].metrics.queries.increment(1),
+            fe::QUERY | fe::FUNCTION_CALL => {
+                self.unit_executed = true;
+                self.shared.pools.nodes[node].metrics.queries.increment(1);
+            }
             _ => {}
         }
     }
@@ -420,7 +461,8 @@ impl Session<'_> {
         if let Some(mut leased) = self.server.take() {
             self.key.target.clear();
             if clean {
-                leased.lease.needs_reset = self.mode == PoolMode::Session;
+                // Pinned state (LISTEN, temp tables, locks) must not reach the next client.
+                leased.lease.needs_reset = self.mode == PoolMode::Session || self.pins.is_pinned();
             } else {
                 drop(Object::take(leased.lease));
             }

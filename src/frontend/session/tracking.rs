@@ -65,6 +65,8 @@ impl Session<'_> {
 
     /// Tracks the session state a Query or Parse changes.
     pub(super) fn observe_sql(&mut self, classification: &Classification, tag: u8, total: usize) {
+        // A Bind's body names a statement, not SQL; its classification was that statement's.
+        let total = if tag == fe::BIND { 5 } else { total };
         if !classification.session.is_empty() {
             self.settings.apply(&classification.session);
         }
@@ -73,10 +75,11 @@ impl Session<'_> {
                 metrics::counter!(crate::metrics::SESSION_PINS, "kind" => kind).increment(1);
             }
         }
-        let body = &self.cbuf[5..total];
+        let body = &self.cbuf[5.min(total)..total];
         let sql = match tag {
             fe::PARSE => messages::read_cstr(body).and_then(|(_, rest)| messages::read_cstr(rest)).map(|(q, _)| q),
-            _ => messages::read_cstr(body).map(|(q, _)| q),
+            fe::QUERY => messages::read_cstr(body).map(|(q, _)| q),
+            _ => None,
         };
         // DISCARD ALL and DEALLOCATE drop the server's statements, ours included.
         let discard = classification.session.contains(&SessionEffect::DiscardAll);
@@ -92,6 +95,22 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// True if the SQL this message runs is DDL (CREATE/ALTER/DROP), which may change the types
+    /// and row shapes prepared statements were made with.
+    pub(super) fn runs_ddl(&self, tag: u8, total: usize) -> bool {
+        let body = &self.cbuf[5..total];
+        let sql = match tag {
+            fe::QUERY => messages::read_cstr(body).map(|(q, _)| q),
+            fe::PARSE => messages::read_cstr(body).and_then(|(_, rest)| messages::read_cstr(rest)).map(|(q, _)| q),
+            fe::BIND => messages::read_cstr(body)
+                .and_then(|(_, rest)| messages::read_cstr(rest))
+                .and_then(|(name, _)| self.statements.get(name))
+                .map(|s| s.query()),
+            _ => None,
+        };
+        sql.is_some_and(|q| [&b"create"[..], b"alter", b"drop"].iter().any(|w| starts_with_word(q, w)))
     }
 
     /// Brings a newly leased server connection to the client's settings (answers swallowed).

@@ -44,16 +44,31 @@ impl Session<'_> {
         class.map_or(Want::Leader, |c| routing::want(c, self.proxy.route, self.deferred_begin.is_some()))
     }
 
-    /// A read unit on a follower is done with when the next statement needs the leader: wait for
-    /// it to end (at a Sync boundary, outside a transaction) and lease the leader then.
-    pub(super) fn must_wait_for_another_node(&self, class: Option<&Classification>) -> bool {
+    /// A read unit on a follower is done with when the next statement needs the leader (outside
+    /// a transaction): wait for it to end and lease the leader then. A unit that has run nothing
+    /// yet and holds no unnamed statement (Parse/Describe + Flush, as asyncpg prepares) is ended
+    /// by the proxy with a Sync of its own. True when processing must pause.
+    pub(super) fn must_wait_for_another_node(&mut self, class: Option<&Classification>) -> bool {
         let Some(leased) = self.server.as_ref() else { return false };
         let Some(c) = class else { return false };
-        leased.follower
+        let moves = leased.follower
             && self.tx_status == b'I'
-            && !self.unsynced
             && self.mode == PoolMode::Transaction
-            && routing::want(c, self.proxy.route, false) == Want::Leader
+            && routing::want(c, self.proxy.route, false) == Want::Leader;
+        if !moves {
+            return false;
+        }
+        if !self.unsynced {
+            return true;
+        }
+        if self.unit_executed || self.unit_unnamed {
+            return false; // cannot move: the write runs here and the follower refuses it (25006)
+        }
+        self.release_hold();
+        self.to_server.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+        self.inflight.push(Request::InjectedSync, &mut self.to_client);
+        self.unsynced = false;
+        true
     }
 
     /// `SET/SHOW/RESET pgcausal.*`: answered by the proxy, in order with other answers.
@@ -223,6 +238,8 @@ impl Session<'_> {
         let scanner = BackendScanner::default();
         self.server = Some(Leased { lease, node, follower, incarnation, scanner, _outstanding: outstanding });
         self.unit_wrote = false;
+        self.unit_executed = false;
+        self.unit_unnamed = false;
         // Reads outside a transaction on a follower may be re-run: hold their answers back.
         self.hold = (follower && self.tx_status == b'I' && self.deferred_begin.is_none()).then(Hold::default);
         Ok(())
