@@ -29,8 +29,8 @@ pub struct Shared {
     pub balancer: Balancer,
     /// Every node's latest WAL position, for session floors.
     pub positions: Arc<Positions>,
-    /// Bumped by DDL sent through the proxy: prepared statements made before are not shared after.
-    pub schema_generation: std::sync::atomic::AtomicU64,
+    /// DDL sent through the proxy: prepared statements made before are not shared after it.
+    pub ddl: crate::frontend::ddl::DdlLog,
 }
 
 /// A bound, not yet serving proxy.
@@ -68,7 +68,7 @@ impl Proxy {
             classifier,
             balancer: Balancer::new(config.routing.balance, config.nodes.len()),
             positions: positions.clone(),
-            schema_generation: Default::default(),
+            ddl: Default::default(),
             config,
         });
         let weak = Arc::downgrade(&shared);

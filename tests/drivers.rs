@@ -239,7 +239,14 @@ async fn tp_copy(conn_str: String) {
         writer.as_mut().write(&[&i, &blob, &(i as f64 / 2.0)]).await.unwrap();
     }
     assert_eq!(writer.finish().await.unwrap(), 1000);
+    // Another session sees the copied rows once it adopts this session's causal token (without
+    // it, its read may run on a follower that has not replayed them yet: allowed across sessions).
+    let token = match &client.simple_query("SHOW pgcausal.lsn").await.unwrap()[..] {
+        [.., tokio_postgres::SimpleQueryMessage::Row(row), _] => row.get(0).unwrap().to_string(),
+        other => panic!("SHOW pgcausal.lsn answered {} messages", other.len()),
+    };
     let client = tp_connect(&conn_str).await;
+    client.batch_execute(&format!("SET pgcausal.min_lsn = '{token}'")).await.unwrap();
     let stream = client.copy_out("COPY bin_t (id, b, f) TO STDOUT (FORMAT BINARY)").await.unwrap();
     let rows: Vec<_> =
         BinaryCopyOutStream::new(stream, &[Type::INT8, Type::BYTEA, Type::FLOAT8]).try_collect().await.unwrap();

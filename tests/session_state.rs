@@ -33,6 +33,7 @@ fn each_client_keeps_its_own_settings_on_a_shared_connection() {
     );
     // One server connection: every statement of every client runs on the same backend.
     let p = ProxyProcess::start(cluster, ProxyOptions { pool_size: 1, ..Default::default() });
+    p.wait_for_followers(); // the schemas above were made outside any proxy session
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let a = connect(&p, "settings").await;

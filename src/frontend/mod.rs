@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod cancel;
+pub mod ddl;
 pub mod inflight;
 pub mod prepared;
 pub mod requests;

@@ -19,6 +19,7 @@ pub struct Outbound<'a> {
     pub replaying: bool,
     /// The proxy's DDL generation (part of server statement names).
     pub schema: u64,
+    pub ddl: &'a crate::frontend::ddl::DdlLog,
 }
 
 /// A message the proxy refuses the way PostgreSQL would: an error, then skip to Sync.
@@ -142,13 +143,13 @@ impl Outbound<'_> {
 
     /// The client's statement by name, prepared on this server connection if it is not yet.
     /// The client's statement by name, prepared on this server connection if it is not yet.
-    /// A statement prepared before DDL ran through the proxy is not silently re-prepared
-    /// elsewhere (its row shape may have changed under the client): it fails as PostgreSQL's
-    /// own plan cache would, and drivers re-prepare it.
+    /// A statement over a relation that DDL has changed since it was prepared is not silently
+    /// re-prepared elsewhere (its row shape may differ from what the client was told): it fails
+    /// as PostgreSQL's own plan cache would, and drivers re-prepare it.
     fn ensure_prepared(&mut self, name: &[u8]) -> Result<Option<u64>, Refused> {
         let Some(statement) = self.client.get(name).cloned() else { return Ok(None) };
         if !self.server.touch(statement.hash) {
-            if statement.schema < self.schema {
+            if statement.schema < self.schema && self.ddl.touches(statement.schema, statement.query()) {
                 // Exactly PostgreSQL's error, routine included: drivers recognise it by that.
                 let error = messages::error_response_with(
                     "ERROR",

@@ -90,6 +90,8 @@ impl Default for ProxyOptions {
 /// A `pgcausal serve` child process; killed (by PID) when dropped.
 pub struct ProxyProcess {
     child: Child,
+    /// The cluster's node ports (leader first as started), for waiting on replication.
+    node_ports: Vec<u16>,
     pub port: u16,
     pub metrics_port: u16,
     pub config_path: PathBuf,
@@ -127,7 +129,8 @@ impl ProxyProcess {
             .stderr(log)
             .spawn()
             .expect("pgcausal starts");
-        let proxy = ProxyProcess { child, port, metrics_port, config_path, _dir: dir };
+        let node_ports = cluster.ports.clone();
+        let proxy = ProxyProcess { child, node_ports, port, metrics_port, config_path, _dir: dir };
         proxy.wait_ready();
         proxy
     }
@@ -159,8 +162,54 @@ impl ProxyProcess {
         self.psql_as(USER, PASSWORD, db, args, stdin)
     }
 
+    /// Waits until every reachable follower has replayed what the primary has flushed. Each psql
+    /// call is a new session, and pgcausal promises causality within a session (or through
+    /// `pgcausal.min_lsn`), not across unrelated sessions: tests that read in one psql what another
+    /// wrote wait for replication first.
+    pub fn wait_for_followers(&self) {
+        let query = |port: u16, sql: &str| -> Option<String> {
+            let out = Command::new(pg_bin("psql"))
+                .args([
+                    "-X",
+                    "-At",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-c",
+                    sql,
+                ])
+                .env("PGPASSWORD", "postgres")
+                .env("PGCONNECT_TIMEOUT", "2")
+                .output()
+                .ok()?;
+            out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        };
+        let Some(primary) =
+            self.node_ports.iter().copied().find(|&p| query(p, "SELECT pg_is_in_recovery()").as_deref() == Some("f"))
+        else {
+            return;
+        };
+        let Some(target) = query(primary, "SELECT pg_current_wal_flush_lsn()") else { return };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for &port in self.node_ports.iter().filter(|&&p| p != primary) {
+            let caught_up = format!("SELECT pg_last_wal_replay_lsn() >= '{target}'::pg_lsn");
+            while Instant::now() < deadline {
+                match query(port, &caught_up).as_deref() {
+                    Some("t") | None => break, // caught up, or down (not serving reads)
+                    _ => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        }
+    }
+
     pub fn psql_as(&self, user: &str, password: &str, db: &str, args: &[&str], stdin: Option<&str>) -> Output {
         use std::io::Write;
+        self.wait_for_followers();
         let mut child = Command::new(pg_bin("psql"))
             .args([
                 "-X",

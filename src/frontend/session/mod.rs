@@ -33,7 +33,6 @@ use crate::topology::balance::Outstanding;
 use bytes::{Buf, Bytes, BytesMut};
 use deadpool::managed::{Object, PoolError};
 use std::io;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -302,7 +301,7 @@ impl Session<'_> {
             }
             if self.server.is_none() {
                 let msg = &self.cbuf[..total];
-                let schema = self.shared.schema_generation.load(Ordering::Relaxed);
+                let schema = self.shared.ddl.generation();
                 if answerable_without_server(tag, msg) {
                     self.discard_until_sync = false;
                     self.unsynced = false;
@@ -360,9 +359,8 @@ impl Session<'_> {
             if let Some(c) = &class {
                 self.unit_wrote |= c.writes;
             }
-            if observe.is_some() && self.runs_ddl(tag, total) {
-                self.shared.schema_generation.fetch_add(1, Ordering::Relaxed);
-            }
+            // Recorded once the message has gone out: the DDL statement itself is not affected.
+            let ddl = observe.as_ref().and_then(|_| self.ddl_sql(tag, total));
             if let Some(c) = observe.as_ref().filter(|_| tag != fe::BIND) {
                 self.observe_sql(c, tag, total);
             }
@@ -388,9 +386,13 @@ impl Session<'_> {
                 server: &mut leased.lease.statements,
                 client: &mut self.statements,
                 replaying: self.replaying > 0,
-                schema: self.shared.schema_generation.load(Ordering::Relaxed),
+                schema: self.shared.ddl.generation(),
+                ddl: &self.shared.ddl,
             };
             let result = outbound.message(tag, &self.cbuf[..total]);
+            if let Some(ddl) = ddl {
+                self.shared.ddl.record(&String::from_utf8_lossy(&ddl));
+            }
             if let Some(c) = observe.as_ref().filter(|_| tag == fe::BIND) {
                 // After the Bind went out: a statement like DISCARD ALL may drop the client's statements.
                 self.observe_sql(c, tag, total);

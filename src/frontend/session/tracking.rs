@@ -97,9 +97,9 @@ impl Session<'_> {
         }
     }
 
-    /// True if the SQL this message runs is DDL (CREATE/ALTER/DROP), which may change the types
+    /// The SQL this message runs if it is DDL (CREATE/ALTER/DROP), which may change the types
     /// and row shapes prepared statements were made with.
-    pub(super) fn runs_ddl(&self, tag: u8, total: usize) -> bool {
+    pub(super) fn ddl_sql(&self, tag: u8, total: usize) -> Option<Vec<u8>> {
         let body = &self.cbuf[5..total];
         let sql = match tag {
             fe::QUERY => messages::read_cstr(body).map(|(q, _)| q),
@@ -110,7 +110,7 @@ impl Session<'_> {
                 .map(|s| s.query()),
             _ => None,
         };
-        sql.is_some_and(|q| [&b"create"[..], b"alter", b"drop"].iter().any(|w| starts_with_word(q, w)))
+        sql.filter(|q| [&b"create"[..], b"alter", b"drop"].iter().any(|w| starts_with_word(q, w))).map(<[u8]>::to_vec)
     }
 
     /// Brings a newly leased server connection to the client's settings (answers swallowed).
