@@ -148,19 +148,20 @@ impl Floor {
         error_on_timeout: bool,
         exclude: &[usize],
     ) -> ReadPlan {
-        let mut candidates: Vec<usize> = snapshot.followers.iter().copied().filter(|n| !exclude.contains(n)).collect();
+        let followers = &snapshot.followers;
+        let allowed = |n: usize| !exclude.contains(&n);
         match self.level {
             Level::Strong => return ReadPlan::Leader("strong"),
             Level::Eventual => {
-                if let Some(max) = self.max_staleness {
-                    let max = max.as_millis() as u64;
-                    candidates.retain(|&n| snapshot.nodes[n].replay_lag_ms <= max);
-                }
-                return balancer.pick(&candidates, &[]).map_or(ReadPlan::Leader("no_follower"), ReadPlan::Follower);
+                let max = self.max_staleness.map_or(u64::MAX, |d| d.as_millis() as u64);
+                let fresh = |n: usize| allowed(n) && snapshot.nodes[n].replay_lag_ms <= max;
+                return balancer
+                    .pick_where(followers, fresh)
+                    .map_or(ReadPlan::Leader("no_follower"), ReadPlan::Follower);
             }
             _ => {}
         }
-        if candidates.is_empty() {
+        if !followers.iter().any(|&n| allowed(n)) {
             return ReadPlan::Leader("no_follower");
         }
         if !self.settle_leader(snapshot, positions, wait).await {
@@ -177,7 +178,12 @@ impl Floor {
         // Otherwise staying on that node needs no floor (it only moves forward); moving does.
         if let Some((node, incarnation, _)) = self.last_read {
             let s = positions.nodes[node].sample();
-            if candidates.contains(&node) && s.incarnation == incarnation && s.sent_at > 0 && s.lsn >= self.lsn {
+            if followers.contains(&node)
+                && allowed(node)
+                && s.incarnation == incarnation
+                && s.sent_at > 0
+                && s.lsn >= self.lsn
+            {
                 return ReadPlan::Follower(node);
             }
             if !self.fold_last_read(snapshot, positions, wait).await {
@@ -189,10 +195,10 @@ impl Floor {
             let s = positions.nodes[n].sample();
             s.sent_at > 0 && s.lsn >= floor
         };
-        let ready: Vec<usize> = candidates.iter().copied().filter(|&n| reached(n)).collect();
-        if let Some(node) = balancer.pick(&ready, &[]) {
+        if let Some(node) = balancer.pick_where(followers, |n| allowed(n) && reached(n)) {
             return ReadPlan::Follower(node);
         }
+        let candidates: Vec<usize> = followers.iter().copied().filter(|&n| allowed(n)).collect();
         let started = std::time::Instant::now();
         let waited = positions.wait_for(&candidates, wait, |_, s| s.sent_at > 0 && s.lsn >= floor).await;
         metrics::histogram!(crate::metrics::CONSISTENCY_WAIT).record(started.elapsed().as_secs_f64());

@@ -85,6 +85,7 @@ impl Classifier {
         // Load the catalog after the generation: a swap in between makes this
         // entry's generation stale, never the other way round.
         let mut classification = classify(sql, &self.catalog.load());
+        classification.keyword = fp.first_keyword;
         if matches!(classification.reason, Reason::Unparsed | Reason::UnparsedRead) {
             self.unparsed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(sql = %sql.chars().take(200).collect::<String>(), target = ?classification.target, "SQL did not parse");

@@ -207,6 +207,8 @@ pub struct Classification {
     /// floor), whatever reason decided the route: `BEGIN; INSERT ...; COMMIT` routes as a
     /// transaction but writes.
     pub writes: bool,
+    /// The first keyword (set by the [`Classifier`]), so callers can skip work cheaply.
+    pub keyword: Keyword,
     /// Whether this result depends only on the fingerprint and may be cached.
     /// False when it carries literal values (SET values, set_config arguments)
     /// or depends on one (`EXPLAIN (ANALYZE 'off')`).
@@ -225,6 +227,7 @@ impl Classification {
             hint: None,
             statement_count: 1,
             writes: false,
+            keyword: Keyword::None,
             cacheable: true,
         }
     }

@@ -36,7 +36,12 @@ impl Balancer {
 
     /// One of `candidates` not in `exclude`, or None.
     pub fn pick(&self, candidates: &[usize], exclude: &[usize]) -> Option<usize> {
-        let usable = || candidates.iter().copied().filter(|c| !exclude.contains(c));
+        self.pick_where(candidates, |n| !exclude.contains(&n))
+    }
+
+    /// One of the `candidates` that `usable` accepts, or None; allocates nothing (per read unit).
+    pub fn pick_where(&self, candidates: &[usize], usable: impl Fn(usize) -> bool) -> Option<usize> {
+        let usable = || candidates.iter().copied().filter(|&n| usable(n));
         let count = usable().count();
         if count <= 1 {
             return usable().next();
@@ -45,11 +50,10 @@ impl Balancer {
             Balance::LeastOutstanding => {
                 // Ties break at random, so an idle cluster still spreads reads (a rotating
                 // counter would lock into step with clients that lease twice per statement).
-                let start = rand::thread_rng().gen_range(0..count);
-                let usable: Vec<usize> = usable().collect();
-                (0..count)
-                    .map(|i| usable[(start + i) % count])
-                    .min_by_key(|&n| self.outstanding[n].load(Ordering::Relaxed))
+                let load = |n: usize| self.outstanding[n].load(Ordering::Relaxed);
+                let least = usable().map(load).min()?;
+                let ties = usable().filter(|&n| load(n) == least).count();
+                usable().filter(|&n| load(n) == least).nth(rand::thread_rng().gen_range(0..ties))
             }
             Balance::RoundRobin => usable().nth(self.next.fetch_add(1, Ordering::Relaxed) % count),
             Balance::Random => usable().nth(rand::thread_rng().gen_range(0..count)),

@@ -360,7 +360,7 @@ impl Session<'_> {
                 self.unit_wrote |= c.writes;
             }
             // Recorded once the message has gone out: the DDL statement itself is not affected.
-            let ddl = observe.as_ref().and_then(|_| self.ddl_sql(tag, total));
+            let ddl = observe.as_ref().filter(|c| is_ddl(c)).and_then(|_| self.ddl_sql(tag, total));
             if let Some(c) = observe.as_ref().filter(|_| tag != fe::BIND) {
                 self.observe_sql(c, tag, total);
             }
@@ -368,7 +368,7 @@ impl Session<'_> {
                 // The client now waits for what was answered so far: nothing may be held back.
                 self.release_hold();
             }
-            if tag == fe::QUERY && !self.plan_sql_prepare(total) {
+            if tag == fe::QUERY && !self.plan_sql_prepare(total, class.as_deref()) {
                 self.consume(total);
                 continue;
             }
@@ -469,6 +469,20 @@ impl Session<'_> {
                 drop(Object::take(leased.lease));
             }
         }
+    }
+}
+
+/// DDL may change the types and row shapes prepared statements were made with.
+fn is_ddl(c: &Classification) -> bool {
+    use crate::route::Keyword;
+    matches!(c.keyword, Keyword::Create | Keyword::Alter | Keyword::Drop)
+}
+
+/// SQL text for classification: borrowed when it is UTF-8 (the usual case), lossy otherwise.
+fn sql_text(sql: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(sql) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(sql),
     }
 }
 

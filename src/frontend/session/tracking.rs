@@ -5,13 +5,18 @@ use super::*;
 impl Session<'_> {
     /// SQL-level PREPARE/EXECUTE/DEALLOCATE: prepares the statement on this connection first
     /// when needed, or answers the query itself. False when the query must not be sent.
-    pub(super) fn plan_sql_prepare(&mut self, total: usize) -> bool {
+    pub(super) fn plan_sql_prepare(&mut self, total: usize, class: Option<&Classification>) -> bool {
+        use crate::route::Keyword;
+        let keyword = class.map_or(Keyword::None, |c| c.keyword);
+        if !matches!(keyword, Keyword::Prepare | Keyword::Execute | Keyword::Deallocate | Keyword::Explain) {
+            return true; // the first keyword already rules it out: no second look at the text
+        }
         // In a failed transaction PostgreSQL rejects these unchanged (25P02): let it.
         if self.tx_status == b'E' {
             return true;
         }
         let Some((sql, _)) = messages::read_cstr(&self.cbuf[5..total]) else { return true };
-        let sql = String::from_utf8_lossy(sql);
+        let sql = sql_text(sql);
         let query = sql_prepared::inspect(&sql);
         if matches!(query, SqlPrepare::Other) {
             return true;

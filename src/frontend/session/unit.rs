@@ -13,12 +13,10 @@ impl Session<'_> {
         let classifier = &self.shared.classifier;
         let named = |body: &[u8]| messages::read_cstr(body).map(|(name, _)| name.to_vec());
         let statement_name = match tag {
-            fe::QUERY => {
-                return messages::read_cstr(body).map(|(q, _)| classifier.classify(&String::from_utf8_lossy(q)))
-            }
+            fe::QUERY => return messages::read_cstr(body).map(|(q, _)| classifier.classify(&sql_text(q))),
             fe::PARSE => {
                 let (_, rest) = messages::read_cstr(body)?;
-                return messages::read_cstr(rest).map(|(q, _)| classifier.classify(&String::from_utf8_lossy(q)));
+                return messages::read_cstr(rest).map(|(q, _)| classifier.classify(&sql_text(q)));
             }
             fe::BIND => messages::read_cstr(body).and_then(|(_, rest)| named(rest))?,
             fe::DESCRIBE if body.first() == Some(&b'S') => named(&body[1..])?,
@@ -26,7 +24,7 @@ impl Session<'_> {
         };
         let statement = self.statements.get_mut(&statement_name)?;
         if statement.classification.is_none() {
-            statement.classification = Some(classifier.classify(&String::from_utf8_lossy(statement.query())));
+            statement.classification = Some(classifier.classify(&sql_text(statement.query())));
         }
         statement.classification.clone()
     }
