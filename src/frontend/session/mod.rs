@@ -147,9 +147,10 @@ pub async fn run(stream: TcpStream, login: ClientLogin, shared: &Shared) -> Resu
         mode: shared.config.proxy.pool_mode,
         client_rd,
         client_wr,
-        cbuf: BytesMut::with_capacity(8 * 1024),
-        to_client: BytesMut::with_capacity(8 * 1024),
-        to_server: BytesMut::with_capacity(8 * 1024),
+        // Small to start: idle clients should cost little; reads reserve room as they go.
+        cbuf: BytesMut::with_capacity(1024),
+        to_client: BytesMut::new(),
+        to_server: BytesMut::new(),
         server: None,
         pools: vec![None; shared.config.nodes.len()],
         inflight: Inflight::default(),
@@ -241,6 +242,9 @@ impl Session<'_> {
     /// Waits for the first socket that can make progress in either direction.
     async fn next_event(&mut self) -> Result<Event, ProxyError> {
         let want_client = self.to_server.len() < HIGH_WATER;
+        if self.cbuf.capacity() - self.cbuf.len() < 512 {
+            self.cbuf.reserve(8 * 1024);
+        }
         let want_server = self.to_client.len() < HIGH_WATER;
         let (client_rd, client_wr) = (&mut self.client_rd, &mut self.client_wr);
         let (cbuf, to_client, to_server) = (&mut self.cbuf, &mut self.to_client, &mut self.to_server);
@@ -252,6 +256,9 @@ impl Session<'_> {
             .map_err(ProxyError::ClientIo);
         };
         let conn = &mut *leased.lease;
+        if conn.rbuf.capacity() - conn.rbuf.len() < 4096 {
+            conn.rbuf.reserve(16 * 1024);
+        }
         tokio::select! {
             r = client_wr.write_buf(to_client), if !to_client.is_empty() => Ok(r.map(|_| Event::Wrote)?),
             r = conn.writer.write_buf(to_server), if !to_server.is_empty() => {
