@@ -24,7 +24,7 @@ const SUITE_TIMEOUT: Duration = Duration::from_secs(600);
 /// One cluster for every test of this binary: node1 (the first follower) applies WAL 300 ms late.
 fn cluster() -> &'static TestCluster {
     static CLUSTER: OnceLock<TestCluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
+    static_cluster(&CLUSTER, || {
         TestCluster::start(2, |spec| {
             spec.follower_conf = vec![vec![("recovery_min_apply_delay".into(), "300ms".into())], vec![]]
         })

@@ -63,7 +63,7 @@ impl TestCluster {
 /// One cluster shared by every test of a binary (each test uses its own database).
 pub fn shared_cluster() -> &'static TestCluster {
     static SHARED: OnceLock<TestCluster> = OnceLock::new();
-    SHARED.get_or_init(|| TestCluster::start(2, |_| {}))
+    static_cluster(&SHARED, || TestCluster::start(2, |_| {}))
 }
 
 pub fn free_port() -> u16 {
