@@ -50,10 +50,21 @@ impl Balancer {
             Balance::LeastOutstanding => {
                 // Ties break at random, so an idle cluster still spreads reads (a rotating
                 // counter would lock into step with clients that lease twice per statement).
-                let load = |n: usize| self.outstanding[n].load(Ordering::Relaxed);
-                let least = usable().map(load).min()?;
-                let ties = usable().filter(|&n| load(n) == least).count();
-                usable().filter(|&n| load(n) == least).nth(rand::thread_rng().gen_range(0..ties))
+                // One pass (loads change under us): keep the least loaded, a random one among ties.
+                let mut rng = rand::thread_rng();
+                let (mut chosen, mut least, mut ties) = (None, usize::MAX, 0u32);
+                for n in usable() {
+                    let load = self.outstanding[n].load(Ordering::Relaxed);
+                    if load < least {
+                        (chosen, least, ties) = (Some(n), load, 1);
+                    } else if load == least {
+                        ties += 1;
+                        if rng.gen_range(0..ties) == 0 {
+                            chosen = Some(n);
+                        }
+                    }
+                }
+                chosen
             }
             Balance::RoundRobin => usable().nth(self.next.fetch_add(1, Ordering::Relaxed) % count),
             Balance::Random => usable().nth(rand::thread_rng().gen_range(0..count)),

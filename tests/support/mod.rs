@@ -260,6 +260,13 @@ impl ProxyProcess {
 
 impl Drop for ProxyProcess {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The proxy's own account of a failed test, before its directory goes away.
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- pgcausal log (last {} lines)", tail.len());
+            tail.iter().rev().for_each(|l| eprintln!("{l}"));
+        }
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
