@@ -129,6 +129,8 @@ pub struct Session<'a> {
     /// A plain BEGIN answered by the proxy, sent with the first statement that picks the node.
     deferred_begin: Option<Bytes>,
     hold: Option<Hold>,
+    /// The buffers of the last hold, kept for the next (no allocation per read unit).
+    spare_hold: Hold,
     /// Bytes at the start of `cbuf` that are a unit being sent again.
     replaying: usize,
     /// Retries of the current unit (bounded, so a failing statement cannot loop).
@@ -171,6 +173,7 @@ pub async fn run(stream: TcpStream, login: ClientLogin, shared: &Shared) -> Resu
         unit_unnamed: false,
         deferred_begin: None,
         hold: None,
+        spare_hold: Hold::default(),
         replaying: 0,
         unit_retries: 0,
         force_leader: false,

@@ -75,9 +75,21 @@ impl Session<'_> {
 
     /// The held read produced its first row or finished: pass everything on.
     pub(super) fn release_hold(&mut self) {
-        if let Some(hold) = self.hold.take() {
-            self.to_client.extend_from_slice(&hold.held);
+        if let Some(mut hold) = self.hold.take() {
+            if self.to_client.is_empty() {
+                std::mem::swap(&mut self.to_client, &mut hold.held); // no copy in the usual case
+            } else {
+                self.to_client.extend_from_slice(&hold.held);
+            }
+            self.recycle_hold(hold);
         }
+    }
+
+    /// Keeps a finished hold's buffers for the next read unit.
+    fn recycle_hold(&mut self, mut hold: Hold) {
+        hold.held.clear();
+        hold.replay.clear();
+        self.spare_hold = hold;
     }
 
     /// Runs the held unit again: on the leader (a follower refused it as a write, which is then
@@ -105,6 +117,7 @@ impl Session<'_> {
         cbuf.extend_from_slice(&self.cbuf);
         self.replaying = hold.replay.len();
         self.cbuf = cbuf;
+        self.recycle_hold(hold);
     }
 
     /// Marks every statement of a refused unit as leader-only, for the classifier and this client.

@@ -239,7 +239,9 @@ impl Session<'_> {
         self.unit_executed = false;
         self.unit_unnamed = false;
         // Reads outside a transaction on a follower may be re-run: hold their answers back.
-        self.hold = (follower && self.tx_status == b'I' && self.deferred_begin.is_none()).then(Hold::default);
+        if follower && self.tx_status == b'I' && self.deferred_begin.is_none() {
+            self.hold = Some(std::mem::take(&mut self.spare_hold));
+        }
         Ok(())
     }
 }
