@@ -67,27 +67,13 @@ fn both_delayed_cluster() -> &'static TestCluster {
 // Client helpers
 // ---------------------------------------------------------------------------------------------
 
-/// A tokio-postgres error with its cause: SQLSTATE and the server's message, or the I/O error.
-fn pg(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
-    }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text += &format!(": {cause}");
-        source = cause.source();
-    }
-    text
-}
-
 async fn timed<T>(
     what: &str,
     f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(QUERY_TIMEOUT, f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {}", pg(&e))),
+        Ok(Err(e)) => Err(format!("{what}: {}", pg_error(&e))),
         Err(_) => Err(format!("{what}: no answer within {QUERY_TIMEOUT:?}")),
     }
 }

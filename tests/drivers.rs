@@ -182,13 +182,6 @@ async fn tp_connect(conn_str: &str) -> tokio_postgres::Client {
     client
 }
 
-fn pg_err(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => format!("{e:?}"),
-    }
-}
-
 /// A connection whose notifications are sent to the returned channel.
 async fn tp_listening(conn_str: &str) -> (tokio_postgres::Client, tokio::sync::mpsc::UnboundedReceiver<String>) {
     use futures::StreamExt;
@@ -222,7 +215,7 @@ async fn tp_copy(conn_str: String) {
     let out: Vec<bytes::Bytes> = client
         .copy_out("COPY (SELECT id, name FROM copy_t ORDER BY id) TO STDOUT")
         .await
-        .map_err(|e| pg_err(&e))
+        .map_err(|e| pg_error(&e))
         .expect("copy_out right after a finished copy_in")
         .try_collect()
         .await
@@ -267,7 +260,7 @@ async fn tp_copy(conn_str: String) {
     let count: i64 = client
         .query_one("SELECT count(*) FROM copy_t", &[])
         .await
-        .map_err(|e| pg_err(&e))
+        .map_err(|e| pg_error(&e))
         .expect("a query after an aborted copy_in")
         .get(0);
     assert_eq!(count, n as i64, "aborted COPY left no rows");
@@ -301,7 +294,7 @@ async fn tp_cancel(conn_str: String) {
             _ = cancel => panic!("{sql}: still running after 10 cancels"),
         };
         let err = result.expect_err("cancelled");
-        assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{sql}: {}", pg_err(&err));
+        assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{sql}: {}", pg_error(&err));
         assert!(started.elapsed() < Duration::from_secs(20));
         let after = client.query_one("SELECT 'after cancel'::text", &[]).await.unwrap();
         assert_eq!(after.get::<_, &str>(0), "after cancel");

@@ -29,27 +29,13 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
-/// A tokio-postgres error with its cause: SQLSTATE and the server's message, or the I/O error.
-fn pg(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
-    }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text += &format!(": {cause}");
-        source = cause.source();
-    }
-    text
-}
-
 async fn try_connect(conn_str: &str) -> Result<Client, String> {
     match tokio::time::timeout(QUERY_TIMEOUT, tokio_postgres::connect(conn_str, NoTls)).await {
         Ok(Ok((client, conn))) => {
             tokio::spawn(conn);
             Ok(client)
         }
-        Ok(Err(e)) => Err(format!("connect: {}", pg(&e))),
+        Ok(Err(e)) => Err(format!("connect: {}", pg_error(&e))),
         Err(_) => Err(format!("connect: no answer within {QUERY_TIMEOUT:?}")),
     }
 }
@@ -63,7 +49,7 @@ async fn try_rows(c: &Client, sql: &str) -> Result<Vec<Vec<Option<String>>>, Str
     let messages = tokio::time::timeout(QUERY_TIMEOUT, c.simple_query(sql))
         .await
         .map_err(|_| format!("{sql}: no answer within {QUERY_TIMEOUT:?}"))?
-        .map_err(|e| format!("{sql}: {}", pg(&e)))?;
+        .map_err(|e| format!("{sql}: {}", pg_error(&e)))?;
     Ok(messages
         .iter()
         .filter_map(|m| match m {
@@ -83,7 +69,7 @@ async fn exec(c: &Client, sql: &str) {
     tokio::time::timeout(QUERY_TIMEOUT, c.batch_execute(sql))
         .await
         .unwrap_or_else(|_| panic!("{sql}: no answer within {QUERY_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("{sql}: {}", pg(&e)));
+        .unwrap_or_else(|e| panic!("{sql}: {}", pg_error(&e)));
 }
 
 fn parse_port(sql: &str, text: Option<&str>) -> Result<u16, String> {
@@ -110,7 +96,7 @@ async fn try_ext_port(
     let row = tokio::time::timeout(QUERY_TIMEOUT, c.query_one(sql, params))
         .await
         .map_err(|_| format!("{sql}: no answer within {QUERY_TIMEOUT:?}"))?
-        .map_err(|e| format!("{sql}: {}", pg(&e)))?;
+        .map_err(|e| format!("{sql}: {}", pg_error(&e)))?;
     Ok(row.try_get::<_, i32>(0).map_err(|e| format!("{sql}: {e}"))? as u16)
 }
 
@@ -119,7 +105,7 @@ async fn ext_port(c: &impl tokio_postgres::GenericClient, sql: &str) -> u16 {
     let row = tokio::time::timeout(QUERY_TIMEOUT, c.query_one(sql, &[]))
         .await
         .unwrap_or_else(|_| panic!("{sql}: no answer within {QUERY_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("{sql}: {}", pg(&e)));
+        .unwrap_or_else(|e| panic!("{sql}: {}", pg_error(&e)));
     row.get::<_, i32>(0) as u16
 }
 
@@ -301,7 +287,7 @@ fn spawn_readers(
                             .await
                             {
                                 Ok(Ok(stmt)) => Ok((c, stmt)),
-                                Ok(Err(e)) => Err(format!("prepare: {}", pg(&e))),
+                                Ok(Err(e)) => Err(format!("prepare: {}", pg_error(&e))),
                                 Err(_) => Err("prepare: no answer".to_string()),
                             },
                             Err(e) => Err(e),
@@ -321,7 +307,7 @@ fn spawn_readers(
                         0 | 2 => try_simple_port(c, "SELECT inet_server_port()").await,
                         1 => match tokio::time::timeout(QUERY_TIMEOUT, c.query_one(stmt, &[&1i32])).await {
                             Ok(Ok(r)) => r.try_get::<_, i32>(0).map(|p| p as u16).map_err(|e| e.to_string()),
-                            Ok(Err(e)) => Err(format!("prepared read: {}", pg(&e))),
+                            Ok(Err(e)) => Err(format!("prepared read: {}", pg_error(&e))),
                             Err(_) => Err("prepared read: no answer".to_string()),
                         },
                         _ => try_ext_port(c, "SELECT inet_server_port()", &[]).await,
@@ -422,7 +408,7 @@ fn reads_spread_over_both_followers_and_writes_go_to_the_leader() {
             let r = c
                 .query_one(&stmt, &[&i])
                 .await
-                .unwrap_or_else(|e| panic!("prepared extended read {i}: {}\n{}", pg(&e), p.log()));
+                .unwrap_or_else(|e| panic!("prepared extended read {i}: {}\n{}", pg_error(&e), p.log()));
             assert_eq!(r.get::<_, i32>(1), i, "prepared extended read {i}: wrong parameter echoed");
             prepared.push(r.get::<_, i32>(0) as u16);
         }
@@ -433,7 +419,7 @@ fn reads_spread_over_both_followers_and_writes_go_to_the_leader() {
             let r = c
                 .query_one("SELECT inet_server_port(), $1::int4", &[&i])
                 .await
-                .unwrap_or_else(|e| panic!("extended read {i}: {}\n{}", pg(&e), p.log()));
+                .unwrap_or_else(|e| panic!("extended read {i}: {}\n{}", pg_error(&e), p.log()));
             assert_eq!(r.get::<_, i32>(1), i, "extended read {i}: wrong parameter echoed");
             ad_hoc.push(r.get::<_, i32>(0) as u16);
         }
@@ -515,7 +501,7 @@ fn reads_spread_over_both_followers_and_writes_go_to_the_leader() {
                     if sql.contains("nextval") { &[&param64] } else { &[&param] };
                 let seen = match tokio::time::timeout(QUERY_TIMEOUT, c.query_one(sql, params)).await {
                     Err(_) => Err(format!("no answer within {QUERY_TIMEOUT:?}")),
-                    Ok(Err(e)) => Err(pg(&e)),
+                    Ok(Err(e)) => Err(pg_error(&e)),
                     Ok(Ok(r)) => Ok((r.get::<_, i32>(0) as u16, r.get::<_, String>(1))),
                 };
                 check_write(sql, "extended", seen);
@@ -529,12 +515,12 @@ fn reads_spread_over_both_followers_and_writes_go_to_the_leader() {
             "DROP TABLE ddl_simple2",
         ] {
             if let Err(e) = c.batch_execute(sql).await {
-                problems.check(false, || format!("{sql}: {}", pg(&e)));
+                problems.check(false, || format!("{sql}: {}", pg_error(&e)));
             }
         }
         match c.execute("UPDATE t SET v = v WHERE id = $1", &[&1i32]).await {
             Ok(n) => problems.check(n == 1, || format!("extended UPDATE changed {n} rows")),
-            Err(e) => problems.check(false, || format!("extended UPDATE: {}", pg(&e))),
+            Err(e) => problems.check(false, || format!("extended UPDATE: {}", pg_error(&e))),
         }
     });
     problems.finish();

@@ -344,3 +344,17 @@ pub fn clean_up_at_exit(cluster: &'static TestCluster) {
     });
     CLUSTERS.lock().unwrap_or_else(|e| e.into_inner()).push(cluster);
 }
+
+/// A tokio-postgres error with its cause: SQLSTATE and the server's message, or the I/O error.
+pub fn pg_error(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text += &format!(": {cause}");
+        source = cause.source();
+    }
+    text
+}
