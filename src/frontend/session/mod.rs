@@ -372,7 +372,7 @@ impl Session<'_> {
             // Recorded once the message has gone out: the DDL statement itself is not affected.
             let ddl = observe.as_ref().filter(|c| is_ddl(c)).and_then(|_| self.ddl_sql(tag, total));
             if let Some(c) = observe.as_ref().filter(|_| tag != fe::BIND) {
-                self.observe_sql(c, tag, total);
+                self.observe_sql(c);
             }
             if tag == fe::FLUSH {
                 // The client now waits for what was answered so far: nothing may be held back.
@@ -405,7 +405,7 @@ impl Session<'_> {
             }
             if let Some(c) = observe.as_ref().filter(|_| tag == fe::BIND) {
                 // After the Bind went out: a statement like DISCARD ALL may drop the client's statements.
-                self.observe_sql(c, tag, total);
+                self.observe_sql(c);
             }
             self.consume(total);
             self.refused(result?);

@@ -69,9 +69,7 @@ impl Session<'_> {
     }
 
     /// Tracks the session state a Query or Parse changes.
-    pub(super) fn observe_sql(&mut self, classification: &Classification, tag: u8, total: usize) {
-        // A Bind's body names a statement, not SQL; its classification was that statement's.
-        let total = if tag == fe::BIND { 5 } else { total };
+    pub(super) fn observe_sql(&mut self, classification: &Classification) {
         if !classification.session.is_empty() {
             self.settings.apply(&classification.session);
         }
@@ -80,15 +78,9 @@ impl Session<'_> {
                 metrics::counter!(crate::metrics::SESSION_PINS, "kind" => kind).increment(1);
             }
         }
-        let body = &self.cbuf[5.min(total)..total];
-        let sql = match tag {
-            fe::PARSE => messages::read_cstr(body).and_then(|(_, rest)| messages::read_cstr(rest)).map(|(q, _)| q),
-            fe::QUERY => messages::read_cstr(body).map(|(q, _)| q),
-            _ => None,
-        };
         // DISCARD ALL and DEALLOCATE drop the server's statements, ours included.
         let discard = classification.session.contains(&SessionEffect::DiscardAll);
-        if discard || sql.is_some_and(|q| starts_with_word(q, b"deallocate")) {
+        if discard || classification.keyword == crate::route::Keyword::Deallocate {
             if let Some(leased) = self.server.as_mut() {
                 leased.lease.statements.clear();
             }
