@@ -19,7 +19,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage, ToStatement};
+use tokio_postgres::{Client, NoTls, ToStatement};
 
 /// No single statement should take this long; a hang fails instead of blocking.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -81,13 +81,7 @@ async fn timed<T>(
 /// All rows of a simple-protocol query, as text.
 async fn simple_rows(c: &Client, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
     let messages = timed(sql, c.simple_query(sql)).await?;
-    Ok(messages
-        .iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()),
-            _ => None,
-        })
-        .collect())
+    Ok(simple_query_rows(&messages))
 }
 
 /// The first row of a simple-protocol query.

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, NoTls};
 
 /// No single statement of these tests should take this long; a hang fails instead of blocking.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -50,13 +50,7 @@ async fn try_rows(c: &Client, sql: &str) -> Result<Vec<Vec<Option<String>>>, Str
         .await
         .map_err(|_| format!("{sql}: no answer within {QUERY_TIMEOUT:?}"))?
         .map_err(|e| format!("{sql}: {}", pg_error(&e)))?;
-    Ok(messages
-        .iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()),
-            _ => None,
-        })
-        .collect())
+    Ok(simple_query_rows(&messages))
 }
 
 /// The first row of a simple-protocol query; panics on an error or no row.

@@ -358,3 +358,16 @@ pub fn pg_error(e: &tokio_postgres::Error) -> String {
     }
     text
 }
+
+/// The rows of a simple-query answer, as optional text values.
+pub fn simple_query_rows(messages: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Vec<Option<String>>> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect()
+}
