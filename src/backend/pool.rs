@@ -15,33 +15,35 @@ pub type Lease = managed::Object<Manager>;
 pub struct Manager {
     login: Login,
     connect_timeout: Duration,
-    lifetime: Duration,
     reset_query: String,
     metrics: Arc<NodeMetrics>,
 }
 
 impl managed::Manager for Manager {
-    type Type = ServerConn;
+    /// Boxed: deadpool moves its objects several times per lease, so they should be a pointer.
+    type Type = Box<ServerConn>;
     type Error = BackendError;
 
-    async fn create(&self) -> Result<ServerConn, BackendError> {
+    async fn create(&self) -> Result<Box<ServerConn>, BackendError> {
         let result = ServerConn::connect(&self.login, self.connect_timeout).await;
         self.metrics.connect_result(result.is_ok());
         let mut conn = result?;
         conn.gauge = Some(self.metrics.server_connection());
-        Ok(conn)
+        Ok(Box::new(conn))
     }
 
-    async fn recycle(&self, conn: &mut ServerConn, _: &Metrics) -> RecycleResult<BackendError> {
-        if conn.created.elapsed() > self.lifetime {
-            return Err(RecycleError::message("lifetime exceeded"));
-        }
+    /// Runs on every lease, so it reads no clock: lifetimes are enforced by `reap_idle`.
+    async fn recycle(&self, conn: &mut Box<ServerConn>, _: &Metrics) -> RecycleResult<BackendError> {
         // Anything the server sent while idle (a FATAL, a notification) makes it unfit to share.
         if conn.has_pending_input() {
             return Err(RecycleError::message("unsolicited server input"));
         }
         if conn.needs_reset {
-            conn.run(&self.reset_query).await?;
+            // Bounded here rather than by deadpool's recycle timeout, which would wrap every lease.
+            match tokio::time::timeout(self.connect_timeout, conn.run(&self.reset_query)).await {
+                Ok(result) => result?,
+                Err(_) => return Err(RecycleError::message("reset query timed out")),
+            }
             // The reset query may have dropped them (DISCARD ALL does).
             conn.statements.clear();
             crate::frontend::sql_prepared::server_discarded(&mut conn.sql_statements);
@@ -113,7 +115,6 @@ impl Pools {
                 database: database.to_string(),
             },
             connect_timeout: self.connect_timeout,
-            lifetime: self.lifetime,
             reset_query: self.reset_query.clone(),
             metrics: n.metrics.clone(),
         };
@@ -121,7 +122,6 @@ impl Pools {
             .max_size(self.size)
             .wait_timeout(Some(self.acquire_timeout))
             .create_timeout(Some(self.connect_timeout))
-            .recycle_timeout(Some(self.connect_timeout))
             .runtime(deadpool::Runtime::Tokio1)
             .build()
             .expect("runtime and timeouts are set");
@@ -129,12 +129,13 @@ impl Pools {
         pool
     }
 
-    /// Closes idle connections past `idle_timeout`; run periodically.
+    /// Closes idle connections past `idle_timeout` or `lifetime`; run periodically (a busy
+    /// connection past its lifetime goes at the first reap that finds it idle).
     pub fn reap_idle(&self) {
         for n in &self.nodes {
             let pools: Vec<Pool> = n.pools.lock().expect("pool map poisoned").values().cloned().collect();
             for p in pools {
-                p.retain(|_, m| m.last_used() < self.idle_timeout);
+                p.retain(|conn, m| m.last_used() < self.idle_timeout && conn.created.elapsed() < self.lifetime);
             }
         }
     }

@@ -50,19 +50,19 @@ impl ClientSettings {
         self.failed = true;
     }
 
-    /// At ReadyForQuery 'I': settles the transaction's changes and returns what the server carries
-    /// now (unknown when a failed transaction had changes: savepoints may have kept some).
-    pub fn end_transaction(&mut self) -> Settings {
-        let pending = self.pending.take();
+    /// At ReadyForQuery 'I': settles the transaction's changes and updates what the server
+    /// carries now (unknown when a failed transaction had changes: savepoints may have kept some).
+    /// Without changes the server already carries the committed settings: nothing to copy.
+    pub fn end_transaction(&mut self, server: &mut Settings) {
         let failed = std::mem::take(&mut self.failed);
-        match pending {
-            Some(p) if !failed => {
-                self.committed = p;
-                self.committed.clone()
-            }
-            Some(p) if p != self.committed => Settings::unknown(),
-            _ => self.committed.clone(),
+        let Some(pending) = self.pending.take() else { return };
+        if !failed {
+            self.committed = pending;
+        } else if pending != self.committed {
+            *server = Settings::unknown();
+            return;
         }
+        server.clone_from(&self.committed);
     }
 }
 
@@ -158,16 +158,22 @@ mod tests {
     #[test]
     fn settings_stick_only_when_their_transaction_commits() {
         let mut s = ClientSettings::default();
+        let mut server = Settings::default();
         s.apply(&[set("search_path", "a")]);
-        assert_eq!(s.end_transaction(), s.current().clone());
+        s.end_transaction(&mut server);
+        assert_eq!(&server, s.current());
         let committed = s.current().clone();
         s.apply(&[set("search_path", "b")]);
         s.transaction_failed();
-        assert_eq!(s.end_transaction(), Settings::unknown(), "server state uncertain after a failed change");
+        s.end_transaction(&mut server);
+        assert_eq!(server, Settings::unknown(), "server state uncertain after a failed change");
         assert_eq!(s.current(), &committed, "rolled-back SET does not stick");
+        server = committed.clone(); // as the next unit's sync leaves it
         s.apply(&[SessionEffect::Set { name: "work_mem".into(), value: "'1MB'".into(), local: true }]);
-        assert_eq!(s.end_transaction(), committed);
+        s.end_transaction(&mut server);
+        assert_eq!(server, committed, "SET LOCAL leaves nothing behind");
         s.apply(&[SessionEffect::DiscardAll]);
-        assert!(s.end_transaction().is_empty());
+        s.end_transaction(&mut server);
+        assert!(server.is_empty());
     }
 }

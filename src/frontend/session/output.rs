@@ -265,7 +265,7 @@ impl ServerMessages for ServerSide<'_> {
         }
         match tag {
             b'Z' if *self.tx_status == b'I' => {
-                *self.server_settings = self.settings.end_transaction();
+                self.settings.end_transaction(self.server_settings);
                 self.transaction_ended = true;
             }
             b'E' => {

@@ -175,7 +175,9 @@ impl Session<'_> {
     /// time for one to be known and reachable.
     pub(super) async fn acquire(&mut self, want: Want) -> Result<(), ProxyError> {
         let shared = self.shared;
-        let deadline = Instant::now() + shared.config.proxy.leader_wait_timeout;
+        // Read the clock only once there is a wait: most leases need none.
+        let mut started: Option<Instant> = None;
+        let mut deadline = || *started.get_or_insert_with(Instant::now) + shared.config.proxy.leader_wait_timeout;
         let mut tried = std::mem::take(&mut self.exclude);
         loop {
             let snapshot = shared.topology.snapshot();
@@ -189,7 +191,7 @@ impl Session<'_> {
             let node = match follower {
                 Some(n) => n,
                 None => {
-                    let wait = deadline.saturating_duration_since(Instant::now());
+                    let wait = deadline().saturating_duration_since(Instant::now());
                     shared.topology.leader(wait).await.ok_or_else(|| {
                         ProxyError::NoLeader(format!("none of {} nodes is an up primary", shared.config.nodes.len()))
                     })?
@@ -200,7 +202,7 @@ impl Session<'_> {
                 // A node that refuses connections (down, starting, shutting down) is skipped for
                 // reads, and waited out for writes: the monitors will find the leader.
                 Err(ProxyError::Backend(e)) if unreachable(&e) && follower.is_some() => tried.push(node),
-                Err(ProxyError::Backend(e)) if unreachable(&e) && Instant::now() < deadline => {
+                Err(ProxyError::Backend(e)) if unreachable(&e) && Instant::now() < deadline() => {
                     tokio::time::sleep(shared.config.monitor.interval).await;
                 }
                 Err(e) => return Err(e),
@@ -215,20 +217,18 @@ impl Session<'_> {
         let pool = self.pools[node]
             .get_or_insert_with(|| shared.pools.pool(node, &login.database, &login.user, &login.password));
         let metrics = &shared.pools.nodes[node].metrics;
-        let started = Instant::now();
-        let lease = match pool.get().await {
+        let (lease, waited) = wait_timed(pool.get()).await;
+        let lease = match lease {
             Ok(lease) => lease,
             Err(PoolError::Timeout(_)) => {
                 metrics.pool_timeouts.increment(1);
-                return Err(ProxyError::PoolTimeout {
-                    node: shared.pools.nodes[node].name.clone(),
-                    waited: started.elapsed(),
-                });
+                let waited = waited.unwrap_or_default();
+                return Err(ProxyError::PoolTimeout { node: shared.pools.nodes[node].name.clone(), waited });
             }
             Err(PoolError::Backend(e)) => return Err(e.into()),
             Err(e) => return Err(ProxyError::Internal(e.to_string())),
         };
-        metrics.pool_wait.record(started.elapsed().as_secs_f64());
+        metrics.pool_wait.record(waited.map_or(0.0, |w| w.as_secs_f64()));
         if follower { &metrics.routed_reads } else { &metrics.routed_leader }.increment(1);
         self.key.target.set(node, lease.pid, lease.secret);
         let outstanding = shared.balancer.lease(node);
@@ -244,6 +244,22 @@ impl Session<'_> {
         }
         Ok(())
     }
+}
+
+/// Awaits `fut`, and how long it waited when it was not ready at once (the clock is read only
+/// then: a lease from a pool with an idle connection costs no clock read).
+async fn wait_timed<F: std::future::Future>(fut: F) -> (F::Output, Option<std::time::Duration>) {
+    let mut fut = std::pin::pin!(fut);
+    let mut started = None;
+    let output = std::future::poll_fn(|cx| {
+        let poll = fut.as_mut().poll(cx);
+        if poll.is_pending() {
+            started.get_or_insert_with(Instant::now);
+        }
+        poll
+    })
+    .await;
+    (output, started.map(|s: Instant| s.elapsed()))
 }
 
 /// A connection failure that says nothing about the client's request: try elsewhere or later.
