@@ -28,6 +28,8 @@ struct Options {
     /// Copy callgrind's output files here (for callgrind_annotate / kcachegrind).
     keep_callgrind: Option<std::path::PathBuf>,
     rss: bool,
+    /// pgcausal's `proxy.threads`.
+    threads: Option<usize>,
 }
 
 fn options() -> Options {
@@ -43,6 +45,7 @@ fn options() -> Options {
         targets: Vec::new(),
         keep_callgrind: None,
         rss: true,
+        threads: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -56,6 +59,7 @@ fn options() -> Options {
             "--cost" => o.cost = true,
             "--cost-only" => o.load = false,
             "--no-rss" => o.rss = false,
+            "--threads" => o.threads = Some(value().parse().expect("--threads N")),
             "--keep-callgrind" => o.keep_callgrind = Some(value().into()),
             _ => {} // --quick, and the --bench cargo passes
         }
@@ -124,6 +128,7 @@ fn main() {
         dir: svc_dir,
         run_as,
         nodes: cluster.nodes().into_iter().map(|n| (n.name, n.port)).collect(),
+        proxy_threads: o.threads,
     };
     eprintln!("compare: cluster up ({:?}); pgbench -i -s 10", env.nodes);
     pgbench::init(&env, 10);

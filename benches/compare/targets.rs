@@ -20,6 +20,8 @@ pub struct Env {
     pub run_as: Option<RunAs>,
     /// node ports, leader first.
     pub nodes: Vec<(String, u16)>,
+    /// pgcausal's `proxy.threads` (`--threads N`); its default when None.
+    pub proxy_threads: Option<usize>,
 }
 
 impl Env {
@@ -80,8 +82,9 @@ pub fn direct(env: &Env) -> Target {
 /// pgcausal's config: transaction pooling, default (causal) consistency, POOL_SIZE per node.
 /// `extra` is appended (TOML tables).
 pub fn pgcausal_config(env: &Env, port: u16, metrics: u16, extra: &str) -> String {
+    let threads = env.proxy_threads.map(|n| format!("threads = {n}\n")).unwrap_or_default();
     let mut c = format!(
-        "[proxy]\nlisten = \"127.0.0.1:{port}\"\npool_mode = \"transaction\"\n\
+        "[proxy]\nlisten = \"127.0.0.1:{port}\"\npool_mode = \"transaction\"\n{threads}\
          [pool]\nsize = {POOL_SIZE}\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n{extra}\n"
     );
     for (name, p) in &env.nodes {

@@ -3,7 +3,8 @@
 use super::conn::{BackendError, Login, ServerConn};
 use crate::config::Config;
 use crate::metrics::NodeMetrics;
-use deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
+use deadpool::managed::{self, Metrics, PoolError, QueueMode, RecycleError, RecycleResult, TimeoutType};
+use std::future::Future;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -54,6 +55,23 @@ impl managed::Manager for Manager {
     }
 }
 
+/// Leases a connection from `pool`, waiting at most `limit`, and says how long it waited when it
+/// was not served at once (no timer and no clock read for a lease an idle connection serves).
+pub async fn lease(pool: &Pool, limit: Duration) -> (Result<Lease, PoolError<BackendError>>, Option<Duration>) {
+    let mut get = std::pin::pin!(pool.get());
+    let first = std::future::poll_fn(|cx| match get.as_mut().poll(cx) {
+        std::task::Poll::Ready(result) => std::task::Poll::Ready(Some(result)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await;
+    if let Some(result) = first {
+        return (result, None);
+    }
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(limit, get).await.unwrap_or(Err(PoolError::Timeout(TimeoutType::Wait)));
+    (result, Some(started.elapsed()))
+}
+
 /// All pools of one node, created on first use of each (database, user).
 pub struct NodePools {
     pub name: String,
@@ -67,7 +85,7 @@ pub struct NodePools {
 pub struct Pools {
     pub nodes: Vec<NodePools>,
     size: usize,
-    acquire_timeout: Duration,
+    pub acquire_timeout: Duration,
     connect_timeout: Duration,
     lifetime: Duration,
     idle_timeout: Duration,
@@ -120,7 +138,10 @@ impl Pools {
         };
         let pool = Pool::builder(manager)
             .max_size(self.size)
-            .wait_timeout(Some(self.acquire_timeout))
+            // The wait is bounded by `lease`, which arms a timer only when there is a wait.
+            .wait_timeout(None)
+            // Most recently used first: a warm working set, and the rest can idle out.
+            .queue_mode(QueueMode::Lifo)
             .create_timeout(Some(self.connect_timeout))
             .runtime(deadpool::Runtime::Tokio1)
             .build()

@@ -253,6 +253,7 @@ impl Session<'_> {
         let (cbuf, to_client, to_server) = (&mut self.cbuf, &mut self.to_client, &mut self.to_server);
         let Some(leased) = self.server.as_mut() else {
             return tokio::select! {
+                biased; // fixed order, no random draw per wait: output first keeps buffers short
                 r = client_wr.write_buf(to_client), if !to_client.is_empty() => r.map(|_| Event::Wrote),
                 r = client_rd.read_buf(cbuf), if want_client => r.map(Event::ClientRead),
             }
@@ -263,6 +264,7 @@ impl Session<'_> {
             conn.rbuf.reserve(16 * 1024);
         }
         tokio::select! {
+            biased;
             r = client_wr.write_buf(to_client), if !to_client.is_empty() => Ok(r.map(|_| Event::Wrote)?),
             r = conn.writer.write_buf(to_server), if !to_server.is_empty() => {
                 Ok(r.map_or_else(Event::ServerFailed, |_| Event::Wrote))

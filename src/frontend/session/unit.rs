@@ -217,7 +217,7 @@ impl Session<'_> {
         let pool = self.pools[node]
             .get_or_insert_with(|| shared.pools.pool(node, &login.database, &login.user, &login.password));
         let metrics = &shared.pools.nodes[node].metrics;
-        let (lease, waited) = wait_timed(pool.get()).await;
+        let (lease, waited) = crate::backend::pool::lease(pool, shared.pools.acquire_timeout).await;
         let lease = match lease {
             Ok(lease) => lease,
             Err(PoolError::Timeout(_)) => {
@@ -244,22 +244,6 @@ impl Session<'_> {
         }
         Ok(())
     }
-}
-
-/// Awaits `fut`, and how long it waited when it was not ready at once (the clock is read only
-/// then: a lease from a pool with an idle connection costs no clock read).
-async fn wait_timed<F: std::future::Future>(fut: F) -> (F::Output, Option<std::time::Duration>) {
-    let mut fut = std::pin::pin!(fut);
-    let mut started = None;
-    let output = std::future::poll_fn(|cx| {
-        let poll = fut.as_mut().poll(cx);
-        if poll.is_pending() {
-            started.get_or_insert_with(Instant::now);
-        }
-        poll
-    })
-    .await;
-    (output, started.map(|s: Instant| s.elapsed()))
 }
 
 /// A connection failure that says nothing about the client's request: try elsewhere or later.
