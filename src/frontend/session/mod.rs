@@ -225,6 +225,7 @@ impl Session<'_> {
     async fn pump(&mut self) -> Result<(), ProxyError> {
         loop {
             self.process_client().await?;
+            self.write_through_to_server()?;
             let released = self.maybe_release();
             if self.closing {
                 return Ok(());
@@ -274,6 +275,21 @@ impl Session<'_> {
             }
             r = client_rd.read_buf(cbuf), if want_client => Ok(r.map(Event::ClientRead)?),
         }
+    }
+
+    /// Sends what was just queued for the server at once when its socket takes it: one syscall,
+    /// no wait in `select!` for writability that is almost always there.
+    fn write_through_to_server(&mut self) -> Result<(), ProxyError> {
+        let Some(leased) = self.server.as_mut() else { return Ok(()) };
+        if self.to_server.is_empty() {
+            return Ok(());
+        }
+        match leased.lease.writer.try_write(&self.to_server) {
+            Ok(n) => self.to_server.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => self.server_lost(e)?,
+        }
+        Ok(())
     }
 
     fn has_complete_message(&self) -> bool {
