@@ -176,6 +176,12 @@ impl Inflight {
         (verdict, outcome)
     }
 
+    /// Whether a reply of the proxy's own is at the head of the queue.
+    pub fn replies_due(&mut self) -> bool {
+        self.drop_markers();
+        matches!(self.queue.front(), Some(Request::Reply(_)))
+    }
+
     /// Emits the proxy's own replies that are now at the head of the queue.
     pub fn emit_due_replies(&mut self, out: &mut BytesMut) {
         loop {

@@ -53,8 +53,10 @@ pub trait ServerMessages {
     fn streams(&self, tag: u8) -> bool {
         streams(tag)
     }
-    /// Runs after each whole message was passed on or dropped: where replies now due are emitted.
-    fn after(&mut self, out: &mut bytes::BytesMut);
+    /// Whether the proxy owes the client replies of its own now (checked after each whole
+    /// message); then `emit` appends them, after what was passed on so far.
+    fn replies_due(&mut self) -> bool;
+    fn emit(&mut self, out: &mut bytes::BytesMut);
 }
 
 /// Walks server output message by message without decoding rows: a callback decides, per
@@ -74,25 +76,29 @@ impl BackendScanner {
     }
 
     /// Scans `buf`, appending what the client should get to `out`; returns how many bytes of
-    /// `buf` were used (a trailing partial message waits for more input).
+    /// `buf` were used (a trailing partial message waits for more input). Consecutive forwarded
+    /// messages are copied as one run.
     #[inline]
     pub fn scan(&mut self, buf: &[u8], out: &mut bytes::BytesMut, sink: &mut impl ServerMessages) -> usize {
         let mut pos = 0;
+        // buf[run..pos] is forwarded and not yet copied to `out`.
+        let mut run = 0;
         loop {
             if self.skip > 0 {
                 let n = self.skip.min(buf.len() - pos);
-                if self.skip_forward {
-                    out.extend_from_slice(&buf[pos..pos + n]);
+                if !self.skip_forward {
+                    out.extend_from_slice(&buf[run..pos]);
+                    run = pos + n;
                 }
                 pos += n;
                 self.skip -= n;
                 if self.skip > 0 {
-                    return pos;
+                    break;
                 }
             }
             let rest = &buf[pos..];
             if rest.len() < HEADER_LEN {
-                return pos;
+                break;
             }
             let tag = rest[0];
             let total = i32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]).max(4) as usize + 1;
@@ -102,15 +108,21 @@ impl BackendScanner {
                 continue;
             }
             if rest.len() < total {
-                return pos;
+                break;
             }
-            let msg = &rest[..total];
-            if sink.decide(tag, msg) == Verdict::Forward {
-                out.extend_from_slice(msg);
+            if sink.decide(tag, &rest[..total]) == Verdict::Swallow {
+                out.extend_from_slice(&buf[run..pos]);
+                run = pos + total;
             }
-            sink.after(out);
             pos += total;
+            if sink.replies_due() {
+                out.extend_from_slice(&buf[run..pos]);
+                run = pos;
+                sink.emit(out);
+            }
         }
+        out.extend_from_slice(&buf[run..pos]);
+        pos
     }
 }
 
@@ -151,7 +163,10 @@ mod tests {
                     Verdict::Forward
                 }
             }
-            fn after(&mut self, _: &mut bytes::BytesMut) {}
+            fn replies_due(&mut self) -> bool {
+                false
+            }
+            fn emit(&mut self, _: &mut bytes::BytesMut) {}
         }
         let mut scanner = BackendScanner::default();
         let (mut sink, mut out, mut buf) = (Seen(vec![]), bytes::BytesMut::new(), vec![]);

@@ -3,6 +3,8 @@
 //! Hit path: fingerprint (no allocation), one quick_cache lookup (an `Arc`
 //! clone), a generation check, one relaxed counter increment. quick_cache was
 //! chosen over moka::sync after measuring hits at ~20 ns vs ~160 ns.
+//! Parsed statements (`$n` parameters, the same text every time) are looked up
+//! by their exact text first: a hash of the bytes costs a fraction of a fingerprint.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +18,13 @@ use crate::route::{classify, fingerprint, Classification, Fingerprint, FunctionC
 struct Entry {
     /// Catalog generation the result was computed with; older ones are misses.
     generation: u64,
+    classification: Arc<Classification>,
+}
+
+/// A classification by exact statement text (the text is kept: a hash alone could collide).
+struct Exact {
+    generation: u64,
+    text: Box<str>,
     classification: Arc<Classification>,
 }
 
@@ -39,6 +48,11 @@ pub struct Classifier {
     leader_only: Cache<u64, ()>,
     catalog: ArcSwap<FunctionCatalog>,
     generation: AtomicU64,
+    /// Parsed statement text -> classification.
+    exact: Cache<u64, Arc<Exact>>,
+    /// Bumped with `generation` and whenever a statement is remembered as leader-only (which
+    /// may concern any text of its fingerprint).
+    exact_generation: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
     unparsed: AtomicU64,
@@ -61,6 +75,8 @@ impl Classifier {
             leader_only: Cache::new((capacity / 10).max(64)),
             catalog: ArcSwap::new(catalog),
             generation: AtomicU64::new(0),
+            exact: Cache::new(capacity),
+            exact_generation: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             unparsed: AtomicU64::new(0),
@@ -70,6 +86,28 @@ impl Classifier {
     /// Classifies `sql`, from the cache when possible.
     pub fn classify(&self, sql: &str) -> Arc<Classification> {
         self.classify_fingerprinted(sql, &fingerprint(sql))
+    }
+
+    /// Classifies the text of a Parse message: clients send the same parameterised text again
+    /// and again, so it is looked up by exact text before any fingerprinting.
+    pub fn classify_statement(&self, sql: &str) -> Arc<Classification> {
+        let key = {
+            let mut hasher = rustc_hash::FxHasher::default();
+            std::hash::Hasher::write(&mut hasher, sql.as_bytes());
+            std::hash::Hasher::finish(&hasher)
+        };
+        let generation = self.exact_generation.load(Ordering::Acquire);
+        if let Some(entry) = self.exact.get(&key) {
+            if entry.generation == generation && *entry.text == *sql {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Arc::clone(&entry.classification);
+            }
+        }
+        // Exact text makes even literal-dependent results reusable.
+        let classification = self.classify(sql);
+        let entry = Exact { generation, text: sql.into(), classification: Arc::clone(&classification) };
+        self.exact.insert(key, Arc::new(entry));
+        classification
     }
 
     /// Like [`classify`](Self::classify) for a caller that already computed `fingerprint(sql)`.
@@ -111,6 +149,7 @@ impl Classifier {
         tracing::info!(fingerprint = fp.hash, "follower rejected statement; routing it to the leader from now on");
         self.leader_only.insert(fp.hash, ());
         self.cache.remove(&fp.hash);
+        self.exact_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Swaps in a new function catalog. Cached results may depend on the old
@@ -118,7 +157,9 @@ impl Classifier {
     pub fn set_catalog(&self, catalog: Arc<FunctionCatalog>) {
         self.catalog.store(catalog);
         self.generation.fetch_add(1, Ordering::AcqRel);
+        self.exact_generation.fetch_add(1, Ordering::AcqRel);
         self.cache.clear();
+        self.exact.clear();
     }
 
     pub fn catalog(&self) -> Arc<FunctionCatalog> {
@@ -180,5 +221,22 @@ mod tests {
         // Survives a catalog swap.
         c.set_catalog(Arc::new(FunctionCatalog::builtin()));
         assert_eq!(c.classify("SELECT my_writer(4)").target, Target::Leader);
+    }
+
+    #[test]
+    fn statements_hit_by_exact_text_and_follow_invalidations() {
+        let c = Classifier::default();
+        let sql = "SELECT app.fn($1)";
+        let a = c.classify_statement(sql);
+        assert!(Arc::ptr_eq(&a, &c.classify_statement(sql)), "second Parse of the same text is a hit");
+        assert_eq!(a.target, Target::Follower);
+        // A text of the same fingerprint refused by a follower sends this one to the leader too.
+        c.remember_leader_only("select  APP.fn($1)");
+        assert_eq!(c.classify_statement(sql).target, Target::Leader);
+        let catalog = FunctionCatalog::from_pg_proc([("app", "other", 'v')], &FunctionOverrides::default());
+        c.set_catalog(Arc::new(catalog));
+        assert_eq!(c.classify_statement("SELECT app.other($1)").target, Target::Leader);
+        // Literal-dependent results are exact for their own text.
+        assert_ne!(c.classify_statement("SET search_path = a").session, c.classify_statement("SET search_path = b").session);
     }
 }

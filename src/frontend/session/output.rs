@@ -280,7 +280,11 @@ impl ServerMessages for ServerSide<'_> {
         verdict
     }
 
-    fn after(&mut self, out: &mut BytesMut) {
+    fn replies_due(&mut self) -> bool {
+        self.inflight.replies_due()
+    }
+
+    fn emit(&mut self, out: &mut BytesMut) {
         self.inflight.emit_due_replies(out);
     }
 }

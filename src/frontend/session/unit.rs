@@ -16,7 +16,7 @@ impl Session<'_> {
             fe::QUERY => return messages::read_cstr(body).map(|(q, _)| classifier.classify(&sql_text(q))),
             fe::PARSE => {
                 let (_, rest) = messages::read_cstr(body)?;
-                return messages::read_cstr(rest).map(|(q, _)| classifier.classify(&sql_text(q)));
+                return messages::read_cstr(rest).map(|(q, _)| classifier.classify_statement(&sql_text(q)));
             }
             fe::BIND => messages::read_cstr(body).and_then(|(_, rest)| named(rest))?,
             fe::DESCRIBE if body.first() == Some(&b'S') => named(&body[1..])?,
@@ -24,7 +24,7 @@ impl Session<'_> {
         };
         let statement = self.statements.get_mut(&statement_name)?;
         if statement.classification.is_none() {
-            statement.classification = Some(classifier.classify(&sql_text(statement.query())));
+            statement.classification = Some(classifier.classify_statement(&sql_text(statement.query())));
         }
         statement.classification.clone()
     }
