@@ -4,8 +4,8 @@ use super::conn::{BackendError, Login, ServerConn};
 use crate::config::Config;
 use crate::metrics::NodeMetrics;
 use deadpool::managed::{self, Metrics, PoolError, QueueMode, RecycleError, RecycleResult, TimeoutType};
-use std::future::Future;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,7 +26,8 @@ impl managed::Manager for Manager {
     type Error = BackendError;
 
     async fn create(&self) -> Result<Box<ServerConn>, BackendError> {
-        let result = ServerConn::connect(&self.login, self.connect_timeout).await;
+        // Boxed: a connect's state is large and rare; inline it would sit in every session's future.
+        let result = Box::pin(ServerConn::connect(&self.login, self.connect_timeout)).await;
         self.metrics.connect_result(result.is_ok());
         let mut conn = result?;
         conn.gauge = Some(self.metrics.server_connection());
@@ -41,7 +42,7 @@ impl managed::Manager for Manager {
         }
         if conn.needs_reset {
             // Bounded here rather than by deadpool's recycle timeout, which would wrap every lease.
-            match tokio::time::timeout(self.connect_timeout, conn.run(&self.reset_query)).await {
+            match Box::pin(tokio::time::timeout(self.connect_timeout, conn.run(&self.reset_query))).await {
                 Ok(result) => result?,
                 Err(_) => return Err(RecycleError::message("reset query timed out")),
             }

@@ -96,7 +96,7 @@ impl Floor {
     async fn settle_leader(&mut self, snapshot: &Snapshot, positions: &Positions, wait: Duration) -> bool {
         let Some(after) = self.leader_after else { return true };
         let Some(leader) = snapshot.leader else { return false };
-        match positions.sample_after(leader, after, wait).await {
+        match Box::pin(positions.sample_after(leader, after, wait)).await {
             Some(sample) => {
                 self.lsn = self.lsn.max(sample.lsn);
                 self.leader_after = None;
@@ -109,7 +109,7 @@ impl Floor {
     /// Folds the last read's node position (observed after it completed) into the floor.
     async fn fold_last_read(&mut self, snapshot: &Snapshot, positions: &Positions, wait: Duration) -> bool {
         let Some((node, incarnation, completed)) = self.last_read else { return true };
-        let on_node = match positions.sample_after(node, completed, wait).await {
+        let on_node = match Box::pin(positions.sample_after(node, completed, wait)).await {
             Some(s) if s.incarnation == incarnation => Some(s.lsn),
             _ => None,
         };
@@ -117,7 +117,7 @@ impl Floor {
         let lsn = match on_node {
             Some(lsn) => Some(lsn),
             None => match snapshot.leader {
-                Some(l) => positions.sample_after(l, completed, wait).await.map(|s| s.lsn),
+                Some(l) => Box::pin(positions.sample_after(l, completed, wait)).await.map(|s| s.lsn),
                 None => None,
             },
         };
@@ -200,7 +200,7 @@ impl Floor {
         }
         let candidates: Vec<usize> = followers.iter().copied().filter(|&n| allowed(n)).collect();
         let started = std::time::Instant::now();
-        let waited = positions.wait_for(&candidates, wait, |_, s| s.sent_at > 0 && s.lsn >= floor).await;
+        let waited = Box::pin(positions.wait_for(&candidates, wait, |_, s| s.sent_at > 0 && s.lsn >= floor)).await;
         metrics::histogram!(crate::metrics::CONSISTENCY_WAIT).record(started.elapsed().as_secs_f64());
         match waited {
             Some(node) => ReadPlan::Follower(node),

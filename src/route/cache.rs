@@ -237,6 +237,9 @@ mod tests {
         c.set_catalog(Arc::new(catalog));
         assert_eq!(c.classify_statement("SELECT app.other($1)").target, Target::Leader);
         // Literal-dependent results are exact for their own text.
-        assert_ne!(c.classify_statement("SET search_path = a").session, c.classify_statement("SET search_path = b").session);
+        assert_ne!(
+            c.classify_statement("SET search_path = a").session,
+            c.classify_statement("SET search_path = b").session
+        );
     }
 }

@@ -181,13 +181,14 @@ pub async fn run(stream: TcpStream, login: ClientLogin, shared: &Shared) -> Resu
         login,
         shared,
     };
-    if let Err(e) = session.start().await {
-        super::fail(&mut session.client_wr, &e).await;
+    // Login and failure paths are boxed: their state would otherwise sit in every session's future.
+    if let Err(e) = Box::pin(session.start()).await {
+        Box::pin(super::fail(&mut session.client_wr, &e)).await;
         return Err(e);
     }
     let result = session.pump().await;
     if let Err(e) = &result {
-        super::fail(&mut session.client_wr, e).await;
+        Box::pin(super::fail(&mut session.client_wr, e)).await;
     }
     session.finish();
     result
@@ -253,6 +254,10 @@ impl Session<'_> {
         let (client_rd, client_wr) = (&mut self.client_rd, &mut self.client_wr);
         let (cbuf, to_client, to_server) = (&mut self.cbuf, &mut self.to_client, &mut self.to_server);
         let Some(leased) = self.server.as_mut() else {
+            // Idle between units: give back what a large result or COPY made the buffers grow to.
+            shrink_if_idle(cbuf, 1024);
+            shrink_if_idle(to_server, 0);
+            shrink_if_idle(to_client, 0);
             return tokio::select! {
                 biased; // fixed order, no random draw per wait: output first keeps buffers short
                 r = client_wr.write_buf(to_client), if !to_client.is_empty() => r.map(|_| Event::Wrote),
@@ -323,7 +328,7 @@ impl Session<'_> {
             }
             let class = self.classify_message(tag, total);
             if tag == fe::QUERY && class.as_ref().is_some_and(|c| c.is_proxy_command()) {
-                self.answer_proxy_command(class.as_deref().expect("checked")).await;
+                Box::pin(self.answer_proxy_command(class.as_deref().expect("checked"))).await;
                 self.consume(total);
                 continue;
             }
@@ -500,6 +505,15 @@ impl Session<'_> {
     }
 }
 
+/// Buffers above this size are released when empty and idle (each client keeps little).
+const KEEP_IDLE: usize = 64 * 1024;
+
+fn shrink_if_idle(buf: &mut BytesMut, initial: usize) {
+    if buf.is_empty() && buf.capacity() > KEEP_IDLE {
+        *buf = BytesMut::with_capacity(initial);
+    }
+}
+
 /// DDL may change the types and row shapes prepared statements were made with.
 fn is_ddl(c: &Classification) -> bool {
     use crate::route::Keyword;
@@ -558,6 +572,17 @@ mod tests {
             ]
         );
         assert!(starts_with_word(b"  DEALLOCATE ALL", b"deallocate"));
+    }
+
+    #[test]
+    fn idle_buffers_give_back_what_a_large_result_grew() {
+        let mut big = BytesMut::with_capacity(1 << 20);
+        shrink_if_idle(&mut big, 1024);
+        assert!(big.capacity() < KEEP_IDLE);
+        let mut busy = BytesMut::with_capacity(1 << 20);
+        busy.extend_from_slice(b"x");
+        shrink_if_idle(&mut busy, 1024);
+        assert!(busy.capacity() >= 1 << 20, "a buffer with bytes in it is kept");
         assert!(!starts_with_word(b"deallocated", b"deallocate"));
     }
 }

@@ -190,9 +190,10 @@ impl Session<'_> {
             };
             let node = match follower {
                 Some(n) => n,
+                None if snapshot.leader.is_some() => snapshot.leader.expect("checked"),
                 None => {
                     let wait = deadline().saturating_duration_since(Instant::now());
-                    shared.topology.leader(wait).await.ok_or_else(|| {
+                    Box::pin(shared.topology.leader(wait)).await.ok_or_else(|| {
                         ProxyError::NoLeader(format!("none of {} nodes is an up primary", shared.config.nodes.len()))
                     })?
                 }
@@ -203,7 +204,7 @@ impl Session<'_> {
                 // reads, and waited out for writes: the monitors will find the leader.
                 Err(ProxyError::Backend(e)) if unreachable(&e) && follower.is_some() => tried.push(node),
                 Err(ProxyError::Backend(e)) if unreachable(&e) && Instant::now() < deadline() => {
-                    tokio::time::sleep(shared.config.monitor.interval).await;
+                    Box::pin(tokio::time::sleep(shared.config.monitor.interval)).await;
                 }
                 Err(e) => return Err(e),
             }
