@@ -28,15 +28,42 @@ ROUNDS = 150
 RYW_ROUNDS = 200
 
 
-async def settle():
-    """Sessions are causally consistent each on its own; a NEW session is only promised what the
-    followers have replayed. The test cluster's delayed follower replays 300 ms late, so a check
-    that reads on a fresh connection what another connection wrote waits this long first."""
-    await asyncio.sleep(1.5)
+# Causal tokens of the connections whose writes later checks read on other connections. Each
+# session is causally consistent on its own, but a NEW session is only promised what the followers
+# have replayed (one of them replays 300 ms late) until it adopts the writers' tokens.
+TOKENS: list = []
+
+
+async def publish_token(conn: asyncpg.Connection):
+    """Records a causal token covering conn's committed writes, for the sessions opened after.
+
+    pgcausal answers SHOW pgcausal.lsn only over the simple query protocol, and asyncpg reads rows
+    only over the extended one (there the SHOW reaches PostgreSQL: 42704). So the token is the
+    leader's flush position read after the writes committed (pg_current_wal_flush_lsn is routed to
+    the leader), which covers them: what the proxy itself samples after a write, and a form
+    SET pgcausal.min_lsn accepts."""
+    assert not conn.is_in_transaction(), "uncommitted writes"
+    token = await conn.fetchval("SELECT pg_current_wal_flush_lsn()::text")
+    if token not in TOKENS:
+        TOKENS.append(token)
+
+
+async def adopt_tokens(conn: asyncpg.Connection):
+    """Makes conn's reads see everything the connections that published a token had written.
+    execute() without arguments uses the simple query protocol, where pgcausal answers the SET."""
+    for token in list(TOKENS):
+        await conn.execute(f"SET pgcausal.min_lsn = '{token}'")
 
 
 async def connect(**kw) -> asyncpg.Connection:
-    return await asyncpg.connect(host=HOST, port=PORT, user=USER, password=PASSWORD, database=DBNAME, timeout=10, **kw)
+    """A new session that starts causally after every token published so far."""
+    conn = await asyncpg.connect(host=HOST, port=PORT, user=USER, password=PASSWORD, database=DBNAME, timeout=10, **kw)
+    try:
+        await adopt_tokens(conn)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
 
 
 CHECKS = []
@@ -67,6 +94,7 @@ async def setup_schema():
             INSERT INTO evolving VALUES (1, 'a');
             """
         )
+        await publish_token(conn)
     finally:
         await conn.close()
 
@@ -102,6 +130,7 @@ async def prepared_worker(k: int):
             assert await conn.fetchval("SELECT $1::int * 2 + $2::int", i, k) == i * 2 + k
             # The explicit statement outside a transaction too.
             assert tuple(await count.fetchrow(k)) == (i + 1, pk)
+        await publish_token(conn)  # the count below runs on another connection
     finally:
         await conn.close()
 
@@ -110,7 +139,6 @@ async def prepared_worker(k: int):
 async def prepared_statements_and_cache_across_transactions():
     # Six clients over four server connections per node: statements move between backends.
     await asyncio.gather(*(prepared_worker(k) for k in range(6)))
-    await settle()
     conn = await connect()
     try:
         assert await conn.fetchval("SELECT count(*) FROM items") == 6 * ROUNDS
@@ -222,6 +250,8 @@ async def same_sql_after_another_client_recreated_a_type():
                 await c.execute("INSERT INTO moods (tag, m) VALUES ($1, $2)", f"{tag}{k}", "ok")
             for t in trs:
                 await t.commit()
+            for c in conns:
+                await publish_token(c)  # admin counts these rows below
         finally:
             for c in conns:
                 await c.close()
@@ -230,14 +260,17 @@ async def same_sql_after_another_client_recreated_a_type():
     try:
         await admin.execute("DROP TABLE IF EXISTS moods; DROP TYPE IF EXISTS mood2; "
                             "CREATE TYPE mood2 AS ENUM ('sad', 'ok'); CREATE TABLE moods (tag text, m mood2)")
-        await settle()  # asyncpg introspects the new type on other connections, on a follower
+        # asyncpg introspects the new type on the other connections, possibly on a follower:
+        # they start after admin's token.
+        await publish_token(admin)
         await insert_on_busy_connections("before")
         await admin.execute("DROP TYPE mood2 CASCADE; CREATE TYPE mood2 AS ENUM ('ok', 'great'); "
                             "ALTER TABLE moods ADD COLUMN m mood2")
-        await settle()
+        await publish_token(admin)
         await insert_on_busy_connections("after")
-        # The inserts ran in other sessions: read on the leader (a new session is not promised them).
-        assert await admin.fetchval("/* pgcausal:leader */ SELECT count(*) FROM moods WHERE m = 'ok'") == 4
+        # The inserts ran in other sessions: admin adopts their tokens before counting.
+        await adopt_tokens(admin)
+        assert await admin.fetchval("SELECT count(*) FROM moods WHERE m = 'ok'") == 4
     finally:
         await admin.close()
 
@@ -402,7 +435,9 @@ async def cancel():
         await tr.rollback()
         assert await conn.fetchval("SELECT 'after rollback'", timeout=10) == "after rollback"
         assert time.monotonic() - t0 < 10
-        # The server really stopped sleeping: nothing of ours still runs pg_sleep.
+        # The server really stopped sleeping: nothing of ours still runs pg_sleep. pg_sleep is
+        # routed to the leader (a volatile function) and pg_stat_activity shows only the backends
+        # of the node it is read on, so this read must run on the leader.
         n = await conn.fetchval(
             "/* pgcausal:leader */ SELECT count(*) FROM pg_stat_activity "
             "WHERE query LIKE 'SELECT pg_sleep(%' AND state = 'active' AND pid <> pg_backend_pid()"
@@ -469,7 +504,6 @@ async def read_your_writes():
 
 async def main():
     await setup_schema()
-    await settle()
     failed = []
     only = [n for n in os.environ.get("DRIVER_CHECKS", "").split(",") if n]  # for debugging
     selected = [f for f in CHECKS if not only or f.__name__ in only]

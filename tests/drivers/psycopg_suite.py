@@ -23,17 +23,55 @@ ROUNDS = 150  # prepared/parameterised statements reused across this many transa
 RYW_ROUNDS = 200
 
 
-def settle():
-    """Sessions are causally consistent each on its own; a NEW session is only promised what the
-    followers have replayed. The test cluster's delayed follower replays 300 ms late, so a check
-    that reads on a fresh connection what another connection wrote waits this long first."""
-    time.sleep(1.5)
+# Causal tokens of the connections whose writes later checks read on other connections. Each
+# session is causally consistent on its own, but a NEW session is only promised what the followers
+# have replayed (one of them replays 300 ms late) until it adopts the writers' tokens.
+TOKENS: list = []
+TOKENS_LOCK = threading.Lock()
+
+
+def publish_token(conn: psycopg.Connection):
+    """Records conn's causal token (covering its committed writes) for the sessions opened after.
+    pgcausal answers SHOW/SET pgcausal.* only over the simple query protocol: psycopg sends a
+    statement without parameters that way when it is not prepared and not in a pipeline."""
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE, "uncommitted writes"
+    autocommit = conn.autocommit
+    conn.autocommit = True  # no BEGIN before the SHOW
+    try:
+        token = conn.execute("SHOW pgcausal.lsn", prepare=False).fetchone()[0]
+    finally:
+        conn.autocommit = autocommit
+    with TOKENS_LOCK:
+        if token not in TOKENS:
+            TOKENS.append(token)
+
+
+def adopt_tokens(conn: psycopg.Connection):
+    """Makes conn's reads see everything the connections that published a token had written."""
+    with TOKENS_LOCK:
+        tokens = list(TOKENS)
+    autocommit = conn.autocommit
+    conn.autocommit = True
+    try:
+        for token in tokens:
+            conn.execute(f"SET pgcausal.min_lsn = '{token}'", prepare=False)
+    finally:
+        conn.autocommit = autocommit
 
 
 def connect(**kw) -> psycopg.Connection:
-    return psycopg.connect(
-        host=HOST, port=PORT, user=USER, password=PASSWORD, dbname=DBNAME, connect_timeout=10, **kw
+    """A new session that starts causally after every token published so far."""
+    autocommit = kw.pop("autocommit", False)
+    conn = psycopg.connect(
+        host=HOST, port=PORT, user=USER, password=PASSWORD, dbname=DBNAME, connect_timeout=10, autocommit=True, **kw
     )
+    try:
+        adopt_tokens(conn)
+        conn.autocommit = autocommit
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 CHECKS = []
@@ -75,6 +113,7 @@ def setup_schema():
             CREATE TABLE pipe_t (id int PRIMARY KEY, v text);
             """
         )
+        publish_token(conn)
 
 
 def prepared_worker(k: int, errors_out: list):
@@ -102,6 +141,7 @@ def prepared_worker(k: int, errors_out: list):
                 conn.commit()
             # psycopg really prepared them on the server (it counts executions per query).
             assert len(conn._prepared._names) >= 3, conn._prepared._names
+            publish_token(conn)  # the count below runs on another connection
     except BaseException:
         errors_out.append(f"worker {k}: {traceback.format_exc()}")
 
@@ -116,7 +156,6 @@ def prepared_statements_reused_across_transactions():
     for t in threads:
         t.join()
     assert not errs, "\n".join(errs)
-    settle()
     with connect(autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM items").fetchone() == (6 * ROUNDS,)
 
@@ -429,7 +468,6 @@ def read_your_writes():
 
 def main():
     setup_schema()
-    settle()
     failed = []
     only = [n for n in os.environ.get("DRIVER_CHECKS", "").split(",") if n]  # for debugging
     selected = [f for f in CHECKS if not only or f.__name__ in only]

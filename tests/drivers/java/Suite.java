@@ -23,6 +23,7 @@ import org.postgresql.PGConnection;
 import org.postgresql.PGNotification;
 import org.postgresql.PGStatement;
 import org.postgresql.copy.CopyManager;
+import org.postgresql.jdbc.PreferQueryMode;
 import org.postgresql.util.PSQLException;
 
 public class Suite {
@@ -31,6 +32,19 @@ public class Suite {
     static final int ROUNDS = 150;
     static final int RYW_ROUNDS = 200;
 
+    /** Causal tokens of the connections whose writes later checks read on other connections. Each
+     *  session is causally consistent on its own, but a NEW session is only promised what the
+     *  followers have replayed (one of them replays 300 ms late) until it adopts the writers' tokens. */
+    static final Set<String> TOKENS = new CopyOnWriteArraySet<>();
+
+    /** pgcausal answers SHOW pgcausal.lsn only over the simple query protocol, which pgjdbc uses
+     *  for plain Statements only with preferQueryMode=simple or extendedForPrepared. Connections
+     *  that publish a token are opened with this; their PreparedStatements stay extended. */
+    static final String PUBLISHES_TOKEN = "preferQueryMode=extendedForPrepared";
+
+    /** A new session that starts causally after every token published so far: the tokens are
+     *  startup options (-c pgcausal.min_lsn=...), which pgcausal applies itself at login. (A SET
+     *  sent over the extended protocol, as pgjdbc sends plain statements by default, is not.) */
     static Connection connect(String extra) throws SQLException {
         Properties p = new Properties();
         p.setProperty("user", user);
@@ -38,6 +52,9 @@ public class Suite {
         p.setProperty("prepareThreshold", "1");
         p.setProperty("connectTimeout", "10");
         p.setProperty("sslmode", "disable");
+        StringBuilder options = new StringBuilder();
+        for (String token : TOKENS) options.append(options.length() == 0 ? "" : " ").append("-c pgcausal.min_lsn=").append(token);
+        if (options.length() > 0) p.setProperty("options", options.toString());
         String url = "jdbc:postgresql://" + host + ":" + port + "/" + db + (extra.isEmpty() ? "" : "?" + extra);
         return DriverManager.getConnection(url, p);
     }
@@ -46,11 +63,15 @@ public class Suite {
         return connect("");
     }
 
-    /** Sessions are causally consistent each on its own; a NEW session is only promised what the
-     *  followers have replayed. The test cluster's delayed follower replays 300 ms late, so a check
-     *  that reads on a fresh connection what another connection wrote waits this long first. */
-    static void settle() throws InterruptedException {
-        Thread.sleep(1500);
+    /** Records c's causal token (covering its committed writes) for the sessions opened after. */
+    static void publishToken(Connection c) throws SQLException {
+        PreferQueryMode mode = c.unwrap(PGConnection.class).getPreferQueryMode();
+        check(mode == PreferQueryMode.SIMPLE || mode == PreferQueryMode.EXTENDED_FOR_PREPARED, "connect with " + PUBLISHES_TOKEN);
+        c.setAutoCommit(true); // commits; and no BEGIN before the SHOW
+        try (Statement s = c.createStatement(); ResultSet rs = s.executeQuery("SHOW pgcausal.lsn")) {
+            check(rs.next(), "SHOW pgcausal.lsn answered no row");
+            TOKENS.add(rs.getString(1));
+        }
     }
 
     static void check(boolean ok, String what) {
@@ -72,7 +93,7 @@ public class Suite {
     static final LinkedHashMap<String, Check> CHECKS = new LinkedHashMap<>();
 
     static void setup() throws SQLException {
-        try (Connection c = connect(); Statement s = c.createStatement()) {
+        try (Connection c = connect(PUBLISHES_TOKEN); Statement s = c.createStatement()) {
             s.execute("DROP TABLE IF EXISTS items, kinds, batch_t, copy_t, ryw, ryw_counter");
             s.execute("CREATE TABLE items (id int PRIMARY KEY, worker int, name text, price numeric(12,2))");
             s.execute("CREATE TABLE kinds (id int PRIMARY KEY, i8 bigint, f8 float8, num numeric, b bytea, ts timestamptz, d date, u uuid, arr int[], flag bool)");
@@ -81,6 +102,7 @@ public class Suite {
             s.execute("CREATE TABLE ryw (id int PRIMARY KEY, v text)");
             s.execute("CREATE TABLE ryw_counter (id int PRIMARY KEY, n int)");
             s.execute("INSERT INTO ryw_counter VALUES (1, 0)");
+            publishToken(c);
         }
     }
 
@@ -122,7 +144,6 @@ public class Suite {
             }
             pool.shutdown();
             for (Future<?> f : futures) f.get(300, TimeUnit.SECONDS);
-            settle();
             try (Connection c = connect(); Statement s = c.createStatement(); ResultSet rs = s.executeQuery("SELECT count(*) FROM items")) {
                 rs.next();
                 eq(rs.getInt(1), 6 * ROUNDS, "rows");
@@ -464,7 +485,7 @@ public class Suite {
     }
 
     static void preparedWorker(int k) throws Exception {
-        try (Connection c = connect()) {
+        try (Connection c = connect(PUBLISHES_TOKEN)) { // its statements are all prepared: extended
             c.setAutoCommit(false);
             try (PreparedStatement ins = c.prepareStatement("INSERT INTO items (id, worker, name, price) VALUES (?, ?, ?, ?)");
                  PreparedStatement count = c.prepareStatement("SELECT count(*), max(id) FROM items WHERE worker = ?");
@@ -501,6 +522,7 @@ public class Suite {
                 }
                 check(ins.unwrap(PGStatement.class).isUseServerPrepare(), "server-side prepared");
             }
+            publishToken(c); // the count in the check runs on another connection
         }
     }
 
@@ -511,7 +533,6 @@ public class Suite {
         password = args[3];
         db = args[4];
         setup();
-        settle();
         String only = System.getenv().getOrDefault("DRIVER_CHECKS", "");
         List<String> failed = new ArrayList<>();
         int ran = 0;

@@ -17,9 +17,30 @@ const ROUNDS = 150
 const RYW_ROUNDS = 200
 const config = { host: HOST, port: Number(PORT), user: USER, password: PASSWORD, database: DBNAME, connectionTimeoutMillis: 10000 }
 
+// Causal tokens of the connections whose writes later checks read on other connections. Each
+// session is causally consistent on its own, but a NEW session is only promised what the followers
+// have replayed (one of them replays 300 ms late) until it adopts the writers' tokens.
+const TOKENS = []
+
+// Records c's causal token (covering its committed writes) for the sessions opened after.
+// pgcausal answers SHOW/SET pgcausal.* only over the simple query protocol: pg sends a query
+// without values that way.
+async function publishToken(c) {
+  const token = (await c.query({ text: 'SHOW pgcausal.lsn', rowMode: 'array' })).rows[0][0]
+  assert.match(token, /^\d+\/[0-9a-f]+\/[0-9a-f]+$/i, `SHOW pgcausal.lsn answered ${token}`)
+  if (!TOKENS.includes(token)) TOKENS.push(token)
+}
+
+// A new session that starts causally after every token published so far.
 async function connect() {
   const c = new pg.Client(config)
   await c.connect()
+  try {
+    for (const token of [...TOKENS]) await c.query(`SET pgcausal.min_lsn = '${token}'`)
+  } catch (e) {
+    await c.end()
+    throw e
+  }
   return c
 }
 
@@ -33,16 +54,12 @@ async function withClient(fn) {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
-// Sessions are causally consistent each on its own; a NEW session is only promised what the
-// followers have replayed. The test cluster's delayed follower replays 300 ms late, so a check
-// that reads on a fresh connection what another connection wrote waits this long first.
-const settle = () => sleep(1500)
 const CHECKS = []
 const check = (name, fn) => CHECKS.push({ name, fn })
 
 async function setupSchema() {
-  await withClient((c) =>
-    c.query(`
+  await withClient(async (c) => {
+    await c.query(`
       DROP TABLE IF EXISTS items, kinds, copy_t, ryw, ryw_counter;
       CREATE TABLE items (id int PRIMARY KEY, worker int, name text, price numeric(12,2));
       CREATE TABLE kinds (id int PRIMARY KEY, i8 bigint, f8 float8, b bytea, ts timestamptz, j jsonb, arr int[], flag bool);
@@ -51,7 +68,8 @@ async function setupSchema() {
       CREATE TABLE ryw_counter (id int PRIMARY KEY, n int);
       INSERT INTO ryw_counter VALUES (1, 0);
     `)
-  )
+    await publishToken(c)
+  })
 }
 
 check('scram_login_and_simple_query', () =>
@@ -81,13 +99,13 @@ async function preparedWorker(k) {
       const again = await c.query({ name: 'count_items', text: 'SELECT count(*)::int AS n, max(id) AS m FROM items WHERE worker = $1', values: [k] })
       assert.equal(again.rows[0].n, i + 1)
     }
+    await publishToken(c) // the count below runs on another connection
   })
 }
 
 check('named_and_parameterised_statements_across_transactions', async () => {
   // Six clients over four server connections per node: statements move between backends.
   await Promise.all([0, 1, 2, 3, 4, 5].map(preparedWorker))
-  await settle()
   await withClient(async (c) => {
     assert.equal((await c.query('SELECT count(*)::int AS n FROM items')).rows[0].n, 6 * ROUNDS)
   })
@@ -261,7 +279,6 @@ check('read_your_writes', () =>
 
 async function main() {
   await setupSchema()
-  await settle()
   const only = (process.env.DRIVER_CHECKS || '').split(',').filter(Boolean)
   const failed = []
   const selected = CHECKS.filter((c) => !only.length || only.includes(c.name))
