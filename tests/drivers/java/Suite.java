@@ -485,7 +485,8 @@ public class Suite {
     }
 
     static void preparedWorker(int k) throws Exception {
-        try (Connection c = connect(PUBLISHES_TOKEN)) { // its statements are all prepared: extended
+        // PUBLISHES_TOKEN changes nothing tested here: every statement is a PreparedStatement (extended).
+        try (Connection c = connect(PUBLISHES_TOKEN)) {
             c.setAutoCommit(false);
             try (PreparedStatement ins = c.prepareStatement("INSERT INTO items (id, worker, name, price) VALUES (?, ?, ?, ?)");
                  PreparedStatement count = c.prepareStatement("SELECT count(*), max(id) FROM items WHERE worker = ?");
