@@ -29,6 +29,11 @@ pub enum ProxyError {
     NoFollower,
     #[error("{0}")]
     Backend(#[from] BackendError),
+    #[error(
+        "pgcausal.* commands are answered by the proxy only when sent alone as a simple query (not \
+         prepared, not with other statements); use a simple query or a startup option (-c pgcausal.name=value)"
+    )]
+    ProxyCommandNotAlone,
     #[error("internal error: {0}")]
     Internal(String),
     #[error("client connection: {0}")]
@@ -47,6 +52,7 @@ impl ProxyError {
             ProxyError::TooManyClients | ProxyError::PoolTimeout { .. } => "53300",
             ProxyError::NoLeader(_) | ProxyError::NoFollower | ProxyError::FloorTimeout(_) => "57P03",
             ProxyError::Backend(b) => b.sqlstate(),
+            ProxyError::ProxyCommandNotAlone => "0A000",
             ProxyError::Internal(_) => "XX000",
             ProxyError::ClientIo(_) => "08006",
         }

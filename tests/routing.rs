@@ -699,6 +699,24 @@ fn hints_and_pins_route_to_the_leader() {
         }
         assert_all_on_followers(cluster, "reads after SET pgcausal.route = auto", &ports);
 
+        // Prepared (extended protocol) or among other statements, a pgcausal.* command is refused
+        // with 0A000, never passed on: PostgreSQL would keep it as a custom setting on a shared
+        // connection, where the next client would find it.
+        for (what, outcome) in [
+            ("prepared SET", c.execute("SET pgcausal.min_lsn = '1/0/3000148'", &[]).await.map(|_| ())),
+            ("prepared SHOW", c.query("SHOW pgcausal.lsn", &[]).await.map(|_| ())),
+            ("SET with another statement", c.batch_execute("SET pgcausal.route = leader; SELECT 1").await),
+        ] {
+            let e = outcome.expect_err(what);
+            let code = e.as_db_error().map(|d| d.code().code().to_string());
+            assert_eq!(code.as_deref(), Some("0A000"), "{what}: {}", pg_error(&e));
+        }
+        assert_eq!(row(&c, "SHOW pgcausal.route").await, vec![Some("auto".to_string())], "refused SET changed nothing");
+        for _ in 0..6 {
+            let seen = row(&bystander, "SELECT current_setting('pgcausal.min_lsn', true), current_setting('pgcausal.route', true)").await;
+            assert_eq!(seen, vec![None, None], "a refused pgcausal.* command reached a shared server connection");
+        }
+
         // LISTEN pins the session to the leader.
         let listener = connect(&p, db).await;
         exec(&listener, "LISTEN routing_channel").await;

@@ -266,6 +266,11 @@ impl Classification {
         self.cacheable &= next.cacheable;
     }
 
+    /// True when the string has a `pgcausal.*` command in it (alone or not).
+    pub fn has_proxy_command(&self) -> bool {
+        self.session.iter().any(SessionEffect::is_proxy_command)
+    }
+
     /// True when the whole string is a single `pgcausal.*` command the proxy answers itself.
     pub fn is_proxy_command(&self) -> bool {
         self.statement_count == 1 && self.session.iter().any(SessionEffect::is_proxy_command)

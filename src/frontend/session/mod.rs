@@ -327,9 +327,15 @@ impl Session<'_> {
                 continue;
             }
             let class = self.classify_message(tag, total);
-            if tag == fe::QUERY && class.as_ref().is_some_and(|c| c.is_proxy_command()) {
-                Box::pin(self.answer_proxy_command(class.as_deref().expect("checked"))).await;
-                self.consume(total);
+            if let Some(c) = class.as_deref().filter(|c| matches!(tag, fe::QUERY | fe::PARSE) && c.has_proxy_command())
+            {
+                if tag == fe::QUERY && c.is_proxy_command() {
+                    Box::pin(self.answer_proxy_command(c)).await;
+                    self.consume(total);
+                } else {
+                    // Sent on, PostgreSQL would keep it as a custom setting on a shared connection.
+                    self.refuse_message(tag, total, &ProxyError::ProxyCommandNotAlone);
+                }
                 continue;
             }
             if self.server.is_none() {
@@ -357,13 +363,7 @@ impl Session<'_> {
                 }
                 let want = self.want(class.as_deref());
                 if let Err(e) = self.acquire(want).await {
-                    self.consume(total);
-                    self.refuse(&e);
-                    if matches!(tag, fe::QUERY | fe::SYNC | fe::FUNCTION_CALL) {
-                        self.answer_sync();
-                    } else {
-                        self.discard_until_sync = true;
-                    }
+                    self.refuse_message(tag, total, &e);
                     continue;
                 }
                 self.sync_settings();
@@ -481,6 +481,18 @@ impl Session<'_> {
             None => &mut self.to_client,
         };
         self.inflight.push(Request::Reply(reply), out);
+    }
+
+    /// Refuses one client message with an error, as a server would: a Query (or Sync, or
+    /// FunctionCall) is then done; an extended-protocol message skips the rest up to Sync.
+    fn refuse_message(&mut self, tag: u8, total: usize, e: &ProxyError) {
+        self.consume(total);
+        self.refuse(e);
+        if matches!(tag, fe::QUERY | fe::SYNC | fe::FUNCTION_CALL) {
+            self.answer_sync();
+        } else {
+            self.discard_until_sync = true;
+        }
     }
 
     /// Answers with an ErrorResponse (severity ERROR) for a failure the session survives.
