@@ -367,8 +367,8 @@ fn tokio_postgres_copy_cancel_listen_and_read_your_writes() {
                  INSERT INTO ryw_counter VALUES (1, 0)"],
         None,
     ));
-    // New sessions below: let the delayed follower replay the tables first.
-    std::thread::sleep(Duration::from_millis(1500));
+    // New sessions below are not promised the tables until the followers have replayed them.
+    p.wait_for_followers();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let conn_str = p.conn_str(db);
     // Every part runs (each on its own connections) and reports; then the test fails if any did.
@@ -465,8 +465,7 @@ fn pgbench_read_your_writes_in_all_protocols() {
         );
         assert!(!text.contains("division by zero"), "pgbench -M {mode} read a stale row:\n{text}");
     }
-    // A new session: wait until the delayed follower has replayed everything.
-    std::thread::sleep(Duration::from_millis(1500));
+    // A new session (psql waits for the followers to replay what pgbench wrote first).
     let rows = ok(p.psql(db, &["-c", "SELECT count(*) FROM ryw"], None));
     assert_eq!(rows.trim(), (3 * RYW_ROUNDS).to_string());
 }
