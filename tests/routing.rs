@@ -699,23 +699,36 @@ fn hints_and_pins_route_to_the_leader() {
         }
         assert_all_on_followers(cluster, "reads after SET pgcausal.route = auto", &ports);
 
-        // Prepared (extended protocol) or among other statements, a pgcausal.* command is refused
-        // with 0A000, never passed on: PostgreSQL would keep it as a custom setting on a shared
-        // connection, where the next client would find it.
-        for (what, outcome) in [
-            ("prepared SET", c.execute("SET pgcausal.min_lsn = '1/0/3000148'", &[]).await.map(|_| ())),
-            ("prepared SHOW", c.query("SHOW pgcausal.lsn", &[]).await.map(|_| ())),
-            ("SET with another statement", c.batch_execute("SET pgcausal.route = leader; SELECT 1").await),
-        ] {
-            let e = outcome.expect_err(what);
-            let code = e.as_db_error().map(|d| d.code().code().to_string());
-            assert_eq!(code.as_deref(), Some("0A000"), "{what}: {}", pg_error(&e));
-        }
+        // Prepared (extended protocol: tokio-postgres prepares everything, asks for binary
+        // results, and pipelines) the commands are answered by the proxy too.
+        c.execute("SET pgcausal.route = leader", &[]).await.expect("prepared SET");
+        let shown = c.prepare("SHOW pgcausal.route").await.expect("prepare SHOW");
+        let route = |rows: Vec<tokio_postgres::Row>| rows[0].get::<_, String>(0);
+        assert_eq!(route(c.query(&shown, &[]).await.unwrap()), "leader", "named prepared SHOW after prepared SET");
+        let (show, port) = tokio::join!(c.query(&shown, &[]), c.query("SELECT inet_server_port()", &[]));
+        assert_eq!(route(show.unwrap()), "leader", "pipelined with a query");
+        assert_eq!(port.unwrap()[0].get::<_, i32>(0) as u16, leader, "a read after prepared SET route = leader");
+        c.execute("RESET pgcausal.route", &[]).await.expect("prepared RESET");
+        assert_eq!(route(c.query(&shown, &[]).await.unwrap()), "auto", "the same prepared SHOW again");
+        let token = c.query_one("SHOW pgcausal.lsn", &[]).await.expect("prepared SHOW pgcausal.lsn").get::<_, String>(0);
+        assert_eq!(token.split('/').count(), 3, "a causal token, timeline/hi/lo: {token}");
+        c.execute(&format!("SET pgcausal.min_lsn = '{token}'"), &[]).await.expect("prepared SET min_lsn");
+        let e = c.execute("SET pgcausal.min_lsn = 'nonsense'", &[]).await.expect_err("a bad token");
+        assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("22023"), "{}", pg_error(&e));
+        // Among other statements a pgcausal.* command is refused with 0A000, never passed on:
+        // PostgreSQL would keep it as a custom setting on a shared connection.
+        let e = c.batch_execute("SET pgcausal.route = leader; SELECT 1").await.expect_err("with another statement");
+        assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("0A000"), "{}", pg_error(&e));
         assert_eq!(row(&c, "SHOW pgcausal.route").await, vec![Some("auto".to_string())], "refused SET changed nothing");
         for _ in 0..6 {
             let seen = row(&bystander, "SELECT current_setting('pgcausal.min_lsn', true), current_setting('pgcausal.route', true)").await;
-            assert_eq!(seen, vec![None, None], "a refused pgcausal.* command reached a shared server connection");
+            assert_eq!(seen, vec![None, None], "a pgcausal.* command reached a shared server connection");
         }
+        let mut ports = Vec::new();
+        for _ in 0..6 {
+            ports.push(ext_port(&c, "SELECT inet_server_port()").await);
+        }
+        assert_all_on_followers(cluster, "reads after prepared RESET pgcausal.route", &ports);
 
         // LISTEN pins the session to the leader.
         let listener = connect(&p, db).await;

@@ -5,6 +5,7 @@ pub mod cancel;
 pub mod ddl;
 pub mod inflight;
 pub mod prepared;
+pub mod proxy_statements;
 pub mod requests;
 pub mod routing;
 pub mod session;

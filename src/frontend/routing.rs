@@ -147,12 +147,14 @@ pub fn needs_token(c: &Classification) -> bool {
     c.session.iter().any(|e| matches!(e, SessionEffect::ProxyShow { name } if name.eq_ignore_ascii_case("pgcausal.lsn") || name.eq_ignore_ascii_case("pgcausal.min_lsn")))
 }
 
-/// The reply to `pgcausal.*` commands, or an error (SQLSTATE, message).
+/// The reply to `pgcausal.*` commands, or an error (SQLSTATE, message). A simple Query's answer
+/// has a RowDescription before a SHOW's row; an Execute's has not (its Describe gave it).
 pub fn answer_proxy_command(
     c: &Classification,
     settings: &mut ProxySettings,
     floor: &mut Floor,
     token: Option<&str>,
+    row_description: bool,
 ) -> Result<BytesMut, CommandError> {
     let mut out = BytesMut::new();
     for effect in &c.session {
@@ -167,7 +169,10 @@ pub fn answer_proxy_command(
             }
             SessionEffect::ProxyShow { name } => {
                 let value = show(name, settings, floor, token)?;
-                put_single_value(&mut out, &name.to_ascii_lowercase(), &value);
+                if row_description {
+                    put_text_column(&mut out, &name.to_ascii_lowercase(), 0);
+                }
+                put_single_value(&mut out, &value);
                 put_command_complete(&mut out, "SHOW");
             }
             _ => {}
@@ -183,8 +188,8 @@ pub fn put_command_complete(out: &mut BytesMut, tag: &str) {
     out.put_u8(0);
 }
 
-/// RowDescription with one text column, and one DataRow, as SHOW answers.
-fn put_single_value(out: &mut BytesMut, column: &str, value: &str) {
+/// RowDescription with one `text` column in the given format (0 text, 1 binary), as SHOW has.
+pub fn put_text_column(out: &mut BytesMut, column: &str, format: i16) {
     out.put_u8(b'T');
     out.put_i32(4 + 2 + column.len() as i32 + 1 + 18);
     out.put_i16(1);
@@ -195,7 +200,11 @@ fn put_single_value(out: &mut BytesMut, column: &str, value: &str) {
     out.put_i32(25); // text
     out.put_i16(-1);
     out.put_i32(-1);
-    out.put_i16(0); // text format
+    out.put_i16(format);
+}
+
+/// One DataRow with one value (a `text` value has the same bytes in both formats).
+fn put_single_value(out: &mut BytesMut, value: &str) {
     out.put_u8(b'D');
     out.put_i32(4 + 2 + 4 + value.len() as i32);
     out.put_i16(1);
@@ -238,7 +247,7 @@ mod tests {
     #[test]
     fn proxy_commands_set_show_and_reject() {
         let (mut s, mut f) = (ProxySettings::default(), Floor::new(Level::Causal, None));
-        let mut answer = |sql: &str| answer_proxy_command(&c(sql), &mut s, &mut f, Some("1/0/10"));
+        let mut answer = |sql: &str| answer_proxy_command(&c(sql), &mut s, &mut f, Some("1/0/10"), true);
         assert_eq!(&answer("SET pgcausal.route = leader").unwrap()[..], b"C\0\0\0\x08SET\0");
         assert!(answer("SHOW pgcausal.route").unwrap().windows(6).any(|w| w == b"leader"));
         assert_eq!(answer("SET pgcausal.route = sideways").unwrap_err().0, "22023");

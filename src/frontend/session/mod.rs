@@ -13,6 +13,7 @@ mod unit;
 use super::cancel::CancelKey;
 use super::inflight::{Inflight, Request};
 use super::prepared::ClientStatements;
+use super::proxy_statements::{ProxyStatements, Step};
 use super::requests::{answer_without_server, answerable_without_server, Outbound, Refused};
 use super::routing::{self, ProxySettings, Want};
 use super::sql_prepared::{self, ClientSqlStatements, Plan, SqlPrepare};
@@ -99,6 +100,8 @@ pub struct Session<'a> {
     inflight: Inflight,
     /// The client's named prepared statements.
     statements: ClientStatements,
+    /// The client's prepared `pgcausal.*` commands (extended protocol), answered by the proxy.
+    proxy_statements: ProxyStatements,
     /// The client's SQL-level prepared statements (PREPARE name AS ...).
     sql_statements: ClientSqlStatements,
     /// SQL-level PREPAREs sent in the current unit (client's own: true), forgotten if it fails.
@@ -158,6 +161,7 @@ pub async fn run(stream: TcpStream, login: ClientLogin, shared: &Shared) -> Resu
         inflight: Inflight::default(),
         statements: ClientStatements::default(),
         sql_statements: ClientSqlStatements::default(),
+        proxy_statements: ProxyStatements::default(),
         sql_prepares: Vec::new(),
         settings: ClientSettings::default(),
         pins: Pins::default(),
@@ -329,13 +333,20 @@ impl Session<'_> {
             let class = self.classify_message(tag, total);
             if let Some(c) = class.as_deref().filter(|c| matches!(tag, fe::QUERY | fe::PARSE) && c.has_proxy_command())
             {
-                if tag == fe::QUERY && c.is_proxy_command() {
-                    Box::pin(self.answer_proxy_command(c)).await;
-                    self.consume(total);
-                } else {
+                if !c.is_proxy_command() {
                     // Sent on, PostgreSQL would keep it as a custom setting on a shared connection.
                     self.refuse_message(tag, total, &ProxyError::ProxyCommandNotAlone);
+                    continue;
                 }
+                if tag == fe::QUERY {
+                    Box::pin(self.answer_proxy_command(c, true)).await;
+                    self.consume(total);
+                    continue;
+                }
+            }
+            let step = self.proxy_statement_step(tag, total, class.as_ref());
+            if !matches!(step, Step::Pass) {
+                self.take_proxy_step(step, total).await;
                 continue;
             }
             if self.server.is_none() {

@@ -69,8 +69,9 @@ impl Session<'_> {
         true
     }
 
-    /// `SET/SHOW/RESET pgcausal.*`: answered by the proxy, in order with other answers.
-    pub(super) async fn answer_proxy_command(&mut self, c: &Classification) {
+    /// `SET/SHOW/RESET pgcausal.*`: answered by the proxy, in order with other answers; as a
+    /// simple Query (`simple`, then ReadyForQuery follows) or as the Execute of its portal.
+    pub(super) async fn answer_proxy_command(&mut self, c: &Classification, simple: bool) {
         let token = if routing::needs_token(c) {
             let shared = self.shared;
             let snapshot = shared.topology.snapshot();
@@ -79,15 +80,56 @@ impl Session<'_> {
         } else {
             None
         };
-        let reply = match routing::answer_proxy_command(c, &mut self.proxy, &mut self.floor, token.as_deref()) {
+        let reply = match routing::answer_proxy_command(c, &mut self.proxy, &mut self.floor, token.as_deref(), simple) {
             Ok(reply) => reply.freeze(),
             Err((code, message)) => {
                 crate::metrics::error(code.as_bytes(), "proxy");
+                self.discard_until_sync = !simple; // an extended batch skips to its Sync
                 messages::error_response("ERROR", code, &message).freeze()
             }
         };
         self.push_reply(reply);
-        self.answer_sync();
+        if simple {
+            self.answer_sync();
+        }
+    }
+
+    /// The proxy's answer to a message about a prepared `pgcausal.*` command (see
+    /// `proxy_statements`), which it consumes.
+    pub(super) async fn take_proxy_step(&mut self, step: Step, total: usize) {
+        match step {
+            Step::Pass => return,
+            Step::Reply(reply) => self.push_reply(reply),
+            Step::Refuse(refused) => self.refused(Err(refused)),
+            Step::Run(command) => Box::pin(self.answer_proxy_command(&command, false)).await,
+        }
+        self.consume(total);
+    }
+
+    /// Where the extended protocol's messages about the client's prepared `pgcausal.*` commands
+    /// are answered; every other message passes.
+    pub(super) fn proxy_statement_step(&mut self, tag: u8, total: usize, class: Option<&Arc<Classification>>) -> Step {
+        let body = &self.cbuf[5..total];
+        let statements = &mut self.proxy_statements;
+        if let Some(command) = class.filter(|c| tag == fe::PARSE && c.is_proxy_command()) {
+            let client_has = messages::read_cstr(body).is_some_and(|(name, _)| self.statements.get(name).is_some());
+            return statements.parse_command(body, Arc::clone(command), client_has);
+        }
+        if statements.is_empty() {
+            return Step::Pass;
+        }
+        match tag {
+            fe::PARSE => statements.parse_other(body),
+            fe::BIND => statements.bind(body),
+            fe::DESCRIBE => statements.describe(body),
+            fe::EXECUTE => statements.execute(body),
+            fe::CLOSE => statements.close(body),
+            fe::SYNC if self.tx_status == b'I' && self.deferred_begin.is_none() => {
+                statements.transaction_ended();
+                Step::Pass
+            }
+            _ => Step::Pass,
+        }
     }
 
     /// Where a read unit runs: a follower that reached the session's floor (Some), or the
