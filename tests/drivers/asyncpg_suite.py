@@ -36,23 +36,22 @@ TOKENS: list = []
 
 async def publish_token(conn: asyncpg.Connection):
     """Records a causal token covering conn's committed writes, for the sessions opened after.
-
-    pgcausal answers SHOW pgcausal.lsn only over the simple query protocol, and asyncpg reads rows
-    only over the extended one (there the SHOW reaches PostgreSQL: 42704). So the token is the
-    leader's flush position read after the writes committed (pg_current_wal_flush_lsn is routed to
-    the leader), which covers them: what the proxy itself samples after a write, and a form
-    SET pgcausal.min_lsn accepts."""
+    asyncpg prepares the SHOW (extended protocol, binary results): pgcausal answers it itself."""
     assert not conn.is_in_transaction(), "uncommitted writes"
-    token = await conn.fetchval("SELECT pg_current_wal_flush_lsn()::text")
+    token = await conn.fetchval("SHOW pgcausal.lsn")
+    assert token.count("/") == 2, f"not a causal token: {token!r}"
     if token not in TOKENS:
         TOKENS.append(token)
 
 
 async def adopt_tokens(conn: asyncpg.Connection):
     """Makes conn's reads see everything the connections that published a token had written.
-    execute() without arguments uses the simple query protocol, where pgcausal answers the SET."""
-    for token in list(TOKENS):
-        await conn.execute(f"SET pgcausal.min_lsn = '{token}'")
+    Alternately as a simple query (execute) and prepared (fetch): pgcausal answers both."""
+    for i, token in enumerate(list(TOKENS)):
+        if i % 2:
+            await conn.fetch(f"SET pgcausal.min_lsn = '{token}'")
+        else:
+            await conn.execute(f"SET pgcausal.min_lsn = '{token}'")
 
 
 async def connect(**kw) -> asyncpg.Connection:

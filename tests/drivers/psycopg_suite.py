@@ -32,13 +32,12 @@ TOKENS_LOCK = threading.Lock()
 
 def publish_token(conn: psycopg.Connection):
     """Records conn's causal token (covering its committed writes) for the sessions opened after.
-    pgcausal answers SHOW/SET pgcausal.* only over the simple query protocol: psycopg sends a
-    statement without parameters that way when it is not prepared and not in a pipeline."""
+    The SHOW is server-side prepared (extended protocol): pgcausal answers it itself."""
     assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE, "uncommitted writes"
     autocommit = conn.autocommit
     conn.autocommit = True  # no BEGIN before the SHOW
     try:
-        token = conn.execute("SHOW pgcausal.lsn", prepare=False).fetchone()[0]
+        token = conn.execute("SHOW pgcausal.lsn", prepare=True).fetchone()[0]
     finally:
         conn.autocommit = autocommit
     with TOKENS_LOCK:

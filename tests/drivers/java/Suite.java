@@ -23,7 +23,6 @@ import org.postgresql.PGConnection;
 import org.postgresql.PGNotification;
 import org.postgresql.PGStatement;
 import org.postgresql.copy.CopyManager;
-import org.postgresql.jdbc.PreferQueryMode;
 import org.postgresql.util.PSQLException;
 
 public class Suite {
@@ -37,14 +36,9 @@ public class Suite {
      *  followers have replayed (one of them replays 300 ms late) until it adopts the writers' tokens. */
     static final Set<String> TOKENS = new CopyOnWriteArraySet<>();
 
-    /** pgcausal answers SHOW pgcausal.lsn only over the simple query protocol, which pgjdbc uses
-     *  for plain Statements only with preferQueryMode=simple or extendedForPrepared. Connections
-     *  that publish a token are opened with this; their PreparedStatements stay extended. */
-    static final String PUBLISHES_TOKEN = "preferQueryMode=extendedForPrepared";
-
     /** A new session that starts causally after every token published so far: the tokens are
-     *  startup options (-c pgcausal.min_lsn=...), which pgcausal applies itself at login. (A SET
-     *  sent over the extended protocol, as pgjdbc sends plain statements by default, is not.) */
+     *  startup options (-c pgcausal.min_lsn=...), which pgcausal applies itself at login; the
+     *  last one is also SET over pgjdbc's default extended protocol, which pgcausal answers too. */
     static Connection connect(String extra) throws SQLException {
         Properties p = new Properties();
         p.setProperty("user", user);
@@ -56,7 +50,15 @@ public class Suite {
         for (String token : TOKENS) options.append(options.length() == 0 ? "" : " ").append("-c pgcausal.min_lsn=").append(token);
         if (options.length() > 0) p.setProperty("options", options.toString());
         String url = "jdbc:postgresql://" + host + ":" + port + "/" + db + (extra.isEmpty() ? "" : "?" + extra);
-        return DriverManager.getConnection(url, p);
+        Connection c = DriverManager.getConnection(url, p);
+        String last = null;
+        for (String token : TOKENS) last = token;
+        if (last != null) {
+            try (Statement s = c.createStatement()) {
+                s.execute("SET pgcausal.min_lsn = '" + last + "'");
+            }
+        }
+        return c;
     }
 
     static Connection connect() throws SQLException {
@@ -65,9 +67,7 @@ public class Suite {
 
     /** Records c's causal token (covering its committed writes) for the sessions opened after. */
     static void publishToken(Connection c) throws SQLException {
-        PreferQueryMode mode = c.unwrap(PGConnection.class).getPreferQueryMode();
-        check(mode == PreferQueryMode.SIMPLE || mode == PreferQueryMode.EXTENDED_FOR_PREPARED, "connect with " + PUBLISHES_TOKEN);
-        c.setAutoCommit(true); // commits; and no BEGIN before the SHOW
+        c.setAutoCommit(true); // commits what was written
         try (Statement s = c.createStatement(); ResultSet rs = s.executeQuery("SHOW pgcausal.lsn")) {
             check(rs.next(), "SHOW pgcausal.lsn answered no row");
             TOKENS.add(rs.getString(1));
@@ -93,7 +93,7 @@ public class Suite {
     static final LinkedHashMap<String, Check> CHECKS = new LinkedHashMap<>();
 
     static void setup() throws SQLException {
-        try (Connection c = connect(PUBLISHES_TOKEN); Statement s = c.createStatement()) {
+        try (Connection c = connect(); Statement s = c.createStatement()) {
             s.execute("DROP TABLE IF EXISTS items, kinds, batch_t, copy_t, ryw, ryw_counter");
             s.execute("CREATE TABLE items (id int PRIMARY KEY, worker int, name text, price numeric(12,2))");
             s.execute("CREATE TABLE kinds (id int PRIMARY KEY, i8 bigint, f8 float8, num numeric, b bytea, ts timestamptz, d date, u uuid, arr int[], flag bool)");
@@ -485,8 +485,7 @@ public class Suite {
     }
 
     static void preparedWorker(int k) throws Exception {
-        // PUBLISHES_TOKEN changes nothing tested here: every statement is a PreparedStatement (extended).
-        try (Connection c = connect(PUBLISHES_TOKEN)) {
+        try (Connection c = connect()) {
             c.setAutoCommit(false);
             try (PreparedStatement ins = c.prepareStatement("INSERT INTO items (id, worker, name, price) VALUES (?, ?, ?, ?)");
                  PreparedStatement count = c.prepareStatement("SELECT count(*), max(id) FROM items WHERE worker = ?");
