@@ -22,11 +22,10 @@ const config = { host: HOST, port: Number(PORT), user: USER, password: PASSWORD,
 // have replayed (one of them replays 300 ms late) until it adopts the writers' tokens.
 const TOKENS = []
 
-// Records c's causal token (covering its committed writes) for the sessions opened after.
-// pgcausal answers SHOW/SET pgcausal.* only over the simple query protocol: pg sends a query
-// without values that way.
+// Records c's causal token (covering its committed writes) for the sessions opened after. As a
+// named prepared statement (extended protocol), which pgcausal answers like a simple query.
 async function publishToken(c) {
-  const token = (await c.query({ text: 'SHOW pgcausal.lsn', rowMode: 'array' })).rows[0][0]
+  const token = (await c.query({ name: 'pgcausal_token', text: 'SHOW pgcausal.lsn', rowMode: 'array' })).rows[0][0]
   assert.match(token, /^\d+\/[0-9a-f]+\/[0-9a-f]+$/i, `SHOW pgcausal.lsn answered ${token}`)
   if (!TOKENS.includes(token)) TOKENS.push(token)
 }
