@@ -485,13 +485,11 @@ impl Session<'_> {
         self.push_reply(ready);
     }
 
-    /// Queues the proxy's own answer, in order with what is in flight.
+    /// Queues the proxy's own answer, in order with what is in flight. A held read is let go
+    /// first: re-running it elsewhere would drop this answer along with its own.
     fn push_reply(&mut self, reply: Bytes) {
-        let out = match self.hold.as_mut() {
-            Some(h) => &mut h.held,
-            None => &mut self.to_client,
-        };
-        self.inflight.push(Request::Reply(reply), out);
+        self.release_hold();
+        self.inflight.push(Request::Reply(reply), &mut self.to_client);
     }
 
     /// Refuses one client message with an error, as a server would: a Query (or Sync, or
