@@ -624,6 +624,74 @@ fn read_only_transaction_stays_on_one_follower() {
     });
 }
 
+/// The misclassification safety net: a function created after the proxy loaded its catalog of
+/// volatile functions looks like a read, runs on a follower, which refuses its write (25006),
+/// and the proxy re-runs it on the leader before the client saw anything.
+#[test]
+fn a_write_taken_for_a_read_is_rerun_on_the_leader() {
+    let _serial = serial();
+    let cluster = shared_cluster();
+    let db = "routing_safety_net";
+    cluster.create_database(db);
+    let p = ProxyProcess::start(cluster, routing_options());
+    let leader = leader_port(cluster);
+    let rt = runtime();
+    rt.block_on(async {
+        let c = connect(&p, db).await;
+        warm_up(cluster, &c).await;
+        exec(&c, "CREATE TABLE audit (id serial PRIMARY KEY, at_port int)").await;
+        for f in ["sneaky_write", "sneaky_write2"] {
+            let body = format!(
+                "CREATE FUNCTION {f}() RETURNS int LANGUAGE plpgsql AS $$ BEGIN \
+                 INSERT INTO audit (at_port) VALUES (inet_server_port()); RETURN inet_server_port(); END $$"
+            );
+            exec(&c, &body).await;
+        }
+        // The followers must know the functions, or they would refuse them for another reason.
+        p.wait_for_followers();
+        let first = simple_port(&c, "SELECT sneaky_write()").await;
+        assert_eq!(first, leader, "the write ran, and on the leader");
+        let again = c.query_one("SELECT sneaky_write()", &[]).await.expect("extended, now remembered");
+        assert_eq!(again.get::<_, i32>(0) as u16, leader);
+        let metrics = p.metrics();
+        let retries: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("pgcausal_route_retries_total") && l.contains("25006"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(retries >= 1.0, "no 25006 re-run counted:\n{metrics}");
+        // Pipelined with a command the proxy answers: nothing hangs, and the write is either
+        // re-run or its 25006 is reported; it never runs twice or silently not at all.
+        let (write, route) = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            tokio::join!(c.query("SELECT sneaky_write2()", &[]), c.query("SHOW pgcausal.route", &[]))
+        })
+        .await
+        .expect("a pipeline of a misrouted write and a proxy command hung");
+        assert_eq!(route.expect("SHOW pgcausal.route")[0].get::<_, String>(0), "auto");
+        eprintln!("pipelined misrouted write: {:?}", write.as_ref().map(|r| r.len()).map_err(pg_error));
+        let expected_rows = match write {
+            Ok(rows) => {
+                assert_eq!(rows[0].get::<_, i32>(0) as u16, leader);
+                3
+            }
+            Err(e) => {
+                assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("25006"), "{}", pg_error(&e));
+                2
+            }
+        };
+        let rows = row(
+            &c,
+            "/* pgcausal:leader */ SELECT count(*), count(*) FILTER (WHERE at_port <> inet_server_port()) FROM audit",
+        )
+        .await;
+        assert_eq!(
+            rows,
+            vec![Some(expected_rows.to_string()), Some("0".to_string())],
+            "rows written, and written elsewhere than the leader"
+        );
+    });
+}
+
 #[test]
 fn hints_and_pins_route_to_the_leader() {
     let _serial = serial();
