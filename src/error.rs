@@ -30,8 +30,8 @@ pub enum ProxyError {
     #[error("{0}")]
     Backend(#[from] BackendError),
     #[error(
-        "pgcausal.* commands are answered by the proxy only when sent alone as a simple query (not \
-         prepared, not with other statements); use a simple query or a startup option (-c pgcausal.name=value)"
+        "a pgcausal.* command must be sent alone, not with other statements in one query string \
+         (or as a startup option: -c pgcausal.name=value)"
     )]
     ProxyCommandNotAlone,
     #[error("internal error: {0}")]

@@ -3,7 +3,7 @@
 //! them itself. Nothing of them reaches a server.
 
 use super::prepared::{CLOSE_COMPLETE, PARSE_COMPLETE};
-use super::requests::Refused;
+use super::requests::{duplicate, Refused};
 use crate::protocol::messages;
 use crate::route::{Classification, SessionEffect};
 use bytes::{Bytes, BytesMut};
@@ -122,11 +122,6 @@ impl ProxyStatements {
     pub fn transaction_ended(&mut self) {
         self.portals.clear();
     }
-}
-
-fn duplicate(name: &[u8]) -> Refused {
-    let text = format!("prepared statement \"{}\" already exists", String::from_utf8_lossy(name));
-    Refused(messages::error_response("ERROR", "42P05", &text).freeze())
 }
 
 /// The column a SHOW answers with, if the command is one.

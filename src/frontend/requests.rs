@@ -76,7 +76,8 @@ pub fn answer_without_server(
     Ok(Ok(()))
 }
 
-fn duplicate(name: &[u8]) -> Refused {
+/// PostgreSQL's error for a Parse that reuses a statement name (42P05).
+pub fn duplicate(name: &[u8]) -> Refused {
     let text = format!("prepared statement \"{}\" already exists", String::from_utf8_lossy(name));
     Refused(messages::error_response("ERROR", "42P05", &text).freeze())
 }

@@ -232,13 +232,18 @@ impl Session<'_> {
             };
             let node = match follower {
                 Some(n) => n,
-                None if snapshot.leader.is_some() => snapshot.leader.expect("checked"),
-                None => {
-                    let wait = deadline().saturating_duration_since(Instant::now());
-                    Box::pin(shared.topology.leader(wait)).await.ok_or_else(|| {
-                        ProxyError::NoLeader(format!("none of {} nodes is an up primary", shared.config.nodes.len()))
-                    })?
-                }
+                None => match snapshot.leader {
+                    Some(leader) => leader,
+                    None => {
+                        let wait = deadline().saturating_duration_since(Instant::now());
+                        Box::pin(shared.topology.leader(wait)).await.ok_or_else(|| {
+                            ProxyError::NoLeader(format!(
+                                "none of {} nodes is an up primary",
+                                shared.config.nodes.len()
+                            ))
+                        })?
+                    }
+                },
             };
             match self.lease(node, follower.is_some()).await {
                 Ok(()) => return Ok(()),
