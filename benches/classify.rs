@@ -14,6 +14,10 @@ const JOIN_200: &str = "SELECT o.id, o.created_at, c.name, c.email, sum(li.qty *
 fn bench(c: &mut Criterion) {
     let catalog = FunctionCatalog::builtin();
     let classifier = Classifier::new(Classifier::DEFAULT_CAPACITY, Arc::new(catalog.clone()));
+    // A 2 KB multi-row INSERT: mostly literals and punctuation, for the per-byte cost of long strings.
+    let rows: Vec<String> = (0..40).map(|i| format!("({i}, 'click', '{{\"x\": {i}}}', now())")).collect();
+    let insert = format!("INSERT INTO events (id, kind, payload, created_at) VALUES {}", rows.join(", "));
+    c.bench_function("fingerprint/insert_2k", |b| b.iter(|| fingerprint(black_box(&insert))));
     for (name, sql) in [("pgbench_select", PGBENCH_SELECT), ("join_200", JOIN_200)] {
         c.bench_function(&format!("fingerprint/{name}"), |b| b.iter(|| fingerprint(black_box(sql))));
         classifier.classify(sql);

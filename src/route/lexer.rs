@@ -103,7 +103,7 @@ fn is_operator_char(b: u8) -> bool {
 }
 
 /// Recognizes `pgcausal:leader` / `pgcausal:follower` as a comment body.
-fn parse_hint(body: &[u8]) -> Option<Hint> {
+pub(crate) fn parse_hint(body: &[u8]) -> Option<Hint> {
     let body = body.trim_ascii();
     if body.eq_ignore_ascii_case(b"pgcausal:leader") {
         Some(Hint::Leader)

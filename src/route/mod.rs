@@ -4,14 +4,20 @@
 //! [`Classifier::classify`]: fingerprint the SQL text (no allocation), look the
 //! fingerprint up in a shared cache, and only on a miss parse it with sqlparser.
 
+mod byte_classes;
 mod cache;
 mod classify;
 mod fallback;
 mod fingerprint;
+mod fingerprint_hash;
+#[cfg(test)]
+mod fingerprint_reference;
+mod fingerprint_scan;
 mod functions;
 mod lexer;
 mod scan;
 mod session;
+mod token_ends;
 
 #[cfg(test)]
 mod tests;
