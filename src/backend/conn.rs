@@ -70,7 +70,7 @@ pub struct ServerConn {
 
 impl ServerConn {
     pub async fn connect(login: &Login, timeout: Duration) -> Result<ServerConn, BackendError> {
-        tokio::time::timeout(timeout, Self::connect_inner(login))
+        crate::control::timeout(timeout, Self::connect_inner(login))
             .await
             .map_err(|_| BackendError::Timeout(format!("{}:{} connect", login.host, login.port)))?
     }

@@ -93,7 +93,7 @@ impl Positions {
     /// A sample of `node` taken after `after` (now_ns), probing on demand; None on timeout.
     pub async fn sample_after(&self, node: usize, after: u64, timeout: Duration) -> Option<Sample> {
         let position = &self.nodes[node];
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = std::time::Instant::now() + timeout;
         loop {
             let notified = position.sampled.notified();
             let sample = position.sample();
@@ -101,7 +101,7 @@ impl Positions {
                 return Some(sample);
             }
             position.wanted.notify_one();
-            tokio::time::timeout_at(deadline, notified).await.ok()?;
+            crate::control::timeout_at(deadline, notified).await.ok()?;
         }
     }
 
@@ -113,7 +113,7 @@ impl Positions {
         timeout: Duration,
         accept: impl Fn(usize, &Sample) -> bool,
     ) -> Option<usize> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = std::time::Instant::now() + timeout;
         loop {
             // Register interest before checking, so a sample landing in between is not missed.
             let waits: Vec<_> = candidates.iter().map(|&n| self.nodes[n].sampled.notified()).collect();
@@ -124,17 +124,18 @@ impl Positions {
                 self.nodes[n].wanted.notify_one();
             }
             let any = futures_any(waits);
-            tokio::time::timeout_at(deadline, any).await.ok()?;
+            crate::control::timeout_at(deadline, any).await.ok()?;
         }
     }
 
-    /// Starts one poller per node: a sample every `interval`, or at once when a waiter asks.
-    pub fn spawn_pollers(self: &Arc<Self>, config: &Config, interval: Duration) {
+    /// Starts one poller per node on the control thread: a sample every `interval`, or at once
+    /// when a waiter asks.
+    pub fn spawn_pollers(self: &Arc<Self>, config: &Config, interval: Duration, tasks: &mut crate::control::Tasks) {
         for (i, node) in config.nodes.iter().enumerate() {
             let pool = crate::topology::monitor::control_pool(config, node);
             let positions = self.clone();
             let timeout = config.monitor.timeout;
-            tokio::spawn(async move {
+            tasks.add(crate::control::spawn(async move {
                 let position = &positions.nodes[i];
                 loop {
                     let sent_at = now_ns();
@@ -155,7 +156,7 @@ impl Positions {
                         return;
                     }
                 }
-            });
+            }));
         }
     }
 }

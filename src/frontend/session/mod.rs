@@ -22,7 +22,7 @@ use super::state::{ClientSettings, Pins};
 use crate::backend::settings::Settings;
 use crate::backend::statements::ServerStatements;
 use crate::backend::BackendError;
-use crate::backend::{Lease, Pool};
+use crate::backend::{Lease, LeaseError, Pool};
 use crate::config::{LeaderReads, PoolMode};
 use crate::consistency::Floor;
 use crate::error::ProxyError;
@@ -32,7 +32,6 @@ use crate::proxy::Shared;
 use crate::route::{Classification, SessionEffect, TxControl};
 use crate::topology::balance::Outstanding;
 use bytes::{Buf, Bytes, BytesMut};
-use deadpool::managed::{Object, PoolError};
 use std::io;
 use std::sync::Arc;
 use std::time::Instant;
@@ -520,7 +519,7 @@ impl Session<'_> {
                 // Pinned state (LISTEN, temp tables, locks) must not reach the next client.
                 leased.lease.needs_reset = self.mode == PoolMode::Session || self.pins.is_pinned();
             } else {
-                drop(Object::take(leased.lease));
+                leased.lease.discard();
             }
         }
     }
