@@ -268,6 +268,10 @@ impl Session<'_> {
             }
             .map_err(ProxyError::ClientIo);
         };
+        // While the server owes an answer that needs nothing more from the client, and nothing
+        // waits to go to the client, the client's socket is not watched: one wakeup-registration
+        // less per query. Pipelined input waits in the socket until the answer arrives.
+        let want_client = want_client && !(to_client.is_empty() && self.inflight.answer_owed_without_input());
         let conn = &mut *leased.lease;
         if conn.rbuf.capacity() - conn.rbuf.len() < 4096 {
             conn.rbuf.reserve(16 * 1024);
