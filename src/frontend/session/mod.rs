@@ -391,15 +391,15 @@ impl Session<'_> {
             // or the Bind of a named statement (a named Parse alone runs nothing).
             let named = self.cbuf.get(5).is_some_and(|&b| b != 0);
             let observe = match tag {
-                fe::QUERY => class.clone(),
-                fe::PARSE if !named => class.clone(),
+                fe::QUERY => class.as_deref(),
+                fe::PARSE if !named => class.as_deref(),
                 fe::BIND
                     if self.cbuf[5..total]
                         .iter()
                         .position(|&b| b == 0)
                         .is_some_and(|p| self.cbuf.get(6 + p) != Some(&0)) =>
                 {
-                    class.clone()
+                    class.as_deref()
                 }
                 _ => None,
             };

@@ -11,7 +11,9 @@ impl Session<'_> {
     pub(super) fn classify_message(&mut self, tag: u8, total: usize) -> Option<Arc<Classification>> {
         let body = &self.cbuf[5..total];
         let classifier = &self.shared.classifier;
-        let named = |body: &[u8]| messages::read_cstr(body).map(|(name, _)| name.to_vec());
+        fn named(body: &[u8]) -> Option<&[u8]> {
+            messages::read_cstr(body).map(|(name, _)| name)
+        }
         let statement_name = match tag {
             fe::QUERY => return messages::read_cstr(body).map(|(q, _)| classifier.classify(&sql_text(q))),
             fe::PARSE => {
@@ -22,7 +24,8 @@ impl Session<'_> {
             fe::DESCRIBE if body.first() == Some(&b'S') => named(&body[1..])?,
             _ => return None,
         };
-        let statement = self.statements.get_mut(&statement_name)?;
+        // Looked up in place: the name is not copied out of the message.
+        let statement = self.statements.get_mut(statement_name)?;
         if statement.classification.is_none() {
             statement.classification = Some(classifier.classify_statement(&sql_text(statement.query())));
         }
