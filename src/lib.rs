@@ -5,6 +5,7 @@ pub mod backend;
 pub mod cluster;
 pub mod config;
 pub mod consistency;
+pub mod control;
 pub mod demo;
 pub mod error;
 pub mod frontend;

@@ -64,10 +64,11 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
+    // Sockets only: timers and background work run on the control thread (src/control.rs).
     let runtime = match config.proxy.threads {
-        1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
-        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
-        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?,
+        1 => tokio::runtime::Builder::new_current_thread().enable_io().build()?,
+        0 => tokio::runtime::Builder::new_multi_thread().enable_io().build()?,
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_io().build()?,
     };
     runtime.block_on(async {
         let proxy = pgcausal::proxy::Proxy::bind(config).await?;

@@ -58,8 +58,9 @@ pub fn describe() {
     describe_histogram!(NODE_PROBE_SECONDS, "Duration of node health probes");
 }
 
-/// Starts the /metrics HTTP listener on the current tokio runtime.
+/// Starts the /metrics HTTP listener on the control thread (off the data path's runtime).
 pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
+    let _control = crate::control::handle().enter();
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(listen)
         .set_buckets_for_metric(

@@ -37,6 +37,8 @@ pub struct Shared {
 pub struct Proxy {
     shared: Arc<Shared>,
     listener: TcpListener,
+    /// Monitors, pollers, catalog refresh and reaper on the control thread; stopped with the proxy.
+    _background: crate::control::Tasks,
 }
 
 impl Proxy {
@@ -55,9 +57,10 @@ impl Proxy {
             read_only_functions: config.routing.read_only_functions.clone(),
         };
         let positions = Arc::new(Positions::new(config.nodes.len()));
-        positions.spawn_pollers(&config, config.consistency.poll_interval);
+        let mut background = crate::control::Tasks::default();
+        positions.spawn_pollers(&config, config.consistency.poll_interval, &mut background);
         let classifier = Arc::new(Classifier::new(10_000, Arc::new(FunctionCatalog::with_overrides(&overrides))));
-        catalog::spawn(Arc::new(config.clone()), topology.clone(), Arc::downgrade(&classifier));
+        catalog::spawn(Arc::new(config.clone()), topology.clone(), Arc::downgrade(&classifier), &mut background);
         let scram = config.users.iter().map(|u| (u.name.clone(), ScramSecret::new(&u.password))).collect();
         let shared = Arc::new(Shared {
             pools: Pools::new(&config),
@@ -82,9 +85,10 @@ impl Proxy {
                     shared.pools.drain_node(node);
                 }
             }),
+            &mut background,
         );
         let reaper = Arc::downgrade(&shared);
-        tokio::spawn(async move {
+        background.add(crate::control::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
                 tick.tick().await;
@@ -96,8 +100,8 @@ impl Proxy {
                     None => return,
                 }
             }
-        });
-        Ok(Proxy { shared, listener })
+        }));
+        Ok(Proxy { shared, listener, _background: background })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -118,7 +122,7 @@ impl Proxy {
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    crate::control::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
             };

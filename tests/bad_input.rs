@@ -131,3 +131,55 @@ fn bad_clients_get_errors_and_good_clients_carry_on() {
     assert_eq!(ok(p.psql("bad_input", &["-c", "SELECT 'fine'"], None)).trim(), "fine");
     assert!(p.metrics().contains("pgcausal_errors_total{class=\"08\",source=\"proxy\"}"));
 }
+
+/// A client that pipelines far more than the socket buffers hold and reads nothing until it has
+/// written everything still gets every answer, as it would from PostgreSQL itself: the proxy
+/// goes back to reading it after each answer. (Answers must fit the buffers: with answers that
+/// do not, such a client deadlocks against PostgreSQL too.)
+#[test]
+fn a_client_that_writes_everything_before_reading_gets_every_answer() {
+    let cluster = shared_cluster();
+    cluster.create_database("pipeline_flood");
+    let p = ProxyProcess::start(cluster, ProxyOptions::default());
+    let s = logged_in(p.port, "pipeline_flood");
+    // 20 MB of queries, far more than the kernel buffers; 120 kB of answers, which they hold.
+    const QUERIES: usize = 2_000;
+    let pad = "x".repeat(10_000);
+    let mut batch = Vec::new();
+    for _ in 0..QUERIES {
+        let sql = format!("SELECT 1 /* {pad} */\0");
+        batch.push(b'Q');
+        batch.extend(((sql.len() + 4) as u32).to_be_bytes());
+        batch.extend(sql.as_bytes());
+    }
+    let mut writer = s.try_clone().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(writer.write_all(&batch).map(|_| batch.len())));
+    let written = rx.recv_timeout(Duration::from_secs(60)).expect("writing hung: the proxy stopped reading");
+    assert!(written.is_ok(), "{written:?}");
+    // Now read every answer: one ReadyForQuery per query, no errors.
+    let mut s = s;
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let (mut buf, mut ready, mut errors) = (Vec::new(), 0, 0);
+    let mut chunk = vec![0u8; 256 * 1024];
+    while ready < QUERIES {
+        let n = s.read(&mut chunk).expect("answers stopped");
+        assert!(n > 0, "closed after {ready} answers");
+        buf.extend_from_slice(&chunk[..n]);
+        let mut at = 0;
+        while buf.len() - at >= 5 {
+            let len = u32::from_be_bytes(buf[at + 1..at + 5].try_into().unwrap()) as usize;
+            if buf.len() - at < len + 1 {
+                break;
+            }
+            match buf[at] {
+                b'Z' => ready += 1,
+                b'E' => errors += 1,
+                _ => {}
+            }
+            at += len + 1;
+        }
+        buf.drain(..at);
+    }
+    assert_eq!(errors, 0);
+}

@@ -114,3 +114,68 @@ fn sql_level_prepare_execute_deallocate_follow_each_client() {
         assert!(value(&b, "EXECUTE p(1)").await.is_err());
     });
 }
+
+#[test]
+fn a_full_pool_queues_times_out_cleanly_and_closes_idle_connections() {
+    let cluster = shared_cluster();
+    cluster.create_database("poolq");
+    cluster.sql(0, "poolq", "CREATE TABLE t (v int)");
+    let wait_limit = std::time::Duration::from_millis(700);
+    let options = ProxyOptions {
+        pool_size: 2,
+        pool_section: "acquire_timeout = \"700ms\"\nidle_timeout = \"1s\"".into(),
+        ..Default::default()
+    };
+    let p = ProxyProcess::start(cluster, options);
+    let conn_str = p.conn_str("poolq");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let connect = || async {
+            let (client, conn) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client
+        };
+        // Logins lease a leader connection briefly (ParameterStatus), so all log in first.
+        let (a, b, c, d) = (connect().await, connect().await, connect().await, connect().await);
+        let (x, y) = (connect().await, connect().await);
+        // Two open write transactions hold both leader connections.
+        for c in [&a, &b] {
+            c.batch_execute("BEGIN; INSERT INTO t VALUES (1)").await.unwrap();
+        }
+        // A third writer waits acquire_timeout, gets 53300, and its session goes on.
+        let started = std::time::Instant::now();
+        let err = c.batch_execute("INSERT INTO t VALUES (2)").await.unwrap_err();
+        assert!(pg_error(&err).contains("53300"), "{}", pg_error(&err));
+        assert!(started.elapsed() >= wait_limit, "gave up after {:?}", started.elapsed());
+        // A waiting writer is handed the connection a commit returns, well within the limit.
+        let waiting = tokio::spawn(async move { d.batch_execute("INSERT INTO t VALUES (3)").await.map(|_| d) });
+        a.batch_execute("COMMIT").await.unwrap();
+        let d = waiting.await.unwrap().unwrap_or_else(|e| panic!("{}", pg_error(&e)));
+        b.batch_execute("COMMIT").await.unwrap();
+        // No room was lost to the timeout: two transactions at once still get both connections.
+        for t in [&x, &y] {
+            t.batch_execute("BEGIN; INSERT INTO t VALUES (4)").await.unwrap();
+        }
+        for t in [&x, &y] {
+            t.batch_execute("COMMIT").await.unwrap();
+        }
+        c.batch_execute("SET pgcausal.consistency = strong").await.unwrap();
+        let rows = c.query_one("SELECT count(*) FILTER (WHERE v = 2), count(*) FROM t", &[]).await.unwrap();
+        assert_eq!((rows.get::<_, i64>(0), rows.get::<_, i64>(1)), (0, 5));
+        drop((a, b, c, d, x, y));
+    });
+    let timeouts =
+        p.metrics().lines().find(|l| l.starts_with("pgcausal_pool_timeouts_total{node=\"node0\"}")).map(String::from);
+    assert_eq!(timeouts.as_deref().and_then(|l| l.split(' ').nth(1)), Some("1"), "{timeouts:?}");
+    // Returned connections idle for idle_timeout are closed by the reaper (every second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let count = "SELECT count(*) FROM pg_stat_activity WHERE datname = 'poolq' AND pid <> pg_backend_pid()";
+    loop {
+        let open = cluster.sql(0, "postgres", count);
+        if open.trim() == "0" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{open} server connections still open after idle_timeout");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -40,12 +40,13 @@ impl IrResult {
 }
 
 /// Starts a proxy under `valgrind --tool=callgrind` once per count (largest first), runs
-/// `pgbench -S -c 1 -t n -M simple` through it with callgrind's counters zeroed at readiness,
+/// `pgbench -S -c 1 -t n -M mode` through it with callgrind's counters zeroed at readiness,
 /// idles until the common window has passed, dumps the counters and reads their total Ir.
 pub fn callgrind(
     env: &Env,
     name: &str,
     counts: (u32, u32),
+    mode: &str,
     start: StartProxy,
     keep: Option<&std::path::Path>,
 ) -> Result<IrResult, String> {
@@ -72,7 +73,7 @@ pub fn callgrind(
         // A warm-up run opens the proxy's server connections (each a SCRAM login costing tens of
         // millions of instructions) and initialises whatever is lazy; then the counters are zeroed,
         // so only the measured run and the window's background work are counted.
-        if let Err(e) = pgbench::fixed_count(env, svc.port, WARMUP) {
+        if let Err(e) = pgbench::fixed_count(env, svc.port, WARMUP, mode) {
             return Err(format!("warm-up through {name} under callgrind failed: {e}\n{}", svc.log_tail(20)));
         }
         let zeroed = zeroable(&svc) && control(&svc, "-z").map_err(|e| eprintln!("compare: {e}")).is_ok();
@@ -81,7 +82,7 @@ pub fn callgrind(
         }
         let connects_before = connects();
         let t0 = Instant::now();
-        let run = pgbench::fixed_count(env, svc.port, n);
+        let run = pgbench::fixed_count(env, svc.port, n, mode);
         let w = *window.get_or_insert_with(|| t0.elapsed() + Duration::from_secs(3));
         if let Err(e) = run {
             return Err(format!("pgbench -t {n} through {name} under callgrind failed: {e}\n{}", svc.log_tail(20)));

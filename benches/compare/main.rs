@@ -30,6 +30,8 @@ struct Options {
     rss: bool,
     /// pgcausal's `proxy.threads`.
     threads: Option<usize>,
+    /// pgbench's -M for the cost section: simple (default), extended or prepared.
+    cost_mode: String,
 }
 
 fn options() -> Options {
@@ -46,6 +48,7 @@ fn options() -> Options {
         keep_callgrind: None,
         rss: true,
         threads: None,
+        cost_mode: "simple".into(),
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -60,6 +63,7 @@ fn options() -> Options {
             "--cost-only" => o.load = false,
             "--no-rss" => o.rss = false,
             "--threads" => o.threads = Some(value().parse().expect("--threads N")),
+            "--cost-mode" => o.cost_mode = value(),
             "--keep-callgrind" => o.keep_callgrind = Some(value().into()),
             _ => {} // --quick, and the --bench cargo passes
         }
@@ -331,13 +335,14 @@ fn report(o: &Options, workloads: &[Workload], targets: &[Target], cells: &[Vec<
 fn cost(o: &Options, env: &Env) {
     let counts = if o.quick { (200, 1000) } else { (1000, 5000) };
     println!(
-        "\ncost: instructions per query = (Ir with {} queries - Ir with {}) / {}, `pgbench -S -c 1 -t N -M simple`, \
+        "\ncost: instructions per query = (Ir with {} queries - Ir with {}) / {}, `pgbench -S -c 1 -t N -M {}`, \
          proxy under valgrind --tool=callgrind (all user-space instructions of the proxy process: its code, \
          libc, crypto), each run a fresh start, {} warm-up queries, then the same wall-clock window; below each, the functions \
          taking the most of those per-query instructions (exclusive Ir per query)",
         counts.1,
         counts.0,
         counts.1 - counts.0,
+        o.cost_mode,
         cost::WARMUP
     );
     let has_valgrind =
@@ -356,7 +361,7 @@ fn cost(o: &Options, env: &Env) {
         let runs: [(&str, cost::StartProxy); 2] = [("pgcausal", &start_pc), ("pgbouncer", &start_pb)];
         let mut per = Vec::new();
         for (name, start) in runs {
-            match cost::callgrind(env, name, counts, start, o.keep_callgrind.as_deref()) {
+            match cost::callgrind(env, name, counts, &o.cost_mode, start, o.keep_callgrind.as_deref()) {
                 Ok(r) => {
                     println!(
                         "  {name:<10} {:>9.0} Ir/query   (Ir {} = {}, Ir {} = {}, window {:.1}s, counted {})",

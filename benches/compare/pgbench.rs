@@ -145,9 +145,9 @@ pub fn init(env: &Env, scale: u32) {
 }
 
 /// `pgbench -S -c 1 -t n -M simple` (for the instruction counts); Err on any failure.
-pub fn fixed_count(env: &Env, port: u16, n: u32) -> Result<(), String> {
+pub fn fixed_count(env: &Env, port: u16, n: u32, mode: &str) -> Result<(), String> {
     let out = Command::new(env.bin("pgbench"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER, "-n", "-S", "-M", "simple"])
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER, "-n", "-S", "-M", mode])
         .args(["-c", "1", "-j", "1", "-t", &n.to_string(), DB])
         .env("PGPASSWORD", PASSWORD)
         .output()

@@ -70,7 +70,7 @@ pub struct ServerConn {
 
 impl ServerConn {
     pub async fn connect(login: &Login, timeout: Duration) -> Result<ServerConn, BackendError> {
-        tokio::time::timeout(timeout, Self::connect_inner(login))
+        crate::control::timeout(timeout, Self::connect_inner(login))
             .await
             .map_err(|_| BackendError::Timeout(format!("{}:{} connect", login.host, login.port)))?
     }
@@ -212,11 +212,10 @@ impl ServerConn {
     }
 
     /// True if the server has sent something unsolicited (or closed) while idle in the pool.
-    /// Asks the runtime's readiness flags first (no syscall): a read that drained the last
-    /// answer cleared them, so only input that arrived since sets them again.
+    /// Asks the runtime's readiness flags first (no syscall, no waker registered): a read that
+    /// drained the last answer cleared them, so only input that arrived since sets them again.
     pub fn has_pending_input(&mut self) -> bool {
-        let mut idle = std::task::Context::from_waker(std::task::Waker::noop());
-        if self.reader.as_ref().poll_read_ready(&mut idle).is_pending() {
+        if self.reader.as_ref().try_io(tokio::io::Interest::READABLE, || Ok(())).is_err() {
             return false;
         }
         let mut probe = [0u8; 1];

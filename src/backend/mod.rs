@@ -2,8 +2,10 @@
 
 pub mod conn;
 pub mod pool;
+pub mod pools;
 pub mod settings;
 pub mod statements;
 
 pub use conn::{BackendError, Login, ServerConn};
-pub use pool::{Lease, Pool, Pools};
+pub use pool::{Lease, LeaseError, Pool};
+pub use pools::Pools;

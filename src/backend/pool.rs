@@ -1,50 +1,167 @@
-//! Server connection pools, one per (node, database, user), on deadpool's managed pool.
+//! One pool of server connections for a (node, database, user): idle connections (most recently
+//! used first), a size limit, and sessions waiting for a connection, served in arrival order.
+//!
+//! Written for the data path rather than on deadpool: a lease that an idle connection serves is
+//! one uncontended lock, a pop and a check of the socket, with no semaphore, clock read or
+//! per-object metrics. A returned connection goes straight to the longest waiter.
 
 use super::conn::{BackendError, Login, ServerConn};
-use crate::config::Config;
 use crate::metrics::NodeMetrics;
-use deadpool::managed::{self, Metrics, PoolError, QueueMode, RecycleError, RecycleResult, TimeoutType};
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
-pub type Pool = managed::Pool<Manager>;
-pub type Lease = managed::Object<Manager>;
-
-/// Creates, checks and resets server connections for one (node, database, user).
-pub struct Manager {
-    login: Login,
-    connect_timeout: Duration,
-    reset_query: String,
-    metrics: Arc<NodeMetrics>,
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("no server connection became free within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
 }
 
-impl managed::Manager for Manager {
-    /// Boxed: deadpool moves its objects several times per lease, so they should be a pointer.
-    type Type = Box<ServerConn>;
-    type Error = BackendError;
+/// Milliseconds since start, advanced by the reaper: idle ages without a clock read per return.
+pub struct CoarseClock {
+    start: Instant,
+    ms: AtomicU64,
+}
 
-    async fn create(&self) -> Result<Box<ServerConn>, BackendError> {
-        // Boxed: a connect's state is large and rare; inline it would sit in every session's future.
-        let result = Box::pin(ServerConn::connect(&self.login, self.connect_timeout)).await;
-        self.metrics.connect_result(result.is_ok());
-        let mut conn = result?;
-        conn.gauge = Some(self.metrics.server_connection());
-        Ok(Box::new(conn))
+impl CoarseClock {
+    pub fn new() -> CoarseClock {
+        CoarseClock { start: Instant::now(), ms: AtomicU64::new(0) }
     }
 
-    /// Runs on every lease, so it reads no clock: lifetimes are enforced by `reap_idle`.
-    async fn recycle(&self, conn: &mut Box<ServerConn>, _: &Metrics) -> RecycleResult<BackendError> {
+    pub fn tick(&self) -> u64 {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.ms.store(now, Ordering::Relaxed);
+        now
+    }
+
+    fn now(&self) -> u64 {
+        self.ms.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for CoarseClock {
+    fn default() -> Self {
+        CoarseClock::new()
+    }
+}
+
+/// How the connections of one pool are opened, reset and counted.
+pub struct PoolConfig {
+    pub login: Login,
+    pub max_size: usize,
+    pub connect_timeout: Duration,
+    pub reset_query: String,
+    pub metrics: Arc<NodeMetrics>,
+    pub clock: Arc<CoarseClock>,
+}
+
+#[derive(Clone)]
+pub struct Pool(Arc<Inner>);
+
+struct Inner {
+    config: PoolConfig,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Most recently returned last.
+    idle: Vec<Idle>,
+    /// Connections counted against `max_size`: idle, leased, or being opened or reset.
+    size: usize,
+    waiters: VecDeque<oneshot::Sender<Handoff>>,
+}
+
+struct Idle {
+    conn: Box<ServerConn>,
+    since_ms: u64,
+}
+
+/// What a lease starts from: a connection, or room under `max_size` to open one.
+enum Handoff {
+    Conn(Box<ServerConn>),
+    Room,
+}
+
+impl Pool {
+    pub fn new(config: PoolConfig) -> Pool {
+        Pool(Arc::new(Inner { config, state: Mutex::new(State::default()) }))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.0.state.lock().expect("pool state poisoned")
+    }
+
+    /// Leases a connection, waiting at most `wait_limit` for one to be returned when the pool is
+    /// full; says how long it waited when it was not served at once.
+    pub async fn lease(&self, wait_limit: Duration) -> (Result<Lease, LeaseError>, Option<Duration>) {
+        let mut waiting_since: Option<Instant> = None;
+        loop {
+            let next = {
+                let mut state = self.state();
+                if let Some(idle) = state.idle.pop() {
+                    Some(Handoff::Conn(idle.conn))
+                } else if state.size < self.0.config.max_size {
+                    state.size += 1;
+                    Some(Handoff::Room)
+                } else {
+                    None
+                }
+            };
+            let next = match next {
+                Some(next) => next,
+                None => {
+                    let since = *waiting_since.get_or_insert_with(Instant::now);
+                    match crate::control::timeout_at(since + wait_limit, self.wait()).await {
+                        Ok(next) => next,
+                        Err(_) => return (Err(LeaseError::Timeout(wait_limit)), Some(since.elapsed())),
+                    }
+                }
+            };
+            let waited = waiting_since.map(|since| since.elapsed());
+            // From here this lease holds one unit of `size`; the guard gives it back on failure or
+            // if the caller goes away mid-connect or mid-reset.
+            let room = Room(Some(self));
+            match next {
+                Handoff::Conn(conn) => {
+                    if let Some(conn) = self.recycle(conn).await {
+                        return (Ok(room.into_lease(conn)), waited);
+                    }
+                }
+                Handoff::Room => match self.connect().await {
+                    Ok(conn) => return (Ok(room.into_lease(conn)), waited),
+                    Err(e) => return (Err(e.into()), waited),
+                },
+            }
+        }
+    }
+
+    /// Queues for the next returned connection or freed room.
+    fn wait(&self) -> Waiter<'_> {
+        let (tx, rx) = oneshot::channel();
+        self.state().waiters.push_back(tx);
+        Waiter { rx, pool: self, done: false }
+    }
+
+    /// Checks a connection before reuse; None when it was unfit and has been closed.
+    async fn recycle(&self, mut conn: Box<ServerConn>) -> Option<Box<ServerConn>> {
         // Anything the server sent while idle (a FATAL, a notification) makes it unfit to share.
         if conn.has_pending_input() {
-            return Err(RecycleError::message("unsolicited server input"));
+            tracing::debug!(pid = conn.pid, "closing a pooled connection with unsolicited input");
+            return None;
         }
         if conn.needs_reset {
-            // Bounded here rather than by deadpool's recycle timeout, which would wrap every lease.
-            match Box::pin(tokio::time::timeout(self.connect_timeout, conn.run(&self.reset_query))).await {
-                Ok(result) => result?,
-                Err(_) => return Err(RecycleError::message("reset query timed out")),
+            let reset = crate::control::timeout(self.0.config.connect_timeout, conn.run(&self.0.config.reset_query));
+            if let Err(e) = Box::pin(reset).await.unwrap_or_else(|_| Err(BackendError::Timeout("reset".into()))) {
+                tracing::debug!(pid = conn.pid, error = %e, "closing a pooled connection whose reset failed");
+                return None;
             }
             // The reset query may have dropped them (DISCARD ALL does).
             conn.statements.clear();
@@ -52,121 +169,151 @@ impl managed::Manager for Manager {
             conn.settings.clear();
             conn.needs_reset = false;
         }
-        Ok(())
-    }
-}
-
-/// Leases a connection from `pool`, waiting at most `limit`, and says how long it waited when it
-/// was not served at once (no timer and no clock read for a lease an idle connection serves).
-pub async fn lease(pool: &Pool, limit: Duration) -> (Result<Lease, PoolError<BackendError>>, Option<Duration>) {
-    let mut get = std::pin::pin!(pool.get());
-    let first = std::future::poll_fn(|cx| match get.as_mut().poll(cx) {
-        std::task::Poll::Ready(result) => std::task::Poll::Ready(Some(result)),
-        std::task::Poll::Pending => std::task::Poll::Ready(None),
-    })
-    .await;
-    if let Some(result) = first {
-        return (result, None);
-    }
-    let started = std::time::Instant::now();
-    let result = tokio::time::timeout(limit, get).await.unwrap_or(Err(PoolError::Timeout(TimeoutType::Wait)));
-    (result, Some(started.elapsed()))
-}
-
-/// All pools of one node, created on first use of each (database, user).
-pub struct NodePools {
-    pub name: String,
-    pub host: String,
-    pub port: u16,
-    pub metrics: Arc<NodeMetrics>,
-    pools: Mutex<HashMap<(String, String), Pool>>,
-}
-
-/// The pools of every configured node, indexed like `config.nodes`.
-pub struct Pools {
-    pub nodes: Vec<NodePools>,
-    size: usize,
-    pub acquire_timeout: Duration,
-    connect_timeout: Duration,
-    lifetime: Duration,
-    idle_timeout: Duration,
-    reset_query: String,
-}
-
-impl Pools {
-    pub fn new(config: &Config) -> Pools {
-        let nodes = config
-            .nodes
-            .iter()
-            .map(|n| NodePools {
-                name: n.name.clone(),
-                host: n.host.clone(),
-                port: n.port,
-                metrics: Arc::new(NodeMetrics::new(&n.name)),
-                pools: Mutex::new(HashMap::new()),
-            })
-            .collect();
-        Pools {
-            nodes,
-            size: config.pool.size,
-            acquire_timeout: config.pool.acquire_timeout,
-            connect_timeout: config.pool.connect_timeout,
-            lifetime: config.pool.lifetime,
-            idle_timeout: config.pool.idle_timeout,
-            reset_query: config.pool.reset_query.clone(),
-        }
+        Some(conn)
     }
 
-    /// The pool for (node, database, user); called once per session and node, not per query.
-    pub fn pool(&self, node: usize, database: &str, user: &str, password: &str) -> Pool {
-        let n = &self.nodes[node];
-        let mut pools = n.pools.lock().expect("pool map poisoned");
-        let key = (database.to_string(), user.to_string());
-        if let Some(p) = pools.get(&key) {
-            return p.clone();
-        }
-        let manager = Manager {
-            login: Login {
-                host: n.host.clone(),
-                port: n.port,
-                user: user.to_string(),
-                password: password.to_string(),
-                database: database.to_string(),
-            },
-            connect_timeout: self.connect_timeout,
-            reset_query: self.reset_query.clone(),
-            metrics: n.metrics.clone(),
-        };
-        let pool = Pool::builder(manager)
-            .max_size(self.size)
-            // The wait is bounded by `lease`, which arms a timer only when there is a wait.
-            .wait_timeout(None)
-            // Most recently used first: a warm working set, and the rest can idle out.
-            .queue_mode(QueueMode::Lifo)
-            .create_timeout(Some(self.connect_timeout))
-            .runtime(deadpool::Runtime::Tokio1)
-            .build()
-            .expect("runtime and timeouts are set");
-        pools.insert(key, pool.clone());
-        pool
+    async fn connect(&self) -> Result<Box<ServerConn>, BackendError> {
+        let config = &self.0.config;
+        // Boxed: a connect's state is large and rare; inline it would sit in every session's future.
+        let result = Box::pin(ServerConn::connect(&config.login, config.connect_timeout)).await;
+        config.metrics.connect_result(result.is_ok());
+        let mut conn = result?;
+        conn.gauge = Some(config.metrics.server_connection());
+        Ok(Box::new(conn))
     }
 
-    /// Closes idle connections past `idle_timeout` or `lifetime`; run periodically (a busy
-    /// connection past its lifetime goes at the first reap that finds it idle).
-    pub fn reap_idle(&self) {
-        for n in &self.nodes {
-            let pools: Vec<Pool> = n.pools.lock().expect("pool map poisoned").values().cloned().collect();
-            for p in pools {
-                p.retain(|conn, m| m.last_used() < self.idle_timeout && conn.created.elapsed() < self.lifetime);
+    /// Takes back a connection: to the longest waiter if any, else to the idle stack.
+    fn put_back(&self, mut conn: Box<ServerConn>) {
+        let mut state = self.state();
+        while let Some(waiter) = state.waiters.pop_front() {
+            match waiter.send(Handoff::Conn(conn)) {
+                Ok(()) => return,
+                Err(Handoff::Conn(back)) => conn = back, // that waiter gave up
+                Err(Handoff::Room) => unreachable!("sent a connection"),
             }
         }
+        state.idle.push(Idle { conn, since_ms: self.0.config.clock.now() });
     }
 
-    /// Drops every idle connection to a node (it went down or changed role).
-    pub fn drain_node(&self, node: usize) {
-        let pools: Vec<Pool> = self.nodes[node].pools.lock().expect("pool map poisoned").values().cloned().collect();
-        for p in pools {
-            p.retain(|_, _| false);
+    /// A connection was closed or never opened: its room goes to the longest waiter, if any.
+    fn free_room(&self) {
+        let mut state = self.state();
+        while let Some(waiter) = state.waiters.pop_front() {
+            if waiter.send(Handoff::Room).is_ok() {
+                return;
+            }
+        }
+        state.size -= 1;
+    }
+
+    /// Closes idle connections idle for `idle_timeout` or older than `lifetime`, or all of them.
+    pub fn close_idle(&self, keep: impl Fn(&ServerConn, Duration) -> bool) {
+        let now = self.0.config.clock.now();
+        let closed: Vec<Idle> = {
+            let mut state = self.state();
+            let (kept, closed) = std::mem::take(&mut state.idle)
+                .into_iter()
+                .partition(|i| keep(&i.conn, Duration::from_millis(now.saturating_sub(i.since_ms))));
+            state.idle = kept;
+            state.size -= closed.len();
+            closed
+        };
+        drop(closed); // outside the lock: closing sockets
+    }
+
+    /// (idle, size, waiting), for tests and diagnostics.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let state = self.state();
+        (state.idle.len(), state.size, state.waiters.len())
+    }
+}
+
+/// A lease's claim on one unit of the pool's size until it holds a connection.
+struct Room<'a>(Option<&'a Pool>);
+
+impl Room<'_> {
+    fn into_lease(mut self, conn: Box<ServerConn>) -> Lease {
+        let pool = self.0.take().expect("room claimed once").clone();
+        Lease { conn: Some(conn), pool }
+    }
+}
+
+impl Drop for Room<'_> {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0 {
+            pool.free_room();
+        }
+    }
+}
+
+/// Waits for a handoff; a handoff that arrives after the waiter gave up goes back to the pool.
+struct Waiter<'a> {
+    rx: oneshot::Receiver<Handoff>,
+    pool: &'a Pool,
+    done: bool,
+}
+
+impl Future for Waiter<'_> {
+    type Output = Handoff;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Handoff> {
+        match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Ready(Ok(handoff)) => {
+                self.done = true;
+                Poll::Ready(handoff)
+            }
+            // The pool holds every sender while it lives, and we hold the pool.
+            Poll::Ready(Err(_)) => unreachable!("pool dropped a waiter"),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.rx.close();
+        match self.rx.try_recv() {
+            Ok(Handoff::Conn(conn)) => self.pool.put_back(conn),
+            Ok(Handoff::Room) => self.pool.free_room(),
+            Err(_) => {}
+        }
+    }
+}
+
+/// A leased server connection; dropping it returns the connection to its pool.
+pub struct Lease {
+    conn: Option<Box<ServerConn>>,
+    pool: Pool,
+}
+
+impl Lease {
+    /// Closes the connection instead of returning it (broken, or left mid-transaction).
+    pub fn discard(mut self) {
+        self.conn = None;
+    }
+}
+
+impl std::ops::Deref for Lease {
+    type Target = ServerConn;
+    fn deref(&self) -> &ServerConn {
+        self.conn.as_ref().expect("leased")
+    }
+}
+
+impl std::ops::DerefMut for Lease {
+    fn deref_mut(&mut self) -> &mut ServerConn {
+        self.conn.as_mut().expect("leased")
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        match self.conn.take() {
+            Some(conn) => self.pool.put_back(conn),
+            None => self.pool.free_room(),
         }
     }
 }

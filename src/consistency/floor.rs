@@ -2,7 +2,7 @@
 //! (read-your-writes) and after reads on another node (monotonic reads), and the choice of a
 //! follower that has reached it.
 
-use super::positions::{now_ns, Positions};
+use super::positions::{mark, Positions};
 use super::{format_lsn, format_token, Level};
 use crate::topology::balance::Balancer;
 use crate::topology::Snapshot;
@@ -26,10 +26,10 @@ pub struct Floor {
     lsn: u64,
     /// Timeline the floor belongs to (0 until a leader was seen).
     timeline: u32,
-    /// A unit ended on the leader at this instant (now_ns): the floor must rise to a leader
-    /// position sampled after it. Covers writes and reads on the leader alike.
+    /// A unit ended on the leader at this `mark`: the floor must rise to a leader position
+    /// sampled after it. Covers writes and reads on the leader alike.
     leader_after: Option<u64>,
-    /// The last read ran on this follower: (node, incarnation, completed at).
+    /// The last read ran on this follower: (node, incarnation, `mark` at completion).
     last_read: Option<(usize, i64, u64)>,
 }
 
@@ -61,7 +61,7 @@ impl Floor {
 
     /// Records the end of a unit (its ReadyForQuery 'I' was just seen).
     pub fn unit_ended(&mut self, node: usize, on_follower: bool, incarnation: i64, wrote: bool) {
-        let now = now_ns();
+        let now = mark();
         if on_follower {
             if self.level.monotonic() {
                 self.last_read = Some((node, incarnation, now));
@@ -170,7 +170,7 @@ impl Floor {
         // A sample of the last read's node taken after the read completed folds in for free.
         if let Some((node, incarnation, completed)) = self.last_read {
             let s = positions.nodes[node].sample();
-            if s.sent_at >= completed && s.incarnation == incarnation {
+            if s.sent_at > completed && s.incarnation == incarnation {
                 self.lsn = self.lsn.max(s.lsn);
                 self.last_read = None;
             }

@@ -5,7 +5,7 @@ pub mod floor;
 pub mod positions;
 
 pub use floor::{Floor, ReadPlan};
-pub use positions::{now_ns, Positions, Sample};
+pub use positions::{mark, Positions, Sample};
 
 use serde::Deserialize;
 

@@ -1,17 +1,25 @@
 //! Every node's latest known WAL position (a standby's replay LSN, a primary's flush LSN) with
-//! its incarnation and when the sample was asked for, kept current by one fast poller per node
+//! its incarnation and which probe asked for it, kept current by one fast poller per node
 //! that also probes on demand (coalesced: one probe in flight per node serves every waiter).
 
 use crate::config::Config;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Monotonic nanoseconds since the first call, so instants fit in an atomic.
-pub fn now_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
+/// Probes are numbered in the order they are sent, from 1.
+static PROBES: AtomicU64 = AtomicU64::new(0);
+
+/// The number of the probe about to be sent.
+fn next_probe() -> u64 {
+    PROBES.fetch_add(1, Ordering::SeqCst) + 1
+}
+
+/// Marks an event (a unit's end): only samples from probes numbered above the mark were asked
+/// for after it. A counter read where a clock read would cost a hundred instructions per unit.
+pub fn mark() -> u64 {
+    PROBES.load(Ordering::SeqCst)
 }
 
 /// One node's latest sample. Written by its poller only; read lock-free by sessions.
@@ -19,7 +27,7 @@ pub fn now_ns() -> u64 {
 pub struct NodePosition {
     lsn: AtomicU64,
     incarnation: AtomicI64,
-    /// When the probe that produced the sample was sent (now_ns); 0 = never / node down.
+    /// The number of the probe that produced the sample (`mark`); 0 = never / node down.
     sent_at: AtomicU64,
     /// True while the node is in recovery (a follower).
     standby: AtomicBool,
@@ -65,7 +73,7 @@ impl NodePosition {
 
     #[cfg(test)]
     pub(crate) fn record_for_test(&self, lsn: u64, incarnation: i64) {
-        self.record(lsn, incarnation, true, now_ns());
+        self.record(lsn, incarnation, true, next_probe());
     }
 
     fn mark_down(&self) {
@@ -90,18 +98,18 @@ impl Positions {
         Positions { nodes: (0..nodes).map(|_| NodePosition::default()).collect() }
     }
 
-    /// A sample of `node` taken after `after` (now_ns), probing on demand; None on timeout.
+    /// A sample of `node` asked for after the `after` mark, probing on demand; None on timeout.
     pub async fn sample_after(&self, node: usize, after: u64, timeout: Duration) -> Option<Sample> {
         let position = &self.nodes[node];
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = std::time::Instant::now() + timeout;
         loop {
             let notified = position.sampled.notified();
             let sample = position.sample();
-            if sample.sent_at >= after {
+            if sample.sent_at > after {
                 return Some(sample);
             }
             position.wanted.notify_one();
-            tokio::time::timeout_at(deadline, notified).await.ok()?;
+            crate::control::timeout_at(deadline, notified).await.ok()?;
         }
     }
 
@@ -113,7 +121,7 @@ impl Positions {
         timeout: Duration,
         accept: impl Fn(usize, &Sample) -> bool,
     ) -> Option<usize> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = std::time::Instant::now() + timeout;
         loop {
             // Register interest before checking, so a sample landing in between is not missed.
             let waits: Vec<_> = candidates.iter().map(|&n| self.nodes[n].sampled.notified()).collect();
@@ -124,20 +132,21 @@ impl Positions {
                 self.nodes[n].wanted.notify_one();
             }
             let any = futures_any(waits);
-            tokio::time::timeout_at(deadline, any).await.ok()?;
+            crate::control::timeout_at(deadline, any).await.ok()?;
         }
     }
 
-    /// Starts one poller per node: a sample every `interval`, or at once when a waiter asks.
-    pub fn spawn_pollers(self: &Arc<Self>, config: &Config, interval: Duration) {
+    /// Starts one poller per node on the control thread: a sample every `interval`, or at once
+    /// when a waiter asks.
+    pub fn spawn_pollers(self: &Arc<Self>, config: &Config, interval: Duration, tasks: &mut crate::control::Tasks) {
         for (i, node) in config.nodes.iter().enumerate() {
             let pool = crate::topology::monitor::control_pool(config, node);
             let positions = self.clone();
             let timeout = config.monitor.timeout;
-            tokio::spawn(async move {
+            tasks.add(crate::control::spawn(async move {
                 let position = &positions.nodes[i];
                 loop {
-                    let sent_at = now_ns();
+                    let sent_at = next_probe();
                     let probe = async {
                         let client = pool.get().await.map_err(|e| e.to_string())?;
                         let statement = client.prepare_cached(POSITION_SQL).await.map_err(|e| e.to_string())?;
@@ -155,7 +164,7 @@ impl Positions {
                         return;
                     }
                 }
-            });
+            }));
         }
     }
 }
@@ -197,7 +206,7 @@ mod tests {
             tokio::spawn(async move { p2.wait_for(&[0, 1], Duration::from_secs(5), |_, s| s.lsn >= 10).await });
         // The "poller": answers a probe request with a sample.
         positions.nodes[1].wanted.notified().await;
-        positions.nodes[1].record(12, 1, true, now_ns());
+        positions.nodes[1].record(12, 1, true, next_probe());
         assert_eq!(waiter.await.unwrap(), Some(1));
         assert_eq!(positions.wait_for(&[0], Duration::from_millis(20), |_, s| s.lsn >= 10).await, None);
     }

@@ -68,6 +68,9 @@ pub struct Inflight {
     queue: VecDeque<Request>,
     /// The server is in COPY FROM mode of an extended-protocol Execute: it ignores Syncs.
     copy_in: bool,
+    /// The server asked for COPY data (CopyInResponse or CopyBothResponse, any protocol) and has
+    /// not yet sent ReadyForQuery.
+    awaits_copy_data: bool,
 }
 
 impl Inflight {
@@ -81,6 +84,13 @@ impl Inflight {
     }
 
     /// How many ReadyForQuery messages the client still expects from what was sent.
+    /// The server owes a ReadyForQuery it will send without more client input, so the session
+    /// need not watch the client for input until then.
+    pub fn answer_owed_without_input(&self) -> bool {
+        // From the back: the last request is usually the Sync or Query that ends the batch.
+        !self.awaits_copy_data && self.queue.iter().rev().any(Request::is_sync_point)
+    }
+
     pub fn sync_points(&self) -> usize {
         self.queue.iter().filter(|r| r.is_sync_point()).count()
     }
@@ -130,6 +140,7 @@ impl Inflight {
         let mut verdict = if swallowing { Verdict::Swallow } else { Verdict::Forward };
         let ends_front = match (tag, front) {
             (b'Z', _) => {
+                self.awaits_copy_data = false;
                 // Pops through the sync point; anything before it got no answer.
                 while let Some(r) = self.queue.pop_front() {
                     if r.is_sync_point() {
@@ -142,7 +153,12 @@ impl Inflight {
                 false
             }
             (b'G', Request::Execute) => {
+                self.awaits_copy_data = true;
                 self.copy_in_started();
+                false
+            }
+            (b'G' | b'W', _) => {
+                self.awaits_copy_data = true;
                 false
             }
             (b'E', r) if r.is_extended() => {
@@ -196,6 +212,7 @@ impl Inflight {
     /// Drops everything (the server connection is gone).
     pub fn clear(&mut self) {
         self.copy_in = false;
+        self.awaits_copy_data = false;
         self.queue.clear();
     }
 }
@@ -305,5 +322,31 @@ mod tests {
         t.push(Request::Parse { hash: None, swallow: false }, &mut BytesMut::new());
         t.push(Request::Sync, &mut BytesMut::new());
         assert_eq!(t.sync_points(), 2);
+    }
+
+    #[test]
+    fn an_answer_is_owed_without_input_until_the_server_asks_for_copy_data() {
+        let mut t = Inflight::default();
+        let mut out = BytesMut::new();
+        assert!(!t.answer_owed_without_input(), "nothing sent");
+        // Parse/Bind/Execute without Sync or Flush: the server may wait for more.
+        t.push(Request::Parse { hash: None, swallow: false }, &mut out);
+        t.push(Request::Execute, &mut out);
+        assert!(!t.answer_owed_without_input());
+        t.push(Request::Sync, &mut out);
+        assert!(t.answer_owed_without_input());
+        t.on_server_message(b'1');
+        t.on_server_message(b'C');
+        t.on_server_message(b'Z');
+        assert!(!t.answer_owed_without_input(), "answered");
+        // COPY FROM STDIN by simple query: owed until CopyInResponse, then the client must be read.
+        t.push(Request::Query { swallow: false }, &mut out);
+        assert!(t.answer_owed_without_input());
+        t.on_server_message(b'G');
+        assert!(!t.answer_owed_without_input());
+        t.on_server_message(b'C');
+        t.on_server_message(b'Z');
+        t.push(Request::Query { swallow: false }, &mut out);
+        assert!(t.answer_owed_without_input(), "a ReadyForQuery ends the COPY");
     }
 }

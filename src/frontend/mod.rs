@@ -28,7 +28,8 @@ pub async fn serve_client(mut stream: TcpStream, peer: SocketAddr, shared: &Shar
         return;
     }
     let login =
-        tokio::time::timeout(shared.config.proxy.client_login_timeout, startup::handshake(&mut stream, shared)).await;
+        crate::control::timeout(shared.config.proxy.client_login_timeout, startup::handshake(&mut stream, shared))
+            .await;
     let login = match login {
         Ok(Ok(Some(login))) => login,
         Ok(Ok(None)) => return, // a cancel request, fully handled
@@ -55,6 +56,6 @@ pub async fn fail(stream: &mut (impl AsyncWrite + Unpin), e: &ProxyError) {
         return;
     }
     let msg = messages::error_response("FATAL", e.sqlstate(), &e.to_string());
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&msg)).await;
+    let _ = crate::control::timeout(std::time::Duration::from_secs(1), stream.write_all(&msg)).await;
     let _ = stream.shutdown().await;
 }

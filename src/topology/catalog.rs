@@ -53,13 +53,19 @@ async fn load(config: &Config, leader: usize) -> Result<Vec<(String, String)>, t
     Ok(rows)
 }
 
-/// Reloads the catalog now and then every `routing.catalog_refresh`, until the classifier is gone.
-pub fn spawn(config: Arc<Config>, topology: Arc<Topology>, classifier: std::sync::Weak<Classifier>) {
+/// Reloads the catalog now and then every `routing.catalog_refresh`, until the classifier is gone
+/// (on the control thread).
+pub fn spawn(
+    config: Arc<Config>,
+    topology: Arc<Topology>,
+    classifier: std::sync::Weak<Classifier>,
+    tasks: &mut crate::control::Tasks,
+) {
     let overrides = FunctionOverrides {
         write_functions: config.routing.write_functions.clone(),
         read_only_functions: config.routing.read_only_functions.clone(),
     };
-    tokio::spawn(async move {
+    tasks.add(crate::control::spawn(async move {
         let mut last: Vec<(String, String)> = Vec::new();
         loop {
             let Some(leader) = topology.leader(Duration::from_secs(5)).await else { continue };
@@ -79,5 +85,5 @@ pub fn spawn(config: Arc<Config>, topology: Arc<Topology>, classifier: std::sync
             }
             tokio::time::sleep(config.routing.catalog_refresh).await;
         }
-    });
+    }));
 }

@@ -134,13 +134,13 @@ impl Topology {
 
     /// The leader, waiting up to `timeout` for one to be known.
     pub async fn leader(&self, timeout: Duration) -> Option<usize> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = std::time::Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
             if let Some(l) = self.current.load().leader {
                 return Some(l);
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            if crate::control::timeout_at(deadline, notified).await.is_err() {
                 return None;
             }
         }

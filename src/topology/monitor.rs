@@ -51,7 +51,7 @@ async fn probe(pool: &Pool) -> Result<NodeState, String> {
 }
 
 /// Starts the monitor tasks; they run until the runtime stops.
-pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange) {
+pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange, tasks: &mut crate::control::Tasks) {
     for (i, node) in config.nodes.iter().enumerate() {
         let pool = control_pool(config, node);
         let (interval, timeout) = (config.monitor.interval, config.monitor.timeout);
@@ -59,7 +59,7 @@ pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange) 
         let up = metrics::gauge!(crate::metrics::NODE_UP, "node" => name.clone());
         let leader = metrics::gauge!(crate::metrics::NODE_IS_LEADER, "node" => name.clone());
         let probe_time = metrics::histogram!(crate::metrics::NODE_PROBE_SECONDS, "node" => name.clone());
-        tokio::spawn(async move {
+        tasks.add(crate::control::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -85,6 +85,6 @@ pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange) 
                     on_change(i, &before, &state);
                 }
             }
-        });
+        }));
     }
 }

@@ -77,13 +77,21 @@ pub struct ProxyOptions {
     pub pool_size: usize,
     /// Extra lines for the [proxy] table.
     pub proxy_section: String,
+    /// Extra lines for the [pool] table (acquire_timeout defaults to 10s unless set here).
+    pub pool_section: String,
     /// Extra TOML appended verbatim.
     pub extra: String,
 }
 
 impl Default for ProxyOptions {
     fn default() -> Self {
-        ProxyOptions { pool_mode: "transaction", pool_size: 4, proxy_section: String::new(), extra: String::new() }
+        ProxyOptions {
+            pool_mode: "transaction",
+            pool_size: 4,
+            proxy_section: String::new(),
+            pool_section: String::new(),
+            extra: String::new(),
+        }
     }
 }
 
@@ -102,9 +110,13 @@ impl ProxyProcess {
     pub fn start(cluster: &TestCluster, options: ProxyOptions) -> ProxyProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let (port, metrics_port) = (free_port(), free_port());
+        let mut pool_section = options.pool_section.clone();
+        if !pool_section.contains("acquire_timeout") {
+            pool_section += "\nacquire_timeout = \"10s\"";
+        }
         let mut config = format!(
             "[proxy]\nlisten = \"127.0.0.1:{port}\"\npool_mode = \"{}\"\n{}\n\
-             [pool]\nsize = {}\nacquire_timeout = \"10s\"\n\
+             [pool]\nsize = {}\n{pool_section}\n\
              [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
              [monitor]\ninterval = \"100ms\"\n",
             options.pool_mode, options.proxy_section, options.pool_size

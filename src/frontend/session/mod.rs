@@ -22,7 +22,7 @@ use super::state::{ClientSettings, Pins};
 use crate::backend::settings::Settings;
 use crate::backend::statements::ServerStatements;
 use crate::backend::BackendError;
-use crate::backend::{Lease, Pool};
+use crate::backend::{Lease, LeaseError, Pool};
 use crate::config::{LeaderReads, PoolMode};
 use crate::consistency::Floor;
 use crate::error::ProxyError;
@@ -32,7 +32,6 @@ use crate::proxy::Shared;
 use crate::route::{Classification, SessionEffect, TxControl};
 use crate::topology::balance::Outstanding;
 use bytes::{Buf, Bytes, BytesMut};
-use deadpool::managed::{Object, PoolError};
 use std::io;
 use std::sync::Arc;
 use std::time::Instant;
@@ -269,6 +268,10 @@ impl Session<'_> {
             }
             .map_err(ProxyError::ClientIo);
         };
+        // While the server owes an answer that needs nothing more from the client, and nothing
+        // waits to go to the client, the client's socket is not watched: one wakeup-registration
+        // less per query. Pipelined input waits in the socket until the answer arrives.
+        let want_client = want_client && !(to_client.is_empty() && self.inflight.answer_owed_without_input());
         let conn = &mut *leased.lease;
         if conn.rbuf.capacity() - conn.rbuf.len() < 4096 {
             conn.rbuf.reserve(16 * 1024);
@@ -388,15 +391,15 @@ impl Session<'_> {
             // or the Bind of a named statement (a named Parse alone runs nothing).
             let named = self.cbuf.get(5).is_some_and(|&b| b != 0);
             let observe = match tag {
-                fe::QUERY => class.clone(),
-                fe::PARSE if !named => class.clone(),
+                fe::QUERY => class.as_deref(),
+                fe::PARSE if !named => class.as_deref(),
                 fe::BIND
                     if self.cbuf[5..total]
                         .iter()
                         .position(|&b| b == 0)
                         .is_some_and(|p| self.cbuf.get(6 + p) != Some(&0)) =>
                 {
-                    class.clone()
+                    class.as_deref()
                 }
                 _ => None,
             };
@@ -520,7 +523,7 @@ impl Session<'_> {
                 // Pinned state (LISTEN, temp tables, locks) must not reach the next client.
                 leased.lease.needs_reset = self.mode == PoolMode::Session || self.pins.is_pinned();
             } else {
-                drop(Object::take(leased.lease));
+                leased.lease.discard();
             }
         }
     }

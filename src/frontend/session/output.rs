@@ -98,7 +98,7 @@ impl Session<'_> {
         let hold = self.hold.take().expect("retrying a held unit");
         let leased = self.server.take().expect("retrying on a held server");
         tracing::debug!(node = %self.shared.pools.nodes[leased.node].name, reason, leader, "re-running a read unit");
-        drop(Object::take(leased.lease)); // mid-unit: never reused
+        leased.lease.discard(); // mid-unit: never reused
         self.key.target.clear();
         self.to_server.clear();
         self.inflight.clear();
@@ -182,7 +182,7 @@ impl Session<'_> {
         tracing::warn!(%node, %error, "server connection lost");
         self.key.target.clear();
         self.to_server.clear();
-        drop(Object::take(leased.lease));
+        leased.lease.discard();
         if leased.scanner.mid_message() || self.mode == PoolMode::Session {
             // Part of a message already reached the client, or session state is gone: it must reconnect.
             return Err(ProxyError::Backend(error.into()));

@@ -11,7 +11,9 @@ impl Session<'_> {
     pub(super) fn classify_message(&mut self, tag: u8, total: usize) -> Option<Arc<Classification>> {
         let body = &self.cbuf[5..total];
         let classifier = &self.shared.classifier;
-        let named = |body: &[u8]| messages::read_cstr(body).map(|(name, _)| name.to_vec());
+        fn named(body: &[u8]) -> Option<&[u8]> {
+            messages::read_cstr(body).map(|(name, _)| name)
+        }
         let statement_name = match tag {
             fe::QUERY => return messages::read_cstr(body).map(|(q, _)| classifier.classify(&sql_text(q))),
             fe::PARSE => {
@@ -22,7 +24,8 @@ impl Session<'_> {
             fe::DESCRIBE if body.first() == Some(&b'S') => named(&body[1..])?,
             _ => return None,
         };
-        let statement = self.statements.get_mut(&statement_name)?;
+        // Looked up in place: the name is not copied out of the message.
+        let statement = self.statements.get_mut(statement_name)?;
         if statement.classification.is_none() {
             statement.classification = Some(classifier.classify_statement(&sql_text(statement.query())));
         }
@@ -251,7 +254,7 @@ impl Session<'_> {
                 // reads, and waited out for writes: the monitors will find the leader.
                 Err(ProxyError::Backend(e)) if unreachable(&e) && follower.is_some() => tried.push(node),
                 Err(ProxyError::Backend(e)) if unreachable(&e) && Instant::now() < deadline() => {
-                    Box::pin(tokio::time::sleep(shared.config.monitor.interval)).await;
+                    crate::control::sleep(shared.config.monitor.interval).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -265,18 +268,20 @@ impl Session<'_> {
         let pool = self.pools[node]
             .get_or_insert_with(|| shared.pools.pool(node, &login.database, &login.user, &login.password));
         let metrics = &shared.pools.nodes[node].metrics;
-        let (lease, waited) = crate::backend::pool::lease(pool, shared.pools.acquire_timeout).await;
+        let (lease, waited) = pool.lease(shared.pools.acquire_timeout).await;
         let lease = match lease {
             Ok(lease) => lease,
-            Err(PoolError::Timeout(_)) => {
+            Err(LeaseError::Timeout(_)) => {
                 metrics.pool_timeouts.increment(1);
                 let waited = waited.unwrap_or_default();
                 return Err(ProxyError::PoolTimeout { node: shared.pools.nodes[node].name.clone(), waited });
             }
-            Err(PoolError::Backend(e)) => return Err(e.into()),
-            Err(e) => return Err(ProxyError::Internal(e.to_string())),
+            Err(LeaseError::Backend(e)) => return Err(e.into()),
         };
-        metrics.pool_wait.record(waited.map_or(0.0, |w| w.as_secs_f64()));
+        // Only leases that waited: the rest are counted by pgcausal_routed_total.
+        if let Some(waited) = waited {
+            metrics.pool_wait.record(waited.as_secs_f64());
+        }
         if follower { &metrics.routed_reads } else { &metrics.routed_leader }.increment(1);
         self.key.target.set(node, lease.pid, lease.secret);
         let outstanding = shared.balancer.lease(node);
