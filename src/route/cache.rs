@@ -12,7 +12,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use quick_cache::sync::Cache;
 
-use crate::route::{classify, fingerprint, Classification, Fingerprint, FunctionCatalog, Reason, Target};
+use crate::route::{classify, fingerprint_bytes, Classification, Fingerprint, FunctionCatalog, Reason, Target};
 
 #[derive(Clone)]
 struct Entry {
@@ -24,7 +24,7 @@ struct Entry {
 /// A classification by exact statement text (the text is kept: a hash alone could collide).
 struct Exact {
     generation: u64,
-    text: Box<str>,
+    text: Box<[u8]>,
     classification: Arc<Classification>,
 }
 
@@ -83,17 +83,19 @@ impl Classifier {
         }
     }
 
-    /// Classifies `sql`, from the cache when possible.
-    pub fn classify(&self, sql: &str) -> Arc<Classification> {
-        self.classify_fingerprinted(sql, &fingerprint(sql))
+    /// Classifies `sql` (as the client sent it), from the cache when possible.
+    pub fn classify(&self, sql: impl AsRef<[u8]>) -> Arc<Classification> {
+        let sql = sql.as_ref();
+        self.classify_fingerprinted(sql, &fingerprint_bytes(sql))
     }
 
     /// Classifies the text of a Parse message: clients send the same parameterised text again
     /// and again, so it is looked up by exact text before any fingerprinting.
-    pub fn classify_statement(&self, sql: &str) -> Arc<Classification> {
+    pub fn classify_statement(&self, sql: impl AsRef<[u8]>) -> Arc<Classification> {
+        let sql = sql.as_ref();
         let key = {
             let mut hasher = rustc_hash::FxHasher::default();
-            std::hash::Hasher::write(&mut hasher, sql.as_bytes());
+            std::hash::Hasher::write(&mut hasher, sql);
             std::hash::Hasher::finish(&hasher)
         };
         let generation = self.exact_generation.load(Ordering::Acquire);
@@ -111,7 +113,8 @@ impl Classifier {
     }
 
     /// Like [`classify`](Self::classify) for a caller that already computed `fingerprint(sql)`.
-    pub fn classify_fingerprinted(&self, sql: &str, fp: &Fingerprint) -> Arc<Classification> {
+    /// The text is decoded only on a miss (lossily when it is not UTF-8: the parser needs text).
+    pub fn classify_fingerprinted(&self, sql: &[u8], fp: &Fingerprint) -> Arc<Classification> {
         let generation = self.generation.load(Ordering::Acquire);
         if let Some(entry) = self.cache.get(&fp.hash) {
             if entry.generation == generation {
@@ -122,7 +125,8 @@ impl Classifier {
         self.misses.fetch_add(1, Ordering::Relaxed);
         // Load the catalog after the generation: a swap in between makes this
         // entry's generation stale, never the other way round.
-        let mut classification = classify(sql, &self.catalog.load());
+        let sql = String::from_utf8_lossy(sql);
+        let mut classification = classify(&sql, &self.catalog.load());
         classification.keyword = fp.first_keyword;
         if matches!(classification.reason, Reason::Unparsed | Reason::UnparsedRead) {
             self.unparsed.fetch_add(1, Ordering::Relaxed);
@@ -144,8 +148,8 @@ impl Classifier {
 
     /// Forces `sql`'s fingerprint to the leader from now on: the caller's
     /// safety net after a follower answered SQLSTATE 25006 (read-only transaction).
-    pub fn remember_leader_only(&self, sql: &str) {
-        let fp = fingerprint(sql);
+    pub fn remember_leader_only(&self, sql: impl AsRef<[u8]>) {
+        let fp = fingerprint_bytes(sql.as_ref());
         tracing::info!(fingerprint = fp.hash, "follower rejected statement; routing it to the leader from now on");
         self.leader_only.insert(fp.hash, ());
         self.cache.remove(&fp.hash);

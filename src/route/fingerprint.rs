@@ -102,7 +102,12 @@ keywords! {
 /// dispatch per token, and literal and comment bodies are skipped with memchr.
 /// About 820 instructions for pgbench's SELECT (2,200 with the Lexer).
 pub fn fingerprint(sql: &str) -> Fingerprint {
-    fingerprint_scan::scan(sql.as_bytes())
+    fingerprint_bytes(sql.as_bytes())
+}
+
+/// [`fingerprint`] of SQL as the client sent it, which need not be UTF-8 (client_encoding).
+pub fn fingerprint_bytes(sql: &[u8]) -> Fingerprint {
+    fingerprint_scan::scan(sql)
 }
 
 #[cfg(test)]

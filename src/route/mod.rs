@@ -24,7 +24,7 @@ mod tests;
 
 pub use cache::{CacheStats, Classifier};
 pub use classify::classify;
-pub use fingerprint::{fingerprint, Fingerprint, Keyword};
+pub use fingerprint::{fingerprint, fingerprint_bytes, Fingerprint, Keyword};
 pub use functions::{FunctionCatalog, FunctionOverrides};
 
 /// Where a statement may run. Inside an open transaction the caller keeps

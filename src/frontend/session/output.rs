@@ -140,7 +140,7 @@ impl Session<'_> {
                 _ => None,
             };
             if let Some(sql) = sql {
-                self.shared.classifier.remember_leader_only(&String::from_utf8_lossy(&sql));
+                self.shared.classifier.remember_leader_only(&sql);
             }
             rest = &rest[total.min(rest.len())..];
         }

@@ -15,10 +15,10 @@ impl Session<'_> {
             messages::read_cstr(body).map(|(name, _)| name)
         }
         let statement_name = match tag {
-            fe::QUERY => return messages::read_cstr(body).map(|(q, _)| classifier.classify(&sql_text(q))),
+            fe::QUERY => return messages::read_cstr(body).map(|(q, _)| classifier.classify(q)),
             fe::PARSE => {
                 let (_, rest) = messages::read_cstr(body)?;
-                return messages::read_cstr(rest).map(|(q, _)| classifier.classify_statement(&sql_text(q)));
+                return messages::read_cstr(rest).map(|(q, _)| classifier.classify_statement(q));
             }
             fe::BIND => messages::read_cstr(body).and_then(|(_, rest)| named(rest))?,
             fe::DESCRIBE if body.first() == Some(&b'S') => named(&body[1..])?,
@@ -27,7 +27,7 @@ impl Session<'_> {
         // Looked up in place: the name is not copied out of the message.
         let statement = self.statements.get_mut(statement_name)?;
         if statement.classification.is_none() {
-            statement.classification = Some(classifier.classify_statement(&sql_text(statement.query())));
+            statement.classification = Some(classifier.classify_statement(statement.query()));
         }
         statement.classification.clone()
     }
