@@ -2,7 +2,6 @@
 //! round robin, or random.
 
 use crate::config::Balance;
-use rand::Rng;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -42,16 +41,12 @@ impl Balancer {
     /// One of the `candidates` that `usable` accepts, or None; allocates nothing (per read unit).
     pub fn pick_where(&self, candidates: &[usize], usable: impl Fn(usize) -> bool) -> Option<usize> {
         let usable = || candidates.iter().copied().filter(|&n| usable(n));
-        let count = usable().count();
-        if count <= 1 {
-            return usable().next();
-        }
         match self.policy {
             Balance::LeastOutstanding => {
                 // Ties break at random, so an idle cluster still spreads reads (a rotating
                 // counter would lock into step with clients that lease twice per statement).
                 // One pass (loads change under us): keep the least loaded, a random one among ties.
-                let mut rng = rand::thread_rng();
+                // The draw needs no quality: fastrand's thread-local generator, a few instructions.
                 let (mut chosen, mut least, mut ties) = (None, usize::MAX, 0u32);
                 for n in usable() {
                     let load = self.outstanding[n].load(Ordering::Relaxed);
@@ -59,15 +54,24 @@ impl Balancer {
                         (chosen, least, ties) = (Some(n), load, 1);
                     } else if load == least {
                         ties += 1;
-                        if rng.gen_range(0..ties) == 0 {
+                        if fastrand::u32(0..ties) == 0 {
                             chosen = Some(n);
                         }
                     }
                 }
                 chosen
             }
-            Balance::RoundRobin => usable().nth(self.next.fetch_add(1, Ordering::Relaxed) % count),
-            Balance::Random => usable().nth(rand::thread_rng().gen_range(0..count)),
+            Balance::RoundRobin | Balance::Random => {
+                let count = usable().count();
+                if count <= 1 {
+                    return usable().next();
+                }
+                let index = match self.policy {
+                    Balance::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % count,
+                    _ => fastrand::usize(0..count),
+                };
+                usable().nth(index)
+            }
         }
     }
 
