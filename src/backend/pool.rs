@@ -206,7 +206,7 @@ impl Pool {
         state.size -= 1;
     }
 
-    /// Closes idle connections idle for `idle_timeout` or older than `lifetime`, or all of them.
+    /// Closes the idle connections `keep` (given each one and how long it has idled) refuses.
     pub fn close_idle(&self, keep: impl Fn(&ServerConn, Duration) -> bool) {
         let now = self.0.config.clock.now();
         let closed: Vec<Idle> = {
@@ -219,12 +219,6 @@ impl Pool {
             closed
         };
         drop(closed); // outside the lock: closing sockets
-    }
-
-    /// (idle, size, waiting), for tests and diagnostics.
-    pub fn counts(&self) -> (usize, usize, usize) {
-        let state = self.state();
-        (state.idle.len(), state.size, state.waiters.len())
     }
 }
 
