@@ -35,10 +35,8 @@ impl CoarseClock {
         CoarseClock { start: Instant::now(), ms: AtomicU64::new(0) }
     }
 
-    pub fn tick(&self) -> u64 {
-        let now = self.start.elapsed().as_millis() as u64;
-        self.ms.store(now, Ordering::Relaxed);
-        now
+    pub fn tick(&self) {
+        self.ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     fn now(&self) -> u64 {
