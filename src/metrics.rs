@@ -24,6 +24,7 @@ pub const SESSION_PINS: &str = "pgcausal_session_pins_total";
 pub const NODE_UP: &str = "pgcausal_node_up";
 pub const NODE_IS_LEADER: &str = "pgcausal_node_is_leader";
 pub const NODE_PROBE_SECONDS: &str = "pgcausal_node_probe_seconds";
+pub const POSITION_PROBES: &str = "pgcausal_position_probes_total";
 
 /// Registers help texts; called once at start.
 pub fn describe() {
@@ -56,6 +57,10 @@ pub fn describe() {
     describe_gauge!(NODE_UP, "1 if the node's last health probe succeeded");
     describe_gauge!(NODE_IS_LEADER, "1 if the node is the current leader");
     describe_histogram!(NODE_PROBE_SECONDS, "Duration of node health probes");
+    describe_counter!(
+        POSITION_PROBES,
+        "WAL position probes sent, by node and cause (tick: the poll interval, wanted: a waiting session asked)"
+    );
 }
 
 /// Starts the /metrics HTTP listener on the control thread (off the data path's runtime).

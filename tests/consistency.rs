@@ -318,6 +318,8 @@ struct Report {
     ports: Vec<u16>,
     routed: BTreeMap<String, f64>,
     fallbacks: BTreeMap<String, f64>,
+    /// `pgcausal_position_probes_total` delta by labels.
+    probes: BTreeMap<String, f64>,
 }
 
 impl Report {
@@ -372,6 +374,7 @@ impl fmt::Display for Report {
             self.routed
         )?;
         writeln!(f, "  pgcausal_consistency_fallbacks_total delta: {:?}", self.fallbacks)?;
+        writeln!(f, "  pgcausal_position_probes_total delta: {:?}", self.probes)?;
         writeln!(f, "  {} errors{}", t.errors.len(), if t.errors.is_empty() { "" } else { ", first ones:" })?;
         for e in t.errors.iter().take(10) {
             writeln!(f, "    {e}")?;
@@ -402,10 +405,16 @@ fn prepare_database(cluster: &TestCluster, db: &str) {
 /// Starts a proxy (pool size 4, transaction pooling) for `level` given `via`, creates `db`, runs
 /// the workload and returns its report.
 fn check_level(cluster: &TestCluster, db: &str, level: &str, via: Via) -> Report {
+    check_level_with(cluster, db, level, via, "")
+}
+
+/// `check_level` with `extra` TOML in the proxy's config.
+fn check_level_with(cluster: &TestCluster, db: &str, level: &str, via: Via, extra: &str) -> Report {
     prepare_database(cluster, db);
     let mut options = ProxyOptions { pool_size: 4, pool_mode: "transaction", ..Default::default() };
+    options.extra = extra.to_string();
     if let Via::Config = via {
-        options.extra = format!("[consistency]\nlevel = \"{level}\"\n");
+        options.extra += &format!("[consistency]\nlevel = \"{level}\"\n");
     }
     let proxy = ProxyProcess::start(cluster, options);
     let report = runtime().block_on(check(cluster, &proxy, db, level, via));
@@ -460,6 +469,7 @@ async fn check(cluster: &TestCluster, proxy: &ProxyProcess, db: &str, level: &st
         ports: cluster.ports.clone(),
         routed: counter_delta(&before, &after, "pgcausal_routed_total"),
         fallbacks: counter_delta(&before, &after, "pgcausal_consistency_fallbacks_total"),
+        probes: counter_delta(&before, &after, "pgcausal_position_probes_total"),
     }
 }
 
@@ -895,6 +905,21 @@ fn both_followers_delayed_still_zero_violations() {
         r.reads()
     );
     assert_sound(&r, true, true, true);
+}
+
+/// With `routing.leader_reads = always` the leader serves every read no follower could serve
+/// yet: still zero violations, and no read waits for replay or asks for a position probe.
+#[test]
+fn a_sharing_leader_keeps_every_guarantee_without_waiting() {
+    let _serial = serial();
+    let cluster = one_delayed_cluster();
+    let r =
+        check_level_with(cluster, "cc_leader_shares", "causal", Via::Default, "[routing]\nleader_reads = \"always\"\n");
+    assert_sound(&r, true, true, true);
+    let wanted: f64 = r.probes.iter().filter(|(k, _)| k.contains("cause=\"wanted\"")).map(|(_, v)| v).sum();
+    assert_eq!(wanted, 0.0, "reads asked for position probes although the leader could serve them\n{r}");
+    assert!(r.fallbacks.is_empty(), "reads fell back to the leader instead of taking its share\n{r}");
+    assert!(r.follower_share() > 0.1, "too few reads ran on the followers\n{r}");
 }
 
 #[test]

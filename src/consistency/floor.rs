@@ -12,6 +12,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadPlan {
     Follower(usize),
+    /// The leader taking its share of reads (`routing.leader_reads = always`): not a fallback.
+    LeaderShare,
     /// The leader, and why (the label of the fallbacks metric).
     Leader(&'static str),
     /// `consistency.on_timeout = "error"`: the message names the floor and the best follower.
@@ -91,6 +93,19 @@ impl Floor {
         None
     }
 
+    /// Folds a leader sample taken after the pending mark, if one is already known (no probe).
+    fn settle_leader_now(&mut self, snapshot: &Snapshot, positions: &Positions) -> bool {
+        let Some(after) = self.leader_after else { return true };
+        let Some(leader) = snapshot.leader else { return false };
+        let sample = positions.nodes[leader].sample();
+        if sample.sent_at <= after {
+            return false;
+        }
+        self.lsn = self.lsn.max(sample.lsn);
+        self.leader_after = None;
+        true
+    }
+
     /// Turns pending observations into the numeric floor. False if the leader's position
     /// could not be learned in time (the caller then reads on the leader).
     async fn settle_leader(&mut self, snapshot: &Snapshot, positions: &Positions, wait: Duration) -> bool {
@@ -138,34 +153,45 @@ impl Floor {
         format_token(self.timeline, self.lsn)
     }
 
-    /// Picks the node for a read unit among the followers in rotation (minus `exclude`).
+    /// Picks the node for a read unit among the followers in rotation (minus `exclude`), and
+    /// the leader when `policy.leader_shares`: it has every write, so such reads never wait.
     pub async fn plan_read(
         &mut self,
         snapshot: &Snapshot,
         positions: &Positions,
         balancer: &Balancer,
-        wait: Duration,
-        error_on_timeout: bool,
+        policy: &ReadPolicy,
         exclude: &[usize],
     ) -> ReadPlan {
         let followers = &snapshot.followers;
         let allowed = |n: usize| !exclude.contains(&n);
+        let leader = snapshot.leader.filter(|&l| policy.leader_shares && allowed(l));
+        // The balancer's pick among followers accepted by `ok` and the sharing leader.
+        let pick = |ok: &dyn Fn(usize) -> bool| {
+            let chosen = balancer.pick_where(followers.iter().copied().chain(leader), |n| {
+                n == leader.unwrap_or(usize::MAX) || (allowed(n) && ok(n))
+            });
+            chosen.map(|n| if Some(n) == leader { ReadPlan::LeaderShare } else { ReadPlan::Follower(n) })
+        };
         match self.level {
             Level::Strong => return ReadPlan::Leader("strong"),
             Level::Eventual => {
                 let max = self.max_staleness.map_or(u64::MAX, |d| d.as_millis() as u64);
-                let fresh = |n: usize| allowed(n) && snapshot.nodes[n].replay_lag_ms <= max;
-                return balancer
-                    .pick_where(followers, fresh)
-                    .map_or(ReadPlan::Leader("no_follower"), ReadPlan::Follower);
+                return pick(&|n| snapshot.nodes[n].replay_lag_ms <= max).unwrap_or(ReadPlan::Leader("no_follower"));
             }
             _ => {}
         }
         if !followers.iter().any(|&n| allowed(n)) {
-            return ReadPlan::Leader("no_follower");
+            return if leader.is_some() { ReadPlan::LeaderShare } else { ReadPlan::Leader("no_follower") };
         }
-        if !self.settle_leader(snapshot, positions, wait).await {
-            return ReadPlan::Leader("leader_position_unknown");
+        if !self.settle_leader_now(snapshot, positions) {
+            // Learning the leader's position takes a probe; a sharing leader needs none.
+            if leader.is_some() {
+                return ReadPlan::LeaderShare;
+            }
+            if !self.settle_leader(snapshot, positions, policy.wait).await {
+                return ReadPlan::Leader("leader_position_unknown");
+            }
         }
         // A sample of the last read's node taken after the read completed folds in for free.
         if let Some((node, incarnation, completed)) = self.last_read {
@@ -186,7 +212,10 @@ impl Floor {
             {
                 return ReadPlan::Follower(node);
             }
-            if !self.fold_last_read(snapshot, positions, wait).await {
+            if leader.is_some() {
+                return ReadPlan::LeaderShare;
+            }
+            if !self.fold_last_read(snapshot, positions, policy.wait).await {
                 return ReadPlan::Leader("leader_position_unknown");
             }
         }
@@ -195,26 +224,39 @@ impl Floor {
             let s = positions.nodes[n].sample();
             s.sent_at > 0 && s.lsn >= floor
         };
-        if let Some(node) = balancer.pick_where(followers, |n| allowed(n) && reached(n)) {
-            return ReadPlan::Follower(node);
+        if let Some(plan) = pick(&reached) {
+            return plan;
         }
         let candidates: Vec<usize> = followers.iter().copied().filter(|&n| allowed(n)).collect();
         let started = std::time::Instant::now();
-        let waited = Box::pin(positions.wait_for(&candidates, wait, |_, s| s.sent_at > 0 && s.lsn >= floor)).await;
+        let waited =
+            Box::pin(positions.wait_for(&candidates, policy.wait, |_, s| s.sent_at > 0 && s.lsn >= floor)).await;
         metrics::histogram!(crate::metrics::CONSISTENCY_WAIT).record(started.elapsed().as_secs_f64());
         match waited {
             Some(node) => ReadPlan::Follower(node),
-            None if error_on_timeout => {
+            None if policy.error_on_timeout => {
                 let best = candidates.iter().map(|&n| (n, positions.nodes[n].sample().lsn)).max_by_key(|&(_, l)| l);
                 let best = best.map_or("none".to_string(), |(n, l)| format!("node {n} at {}", format_lsn(l)));
                 ReadPlan::Error(format!(
-                    "no follower reached this session's floor {} within {wait:?} (best: {best})",
-                    format_lsn(floor)
+                    "no follower reached this session's floor {} within {:?} (best: {best})",
+                    format_lsn(floor),
+                    policy.wait
                 ))
             }
             None => ReadPlan::Leader("floor_timeout"),
         }
     }
+}
+
+/// How a session's reads may use the leader and wait for followers (from the config).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadPolicy {
+    /// How long a read waits for a follower to reach the floor.
+    pub wait: Duration,
+    /// Fail the read (instead of reading on the leader) when no follower reached it in time.
+    pub error_on_timeout: bool,
+    /// The leader takes a share of reads (`routing.leader_reads = always`).
+    pub leader_shares: bool,
 }
 
 #[cfg(test)]
@@ -237,6 +279,8 @@ mod tests {
     }
 
     const WAIT: Duration = Duration::from_millis(30);
+    const WAITS: ReadPolicy = ReadPolicy { wait: WAIT, error_on_timeout: false, leader_shares: false };
+    const ERRS: ReadPolicy = ReadPolicy { error_on_timeout: true, ..WAITS };
 
     #[tokio::test]
     async fn reads_after_a_write_need_a_follower_past_the_leader_position() {
@@ -246,12 +290,12 @@ mod tests {
         record(&p, 0, 500, 1);
         record(&p, 1, 400, 1);
         record(&p, 2, 500, 1);
-        assert_eq!(f.plan_read(&s, &p, &b, WAIT, false, &[]).await, ReadPlan::Follower(2));
+        assert_eq!(f.plan_read(&s, &p, &b, &WAITS, &[]).await, ReadPlan::Follower(2));
         assert_eq!(f.lsn(), 500);
         // Nobody reaches a higher floor: the leader after the wait, or an error naming the floor.
         f.adopt(0, 900);
-        assert_eq!(f.plan_read(&s, &p, &b, WAIT, false, &[]).await, ReadPlan::Leader("floor_timeout"));
-        match f.plan_read(&s, &p, &b, WAIT, true, &[]).await {
+        assert_eq!(f.plan_read(&s, &p, &b, &WAITS, &[]).await, ReadPlan::Leader("floor_timeout"));
+        match f.plan_read(&s, &p, &b, &ERRS, &[]).await {
             ReadPlan::Error(m) => assert!(m.contains("0/384") && m.contains("node 2 at 0/1F4"), "{m}"),
             other => panic!("{other:?}"),
         }
@@ -265,18 +309,48 @@ mod tests {
         record(&p, 2, 100, 1);
         f.unit_ended(1, true, 7, false);
         // Node 1 is fine to stay on; excluding it forces a move, which carries 300 along.
-        assert_eq!(f.plan_read(&s, &p, &b, WAIT, false, &[]).await, ReadPlan::Follower(1));
+        assert_eq!(f.plan_read(&s, &p, &b, &WAITS, &[]).await, ReadPlan::Follower(1));
         record(&p, 1, 300, 7); // a sample taken after the read completed
-        assert_eq!(f.plan_read(&s, &p, &b, WAIT, false, &[1]).await, ReadPlan::Leader("floor_timeout"));
+        assert_eq!(f.plan_read(&s, &p, &b, &WAITS, &[1]).await, ReadPlan::Leader("floor_timeout"));
         assert_eq!(f.lsn(), 300);
         // Eventual reads ignore floors entirely.
         let mut e = Floor::new(Level::Eventual, None);
         e.adopt(0, 10_000);
-        assert!(matches!(e.plan_read(&s, &p, &b, WAIT, false, &[]).await, ReadPlan::Follower(_)));
+        assert!(matches!(e.plan_read(&s, &p, &b, &WAITS, &[]).await, ReadPlan::Follower(_)));
         assert_eq!(
-            Floor::new(Level::Strong, None).plan_read(&s, &p, &b, WAIT, false, &[]).await,
+            Floor::new(Level::Strong, None).plan_read(&s, &p, &b, &WAITS, &[]).await,
             ReadPlan::Leader("strong")
         );
+    }
+
+    #[tokio::test]
+    async fn a_sharing_leader_takes_reads_that_would_wait_and_probes_nothing() {
+        let (p, b, s) = (Positions::new(3), Balancer::new(Balance::LeastOutstanding, 3), snapshot());
+        // A wait this long would fail the test's timeout: sharing must never wait or probe.
+        let shares = ReadPolicy { wait: Duration::from_secs(30), error_on_timeout: false, leader_shares: true };
+        macro_rules! plan {
+            ($f:expr, $exclude:expr) => {
+                tokio::time::timeout(Duration::from_secs(5), $f.plan_read(&s, &p, &b, &shares, $exclude)).await
+            };
+        }
+        record(&p, 0, 500, 1);
+        record(&p, 1, 400, 1);
+        record(&p, 2, 400, 1);
+        let mut f = Floor::new(Level::Causal, None);
+        // A write whose position is not sampled yet: the leader, at once.
+        f.unit_ended(0, false, 1, true);
+        assert_eq!(plan!(f, &[]).unwrap(), ReadPlan::LeaderShare);
+        // The leader's sample after the write says 500; no follower is there yet: the leader.
+        record(&p, 0, 500, 1);
+        assert_eq!(plan!(f, &[]).unwrap(), ReadPlan::LeaderShare);
+        assert_eq!(f.lsn(), 500);
+        // Once a follower caught up, the least loaded eligible node takes the read.
+        record(&p, 2, 500, 1);
+        let _busy_leader = b.lease(0);
+        assert_eq!(plan!(f, &[]).unwrap(), ReadPlan::Follower(2));
+        // Moving off a follower whose later position is unknown goes to the leader, not a probe.
+        f.unit_ended(2, true, 1, false);
+        assert_eq!(plan!(f, &[2]).unwrap(), ReadPlan::LeaderShare);
     }
 
     #[test]

@@ -143,9 +143,15 @@ impl Positions {
             let pool = crate::topology::monitor::control_pool(config, node);
             let positions = self.clone();
             let timeout = config.monitor.timeout;
+            let name = node.name.clone();
             tasks.add(crate::control::spawn(async move {
                 let position = &positions.nodes[i];
+                let ticks =
+                    metrics::counter!(crate::metrics::POSITION_PROBES, "node" => name.clone(), "cause" => "tick");
+                let wanted = metrics::counter!(crate::metrics::POSITION_PROBES, "node" => name, "cause" => "wanted");
+                let mut cause = &ticks;
                 loop {
+                    cause.increment(1);
                     let sent_at = next_probe();
                     let probe = async {
                         let client = pool.get().await.map_err(|e| e.to_string())?;
@@ -159,7 +165,8 @@ impl Positions {
                         _ => position.mark_down(),
                     }
                     // Sleep until the next tick unless someone needs a fresh sample sooner.
-                    let _ = tokio::time::timeout(interval, position.wanted.notified()).await;
+                    let asked = tokio::time::timeout(interval, position.wanted.notified()).await.is_ok();
+                    cause = if asked { &wanted } else { &ticks };
                     if Arc::strong_count(&positions) == 1 {
                         return;
                     }

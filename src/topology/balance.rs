@@ -35,12 +35,16 @@ impl Balancer {
 
     /// One of `candidates` not in `exclude`, or None.
     pub fn pick(&self, candidates: &[usize], exclude: &[usize]) -> Option<usize> {
-        self.pick_where(candidates, |n| !exclude.contains(&n))
+        self.pick_where(candidates.iter().copied(), |n| !exclude.contains(&n))
     }
 
     /// One of the `candidates` that `usable` accepts, or None; allocates nothing (per read unit).
-    pub fn pick_where(&self, candidates: &[usize], usable: impl Fn(usize) -> bool) -> Option<usize> {
-        let usable = || candidates.iter().copied().filter(|&n| usable(n));
+    pub fn pick_where(
+        &self,
+        candidates: impl Iterator<Item = usize> + Clone,
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let usable = || candidates.clone().filter(|&n| usable(n));
         match self.policy {
             Balance::LeastOutstanding => {
                 // Ties break at random, so an idle cluster still spreads reads (a rotating

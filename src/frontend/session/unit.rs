@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::config::OnTimeout;
-use crate::consistency::ReadPlan;
+use crate::consistency::{ReadPlan, ReadPolicy};
 use crate::topology::Snapshot;
 
 impl Session<'_> {
@@ -142,27 +142,16 @@ impl Session<'_> {
         if self.floor.follow_timeline(snapshot, &shared.positions).is_some() {
             metrics::counter!(crate::metrics::FLOOR_CLAMPS).increment(1);
         }
-        let readers;
-        let snapshot = if shared.config.routing.leader_reads == LeaderReads::Always {
-            let mut with_leader = snapshot.clone();
-            with_leader.followers.extend(snapshot.leader);
-            readers = with_leader;
-            &readers
-        } else {
-            snapshot
-        };
         let consistency = &shared.config.consistency;
-        let on_error = consistency.on_timeout == OnTimeout::Error;
-        let plan = self.floor.plan_read(
-            snapshot,
-            &shared.positions,
-            &shared.balancer,
-            consistency.wait_timeout,
-            on_error,
-            tried,
-        );
+        let policy = ReadPolicy {
+            wait: consistency.wait_timeout,
+            error_on_timeout: consistency.on_timeout == OnTimeout::Error,
+            leader_shares: shared.config.routing.leader_reads == LeaderReads::Always,
+        };
+        let plan = self.floor.plan_read(snapshot, &shared.positions, &shared.balancer, &policy, tried);
         match plan.await {
             ReadPlan::Follower(node) => Ok(Some(node)),
+            ReadPlan::LeaderShare => Ok(None),
             ReadPlan::Leader("no_follower") if shared.config.routing.leader_reads == LeaderReads::Never => {
                 Err(ProxyError::NoFollower)
             }
