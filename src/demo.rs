@@ -47,15 +47,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let config_path = data_dir.join("pgcausal.toml");
     std::fs::write(&config_path, &text)?;
     let config = Config::parse(&config_path, &text)?;
-    print_banner(&cluster, args.port, metrics_listen, &config_path);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(async {
         let proxy = crate::proxy::Proxy::bind(config).await?;
-        proxy
-            .run(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await;
+        // Only now: the psql line it prints must work the moment it is shown.
+        print_banner(&cluster, args.port, metrics_listen, &config_path);
+        proxy.run(crate::proxy::shutdown_signal(true)).await;
         anyhow::Ok(())
     });
     println!("\nStopping the cluster ...");
@@ -81,5 +78,5 @@ fn print_banner(cluster: &Cluster, port: u16, metrics_listen: &str, config_path:
     println!("  \\copy t(v) FROM stdin   /   COPY t TO STDOUT;");
     println!("  SELECT pg_sleep(10);  then Ctrl-C in psql cancels it through the proxy");
     println!("  PGPASSWORD={DEMO_PASSWORD} pgbench -h 127.0.0.1 -p {port} -U {DEMO_USER} -i postgres && pgbench -h 127.0.0.1 -p {port} -U {DEMO_USER} -c 8 -T 10 postgres");
-    println!("\nCtrl-C here stops pgcausal and the cluster. Running it again reuses the data.");
+    println!("\nCtrl-C (or SIGTERM) here stops pgcausal and the cluster. Running it again reuses the data.");
 }

@@ -73,17 +73,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async {
         let proxy = pgcausal::proxy::Proxy::bind(config).await?;
         tracing::info!(addr = %proxy.local_addr()?, "pgcausal listening");
-        proxy.run(shutdown_signal()).await;
+        proxy.run(pgcausal::proxy::shutdown_signal(false)).await;
         Ok(())
     })
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
 }

@@ -137,3 +137,23 @@ impl Proxy {
         }
     }
 }
+
+/// Resolves on Ctrl-C or SIGTERM, and on SIGHUP when `hangup` (the demo's terminal closed: its
+/// cluster must still be stopped). Signals are registered at the first poll.
+pub async fn shutdown_signal(hangup: bool) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut hup = if hangup { Some(signal(SignalKind::hangup()).expect("SIGHUP handler")) } else { None };
+    let hung_up = async {
+        match hup.as_mut() {
+            Some(h) => h.recv().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = hung_up => {}
+    }
+    tracing::info!("shutting down");
+}
