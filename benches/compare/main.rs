@@ -40,7 +40,7 @@ fn options() -> Options {
     let mut o = Options {
         quick,
         rounds: if quick { 1 } else { 3 },
-        seconds: if quick { 3 } else { 10 },
+        seconds: if quick { 3 } else { 8 },
         cost: true,
         load: true,
         workloads: Vec::new(),
@@ -182,6 +182,9 @@ fn load(o: &Options, env: &Env, log_dir: &std::path::Path, script: &std::path::P
     if wanted("pgcausal") {
         targets.push(targets::pgcausal(env));
     }
+    if wanted("pgcausal-leader") {
+        targets.push(targets::pgcausal_leader(env));
+    }
     if wanted("pgbouncer") {
         targets.push(targets::pgbouncer(env));
     }
@@ -308,8 +311,15 @@ fn report(o: &Options, workloads: &[Workload], targets: &[Target], cells: &[Vec<
         }
     }
     // pgcausal's targets against PgBouncer (the README's performance goals).
-    let (Some(pc), Some(pb)) = (targets.iter().position(|t| t.name == "pgcausal"), bouncer) else { return };
-    println!("\npgcausal vs PgBouncer:");
+    let Some(pb) = bouncer else { return };
+    for (pc, t) in targets.iter().enumerate().filter(|(_, t)| t.name.starts_with("pgcausal")) {
+        versus_bouncer(workloads, cells, pc, pb, t.name);
+    }
+}
+
+/// One line per workload: a pgcausal target against PgBouncer.
+fn versus_bouncer(workloads: &[Workload], cells: &[Vec<Cell>], pc: usize, pb: usize, name: &str) {
+    println!("\n{name} vs PgBouncer:");
     for (wi, w) in workloads.iter().enumerate() {
         let (a, b) = (&cells[wi][pc], &cells[wi][pb]);
         let line = if w.clients == 1 {

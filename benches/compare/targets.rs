@@ -120,6 +120,15 @@ pub fn pgcausal(env: &Env) -> Target {
     Target { name: "pgcausal", port: svc.port, service: Some(svc), metrics_port: Some(metrics) }
 }
 
+/// pgcausal with every statement on the leader (`consistency.level = "strong"`): the same work
+/// per query (classification, routing, pooling) on the same server as PgBouncer, so the proxy's
+/// own cost is compared without the followers, which share this machine's cores.
+pub fn pgcausal_leader(env: &Env) -> Target {
+    let extra = "[consistency]\nlevel = \"strong\"\n";
+    let (svc, metrics) = start_pgcausal(env, "leader", &[], extra, Duration::from_secs(60));
+    Target { name: "pgcausal-leader", port: svc.port, service: Some(svc), metrics_port: Some(metrics) }
+}
+
 /// PgBouncer in transaction mode in front of the leader. Clients and PgBouncer itself log in
 /// with SCRAM-SHA-256: the auth file holds the plain password, which PgBouncer needs to run
 /// SCRAM against the server.
