@@ -125,7 +125,7 @@ impl Inflight {
 
     /// Markers that produce no answer are dropped when they reach the front.
     fn drop_markers(&mut self) {
-        while self.queue.front() == Some(&Request::CopyEnd) {
+        while matches!(self.queue.front(), Some(Request::CopyEnd)) {
             self.queue.pop_front();
         }
     }

@@ -143,7 +143,6 @@ impl Outbound<'_> {
     }
 
     /// The client's statement by name, prepared on this server connection if it is not yet.
-    /// The client's statement by name, prepared on this server connection if it is not yet.
     /// A statement over a relation that DDL has changed since it was prepared is not silently
     /// re-prepared elsewhere (its row shape may differ from what the client was told): it fails
     /// as PostgreSQL's own plan cache would, and drivers re-prepare it.

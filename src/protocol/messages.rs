@@ -117,7 +117,14 @@ pub fn message_of(body: &[u8]) -> String {
 
 /// Reads a NUL-terminated string at the start of `buf`: (string, rest).
 pub fn read_cstr(buf: &[u8]) -> Option<(&[u8], &[u8])> {
-    let end = memchr::memchr(0, buf)?; // a word at a time: query texts can be long
+    // Statement and portal names are mostly empty or short: a plain loop finds their end in a
+    // few instructions; query texts can be long, and memchr goes a vector at a time.
+    const SHORT: usize = 16;
+    let head = &buf[..buf.len().min(SHORT)];
+    let end = match head.iter().position(|&b| b == 0) {
+        Some(end) => end,
+        None => head.len() + memchr::memchr(0, &buf[head.len()..])?,
+    };
     Some((&buf[..end], &buf[end + 1..]))
 }
 
@@ -131,6 +138,19 @@ pub fn parameter_status(msg: &[u8]) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn read_cstr_finds_the_end_of_short_and_long_strings() {
+        assert_eq!(read_cstr(b"\0rest"), Some((&b""[..], &b"rest"[..])));
+        for len in [1, 15, 16, 17, 40, 5000] {
+            let mut buf = vec![b'x'; len];
+            buf.extend_from_slice(b"\0tail\0");
+            let (s, rest) = read_cstr(&buf).unwrap();
+            assert_eq!((s.len(), rest), (len, &b"tail\0"[..]), "length {len}");
+            assert_eq!(read_cstr(&buf[..len]), None, "no terminator, length {len}");
+        }
+        assert_eq!(read_cstr(b""), None);
+    }
 
     #[test]
     fn error_round_trip() {
