@@ -135,7 +135,7 @@ fn a_full_pool_queues_times_out_cleanly_and_closes_idle_connections() {
             tokio::spawn(conn);
             client
         };
-        // Logins lease a leader connection briefly (ParameterStatus), so all log in first.
+        // All log in first, so every login's settings are known before the pool fills up.
         let (a, b, c, d) = (connect().await, connect().await, connect().await, connect().await);
         let (x, y) = (connect().await, connect().await);
         // Two open write transactions hold both leader connections.
@@ -178,4 +178,116 @@ fn a_full_pool_queues_times_out_cleanly_and_closes_idle_connections() {
         assert!(std::time::Instant::now() < deadline, "{open} server connections still open after idle_timeout");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// One raw protocol session as the trust user (so the test sees every message of the login).
+struct Raw(std::net::TcpStream);
+
+/// ParameterStatus (name, value) pairs in the order a login sent them.
+type Told = Vec<(String, String)>;
+/// An ErrorResponse's (SQLSTATE, message).
+type Failure = (String, String);
+
+impl Raw {
+    /// Logs in and returns the session with the ParameterStatus pairs it was sent, in order; the
+    /// login's own error (SQLSTATE, message) if it failed.
+    fn login(port: u16, db: &str, app: &str) -> Result<(Raw, Told), Failure> {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+        let mut body = 196608u32.to_be_bytes().to_vec();
+        for (k, v) in [("user", TRUST_USER), ("database", db), ("application_name", app)] {
+            body.extend([k.as_bytes(), &[0], v.as_bytes(), &[0]].concat());
+        }
+        body.push(0);
+        s.write_all(&[((body.len() + 4) as u32).to_be_bytes().to_vec(), body].concat()).unwrap();
+        let mut raw = Raw(s);
+        let mut params = Vec::new();
+        loop {
+            let (tag, body) = raw.message();
+            let fields: Vec<String> =
+                body.split(|&b| b == 0).map(|f| String::from_utf8_lossy(f).into_owned()).collect();
+            match tag {
+                b'S' => params.push((fields[0].clone(), fields[1].clone())),
+                b'E' => return Err(raw_error(&body)),
+                b'Z' => return Ok((raw, params)),
+                _ => {}
+            }
+        }
+    }
+
+    fn message(&mut self) -> (u8, Vec<u8>) {
+        use std::io::Read;
+        let mut header = [0u8; 5];
+        self.0.read_exact(&mut header).expect("a message from the proxy");
+        let mut body = vec![0u8; u32::from_be_bytes(header[1..].try_into().unwrap()) as usize - 4];
+        self.0.read_exact(&mut body).unwrap();
+        (header[0], body)
+    }
+
+    /// Runs a simple query; its first error, and the transaction status of its ReadyForQuery.
+    fn query(&mut self, sql: &str) -> (Option<Failure>, u8) {
+        let (error, status, _) = self.query_values(sql);
+        (error, status)
+    }
+
+    /// `query`, plus the first column of every row (text).
+    fn query_values(&mut self, sql: &str) -> (Option<Failure>, u8, Vec<String>) {
+        use std::io::Write;
+        let body = [sql.as_bytes(), &[0]].concat();
+        self.0.write_all(&[&[b'Q'][..], &((body.len() + 4) as u32).to_be_bytes(), &body].concat()).unwrap();
+        let (mut error, mut values) = (None, Vec::new());
+        loop {
+            match self.message() {
+                (b'E', body) => error = error.or(Some(raw_error(&body))),
+                (b'D', body) => {
+                    let len = i32::from_be_bytes(body[2..6].try_into().unwrap()).max(0) as usize;
+                    values.push(String::from_utf8_lossy(&body[6..6 + len]).into_owned());
+                }
+                (b'Z', body) => return (error, body[0], values),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// (SQLSTATE, message) of an ErrorResponse body.
+fn raw_error(body: &[u8]) -> Failure {
+    let field = |k: u8| {
+        body.split(|&b| b == 0).find(|f| f.first() == Some(&k)).map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+    };
+    (field(b'C').unwrap_or_default(), field(b'M').unwrap_or_default())
+}
+
+/// A login needs no server connection once one with the same startup settings went through:
+/// clients log in (and read on followers) while every leader connection is in a transaction,
+/// and are told exactly what the server told the first.
+#[test]
+fn logins_with_known_settings_do_not_wait_for_a_busy_leader() {
+    let cluster = shared_cluster();
+    cluster.create_database("loginq");
+    cluster.sql(0, "loginq", "CREATE TABLE t (v int)");
+    let options =
+        ProxyOptions { pool_size: 1, pool_section: "acquire_timeout = \"700ms\"".into(), ..Default::default() };
+    let p = ProxyProcess::start(cluster, options);
+    let (mut first, told_first) = Raw::login(p.port, "loginq", "known").expect("first login");
+    assert!(told_first.contains(&("application_name".into(), "known".into())), "{told_first:?}");
+    // The only leader connection stays in a transaction.
+    assert_eq!(first.query("BEGIN; INSERT INTO t VALUES (1)"), (None, b'T'));
+    let started = std::time::Instant::now();
+    let (mut second, told_second) = Raw::login(p.port, "loginq", "known").expect("login while the leader pool is busy");
+    assert!(started.elapsed() < std::time::Duration::from_millis(700), "waited {:?}", started.elapsed());
+    assert_eq!(told_second, told_first);
+    // Its reads run on a follower; its settings went with them.
+    let read = "SELECT current_setting('application_name') || ' ' || pg_is_in_recovery() FROM t";
+    assert_eq!(second.query_values(read), (None, b'I', vec![]));
+    assert_eq!(second.query_values(&read.replace(" FROM t", "")), (None, b'I', vec!["known true".to_string()]));
+    // Settings never seen before still need the leader: they wait, then fail like any lease.
+    let (code, message) = Raw::login(p.port, "loginq", "unknown").err().expect("no leader connection to learn them");
+    assert_eq!(code, "53300", "{message}");
+    assert_eq!(first.query("COMMIT"), (None, b'I'));
+    // A SET that passed through updates what the connection's next logins are told.
+    assert_eq!(first.query("SET application_name = 'renamed'"), (None, b'I'));
+    let (_third, told_third) = Raw::login(p.port, "loginq", "renamed").expect("login after the commit");
+    assert!(told_third.contains(&("application_name".into(), "renamed".into())), "{told_third:?}");
 }

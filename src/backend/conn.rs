@@ -200,15 +200,8 @@ impl ServerConn {
         }
     }
 
-    /// Records a ParameterStatus body (name\0value\0), replacing an earlier value.
     fn note_parameter(&mut self, body: &[u8]) {
-        let (name, rest) = messages::read_cstr(body).unwrap_or_default();
-        let (value, _) = messages::read_cstr(rest).unwrap_or_default();
-        let (name, value) = (String::from_utf8_lossy(name), String::from_utf8_lossy(value).into_owned());
-        match self.params.iter_mut().find(|(n, _)| *n == name) {
-            Some(p) => p.1 = value,
-            None => self.params.push((name.into_owned(), value)),
-        }
+        note_parameter(&mut self.params, body);
     }
 
     /// True if the server has sent something unsolicited (or closed) while idle in the pool.
@@ -234,5 +227,17 @@ fn server_error(body: &[u8]) -> BackendError {
     BackendError::Server {
         code: String::from_utf8_lossy(&messages::sqlstate_of(body)).into_owned(),
         message: messages::message_of(body),
+    }
+}
+
+/// Records a ParameterStatus body (name\0value\0) in `params`, replacing an earlier value.
+/// Also called for those that pass through to a client, so later logins see current values.
+pub fn note_parameter(params: &mut Vec<(String, String)>, body: &[u8]) {
+    let (name, rest) = messages::read_cstr(body).unwrap_or_default();
+    let (value, _) = messages::read_cstr(rest).unwrap_or_default();
+    let (name, value) = (String::from_utf8_lossy(name), String::from_utf8_lossy(value).into_owned());
+    match params.iter_mut().find(|(n, _)| *n == name) {
+        Some(p) => p.1 = value,
+        None => params.push((name.into_owned(), value)),
     }
 }

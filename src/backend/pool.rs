@@ -75,7 +75,15 @@ struct State {
     /// Connections counted against `max_size`: idle, leased, or being opened or reset.
     size: usize,
     waiters: VecDeque<oneshot::Sender<Handoff>>,
+    /// ParameterStatus values of past logins, by their startup settings (see `login_params`).
+    logins: Vec<(Vec<(String, String)>, LoginParams)>,
 }
+
+/// The ParameterStatus (name, value) pairs a login was told.
+pub type LoginParams = Arc<[(String, String)]>;
+
+/// Distinct startup-setting sets remembered per pool (drivers send the same ones every time).
+const LOGINS_KEPT: usize = 16;
 
 struct Idle {
     conn: Box<ServerConn>,
@@ -95,6 +103,27 @@ impl Pool {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.0.state.lock().expect("pool state poisoned")
+    }
+
+    /// The ParameterStatus values a login with these startup settings got, while the pool holds
+    /// a connection (which shows the database and role still work); forgotten when it holds none.
+    pub fn login_params(&self, startup: &[(String, String)]) -> Option<LoginParams> {
+        let mut state = self.state();
+        if state.size == 0 {
+            state.logins.clear();
+            return None;
+        }
+        state.logins.iter().find(|(s, _)| s.as_slice() == startup).map(|(_, p)| p.clone())
+    }
+
+    /// Remembers what a login with these startup settings was told, for `login_params`.
+    pub fn remember_login_params(&self, startup: Vec<(String, String)>, params: &[(String, String)]) {
+        let mut state = self.state();
+        state.logins.retain(|(s, _)| *s != startup);
+        if state.logins.len() >= LOGINS_KEPT {
+            state.logins.remove(0);
+        }
+        state.logins.push((startup, params.into()));
     }
 
     /// Leases a connection, waiting at most `wait_limit` for one to be returned when the pool is

@@ -198,32 +198,62 @@ pub async fn run(stream: TcpStream, login: ClientLogin, shared: &Shared) -> Resu
 }
 
 impl Session<'_> {
-    /// Leases a first server connection (which proves the database and login work), applies the
-    /// client's startup parameters in session mode, and completes the client's login.
+    /// Completes the client's login. The first login with a set of startup settings leases a
+    /// leader connection (which proves the database and role work), applies the settings there,
+    /// and passes on the ParameterStatus values the server reports. In transaction mode later
+    /// logins with the same settings are answered from those values without a server, so a busy
+    /// leader pool does not keep clients from logging in; their settings reach each server
+    /// connection with their first unit of work, like any SET.
     async fn start(&mut self) -> Result<(), ProxyError> {
-        self.acquire(Want::Leader).await?;
-        self.hold = None;
-        let conn = &mut *self.server.as_mut().expect("just acquired").lease;
         let mut startup = Settings::default();
+        let mut server_startup = Vec::new();
         for (name, value) in startup_settings(&self.login.params) {
             if name.to_ascii_lowercase().starts_with("pgcausal.") {
                 routing::apply_setting(&name, Some(&value), &mut self.proxy, &mut self.floor)
                     .map_err(|(_, message)| ProxyError::Protocol(format!("invalid startup option: {message}")))?;
             } else {
                 startup.set_text(&name, &value);
+                server_startup.push((name, value));
             }
         }
+        let mut out = BytesMut::new();
+        if let Some(params) = self.remembered_login(&server_startup) {
+            self.settings = ClientSettings::from_startup(startup);
+            put_login_ok(&mut out, &params, self.key.pid, self.key.secret);
+            self.client_wr.write_all(&out).await?;
+            return Ok(());
+        }
+        self.acquire(Want::Leader).await?;
+        self.hold = None;
+        let leased = self.server.as_mut().expect("just acquired");
+        let conn = &mut *leased.lease;
         // Applied here rather than injected, so the ParameterStatus the client sees reflect them.
         if let Some(sql) = startup.sync_sql(&conn.settings) {
             conn.run(&sql).await?;
             conn.settings = startup.clone();
         }
+        if let Some(pool) = &self.pools[leased.node] {
+            pool.remember_login_params(server_startup, &conn.params);
+        }
         self.settings = ClientSettings::from_startup(startup);
-        let mut out = BytesMut::new();
         put_login_ok(&mut out, &conn.params, self.key.pid, self.key.secret);
         self.client_wr.write_all(&out).await?;
         self.maybe_release();
         Ok(())
+    }
+
+    /// What an earlier login with these startup settings was told by the current leader's pool
+    /// (transaction mode only: session mode keeps the leased connection anyway).
+    fn remembered_login(&mut self, startup: &[(String, String)]) -> Option<crate::backend::pool::LoginParams> {
+        if self.mode != PoolMode::Transaction {
+            return None;
+        }
+        let shared = self.shared;
+        let leader = shared.topology.snapshot().leader?;
+        let login = &self.login;
+        let pool = self.pools[leader]
+            .get_or_insert_with(|| shared.pools.pool(leader, &login.database, &login.user, &login.password));
+        pool.login_params(startup)
     }
 
     async fn pump(&mut self) -> Result<(), ProxyError> {

@@ -15,6 +15,7 @@ impl Session<'_> {
             tx_status: &mut self.tx_status,
             settings: &mut self.settings,
             server_settings: &mut conn.settings,
+            server_params: &mut conn.params,
             holding: self.hold.is_some(),
             hold_event: None,
             first_error: None,
@@ -209,6 +210,8 @@ struct ServerSide<'a> {
     tx_status: &'a mut u8,
     settings: &'a mut ClientSettings,
     server_settings: &'a mut Settings,
+    /// The connection's ParameterStatus values (what the next login on it is told).
+    server_params: &'a mut Vec<(String, String)>,
     /// Output is held back (a retryable read): watch for its first row or a retryable error.
     holding: bool,
     hold_event: Option<HoldEvent>,
@@ -244,8 +247,10 @@ impl ServerMessages for ServerSide<'_> {
         if let Some(hash) = outcome.failed_parse {
             self.statements.remove(hash);
         }
-        if tag == b'Z' {
-            *self.tx_status = *msg.get(5).unwrap_or(&b'I');
+        match tag {
+            b'Z' => *self.tx_status = *msg.get(5).unwrap_or(&b'I'),
+            b'S' => crate::backend::conn::note_parameter(self.server_params, &msg[5..]),
+            _ => {}
         }
         // Answers to the proxy's own injected queries (settings sync, BEGIN) are not the client's:
         // they neither end its transaction nor show that its read went through.
