@@ -22,6 +22,8 @@ impl Session<'_> {
             transaction_ended: false,
             capture_lsn: self.lsn_probe_sent,
             captured_lsn: None,
+            between_units_ours: self.mode == PoolMode::Transaction && !self.pins.is_pinned() && !self.unsynced,
+            closed_between_units: None,
         };
         let out = match self.hold.as_mut() {
             Some(h) => &mut h.held,
@@ -33,6 +35,7 @@ impl Session<'_> {
         let first_error = sink.first_error;
         let hold_event = sink.hold_event;
         let transaction_ended = sink.transaction_ended;
+        let closed_between_units = sink.closed_between_units.take();
         if let Some(lsn) = sink.captured_lsn {
             self.lsn_probe_sent = false;
             self.floor.write_position(lsn);
@@ -63,6 +66,9 @@ impl Session<'_> {
             }
             self.unit_wrote = false;
         }
+        if let Some(message) = closed_between_units {
+            self.drop_closed_server(&message);
+        }
         // Write straight through while the client keeps up: one syscall, no select round.
         if was_empty && self.hold.is_none() && !self.to_client.is_empty() {
             match self.client_wr.try_write(&self.to_client) {
@@ -72,6 +78,22 @@ impl Session<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The server ended a connection whose unit was over (an error after the last
+    /// ReadyForQuery, such as FATAL 57P01 from a shutdown): the client is not told, since its
+    /// next unit runs on another connection; this one is closed, never reused.
+    fn drop_closed_server(&mut self, message: &str) {
+        self.release_hold();
+        let leased = self.server.take().expect("reading from a held server");
+        let node = &self.shared.pools.nodes[leased.node].name;
+        tracing::info!(%node, message, "server closed a connection between units");
+        self.key.target.clear();
+        leased.lease.discard();
+        // Only the proxy's own LSN query can be pending on it: the client's unit was over.
+        self.to_server.clear();
+        self.inflight.clear();
+        self.lsn_probe_sent = false;
     }
 
     /// The held read produced its first row or finished: pass everything on.
@@ -222,6 +244,10 @@ struct ServerSide<'a> {
     /// An injected LSN query is in flight: read its row.
     capture_lsn: bool,
     captured_lsn: Option<u64>,
+    /// Transaction pooling, not pinned: once the unit is over, the connection is not the client's.
+    between_units_ours: bool,
+    /// The server's error message, when one arrived after the unit was over.
+    closed_between_units: Option<String>,
 }
 
 /// The leader's flush position as an integer (one DataRow with one text column).
@@ -240,6 +266,10 @@ impl ServerMessages for ServerSide<'_> {
     }
 
     fn decide(&mut self, tag: u8, msg: &[u8]) -> Verdict {
+        if tag == b'E' && self.between_units_ours && self.inflight.is_empty() && *self.tx_status == b'I' {
+            self.closed_between_units = Some(messages::message_of(&msg[5..]));
+            return Verdict::Swallow;
+        }
         if self.capture_lsn && tag == b'D' && self.inflight.answering_injected_query() {
             self.captured_lsn = data_row_integer(msg);
         }
@@ -291,5 +321,61 @@ impl ServerMessages for ServerSide<'_> {
 
     fn emit(&mut self, out: &mut BytesMut) {
         self.inflight.emit_due_replies(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Server bytes through a `ServerSide` in transaction pooling: (what reaches the client, the
+    /// error that closed the connection between units).
+    fn scan(bytes: &[u8], inflight: &mut Inflight, tx_status: u8) -> (Vec<u8>, Option<String>) {
+        let (mut statements, mut settings) = (ServerStatements::default(), ClientSettings::default());
+        let (mut server_settings, mut params, mut tx_status) = (Settings::default(), Vec::new(), tx_status);
+        let mut sink = ServerSide {
+            inflight,
+            statements: &mut statements,
+            tx_status: &mut tx_status,
+            settings: &mut settings,
+            server_settings: &mut server_settings,
+            server_params: &mut params,
+            holding: false,
+            hold_event: None,
+            first_error: None,
+            transaction_ended: false,
+            capture_lsn: false,
+            captured_lsn: None,
+            between_units_ours: true,
+            closed_between_units: None,
+        };
+        let mut out = BytesMut::new();
+        let n = BackendScanner::default().scan(bytes, &mut out, &mut sink);
+        assert_eq!(n, bytes.len());
+        (out.to_vec(), sink.closed_between_units)
+    }
+
+    fn fatal_57p01() -> Vec<u8> {
+        let body = b"SFATAL\0C57P01\0Mterminating connection due to administrator command\0\0";
+        [&[b'E'][..], &((body.len() + 4) as u32).to_be_bytes(), body].concat()
+    }
+
+    #[test]
+    fn an_error_after_the_unit_is_over_closes_the_connection_not_the_client() {
+        // The answer and the shutdown's FATAL in one read: the client gets its answer only.
+        let complete: &[u8] = &[b'C', 0, 0, 0, 13, b'S', b'E', b'L', b'E', b'C', b'T', b' ', b'1', 0];
+        let answer = [complete, &messages::ready_for_query(b'I')].concat();
+        let mut inflight = Inflight::default();
+        inflight.push(Request::Query { swallow: false }, &mut BytesMut::new());
+        let (out, closed) = scan(&[answer.clone(), fatal_57p01()].concat(), &mut inflight, b'I');
+        assert_eq!(out, answer);
+        assert_eq!(closed.as_deref(), Some("terminating connection due to administrator command"));
+        // While a query is in flight the error is the client's.
+        inflight.push(Request::Query { swallow: false }, &mut BytesMut::new());
+        let (out, closed) = scan(&fatal_57p01(), &mut inflight, b'I');
+        assert_eq!((out, closed), (fatal_57p01(), None));
+        // So it is inside a transaction (idle_in_transaction_session_timeout ends the client's).
+        let (out, closed) = scan(&fatal_57p01(), &mut Inflight::default(), b'T');
+        assert_eq!((out, closed), (fatal_57p01(), None));
     }
 }
