@@ -108,6 +108,9 @@ impl Positions {
             if sample.sent_at > after {
                 return Some(sample);
             }
+            if timeout.is_zero() {
+                return None; // no wait configured: no probe either (its answer would go unused)
+            }
             position.wanted.notify_one();
             crate::control::timeout_at(deadline, notified).await.ok()?;
         }
@@ -127,6 +130,9 @@ impl Positions {
             let waits: Vec<_> = candidates.iter().map(|&n| self.nodes[n].sampled.notified()).collect();
             if let Some(&n) = candidates.iter().find(|&&n| accept(n, &self.nodes[n].sample())) {
                 return Some(n);
+            }
+            if timeout.is_zero() {
+                return None;
             }
             for &n in candidates {
                 self.nodes[n].wanted.notify_one();
@@ -216,5 +222,15 @@ mod tests {
         positions.nodes[1].record(12, 1, true, next_probe());
         assert_eq!(waiter.await.unwrap(), Some(1));
         assert_eq!(positions.wait_for(&[0], Duration::from_millis(20), |_, s| s.lsn >= 10).await, None);
+        // A zero timeout answers from what is known, at once, and asks for no probe.
+        let drained = tokio::time::timeout(Duration::from_millis(50), positions.nodes[0].wanted.notified()).await;
+        assert!(drained.is_ok(), "the 20 ms wait above asked node 0 for a probe");
+        let started = std::time::Instant::now();
+        assert_eq!(positions.wait_for(&[0, 1], Duration::ZERO, |_, s| s.lsn >= 10).await, Some(1));
+        assert_eq!(positions.wait_for(&[0], Duration::ZERO, |_, s| s.lsn >= 10).await, None);
+        assert_eq!(positions.sample_after(0, u64::MAX, Duration::ZERO).await, None);
+        assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+        let asked = tokio::time::timeout(Duration::from_millis(50), positions.nodes[0].wanted.notified()).await;
+        assert!(asked.is_err(), "a zero-timeout wait asked node 0 for a probe");
     }
 }
