@@ -22,17 +22,7 @@ fn read_error_then_eof(s: &mut TcpStream) -> (String, String, String) {
 }
 
 fn startup(user: &str, db: &str, version: u32) -> Vec<u8> {
-    let mut body = version.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", db)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    msg.extend(body);
-    msg
+    startup_packet(version, &[("user", user), ("database", db)])
 }
 
 /// Logs in as the trust user and reads up to ReadyForQuery.

@@ -195,12 +195,8 @@ impl Raw {
         use std::io::Write;
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
-        let mut body = 196608u32.to_be_bytes().to_vec();
-        for (k, v) in [("user", TRUST_USER), ("database", db), ("application_name", app)] {
-            body.extend([k.as_bytes(), &[0], v.as_bytes(), &[0]].concat());
-        }
-        body.push(0);
-        s.write_all(&[((body.len() + 4) as u32).to_be_bytes().to_vec(), body].concat()).unwrap();
+        s.write_all(&startup_packet(196608, &[("user", TRUST_USER), ("database", db), ("application_name", app)]))
+            .unwrap();
         let mut raw = Raw(s);
         let mut params = Vec::new();
         loop {

@@ -96,29 +96,27 @@ impl Floor {
     /// Folds a leader sample taken after the pending mark, if one is already known (no probe).
     fn settle_leader_now(&mut self, snapshot: &Snapshot, positions: &Positions) -> bool {
         let Some(after) = self.leader_after else { return true };
-        let Some(leader) = snapshot.leader else { return false };
-        let sample = positions.nodes[leader].sample();
-        if sample.sent_at <= after {
-            return false;
-        }
-        self.lsn = self.lsn.max(sample.lsn);
-        self.leader_after = None;
-        true
+        let sample = snapshot.leader.map(|l| positions.nodes[l].sample()).filter(|s| s.sent_at > after);
+        self.fold_leader(sample)
     }
 
     /// Turns pending observations into the numeric floor. False if the leader's position
     /// could not be learned in time (the caller then reads on the leader).
     async fn settle_leader(&mut self, snapshot: &Snapshot, positions: &Positions, wait: Duration) -> bool {
         let Some(after) = self.leader_after else { return true };
-        let Some(leader) = snapshot.leader else { return false };
-        match Box::pin(positions.sample_after(leader, after, wait)).await {
-            Some(sample) => {
-                self.lsn = self.lsn.max(sample.lsn);
-                self.leader_after = None;
-                true
-            }
-            None => false,
-        }
+        let sample = match snapshot.leader {
+            Some(leader) => Box::pin(positions.sample_after(leader, after, wait)).await,
+            None => None,
+        };
+        self.fold_leader(sample)
+    }
+
+    /// A leader sample taken after the pending mark raises the floor and settles it.
+    fn fold_leader(&mut self, sample: Option<super::Sample>) -> bool {
+        let Some(sample) = sample else { return false };
+        self.lsn = self.lsn.max(sample.lsn);
+        self.leader_after = None;
+        true
     }
 
     /// Folds the last read's node position (observed after it completed) into the floor.

@@ -383,3 +383,13 @@ pub fn simple_query_rows(messages: &[tokio_postgres::SimpleQueryMessage]) -> Vec
         })
         .collect()
 }
+
+/// A StartupMessage (length included) for raw-protocol tests: `version`, then name/value pairs.
+pub fn startup_packet(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
+    let mut body = version.to_be_bytes().to_vec();
+    for (k, v) in params {
+        body.extend([k.as_bytes(), &[0], v.as_bytes(), &[0]].concat());
+    }
+    body.push(0);
+    [((body.len() + 4) as u32).to_be_bytes().to_vec(), body].concat()
+}

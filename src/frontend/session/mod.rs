@@ -248,12 +248,8 @@ impl Session<'_> {
         if self.mode != PoolMode::Transaction {
             return None;
         }
-        let shared = self.shared;
-        let leader = shared.topology.snapshot().leader?;
-        let login = &self.login;
-        let pool = self.pools[leader]
-            .get_or_insert_with(|| shared.pools.pool(leader, &login.database, &login.user, &login.password));
-        pool.login_params(startup)
+        let leader = self.shared.topology.snapshot().leader?;
+        self.node_pool(leader).login_params(startup)
     }
 
     async fn pump(&mut self) -> Result<(), ProxyError> {

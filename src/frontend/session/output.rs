@@ -80,18 +80,26 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Closes the held server connection (never reused) and drops what was queued for it;
+    /// returns its node and whether one of its messages was cut off half-way to the client.
+    fn discard_server(&mut self) -> (usize, bool) {
+        let leased = self.server.take().expect("a held server");
+        self.key.target.clear();
+        self.to_server.clear();
+        let mid_message = leased.scanner.mid_message();
+        leased.lease.discard();
+        (leased.node, mid_message)
+    }
+
     /// The server ended a connection whose unit was over (an error after the last
     /// ReadyForQuery, such as FATAL 57P01 from a shutdown): the client is not told, since its
     /// next unit runs on another connection; this one is closed, never reused.
     fn drop_closed_server(&mut self, message: &str) {
         self.release_hold();
-        let leased = self.server.take().expect("reading from a held server");
-        let node = &self.shared.pools.nodes[leased.node].name;
+        let (node, _) = self.discard_server();
+        let node = &self.shared.pools.nodes[node].name;
         tracing::info!(%node, message, "server closed a connection between units");
-        self.key.target.clear();
-        leased.lease.discard();
         // Only the proxy's own LSN query can be pending on it: the client's unit was over.
-        self.to_server.clear();
         self.inflight.clear();
         self.lsn_probe_sent = false;
     }
@@ -119,11 +127,8 @@ impl Session<'_> {
     /// remembered) or on another node (the follower failed). Nothing of it reached the client.
     pub(super) fn retry_unit(&mut self, leader: bool, reason: &str) {
         let hold = self.hold.take().expect("retrying a held unit");
-        let leased = self.server.take().expect("retrying on a held server");
-        tracing::debug!(node = %self.shared.pools.nodes[leased.node].name, reason, leader, "re-running a read unit");
-        leased.lease.discard(); // mid-unit: never reused
-        self.key.target.clear();
-        self.to_server.clear();
+        let (node, _) = self.discard_server(); // mid-unit: never reused
+        tracing::debug!(node = %self.shared.pools.nodes[node].name, reason, leader, "re-running a read unit");
         self.inflight.clear();
         self.unsynced = false;
         self.tx_status = b'I';
@@ -133,7 +138,7 @@ impl Session<'_> {
             self.remember_leader_only(&hold.replay);
             self.force_leader = true;
         } else {
-            self.exclude.push(leased.node);
+            self.exclude.push(node);
         }
         let mut cbuf = BytesMut::with_capacity(hold.replay.len() + self.cbuf.len());
         cbuf.extend_from_slice(&hold.replay);
@@ -200,13 +205,10 @@ impl Session<'_> {
             return Ok(());
         }
         self.release_hold();
-        let leased = self.server.take().expect("server was held");
-        let node = &self.shared.pools.nodes[leased.node].name;
+        let (node, mid_message) = self.discard_server();
+        let node = &self.shared.pools.nodes[node].name;
         tracing::warn!(%node, %error, "server connection lost");
-        self.key.target.clear();
-        self.to_server.clear();
-        leased.lease.discard();
-        if leased.scanner.mid_message() || self.mode == PoolMode::Session {
+        if mid_message || self.mode == PoolMode::Session {
             // Part of a message already reached the client, or session state is gone: it must reconnect.
             return Err(ProxyError::Backend(error.into()));
         }

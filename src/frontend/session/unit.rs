@@ -250,12 +250,16 @@ impl Session<'_> {
         }
     }
 
+    /// This client's pool (database, user) on `node`, looked up once per session.
+    pub(super) fn node_pool(&mut self, node: usize) -> &Pool {
+        let (shared, login) = (self.shared, &self.login);
+        self.pools[node].get_or_insert_with(|| shared.pools.pool(node, &login.database, &login.user, &login.password))
+    }
+
     /// Leases a connection on one node.
     pub(super) async fn lease(&mut self, node: usize, follower: bool) -> Result<(), ProxyError> {
         let shared = self.shared;
-        let login = &self.login;
-        let pool = self.pools[node]
-            .get_or_insert_with(|| shared.pools.pool(node, &login.database, &login.user, &login.password));
+        let pool = self.node_pool(node);
         let metrics = &shared.pools.nodes[node].metrics;
         let (lease, waited) = pool.lease(shared.pools.acquire_timeout).await;
         let lease = match lease {
