@@ -31,6 +31,8 @@ pub struct Shared {
     pub positions: Arc<Positions>,
     /// DDL sent through the proxy: prepared statements made before are not shared after it.
     pub ddl: crate::frontend::ddl::DdlLog,
+    /// Reads sent to the leader for consistency, by reason.
+    pub fallbacks: crate::metrics::FallbackMetrics,
 }
 
 /// A bound, not yet serving proxy.
@@ -72,6 +74,7 @@ impl Proxy {
             balancer: Balancer::new(config.routing.balance, config.nodes.len()),
             positions: positions.clone(),
             ddl: Default::default(),
+            fallbacks: crate::metrics::FallbackMetrics::new(),
             config,
         });
         let weak = Arc::downgrade(&shared);

@@ -7,6 +7,7 @@
 //! [--workload SUBSTR]... [--target NAME]...`. See benches/compare/README.md.
 
 mod cost;
+mod floor;
 mod pgbench;
 mod procs;
 mod targets;
@@ -111,6 +112,9 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // cargo bench --list
     }
+    if floor::serve_if_asked() {
+        return;
+    }
     let o = options();
     let started = Instant::now();
     let nofile = raise_nofile();
@@ -190,6 +194,10 @@ fn load(o: &Options, env: &Env, log_dir: &std::path::Path, script: &std::path::P
     }
     if wanted("pgpool") {
         targets.push(targets::pgpool(env));
+    }
+    // Opt-in: a measuring stick, not a product (see floor.rs).
+    if o.targets.iter().any(|t| t == "tokio-floor") {
+        targets.push(floor::target(env));
     }
     let mut cells: Vec<Vec<Cell>> =
         workloads.iter().map(|_| targets.iter().map(|_| Cell::default()).collect()).collect();
@@ -368,13 +376,16 @@ fn cost(o: &Options, env: &Env) {
         };
         let start_pb =
             |tag: &str, wrapper: &[&str]| (targets::start_pgbouncer(env, tag, wrapper, Duration::from_secs(180)), None);
-        let runs: [(&str, cost::StartProxy); 2] = [("pgcausal", &start_pc), ("pgbouncer", &start_pb)];
+        let start_floor =
+            |tag: &str, wrapper: &[&str]| (floor::start(env, tag, wrapper, Duration::from_secs(180)), None);
+        let runs: [(&str, cost::StartProxy); 3] =
+            [("pgcausal", &start_pc), ("pgbouncer", &start_pb), ("tokio-floor", &start_floor)];
         let mut per = Vec::new();
         for (name, start) in runs {
             match cost::callgrind(env, name, counts, &o.cost_mode, start, o.keep_callgrind.as_deref()) {
                 Ok(r) => {
                     println!(
-                        "  {name:<10} {:>9.0} Ir/query   (Ir {} = {}, Ir {} = {}, window {:.1}s, counted {})",
+                        "  {name:<11} {:>9.0} Ir/query   (Ir {} = {}, Ir {} = {}, window {:.1}s, counted {})",
                         r.per_query(),
                         r.large.0,
                         r.large.1,
@@ -392,7 +403,7 @@ fn cost(o: &Options, env: &Env) {
                     let adjusted = r.per_query() - r.login_per_query;
                     if r.login_per_query.abs() >= 100.0 {
                         println!(
-                            "  {name:<10} {adjusted:>9.0} Ir/query   without SCRAM key derivation ({:.0} Ir/query: a login in one \
+                            "  {name:<11} {adjusted:>9.0} Ir/query   without SCRAM key derivation ({:.0} Ir/query: a login in one \
                              window and not the other, not per-query work)",
                             r.login_per_query
                         );
@@ -403,11 +414,20 @@ fn cost(o: &Options, env: &Env) {
                     }
                     per.push((name, adjusted));
                 }
-                Err(e) => println!("  {name:<10} FAILED: {e}"),
+                Err(e) => println!("  {name:<11} FAILED: {e}"),
             }
         }
-        if let [(_, a), (_, b)] = per[..] {
+        let ir = |name: &str| per.iter().find(|(n, _)| *n == name).map(|(_, ir)| *ir);
+        if let (Some(a), Some(b)) = (ir("pgcausal"), ir("pgbouncer")) {
             println!("  pgcausal / PgBouncer instructions per query: {:.2}x", a / b);
+        }
+        if let (Some(a), Some(f), Some(b)) = (ir("pgcausal"), ir("tokio-floor"), ir("pgbouncer")) {
+            println!(
+                "  tokio-floor / PgBouncer: {:.2}x; pgcausal above the floor (framing, routing, pooling, \
+                 consistency): {:.0} Ir/query",
+                f / b,
+                a - f
+            );
         }
     }
 

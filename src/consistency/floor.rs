@@ -15,9 +15,41 @@ pub enum ReadPlan {
     /// The leader taking its share of reads (`routing.leader_reads = always`): not a fallback.
     LeaderShare,
     /// The leader, and why (the label of the fallbacks metric).
-    Leader(&'static str),
+    Leader(Fallback),
     /// `consistency.on_timeout = "error"`: the message names the floor and the best follower.
     Error(String),
+}
+
+/// Why a read goes to the leader: the `reason` label of `pgcausal_consistency_fallbacks_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// The session's level is `strong`: every read is the leader's.
+    Strong,
+    NoFollower,
+    LeaderPositionUnknown,
+    FloorTimeout,
+    /// `on_timeout = "error"`: the read failed instead.
+    Error,
+}
+
+impl Fallback {
+    pub const ALL: [Fallback; 5] = [
+        Fallback::Strong,
+        Fallback::NoFollower,
+        Fallback::LeaderPositionUnknown,
+        Fallback::FloorTimeout,
+        Fallback::Error,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Fallback::Strong => "strong",
+            Fallback::NoFollower => "no_follower",
+            Fallback::LeaderPositionUnknown => "leader_position_unknown",
+            Fallback::FloorTimeout => "floor_timeout",
+            Fallback::Error => "error",
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -172,15 +204,16 @@ impl Floor {
             chosen.map(|n| if Some(n) == leader { ReadPlan::LeaderShare } else { ReadPlan::Follower(n) })
         };
         match self.level {
-            Level::Strong => return ReadPlan::Leader("strong"),
+            Level::Strong => return ReadPlan::Leader(Fallback::Strong),
             Level::Eventual => {
                 let max = self.max_staleness.map_or(u64::MAX, |d| d.as_millis() as u64);
-                return pick(&|n| snapshot.nodes[n].replay_lag_ms <= max).unwrap_or(ReadPlan::Leader("no_follower"));
+                return pick(&|n| snapshot.nodes[n].replay_lag_ms <= max)
+                    .unwrap_or(ReadPlan::Leader(Fallback::NoFollower));
             }
             _ => {}
         }
         if !followers.iter().any(|&n| allowed(n)) {
-            return if leader.is_some() { ReadPlan::LeaderShare } else { ReadPlan::Leader("no_follower") };
+            return if leader.is_some() { ReadPlan::LeaderShare } else { ReadPlan::Leader(Fallback::NoFollower) };
         }
         if !self.settle_leader_now(snapshot, positions) {
             // Learning the leader's position takes a probe; a sharing leader needs none.
@@ -188,7 +221,7 @@ impl Floor {
                 return ReadPlan::LeaderShare;
             }
             if !self.settle_leader(snapshot, positions, policy.wait).await {
-                return ReadPlan::Leader("leader_position_unknown");
+                return ReadPlan::Leader(Fallback::LeaderPositionUnknown);
             }
         }
         // A sample of the last read's node taken after the read completed folds in for free.
@@ -214,7 +247,7 @@ impl Floor {
                 return ReadPlan::LeaderShare;
             }
             if !self.fold_last_read(snapshot, positions, policy.wait).await {
-                return ReadPlan::Leader("leader_position_unknown");
+                return ReadPlan::Leader(Fallback::LeaderPositionUnknown);
             }
         }
         let floor = self.lsn;
@@ -241,7 +274,7 @@ impl Floor {
                     policy.wait
                 ))
             }
-            None => ReadPlan::Leader("floor_timeout"),
+            None => ReadPlan::Leader(Fallback::FloorTimeout),
         }
     }
 }
@@ -292,7 +325,7 @@ mod tests {
         assert_eq!(f.lsn(), 500);
         // Nobody reaches a higher floor: the leader after the wait, or an error naming the floor.
         f.adopt(0, 900);
-        assert_eq!(f.plan_read(&s, &p, &b, &WAITS, &[]).await, ReadPlan::Leader("floor_timeout"));
+        assert_eq!(f.plan_read(&s, &p, &b, &WAITS, &[]).await, ReadPlan::Leader(Fallback::FloorTimeout));
         match f.plan_read(&s, &p, &b, &ERRS, &[]).await {
             ReadPlan::Error(m) => assert!(m.contains("0/384") && m.contains("node 2 at 0/1F4"), "{m}"),
             other => panic!("{other:?}"),
@@ -309,7 +342,7 @@ mod tests {
         // Node 1 is fine to stay on; excluding it forces a move, which carries 300 along.
         assert_eq!(f.plan_read(&s, &p, &b, &WAITS, &[]).await, ReadPlan::Follower(1));
         record(&p, 1, 300, 7); // a sample taken after the read completed
-        assert_eq!(f.plan_read(&s, &p, &b, &WAITS, &[1]).await, ReadPlan::Leader("floor_timeout"));
+        assert_eq!(f.plan_read(&s, &p, &b, &WAITS, &[1]).await, ReadPlan::Leader(Fallback::FloorTimeout));
         assert_eq!(f.lsn(), 300);
         // Eventual reads ignore floors entirely.
         let mut e = Floor::new(Level::Eventual, None);
@@ -317,7 +350,7 @@ mod tests {
         assert!(matches!(e.plan_read(&s, &p, &b, &WAITS, &[]).await, ReadPlan::Follower(_)));
         assert_eq!(
             Floor::new(Level::Strong, None).plan_read(&s, &p, &b, &WAITS, &[]).await,
-            ReadPlan::Leader("strong")
+            ReadPlan::Leader(Fallback::Strong)
         );
     }
 
@@ -349,6 +382,15 @@ mod tests {
         // Moving off a follower whose later position is unknown goes to the leader, not a probe.
         f.unit_ended(2, true, 1, false);
         assert_eq!(plan!(f, &[2]).unwrap(), ReadPlan::LeaderShare);
+    }
+
+    #[test]
+    fn every_fallback_has_its_own_counter_slot_and_label() {
+        for (i, f) in Fallback::ALL.iter().enumerate() {
+            assert_eq!(*f as usize, i, "{f:?}: FallbackMetrics indexes by discriminant");
+        }
+        let labels: std::collections::HashSet<_> = Fallback::ALL.iter().map(|f| f.label()).collect();
+        assert_eq!(labels.len(), Fallback::ALL.len());
     }
 
     #[test]

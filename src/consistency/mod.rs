@@ -4,7 +4,7 @@
 pub mod floor;
 pub mod positions;
 
-pub use floor::{Floor, ReadPlan, ReadPolicy};
+pub use floor::{Fallback, Floor, ReadPlan, ReadPolicy};
 pub use positions::{mark, Positions, Sample};
 
 use serde::Deserialize;

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::config::OnTimeout;
-use crate::consistency::{ReadPlan, ReadPolicy};
+use crate::consistency::{Fallback, ReadPlan, ReadPolicy};
 use crate::topology::Snapshot;
 
 impl Session<'_> {
@@ -152,15 +152,15 @@ impl Session<'_> {
         match plan.await {
             ReadPlan::Follower(node) => Ok(Some(node)),
             ReadPlan::LeaderShare => Ok(None),
-            ReadPlan::Leader("no_follower") if shared.config.routing.leader_reads == LeaderReads::Never => {
+            ReadPlan::Leader(Fallback::NoFollower) if shared.config.routing.leader_reads == LeaderReads::Never => {
                 Err(ProxyError::NoFollower)
             }
             ReadPlan::Leader(reason) => {
-                metrics::counter!(crate::metrics::CONSISTENCY_FALLBACKS, "reason" => reason).increment(1);
+                shared.fallbacks.count(reason);
                 Ok(None)
             }
             ReadPlan::Error(message) => {
-                metrics::counter!(crate::metrics::CONSISTENCY_FALLBACKS, "reason" => "error").increment(1);
+                shared.fallbacks.count(Fallback::Error);
                 Err(ProxyError::FloorTimeout(message))
             }
         }
