@@ -1,6 +1,7 @@
 //! Side by side: the same pgbench workloads against the leader directly, pgcausal, PgBouncer and
-//! Pgpool-II, interleaved round by round on one leader + 2 followers cluster; then the proxies'
-//! instructions per query (callgrind) and memory with 1000 idle clients.
+//! Pgpool-II (and, when asked, the tokio floor: floor.rs), interleaved round by round on one
+//! leader + 2 followers cluster; then the proxies' instructions per query (callgrind, the floor
+//! included) and memory with 1000 idle clients.
 //!
 //! Run through `benches/compare/run` (installs PgBouncer, Pgpool-II and valgrind), or
 //! `cargo bench --bench compare -- [--quick] [--no-cost] [--rounds N] [--seconds N]
