@@ -138,6 +138,9 @@ pub struct MonitorConfig {
     /// A probe that takes longer than this counts as a failure.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Probes in a row that must time out before a node counts as down: one late answer on a
+    /// loaded host is not a dead node. An error (refused, reset, FATAL) counts at once.
+    pub timeouts_to_down: u32,
 }
 
 impl Default for MonitorConfig {
@@ -148,6 +151,7 @@ impl Default for MonitorConfig {
             database: "postgres".into(),
             interval: Duration::from_millis(200),
             timeout: Duration::from_millis(700),
+            timeouts_to_down: 2,
         }
     }
 }
@@ -352,6 +356,9 @@ impl Config {
         if self.monitor.interval.is_zero() {
             return bad("monitor.interval".into(), "must be greater than zero");
         }
+        if self.monitor.timeouts_to_down == 0 {
+            return bad("monitor.timeouts_to_down".into(), "must be at least 1");
+        }
         if self.monitor.user.is_some() != self.monitor.password.is_some() {
             return bad("monitor.password".into(), "monitor.user and monitor.password must be set together");
         }
@@ -420,6 +427,7 @@ auth = "md5"
             (GOOD.replace("auth = \"md5\"", "auth = \"kerberos\""), "users[0].auth"),
             (GOOD.replace("[pool]", "[pool]\nsize = 0"), "pool.size"),
             (GOOD.replace("[pool]", "[pool]\nsise = 3"), "pool"),
+            (format!("{GOOD}\n[monitor]\ntimeouts_to_down = 0\n"), "monitor.timeouts_to_down"),
         ];
         for (text, key) in cases {
             let err = parse(&text).unwrap_err().to_string();

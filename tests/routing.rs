@@ -1111,3 +1111,83 @@ fn no_follower_means_reads_on_the_leader() {
         assert_eq!(r, vec![Some("1".to_string()), Some(leader.to_string())], "read back with no follower");
     });
 }
+
+/// The postmaster of a node and its children (backends, walreceiver...), stopped with SIGSTOP
+/// for as long as this lives: a node that is alive but answers nothing. SIGCONT on drop, so a
+/// failing assertion never leaves a frozen server behind.
+struct Frozen(Vec<i32>);
+
+impl Frozen {
+    fn node(postmaster: u32) -> Frozen {
+        let postmaster = postmaster as i32;
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // The parent pid is the second field after the parenthesised command name.
+            let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+            if ppid == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        for &pid in &pids {
+            // SAFETY: pids of the test's own PostgreSQL node.
+            unsafe { libc::kill(pid, libc::SIGSTOP) };
+        }
+        Frozen(pids)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            // SAFETY: as above.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        }
+    }
+}
+
+#[test]
+fn one_late_probe_keeps_a_node_in_rotation_and_a_silent_node_leaves_it() {
+    let _serial = serial();
+    let tc = TestCluster::start(1, |_| {});
+    let p = ProxyProcess::start(&tc, routing_options());
+    p.wait_for_followers();
+    let up = || {
+        let metrics = p.metrics();
+        let line = metrics.lines().find(|l| l.starts_with("pgcausal_node_up{") && l.contains("node=\"node1\""));
+        line.and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+    };
+    assert_eq!(up(), Some(1.0), "node1 is up before anything happens");
+    let postmaster = tc.cluster.lock().unwrap().pid(1).expect("node1 runs");
+    let tolerated =
+        || p.log().lines().filter(|l| l.contains("probe timed out; the node keeps") && l.contains("node1")).count();
+
+    // Frozen for 1 s: a probe sent within 0.2 s of the freeze (the probe period) times out at
+    // 0.7 s; the next one is answered once the node thaws, so node1 never leaves.
+    let before = tolerated();
+    {
+        let _frozen = Frozen::node(postmaster);
+        let until = Instant::now() + Duration::from_millis(1000);
+        while Instant::now() < until {
+            assert_eq!(up(), Some(1.0), "node1 left rotation after one late probe:\n{}", p.log());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+    let timed_out = wait_until(Duration::from_secs(3), || tolerated() > before);
+    assert!(timed_out.is_some(), "the freeze timed out no probe, so it tested nothing:\n{}", p.log());
+    assert_eq!(up(), Some(1.0));
+
+    // Frozen until it leaves: two timeouts in a row (about 1.4-1.6 s) take it out of rotation,
+    // and it comes back once it answers again.
+    {
+        let _frozen = Frozen::node(postmaster);
+        let left = wait_until(Duration::from_secs(6), || up() == Some(0.0));
+        assert!(left.is_some(), "a node silent for 6 s is still in rotation:\n{}", p.log());
+        eprintln!("node1 left rotation {left:?} after it froze");
+    }
+    let back = wait_until(Duration::from_secs(10), || up() == Some(1.0));
+    assert!(back.is_some(), "node1 did not come back after it thawed:\n{}", p.log());
+    let rows = ok(p.psql("postgres", &["-Atc", "SELECT 1"], None));
+    assert_eq!(rows.trim(), "1");
+}

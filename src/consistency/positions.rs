@@ -149,6 +149,7 @@ impl Positions {
             let pool = crate::topology::monitor::control_pool(config, node);
             let positions = self.clone();
             let timeout = config.monitor.timeout;
+            let mut timeouts = crate::topology::monitor::Timeouts::new(config.monitor.timeouts_to_down);
             let name = node.name.clone();
             tasks.add(crate::control::spawn(async move {
                 let position = &positions.nodes[i];
@@ -166,9 +167,17 @@ impl Positions {
                     };
                     match tokio::time::timeout(timeout, probe).await {
                         Ok(Ok(row)) => {
+                            timeouts.tolerate(true);
                             position.record(row.get::<_, i64>(0).max(0) as u64, row.get(1), row.get(2), sent_at);
                         }
-                        _ => position.mark_down(),
+                        // A late answer keeps the last sample: it is still a lower bound of this
+                        // incarnation's position (a restart resets the connection: an error).
+                        Err(_) if timeouts.tolerate(false) => {}
+                        Err(_) => position.mark_down(),
+                        Ok(Err(_)) => {
+                            timeouts.tolerate(true);
+                            position.mark_down();
+                        }
                     }
                     // Sleep until the next tick unless someone needs a fresh sample sooner.
                     let asked = tokio::time::timeout(interval, position.wanted.notified()).await.is_ok();

@@ -55,6 +55,7 @@ pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange, 
     for (i, node) in config.nodes.iter().enumerate() {
         let pool = control_pool(config, node);
         let (interval, timeout) = (config.monitor.interval, config.monitor.timeout);
+        let timeouts_to_down = config.monitor.timeouts_to_down;
         let (topology, on_change, name) = (topology.clone(), on_change.clone(), node.name.clone());
         let up = metrics::gauge!(crate::metrics::NODE_UP, "node" => name.clone());
         let leader = metrics::gauge!(crate::metrics::NODE_IS_LEADER, "node" => name.clone());
@@ -62,21 +63,28 @@ pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange, 
         tasks.add(crate::control::spawn(async move {
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut timeouts = Timeouts::new(timeouts_to_down);
             loop {
                 ticker.tick().await;
                 let started = Instant::now();
-                let state = match tokio::time::timeout(timeout, probe(&pool)).await {
+                let probed = tokio::time::timeout(timeout, probe(&pool)).await;
+                probe_time.record(started.elapsed().as_secs_f64());
+                let state = match probed {
                     Ok(Ok(state)) => state,
                     Ok(Err(reason)) => {
                         tracing::debug!(node = %name, %reason, "probe failed");
                         NodeState::default()
+                    }
+                    Err(_) if timeouts.tolerate(false) => {
+                        tracing::info!(node = %name, ?timeout, "probe timed out; the node keeps its state until the next one");
+                        continue;
                     }
                     Err(_) => {
                         tracing::debug!(node = %name, "probe timed out");
                         NodeState::default()
                     }
                 };
-                probe_time.record(started.elapsed().as_secs_f64());
+                timeouts.tolerate(true);
                 up.set(if state.up { 1.0 } else { 0.0 });
                 let before = topology.update(i, state.clone());
                 leader.set(if topology.snapshot().leader == Some(i) { 1.0 } else { 0.0 });
@@ -86,5 +94,51 @@ pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange, 
                 }
             }
         }));
+    }
+}
+
+/// Counts probe timeouts in a row: the first `limit - 1` are tolerated (the node keeps its last
+/// known state), the `limit`-th is a failure. Any answer, or an error, starts the count afresh.
+#[derive(Debug)]
+pub struct Timeouts {
+    limit: u32,
+    in_a_row: u32,
+}
+
+impl Timeouts {
+    pub fn new(limit: u32) -> Timeouts {
+        Timeouts { limit: limit.max(1), in_a_row: 0 }
+    }
+
+    /// Records a probe's end (`answered`: it did not time out); true when a timeout is tolerated.
+    pub fn tolerate(&mut self, answered: bool) -> bool {
+        if answered {
+            self.in_a_row = 0;
+            return false;
+        }
+        self.in_a_row += 1;
+        if self.in_a_row < self.limit {
+            return true;
+        }
+        self.in_a_row = 0;
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Timeouts;
+
+    #[test]
+    fn timeouts_in_a_row_are_tolerated_up_to_the_limit() {
+        let mut t = Timeouts::new(3);
+        assert!(t.tolerate(false) && t.tolerate(false), "the first two are tolerated");
+        assert!(!t.tolerate(false), "the third is a failure");
+        assert!(t.tolerate(false), "and the count starts again after it");
+        t.tolerate(true);
+        assert!(t.tolerate(false) && t.tolerate(false) && !t.tolerate(false), "an answer resets the count");
+        let mut once = Timeouts::new(1);
+        assert!(!once.tolerate(false) && !once.tolerate(false), "limit 1: every timeout is a failure");
+        assert!(!Timeouts::new(0).tolerate(false), "0 behaves as 1");
     }
 }
