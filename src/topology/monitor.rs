@@ -38,7 +38,9 @@ pub fn control_pool(config: &Config, node: &NodeConfig) -> Pool {
 
 async fn probe(pool: &Pool) -> Result<NodeState, String> {
     let client = pool.get().await.map_err(|e| e.to_string())?;
-    let row = client.query_one(PROBE_SQL, &[]).await.map_err(|e| e.to_string())?;
+    // Prepared once per connection: a text query was parsed, described and closed every probe.
+    let statement = client.prepare_cached(PROBE_SQL).await.map_err(|e| e.to_string())?;
+    let row = client.query_one(&statement, &[]).await.map_err(|e| e.to_string())?;
     let in_recovery: bool = row.get(0);
     Ok(NodeState {
         up: true,
