@@ -9,7 +9,6 @@
 
 use crate::procs::{free_port, Service};
 use crate::targets::{Env, Target};
-use std::process::Command;
 use std::time::Duration;
 
 /// The argument that makes the bench binary serve as the floor proxy instead of benchmarking.
@@ -43,14 +42,7 @@ pub fn serve_if_asked() -> bool {
 pub fn start(env: &Env, tag: &str, wrapper: &[&str], ready: Duration) -> Service {
     let port = free_port();
     let exe = std::env::current_exe().expect("the bench binary's path");
-    let mut cmd = match wrapper.split_first() {
-        Some((first, rest)) => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(&exe);
-            c
-        }
-        None => Command::new(&exe),
-    };
+    let mut cmd = crate::targets::wrapped(wrapper, &exe);
     cmd.args([SERVE_ARG, &port.to_string(), &env.leader_port().to_string()]);
     let mut svc =
         Service::spawn("tokio-floor", cmd, port, env.dir.join(format!("tokio-floor-{tag}.log")), libc::SIGTERM);

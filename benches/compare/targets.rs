@@ -102,13 +102,7 @@ pub fn start_pgcausal(env: &Env, tag: &str, wrapper: &[&str], extra: &str, ready
     std::fs::write(&path, pgcausal_config(env, port, metrics, extra)).unwrap();
     chown(env.run_as, &path);
     let bin = env!("CARGO_BIN_EXE_pgcausal");
-    let mut cmd = if let Some((first, rest)) = wrapper.split_first() {
-        let mut c = Command::new(first);
-        c.args(rest).arg(bin);
-        c
-    } else {
-        Command::new(bin)
-    };
+    let mut cmd = wrapped(wrapper, bin);
     cmd.args(["serve", "--config"]).arg(&path).env("PGCAUSAL_LOG", "warn");
     let mut svc = Service::spawn("pgcausal", cmd, port, env.dir.join(format!("pgcausal-{tag}.log")), libc::SIGTERM);
     env.wait_ready(&mut svc, ready);
@@ -150,20 +144,25 @@ pub fn start_pgbouncer(env: &Env, tag: &str, wrapper: &[&str], ready: Duration) 
         pid = dir.join(format!("pgbouncer-{tag}.pid")).display(),
     );
     write_owned(env.run_as, &ini, &text);
-    let mut cmd = match wrapper.split_first() {
-        Some((first, rest)) => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(pgbouncer_bin());
-            c
-        }
-        None => Command::new(pgbouncer_bin()),
-    };
+    let mut cmd = wrapped(wrapper, pgbouncer_bin());
     cmd.arg(&ini).env("HOME", dir);
     RunAs::apply(env.run_as, &mut cmd);
     // SIGTERM = immediate shutdown (SIGINT would wait for clients).
     let mut svc = Service::spawn("pgbouncer", cmd, port, dir.join(format!("pgbouncer-{tag}.log")), libc::SIGTERM);
     env.wait_ready(&mut svc, ready);
     svc
+}
+
+/// `program`, or `wrapper` (such as `valgrind --tool=callgrind ...`) running it.
+pub fn wrapped(wrapper: &[&str], program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 pub fn pgbouncer_bin() -> PathBuf {

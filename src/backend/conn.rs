@@ -103,7 +103,7 @@ impl ServerConn {
         loop {
             let (tag, body) = conn.read_message().await?;
             match tag {
-                be::PARAMETER_STATUS => conn.note_parameter(&body),
+                be::PARAMETER_STATUS => note_parameter(&mut conn.params, &body),
                 be::BACKEND_KEY_DATA if body.len() >= 8 => {
                     conn.pid = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
                     conn.secret = u32::from_be_bytes([body[4], body[5], body[6], body[7]]);
@@ -193,15 +193,11 @@ impl ServerConn {
             let (tag, body) = self.read_message().await?;
             match tag {
                 be::ERROR_RESPONSE => failure = Some(server_error(&body)),
-                be::PARAMETER_STATUS => self.note_parameter(&body),
+                be::PARAMETER_STATUS => note_parameter(&mut self.params, &body),
                 be::READY_FOR_QUERY => return failure.map_or(Ok(()), Err),
                 _ => {}
             }
         }
-    }
-
-    fn note_parameter(&mut self, body: &[u8]) {
-        note_parameter(&mut self.params, body);
     }
 
     /// True if the server has sent something unsolicited (or closed) while idle in the pool.

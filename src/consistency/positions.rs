@@ -167,15 +167,15 @@ impl Positions {
                     };
                     match tokio::time::timeout(timeout, probe).await {
                         Ok(Ok(row)) => {
-                            timeouts.tolerate(true);
+                            timeouts.answered();
                             position.record(row.get::<_, i64>(0).max(0) as u64, row.get(1), row.get(2), sent_at);
                         }
                         // A late answer keeps the last sample: it is still a lower bound of this
                         // incarnation's position (a restart resets the connection: an error).
-                        Err(_) if timeouts.tolerate(false) => {}
+                        Err(_) if timeouts.tolerated() => {}
                         Err(_) => position.mark_down(),
                         Ok(Err(_)) => {
-                            timeouts.tolerate(true);
+                            timeouts.answered();
                             position.mark_down();
                         }
                     }

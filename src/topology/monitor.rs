@@ -77,7 +77,7 @@ pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange, 
                         tracing::debug!(node = %name, %reason, "probe failed");
                         NodeState::default()
                     }
-                    Err(_) if timeouts.tolerate(false) => {
+                    Err(_) if timeouts.tolerated() => {
                         tracing::info!(node = %name, ?timeout, "probe timed out; the node keeps its state until the next one");
                         continue;
                     }
@@ -86,7 +86,7 @@ pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange, 
                         NodeState::default()
                     }
                 };
-                timeouts.tolerate(true);
+                timeouts.answered();
                 up.set(if state.up { 1.0 } else { 0.0 });
                 let before = topology.update(i, state.clone());
                 leader.set(if topology.snapshot().leader == Some(i) { 1.0 } else { 0.0 });
@@ -112,12 +112,13 @@ impl Timeouts {
         Timeouts { limit: limit.max(1), in_a_row: 0 }
     }
 
-    /// Records a probe's end (`answered`: it did not time out); true when a timeout is tolerated.
-    pub fn tolerate(&mut self, answered: bool) -> bool {
-        if answered {
-            self.in_a_row = 0;
-            return false;
-        }
+    /// A probe ended without timing out (an answer or an error): the count starts afresh.
+    pub fn answered(&mut self) {
+        self.in_a_row = 0;
+    }
+
+    /// A probe timed out; true when this one is tolerated.
+    pub fn tolerated(&mut self) -> bool {
         self.in_a_row += 1;
         if self.in_a_row < self.limit {
             return true;
@@ -134,13 +135,13 @@ mod tests {
     #[test]
     fn timeouts_in_a_row_are_tolerated_up_to_the_limit() {
         let mut t = Timeouts::new(3);
-        assert!(t.tolerate(false) && t.tolerate(false), "the first two are tolerated");
-        assert!(!t.tolerate(false), "the third is a failure");
-        assert!(t.tolerate(false), "and the count starts again after it");
-        t.tolerate(true);
-        assert!(t.tolerate(false) && t.tolerate(false) && !t.tolerate(false), "an answer resets the count");
+        assert!(t.tolerated() && t.tolerated(), "the first two are tolerated");
+        assert!(!t.tolerated(), "the third is a failure");
+        assert!(t.tolerated(), "and the count starts again after it");
+        t.answered();
+        assert!(t.tolerated() && t.tolerated() && !t.tolerated(), "an answer resets the count");
         let mut once = Timeouts::new(1);
-        assert!(!once.tolerate(false) && !once.tolerate(false), "limit 1: every timeout is a failure");
-        assert!(!Timeouts::new(0).tolerate(false), "0 behaves as 1");
+        assert!(!once.tolerated() && !once.tolerated(), "limit 1: every timeout is a failure");
+        assert!(!Timeouts::new(0).tolerated(), "0 behaves as 1");
     }
 }
