@@ -34,6 +34,8 @@ pub enum ProxyError {
          (or as a startup option: -c pgcausal.name=value)"
     )]
     ProxyCommandNotAlone,
+    #[error("could not restore this session's settings on a server connection: {0}")]
+    StateReplay(BackendError),
     #[error("internal error: {0}")]
     Internal(String),
     #[error("client connection: {0}")]
@@ -51,7 +53,7 @@ impl ProxyError {
             ProxyError::LoginTimeout => "08006",
             ProxyError::TooManyClients | ProxyError::PoolTimeout { .. } => "53300",
             ProxyError::NoLeader(_) | ProxyError::NoFollower | ProxyError::FloorTimeout(_) => "57P03",
-            ProxyError::Backend(b) => b.sqlstate(),
+            ProxyError::Backend(b) | ProxyError::StateReplay(b) => b.sqlstate(),
             ProxyError::ProxyCommandNotAlone => "0A000",
             ProxyError::Internal(_) => "XX000",
             ProxyError::ClientIo(_) => "08006",

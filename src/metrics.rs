@@ -22,6 +22,7 @@ pub const CONSISTENCY_WAIT: &str = "pgcausal_consistency_wait_seconds";
 pub const CONSISTENCY_FALLBACKS: &str = "pgcausal_consistency_fallbacks_total";
 pub const FLOOR_CLAMPS: &str = "pgcausal_floor_clamps_total";
 pub const SESSION_PINS: &str = "pgcausal_session_pins_total";
+pub const STATE_REPLAY_FAILURES: &str = "pgcausal_state_replay_failures_total";
 pub const NODE_UP: &str = "pgcausal_node_up";
 pub const NODE_IS_LEADER: &str = "pgcausal_node_is_leader";
 pub const NODE_PROBE_SECONDS: &str = "pgcausal_node_probe_seconds";
@@ -55,6 +56,10 @@ pub fn describe() {
     describe_counter!(CONSISTENCY_FALLBACKS, "Reads sent to the leader (or failed) for consistency, by reason");
     describe_counter!(FLOOR_CLAMPS, "Session floors clamped after a failover lost the WAL above them");
     describe_counter!(SESSION_PINS, "Sessions pinned to their server connection, by kind (listen, temp_table, ...)");
+    describe_counter!(
+        STATE_REPLAY_FAILURES,
+        "Server connections closed because replaying a client's session settings on them failed"
+    );
     describe_gauge!(NODE_UP, "1 if the node's last health probe succeeded");
     describe_gauge!(NODE_IS_LEADER, "1 if the node is the current leader");
     describe_histogram!(NODE_PROBE_SECONDS, "Duration of node health probes");

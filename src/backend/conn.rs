@@ -185,19 +185,30 @@ impl ServerConn {
 
     /// Runs a simple query to completion, discarding its output; fails on ErrorResponse.
     pub async fn run(&mut self, sql: &str) -> Result<(), BackendError> {
+        self.run_each(&[sql]).await?.pop().expect("one answer per query")
+    }
+
+    /// Sends simple queries in one write and reads each one's outcome (their output discarded):
+    /// one round trip, and a failed query does not keep the next from running. The outer error
+    /// is the connection's (it is then unusable); the inner ones are each query's ErrorResponse.
+    pub async fn run_each(&mut self, queries: &[&str]) -> Result<Vec<Result<(), BackendError>>, BackendError> {
         let mut out = BytesMut::new();
-        frontend::query(sql, &mut out)?;
+        for sql in queries {
+            frontend::query(sql, &mut out)?;
+        }
         self.writer.write_all(&out).await?;
+        let mut results = Vec::with_capacity(queries.len());
         let mut failure = None;
-        loop {
+        while results.len() < queries.len() {
             let (tag, body) = self.read_message().await?;
             match tag {
                 be::ERROR_RESPONSE => failure = Some(server_error(&body)),
                 be::PARAMETER_STATUS => note_parameter(&mut self.params, &body),
-                be::READY_FOR_QUERY => return failure.map_or(Ok(()), Err),
+                be::READY_FOR_QUERY => results.push(failure.take().map_or(Ok(()), Err)),
                 _ => {}
             }
         }
+        Ok(results)
     }
 
     /// True if the server has sent something unsolicited (or closed) while idle in the pool.

@@ -2,6 +2,7 @@
 //! that reproduce them; a client carries its own, a server connection carries what it last got.
 
 /// Settings in the order they were made (SET SESSION AUTHORIZATION before SET ROLE matters).
+/// Identity follows PostgreSQL: setting or resetting SESSION AUTHORIZATION also resets ROLE.
 #[derive(Clone, Default, PartialEq, Eq, Debug)]
 pub struct Settings {
     /// (lowercase name, SQL that sets it).
@@ -22,6 +23,19 @@ fn reset_sql(name: &str) -> String {
 /// A setting name as an identifier; dotted custom names keep their parts.
 fn quote_ident(name: &str) -> String {
     name.split('.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
+}
+
+fn is_identity(name: &str) -> bool {
+    name == "role" || name == "session_authorization"
+}
+
+/// One name per setting: `SET TIME ZONE` is `timezone`.
+fn canonical(name: String) -> String {
+    if name == "time zone" {
+        "timezone".to_string()
+    } else {
+        name
+    }
 }
 
 fn quote_literal(s: &str) -> String {
@@ -56,15 +70,42 @@ impl Settings {
     }
 
     fn put(&mut self, name: String, sql: String) {
-        let name = if name == "time zone" { "timezone".to_string() } else { name };
-        self.entries.retain(|(n, _)| *n != name);
+        let name = canonical(name);
+        self.forget(&name);
         self.entries.push((name, sql));
     }
 
+    /// Drops `name` (already canonical), and ROLE with SESSION AUTHORIZATION as PostgreSQL does.
+    fn forget(&mut self, name: &str) {
+        let identity = name == "session_authorization";
+        self.entries.retain(|(n, _)| n != name && !(identity && n == "role"));
+    }
+
     pub fn reset(&mut self, name: &str) {
-        let name = name.to_ascii_lowercase();
-        let name = if name == "time zone" { "timezone".to_string() } else { name };
-        self.entries.retain(|(n, _)| *n != name);
+        self.forget(&canonical(name.to_ascii_lowercase()));
+    }
+
+    /// The entry for `name` (the SQL that sets it), if any.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        let name = canonical(name.to_ascii_lowercase());
+        self.entries.iter().find(|(n, _)| *n == name).map(|(_, sql)| sql.as_str())
+    }
+
+    /// Names this carries, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|(n, _)| n.as_str())
+    }
+
+    /// Copies `other`'s entry for `name` (RESET returning a startup value).
+    pub fn adopt(&mut self, other: &Settings, name: &str) {
+        let name = canonical(name.to_ascii_lowercase());
+        if let Some((n, sql)) = other.entries.iter().find(|(n, _)| *n == name) {
+            self.put(n.clone(), sql.clone());
+        }
+    }
+
+    fn has_identity(&self) -> bool {
+        self.entries.iter().any(|(n, _)| is_identity(n))
     }
 
     /// RESET ALL: everything but role and session authorization.
@@ -79,13 +120,16 @@ impl Settings {
     }
 
     /// SQL turning a server that carries `from` into one that carries `self`; None if equal.
+    /// Whenever either side changed its identity (or `from` is unknown) it starts from the
+    /// login identity with every setting reset, then replays the client's settings in order:
+    /// another client's role must never decide what the replay may do.
     pub fn sync_sql(&self, from: &Settings) -> Option<String> {
         if self == from {
             return None;
         }
         let mut sql = Vec::new();
-        if from.unknown {
-            sql.extend(["RESET ALL", "RESET ROLE", "RESET SESSION AUTHORIZATION"].map(String::from));
+        if from.unknown || from.has_identity() || self.has_identity() {
+            sql.extend(["RESET SESSION AUTHORIZATION", "RESET ROLE", "RESET ALL"].map(String::from));
             sql.extend(self.entries.iter().map(|(_, s)| s.clone()));
             return Some(sql.join("; "));
         }
@@ -109,10 +153,13 @@ mod tests {
     fn sync_resets_what_the_client_lacks_and_sets_what_differs() {
         let mut server = Settings::default();
         server.set("search_path", "other");
-        server.set("role", "admin");
+        server.set("work_mem", "'8MB'");
         let mut client = Settings::default();
         client.set("TimeZone", "'UTC'");
-        assert_eq!(client.sync_sql(&server).unwrap(), "RESET \"search_path\"; RESET ROLE; SET \"timezone\" TO 'UTC'");
+        assert_eq!(
+            client.sync_sql(&server).unwrap(),
+            "RESET \"search_path\"; RESET \"work_mem\"; SET \"timezone\" TO 'UTC'"
+        );
         assert_eq!(client.sync_sql(&client.clone()), None);
         client.set_text("application_name", "it's");
         assert!(client
@@ -127,11 +174,38 @@ mod tests {
         s.set("role", "r");
         s.set("work_mem", "'4MB'");
         s.reset_all();
-        assert_eq!(s.sync_sql(&Settings::default()).unwrap(), "SET ROLE r");
+        assert_eq!(
+            s.sync_sql(&Settings::default()).unwrap(),
+            "RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; SET ROLE r"
+        );
         s.clear();
         assert!(s.is_empty());
         s.set("time zone", "'UTC'");
         s.reset("timezone");
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn session_authorization_resets_role_and_identity_replays_from_the_login() {
+        // The reproduction of issue 13: X's role must not survive X's own SESSION AUTHORIZATION.
+        let mut x = Settings::default();
+        x.set("session_authorization", "a");
+        x.set("role", "b");
+        x.set("session_authorization", "c");
+        assert_eq!(x.get("role"), None, "SESSION AUTHORIZATION resets ROLE");
+        let mut y = Settings::default();
+        y.set("session_authorization", "low");
+        y.set("search_path", "private");
+        assert_eq!(
+            x.sync_sql(&y).unwrap(),
+            "RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL; SET SESSION AUTHORIZATION c"
+        );
+        // A client without identity changes on a connection that had one: back to the login.
+        let plain = Settings::default();
+        assert_eq!(plain.sync_sql(&y).unwrap(), "RESET SESSION AUTHORIZATION; RESET ROLE; RESET ALL");
+        let mut with_role = Settings::default();
+        with_role.set("role", "b");
+        with_role.reset("session_authorization");
+        assert_eq!(with_role.get("role"), None, "RESET SESSION AUTHORIZATION resets ROLE");
     }
 }

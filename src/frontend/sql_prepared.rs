@@ -202,6 +202,48 @@ impl ClientSqlStatements {
 pub struct ServerSqlStatements {
     by_name: HashMap<String, (Option<u64>, u64)>,
     tick: u64,
+    /// Replayed PREPAREs that failed here: name -> (hash, SQLSTATE, message), the answer to
+    /// an EXECUTE of that statement on this connection.
+    failed: HashMap<String, (u64, String, String)>,
+}
+
+/// One of the client's statements to create on a connection before its unit runs.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Replay {
+    pub name: String,
+    pub hash: u64,
+    /// DEALLOCATEs of a namesake (or an evicted name) first, then the PREPARE: one query string,
+    /// since a failed PREPARE leaves those in place (prepared statements are not transactional).
+    pub sql: String,
+}
+
+/// The client's statements this connection lacks, recorded as held: run each `sql` as its own
+/// query, and call `replay_failed` for the ones that fail. Executing them (also from inside
+/// PL/pgSQL, `CREATE TABLE AS EXECUTE`, `EXPLAIN EXECUTE`) then finds them, and
+/// `pg_prepared_statements` lists them.
+pub fn replays(client: &ClientSqlStatements, server: &mut ServerSqlStatements) -> Vec<Replay> {
+    if client.by_name.is_empty() {
+        return Vec::new();
+    }
+    let mut replays = Vec::new();
+    for (name, (hash, prepare)) in &client.by_name {
+        let held = server.get(name);
+        if held == Some(Some(*hash)) {
+            continue;
+        }
+        let mut steps: Vec<String> = held.map(|_| format!("DEALLOCATE {}", quote_ident(name))).into_iter().collect();
+        steps.extend(server.insert(name, *hash).map(|victim| format!("DEALLOCATE {}", quote_ident(&victim))));
+        steps.push(prepare.clone());
+        server.failed.remove(name);
+        replays.push(Replay { name: name.clone(), hash: *hash, sql: steps.join("; ") });
+    }
+    replays
+}
+
+/// A replayed PREPARE failed: the connection does not hold it, and an EXECUTE of it gets this error.
+pub fn replay_failed(server: &mut ServerSqlStatements, replay: &Replay, code: &str, message: &str) {
+    server.forget(&replay.name);
+    server.failed.insert(replay.name.clone(), (replay.hash, code.to_string(), message.to_string()));
 }
 
 impl ServerSqlStatements {
@@ -250,7 +292,7 @@ pub enum Plan {
     /// Do not send anything: answer the client with CommandComplete(tag) + ReadyForQuery, as PostgreSQL would.
     Answer { tag: &'static str },
     /// Answer with an error like PostgreSQL's (42P05 duplicate, 26000 does not exist) + ReadyForQuery.
-    Error { code: &'static str, message: String },
+    Error { code: String, message: String },
 }
 
 /// The identifier in double quotes, which PostgreSQL reads back exactly (no lowercasing).
@@ -259,7 +301,7 @@ pub fn quote_ident(name: &str) -> String {
 }
 
 fn error(code: &'static str, name: &str, what: &str) -> Plan {
-    Plan::Error { code, message: format!("prepared statement \"{name}\" {what}") }
+    Plan::Error { code: code.to_string(), message: format!("prepared statement \"{name}\" {what}") }
 }
 
 /// Decides how to run `query` for this client on this server connection, and records its effect.
@@ -290,6 +332,10 @@ pub fn plan(query: &SqlPrepare, client: &mut ClientSqlStatements, server: &mut S
             if held == Some(Some(*hash)) {
                 return forward(vec![]);
             }
+            if let Some((_, code, message)) = server.failed.get(name).filter(|(h, ..)| h == hash) {
+                // Its replay here failed (say, a table it reads was dropped): that is the answer.
+                return Plan::Error { code: code.clone(), message: message.clone() };
+            }
             let mut steps: Vec<String> = held.map(|_| deallocate(name)).into_iter().collect();
             steps.extend(server.insert(name, *hash).map(|victim| deallocate(&victim)));
             steps.push(sql.clone());
@@ -317,6 +363,7 @@ pub fn plan(query: &SqlPrepare, client: &mut ClientSqlStatements, server: &mut S
 /// DISCARD ALL or DEALLOCATE ALL ran on the server: it holds no statements (other clients re-prepare on demand).
 pub fn server_discarded(server: &mut ServerSqlStatements) {
     server.by_name.clear();
+    server.failed.clear();
 }
 
 #[cfg(test)]
@@ -341,7 +388,7 @@ mod tests {
     }
 
     fn error(code: &'static str, message: &str) -> Plan {
-        Plan::Error { code, message: message.to_string() }
+        Plan::Error { code: code.to_string(), message: message.to_string() }
     }
 
     #[test]
@@ -437,6 +484,25 @@ mod tests {
             assert_eq!(plan(&prepare("p", "PREPARE p AS SELECT 1"), &mut client, &mut server), forward(inject));
             plan(&DeallocateAll, &mut client, &mut server);
         }
+    }
+
+    #[test]
+    fn replays_bring_the_clients_statements_and_failures_answer_execute() {
+        let (mut a, mut b, mut shared) = Default::default();
+        plan(&prepare("p", "PREPARE p AS SELECT 1"), &mut a, &mut shared);
+        plan(&prepare("q", "PREPARE q AS SELECT 2"), &mut b, &mut ServerSqlStatements::default());
+        let mut fresh = ServerSqlStatements::default();
+        let r = replays(&a, &mut fresh);
+        assert_eq!(r, vec![Replay { name: "p".into(), hash: r[0].hash, sql: "PREPARE p AS SELECT 1".into() }]);
+        assert!(replays(&a, &mut fresh).is_empty(), "held after one replay");
+        // B on A's connection: A's p stays (other name), B's q is created.
+        let r = replays(&b, &mut shared);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].sql, "PREPARE q AS SELECT 2");
+        replay_failed(&mut shared, &r[0], "42P01", "relation \"t\" does not exist");
+        assert_eq!(plan(&execute("q"), &mut b, &mut shared), error("42P01", "relation \"t\" does not exist"));
+        // The next replay tries again.
+        assert_eq!(replays(&b, &mut shared).len(), 1);
     }
 
     #[test]

@@ -9,15 +9,20 @@ use std::collections::BTreeSet;
 /// The client's settings: committed ones, and a working copy while a transaction runs.
 #[derive(Debug, Default)]
 pub struct ClientSettings {
+    /// What the client logged in with: RESET returns to these, as in PostgreSQL.
+    startup: Settings,
     committed: Settings,
     pending: Option<Settings>,
     /// An error or rollback happened in the current transaction.
     failed: bool,
+    /// The server reset a startup setting to its own default while the client's RESET
+    /// returns the startup value: what the server carries must be replayed.
+    server_diverged: bool,
 }
 
 impl ClientSettings {
     pub fn from_startup(settings: Settings) -> ClientSettings {
-        ClientSettings { committed: settings, pending: None, failed: false }
+        ClientSettings { startup: settings.clone(), committed: settings, ..ClientSettings::default() }
     }
 
     /// What a server running the client's work must carry.
@@ -33,9 +38,24 @@ impl ClientSettings {
             match effect {
                 SessionEffect::Set { name, value, local: false } => working.set(name, value),
                 SessionEffect::SetConfigCall { name, value, is_local: false } => working.set_text(name, value),
-                SessionEffect::Reset { name } => working.reset(name),
-                SessionEffect::ResetAll => working.reset_all(),
-                SessionEffect::DiscardAll => working.clear(),
+                SessionEffect::Reset { name } => {
+                    working.reset(name);
+                    if self.startup.get(name).is_some() {
+                        working.adopt(&self.startup, &name.to_ascii_lowercase());
+                        self.server_diverged = true;
+                    }
+                }
+                SessionEffect::ResetAll | SessionEffect::DiscardAll => {
+                    if *effect == SessionEffect::ResetAll {
+                        working.reset_all();
+                    } else {
+                        working.clear();
+                    }
+                    for name in self.startup.names() {
+                        working.adopt(&self.startup, name);
+                    }
+                    self.server_diverged |= !self.startup.is_empty();
+                }
                 _ => continue, // SET LOCAL dies with its transaction; proxy commands never reach a server
             }
             changed = true;
@@ -55,10 +75,13 @@ impl ClientSettings {
     /// Without changes the server already carries the committed settings: nothing to copy.
     pub fn end_transaction(&mut self, server: &mut Settings) {
         let failed = std::mem::take(&mut self.failed);
+        let diverged = std::mem::take(&mut self.server_diverged);
         let Some(pending) = self.pending.take() else { return };
+        let unsure = failed && pending != self.committed;
         if !failed {
             self.committed = pending;
-        } else if pending != self.committed {
+        }
+        if diverged || unsure {
             *server = Settings::unknown();
             return;
         }
@@ -175,5 +198,25 @@ mod tests {
         s.apply(&[SessionEffect::DiscardAll]);
         s.end_transaction(&mut server);
         assert!(server.is_empty());
+    }
+
+    #[test]
+    fn reset_returns_the_startup_value() {
+        let mut startup = Settings::default();
+        startup.set_text("DateStyle", "Postgres, MDY");
+        let mut s = ClientSettings::from_startup(startup.clone());
+        let mut server = startup.clone();
+        s.apply(&[set("datestyle", "'ISO'")]);
+        s.end_transaction(&mut server);
+        s.apply(&[SessionEffect::Reset { name: "DateStyle".into() }]);
+        s.end_transaction(&mut server);
+        assert_eq!(s.current(), &startup, "RESET returns the startup value");
+        assert_eq!(server, Settings::unknown(), "the server went to its own default: replay");
+        s.apply(&[set("work_mem", "'2MB'"), SessionEffect::ResetAll]);
+        s.end_transaction(&mut server);
+        assert_eq!(s.current(), &startup, "RESET ALL likewise");
+        s.apply(&[SessionEffect::DiscardAll]);
+        s.end_transaction(&mut server);
+        assert_eq!(s.current(), &startup, "DISCARD ALL likewise");
     }
 }

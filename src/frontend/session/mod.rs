@@ -406,7 +406,10 @@ impl Session<'_> {
                     self.refuse_message(tag, total, &e);
                     continue;
                 }
-                self.sync_settings();
+                if let Err(e) = self.prepare_server().await {
+                    self.refuse_message(tag, total, &e);
+                    continue;
+                }
                 self.send_deferred_begin();
             } else if self.must_wait_for_another_node(class.as_deref()) {
                 break;

@@ -49,7 +49,7 @@ impl Session<'_> {
             }
             Plan::Error { code, message } => {
                 crate::metrics::error(code.as_bytes(), "proxy");
-                self.push_reply(messages::error_response("ERROR", code, &message).freeze());
+                self.push_reply(messages::error_response("ERROR", &code, &message).freeze());
                 self.answer_sync();
                 false
             }
@@ -110,20 +110,62 @@ impl Session<'_> {
         sql.filter(|q| [&b"create"[..], b"alter", b"drop"].iter().any(|w| starts_with_word(q, w))).map(<[u8]>::to_vec)
     }
 
-    /// Brings a newly leased server connection to the client's settings (answers swallowed).
-    pub(super) fn sync_settings(&mut self) {
-        let Some(leased) = self.server.as_mut() else { return };
+    /// Brings a newly leased server connection to the client's state before any of the
+    /// client's messages go to it, waiting for the server's answers: a client's statement
+    /// never runs in a state that is not exactly its own. Settings first: if their replay
+    /// fails, the connection is closed, never reused, and the message gets that error. Then the
+    /// client's SQL-level prepared statements, one query each; one that fails here is the
+    /// answer to its EXECUTE.
+    pub(super) async fn prepare_server(&mut self) -> Result<(), ProxyError> {
+        let shared = self.shared;
+        let Some(leased) = self.server.as_mut() else { return Ok(()) };
+        let conn = &mut *leased.lease;
         let current = self.settings.current();
-        if let Some(sql) = current.sync_sql(&leased.lease.settings) {
-            tracing::debug!(node = leased.node, %sql, "syncing settings");
-            leased.lease.settings = current.clone();
-            let _ = postgres_protocol::message::frontend::query(&sql, &mut self.to_server);
-            self.inflight.push(Request::Query { swallow: true }, &mut self.to_client);
-            if let Some(hold) = self.hold.as_mut() {
-                // A retry syncs its new server itself; the replay must not carry this query.
-                hold.replay.clear();
+        let sql = current.sync_sql(&conn.settings);
+        let replays = sql_prepared::replays(&self.sql_statements, &mut conn.sql_statements);
+        if sql.is_none() && replays.is_empty() {
+            return Ok(());
+        }
+        let mut queries: Vec<&str> = sql.iter().map(String::as_str).collect();
+        queries.extend(replays.iter().map(|r| r.sql.as_str()));
+        tracing::debug!(node = leased.node, settings = sql.is_some(), statements = replays.len(), "replaying session state");
+        let run = crate::control::timeout(shared.config.pool.connect_timeout, conn.run_each(&queries));
+        let outcome = match Box::pin(run).await {
+            Ok(Ok(results)) => Ok(results),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(BackendError::Timeout("session state replay".into())),
+        };
+        let mut results = match outcome {
+            Ok(results) => results.into_iter(),
+            Err(e) => return Err(self.replay_failed(e)),
+        };
+        if sql.is_some() {
+            if let Some(Err(e)) = results.next() {
+                return Err(self.replay_failed(e));
             }
         }
+        let leased = self.server.as_mut().expect("still held");
+        leased.lease.settings = self.settings.current().clone();
+        for (replay, result) in replays.iter().zip(results) {
+            if let Err(BackendError::Server { code, message }) = result {
+                tracing::debug!(name = %replay.name, %code, "a prepared statement could not be replayed");
+                sql_prepared::replay_failed(&mut leased.lease.sql_statements, replay, &code, &message);
+            }
+        }
+        Ok(())
+    }
+
+    /// The replay of the client's state failed: that connection is closed (its state is not
+    /// the client's), the failure logged and counted; the error is the client's answer.
+    fn replay_failed(&mut self, e: BackendError) -> ProxyError {
+        let leased = self.server.take().expect("replaying on a held server");
+        self.key.target.clear();
+        self.hold = None;
+        let node = &self.shared.pools.nodes[leased.node].name;
+        tracing::warn!(%node, error = %e, "replaying a client's session state failed; closing that server connection");
+        metrics::counter!(crate::metrics::STATE_REPLAY_FAILURES).increment(1);
+        leased.lease.discard();
+        ProxyError::StateReplay(e)
     }
 }
 
