@@ -126,3 +126,155 @@ fn reset_returns_the_startup_value() {
     // Another client on the same connection is back to the server default.
     assert_eq!(ok(p.psql("startup_reset", &["-c", "SHOW DateStyle"], None)), "ISO, MDY\n");
 }
+
+#[test]
+fn sql_level_prepared_statements_exist_wherever_the_client_runs() {
+    let cluster = shared_cluster();
+    cluster.create_database("sql_prepared_nested");
+    cluster.sql(0, "sql_prepared_nested", "CREATE TABLE src AS SELECT g AS n FROM generate_series(1, 3) g");
+    // Two connections, and a second client keeping one busy in between: units move.
+    let p = ProxyProcess::start(cluster, ProxyOptions { pool_size: 2, ..Default::default() });
+    p.wait_for_followers();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let a = connect(&p, "sql_prepared_nested").await;
+        let other = connect(&p, "sql_prepared_nested").await;
+        a.batch_execute("PREPARE q AS SELECT n FROM src WHERE n >= 2").await.unwrap();
+        other.batch_execute("PREPARE q AS SELECT 'other'").await.unwrap();
+        for i in 0..10 {
+            // Uses the proxy does not parse: CREATE TABLE AS EXECUTE, EXPLAIN EXECUTE, EXECUTE in PL/pgSQL.
+            a.batch_execute(&format!("CREATE TABLE copy{i} AS EXECUTE q")).await.unwrap();
+            assert_eq!(one(&a, &format!("SELECT count(*) FROM copy{i}")).await, "2");
+            assert!(one(&a, "EXPLAIN EXECUTE q").await.contains("src"));
+            let nested = "DO $$ DECLARE c int; BEGIN EXECUTE 'CREATE TABLE nested AS EXECUTE q'; \
+                          SELECT count(*) INTO c FROM nested; DROP TABLE nested; \
+                          IF c <> 2 THEN RAISE 'got %', c; END IF; END $$";
+            a.batch_execute(nested).await.unwrap();
+            assert_eq!(one(&a, "SELECT name FROM pg_prepared_statements WHERE name = 'q' AND statement LIKE '%src%'").await, "q");
+            assert_eq!(one(&other, "EXECUTE q").await, "other");
+        }
+        // A statement whose table went away: the EXECUTE gets exactly one error, PostgreSQL's.
+        a.batch_execute("PREPARE gone AS SELECT * FROM src").await.unwrap();
+        other.batch_execute("DROP TABLE src CASCADE").await.unwrap();
+        let messages = a.simple_query("EXECUTE gone").await;
+        let e = messages.expect_err("the table is gone");
+        assert_eq!(e.code().map(|c| c.code()), Some("42P01"), "{}", pg_error(&e));
+        assert_eq!(one(&a, "SELECT 1").await, "1", "the client carries on");
+    });
+}
+
+#[test]
+fn lastval_and_currval_never_show_another_clients_value() {
+    let cluster = shared_cluster();
+    cluster.create_database("sequences");
+    cluster.sql(0, "sequences", "CREATE SEQUENCE s; CREATE TABLE t (id serial, v text)");
+    let p = ProxyProcess::start(cluster, ProxyOptions { pool_size: 2, ..Default::default() });
+    p.wait_for_followers();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let a = connect(&p, "sequences").await;
+        let b = connect(&p, "sequences").await;
+        // A never called nextval: its lastval/currval must fail, whatever B left on a backend.
+        let mut errors = 0;
+        for _ in 0..20 {
+            let b_value = one(&b, "SELECT nextval('s')").await;
+            assert_ne!(b_value, "");
+            let e = a.simple_query("SELECT lastval()").await.expect_err("A has no lastval");
+            assert_eq!(e.code().map(|c| c.code()), Some("55000"), "{}", pg_error(&e));
+            let e = a.simple_query("SELECT currval('s')").await.expect_err("A has no currval");
+            assert_eq!(e.code().map(|c| c.code()), Some("55000"), "{}", pg_error(&e));
+            errors += 2;
+        }
+        assert_eq!(errors, 40);
+        // After its own INSERT (nextval by default), A's currval in the next transaction runs
+        // where that INSERT ran, and is its own.
+        for _ in 0..20 {
+            let id = one(&a, "INSERT INTO t (v) VALUES ('a') RETURNING id").await;
+            assert_eq!(one(&a, "SELECT currval('t_id_seq')").await, id);
+            assert_eq!(one(&a, "SELECT lastval()").await, id);
+        }
+        // With B's INSERTs in between (on the backend A's ran on), A gets its own value or
+        // "not yet defined", never B's.
+        let (mut own, mut undefined) = (0, 0);
+        for _ in 0..20 {
+            let id = one(&a, "INSERT INTO t (v) VALUES ('a') RETURNING id").await;
+            let b_id = one(&b, "INSERT INTO t (v) VALUES ('b') RETURNING id").await;
+            match a.simple_query("SELECT currval('t_id_seq')").await {
+                Ok(m) => {
+                    let got = match &m[..] {
+                        [SimpleQueryMessage::Row(r), ..] => r.get(0).unwrap().to_string(),
+                        _ => panic!("no row"),
+                    };
+                    assert_eq!(got, id, "A's own value (B's was {b_id})");
+                    own += 1;
+                }
+                Err(e) => {
+                    assert_eq!(e.code().map(|c| c.code()), Some("55000"), "{}", pg_error(&e));
+                    undefined += 1;
+                }
+            }
+        }
+        assert_eq!(own + undefined, 20);
+        // Reading a sequence relation runs on the leader: the follower shows it pre-logged.
+        one(&a, "SELECT nextval('s')").await;
+        let leader = cluster.sql(0, "sequences", "SELECT last_value || ' ' || is_called FROM s");
+        assert_eq!(one(&a, "SELECT last_value || ' ' || is_called FROM s").await, leader.trim_end());
+    });
+}
+
+#[test]
+fn temp_objects_pin_in_every_form() {
+    let cluster = shared_cluster();
+    cluster.create_database("temp_forms");
+    let p = ProxyProcess::start(cluster, ProxyOptions { pool_size: 2, ..Default::default() });
+    p.wait_for_followers();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let forms = [
+            ("BEGIN; CREATE TEMP TABLE x AS SELECT 1 AS n; COMMIT", "SELECT n FROM x"),
+            ("CREATE TEMPORARY VIEW x AS SELECT * FROM ROWS FROM (generate_series(1, 1)) AS g(n)", "SELECT n FROM x"),
+            ("CREATE TEMP TABLE x WITH (toast.vacuum_truncate = false) AS SELECT 1 AS n", "SELECT n FROM x"),
+            ("CREATE TABLE pg_temp.x AS SELECT 1 AS n", "SELECT n FROM x"),
+            ("CREATE FUNCTION pg_temp.x() RETURNS int LANGUAGE sql AS 'SELECT 1'", "SELECT pg_temp.x()"),
+            ("DO $$ BEGIN CREATE TEMP TABLE x AS SELECT 1 AS n; END $$", "SELECT n FROM x"),
+        ];
+        for (create, read) in forms {
+            let c = connect(&p, "temp_forms").await;
+            let busy = connect(&p, "temp_forms").await;
+            c.batch_execute(create).await.unwrap_or_else(|e| panic!("{create}: {}", pg_error(&e)));
+            let pid = one(&c, "SELECT pg_backend_pid()").await;
+            for _ in 0..5 {
+                // Another client works meanwhile; c keeps its backend and sees its object.
+                one(&busy, "SELECT 1").await;
+                assert_eq!(one(&c, read).await, "1", "{create}");
+                assert_eq!(one(&c, "SELECT pg_backend_pid()").await, pid, "{create}: pinned");
+            }
+        }
+        // Dropped again as pg_temp.name: the pin ends, and no other client ever sees the object.
+        let c = connect(&p, "temp_forms").await;
+        c.batch_execute("CREATE TEMP TABLE y (n int)").await.unwrap();
+        c.batch_execute("DROP TABLE pg_temp.y").await.unwrap();
+        let others: Vec<Client> = futures_join(&p, 3).await;
+        for o in &others {
+            assert_eq!(one(o, "SELECT count(*) FROM pg_class WHERE relname = 'y' AND relpersistence = 't'").await, "0");
+        }
+    });
+    assert!(p.metrics().contains("pgcausal_session_pins_total{kind=\"temp_objects\"}"), "{}", p.metrics());
+}
+
+async fn futures_join(p: &ProxyProcess, n: usize) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        clients.push(connect(p, "temp_forms").await);
+    }
+    clients
+}
+
+#[test]
+fn psql_gdesc_describes_the_unnamed_statement_after_a_sync() {
+    let cluster = shared_cluster();
+    cluster.create_database("gdesc");
+    let p = ProxyProcess::start(cluster, ProxyOptions { pool_size: 2, ..Default::default() });
+    let out = ok(p.psql("gdesc", &[], Some("SELECT 1 AS one, 'x'::text AS two \\gdesc\n")));
+    assert_eq!(out, "one|integer\ntwo|text\n");
+}

@@ -64,8 +64,37 @@ pub struct ServerConn {
     pub sql_statements: crate::frontend::sql_prepared::ServerSqlStatements,
     /// Proxy-named prepared statements this connection holds.
     pub statements: super::statements::ServerStatements,
+    /// Which client sessions ran units here since it opened or last ran DISCARD SEQUENCES
+    /// (`currval`/`lastval` state): see `SequenceUse`.
+    pub sequences: SequenceUse,
     /// Counts this connection in the server-connections gauge while it lives.
     pub gauge: Option<crate::metrics::GaugeGuard>,
+}
+
+/// Whose `nextval` state a backend may hold: `currval`/`lastval` must never show one client
+/// another's value.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceUse {
+    #[default]
+    Nobody,
+    Only(u64),
+    Several,
+}
+
+impl SequenceUse {
+    /// Session `client` leased the connection.
+    pub fn leased_by(&mut self, client: u64) {
+        *self = match *self {
+            SequenceUse::Nobody => SequenceUse::Only(client),
+            SequenceUse::Only(c) if c == client => SequenceUse::Only(client),
+            _ => SequenceUse::Several,
+        };
+    }
+
+    /// True when state of a client other than `client` may be here.
+    pub fn foreign_to(self, client: u64) -> bool {
+        !matches!(self, SequenceUse::Nobody) && self != SequenceUse::Only(client)
+    }
 }
 
 impl ServerConn {
@@ -88,6 +117,7 @@ impl ServerConn {
             secret: 0,
             created: Instant::now(),
             needs_reset: false,
+            sequences: SequenceUse::default(),
             gauge: None,
             statements: Default::default(),
             sql_statements: Default::default(),
@@ -211,6 +241,24 @@ impl ServerConn {
         Ok(results)
     }
 
+    /// Runs a simple query and returns the first column of its first row (None for NULL or no row).
+    pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
+        let mut out = BytesMut::new();
+        frontend::query(sql, &mut out)?;
+        self.writer.write_all(&out).await?;
+        let (mut value, mut failure) = (None, None);
+        loop {
+            let (tag, body) = self.read_message().await?;
+            match tag {
+                be::DATA_ROW if value.is_none() => value = first_column(&body),
+                be::ERROR_RESPONSE => failure = Some(server_error(&body)),
+                be::PARAMETER_STATUS => note_parameter(&mut self.params, &body),
+                be::READY_FOR_QUERY => return failure.map_or(Ok(value), Err),
+                _ => {}
+            }
+        }
+    }
+
     /// True if the server has sent something unsolicited (or closed) while idle in the pool.
     /// Asks the runtime's readiness flags first (no syscall, no waker registered): a read that
     /// drained the last answer cleared them, so only input that arrived since sets them again.
@@ -228,6 +276,13 @@ impl ServerConn {
             Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
         }
     }
+}
+
+/// The first column of a DataRow body as text (None for NULL).
+fn first_column(body: &[u8]) -> Option<String> {
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    let bytes = body.get(6..6 + usize::try_from(len).ok()?)?;
+    Some(String::from_utf8_lossy(bytes).into_owned())
 }
 
 fn server_error(body: &[u8]) -> BackendError {

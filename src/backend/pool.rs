@@ -127,13 +127,21 @@ impl Pool {
     }
 
     /// Leases a connection, waiting at most `wait_limit` for one to be returned when the pool is
-    /// full; says how long it waited when it was not served at once.
-    pub async fn lease(&self, wait_limit: Duration) -> (Result<Lease, LeaseError>, Option<Duration>) {
+    /// full; says how long it waited when it was not served at once. The idle connection with
+    /// server pid `prefer` is taken if there is one (where a client's `nextval` ran).
+    pub async fn lease(
+        &self,
+        wait_limit: Duration,
+        prefer: Option<u32>,
+    ) -> (Result<Lease, LeaseError>, Option<Duration>) {
         let mut waiting_since: Option<Instant> = None;
         loop {
             let next = {
                 let mut state = self.state();
-                if let Some(idle) = state.idle.pop() {
+                let preferred = prefer.and_then(|pid| state.idle.iter().rposition(|i| i.conn.pid == pid));
+                if let Some(i) = preferred {
+                    Some(Handoff::Conn(state.idle.remove(i).conn))
+                } else if let Some(idle) = state.idle.pop() {
                     Some(Handoff::Conn(idle.conn))
                 } else if state.size < self.0.config.max_size {
                     state.size += 1;

@@ -98,6 +98,8 @@ pub struct Pins {
     cursors: BTreeSet<String>,
     advisory_locks: bool,
     untracked: bool,
+    /// The server said this backend holds temporary objects (the backstop behind parsing).
+    server_temp: bool,
 }
 
 impl Pins {
@@ -114,7 +116,10 @@ impl Pins {
                     self.channels.remove(channel);
                 }
                 Unpin::DiscardAll => *self = Pins::default(),
-                Unpin::DiscardTemp => self.temp_tables.clear(),
+                Unpin::DiscardTemp => {
+                    self.temp_tables.clear();
+                    self.server_temp = false;
+                }
                 Unpin::AdvisoryUnlockAll => self.advisory_locks = false,
                 Unpin::DropTable { names } => names.iter().for_each(|n| {
                     self.temp_tables.remove(n);
@@ -159,6 +164,17 @@ impl Pins {
         new
     }
 
+    /// What the server said after a unit that may have made or dropped temporary objects;
+    /// true when that newly pins the client.
+    pub fn server_temp(&mut self, holds_temp: bool) -> bool {
+        let newly = holds_temp && !self.is_pinned();
+        self.server_temp = holds_temp;
+        if !holds_temp {
+            self.temp_tables.clear(); // none left, whatever the names said
+        }
+        newly
+    }
+
     /// True while the client must keep its server connection.
     pub fn is_pinned(&self) -> bool {
         !self.channels.is_empty()
@@ -167,6 +183,7 @@ impl Pins {
             || !self.cursors.is_empty()
             || self.advisory_locks
             || self.untracked
+            || self.server_temp
     }
 }
 

@@ -89,6 +89,10 @@ fn apply_runtime_facts(c: &mut Classification, facts: &Facts) {
     if facts.volatile_call {
         c.require_leader(Reason::VolatileFunction);
     }
+    if facts.node_local {
+        c.require_leader(Reason::NodeLocal);
+    }
+    c.sequence_state |= facts.sequence_state;
     // A pin means the state must be created on the leader too, so a follower
     // hint may not move these statements.
     if facts.advisory_lock {

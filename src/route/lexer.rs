@@ -42,6 +42,13 @@ impl<'a> Token<'a> {
         self.kind == TokenKind::Word && self.text.eq_ignore_ascii_case(kw.as_bytes())
     }
 
+    /// True for an unquoted word starting with `prefix` (lowercase).
+    pub fn starts_with_word(&self, prefix: &str) -> bool {
+        self.kind == TokenKind::Word
+            && self.text.len() >= prefix.len()
+            && self.text[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    }
+
     pub fn is_punct(&self, c: u8) -> bool {
         self.kind == TokenKind::Punct && self.text == [c]
     }

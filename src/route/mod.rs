@@ -64,6 +64,9 @@ pub enum Reason {
     Hint,
     /// The caller saw a follower reject this statement (SQLSTATE 25006).
     Remembered,
+    /// Reads state of one node or backend (statistics, locks, sequences): the leader's is the
+    /// session's, a follower's is not.
+    NodeLocal,
 }
 
 impl Reason {
@@ -71,7 +74,7 @@ impl Reason {
     /// `/* pgcausal:follower */` hint may override them. Everything else is a
     /// hard requirement (a follower would reject or mis-handle the statement).
     pub fn is_soft(self) -> bool {
-        matches!(self, Reason::VolatileFunction | Reason::UnparsedRead)
+        matches!(self, Reason::VolatileFunction | Reason::UnparsedRead | Reason::NodeLocal)
     }
 }
 
@@ -215,6 +218,8 @@ pub struct Classification {
     pub writes: bool,
     /// The first keyword (set by the [`Classifier`]), so callers can skip work cheaply.
     pub keyword: Keyword,
+    /// Calls `currval`/`lastval`: it must run where the client's `nextval` ran, or see none.
+    pub sequence_state: bool,
     /// Whether this result depends only on the fingerprint and may be cached.
     /// False when it carries literal values (SET values, set_config arguments)
     /// or depends on one (`EXPLAIN (ANALYZE 'off')`).
@@ -234,6 +239,7 @@ impl Classification {
             statement_count: 1,
             writes: false,
             keyword: Keyword::None,
+            sequence_state: false,
             cacheable: true,
         }
     }
@@ -269,6 +275,7 @@ impl Classification {
         self.session.extend(next.session);
         self.statement_count += next.statement_count;
         self.writes |= next.writes;
+        self.sequence_state |= next.sequence_state;
         self.cacheable &= next.cacheable;
     }
 

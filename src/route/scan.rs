@@ -64,7 +64,28 @@ pub(crate) struct Facts<'a> {
     pub write_words: bool,
     /// The last `READ ONLY` (true) or `READ WRITE` (false) seen.
     pub read_only_mode: Option<bool>,
+    /// Calls `currval` or `lastval`: state of this backend's earlier `nextval`.
+    pub sequence_state: bool,
+    /// Names state that lives in one node or backend: statistics views, locks, prepared
+    /// statements, a sequence relation's own columns (a follower shows them pre-logged).
+    pub node_local: bool,
 }
+
+/// Views and columns whose answer depends on the node or backend (see `Facts::node_local`).
+const NODE_LOCAL_NAMES: &[&str] = &[
+    "pg_locks",
+    "pg_prepared_statements",
+    "pg_prepared_xacts",
+    "pg_cursors",
+    "pg_backend_memory_contexts",
+    "pg_replication_slots",
+    "last_value",
+    "log_cnt",
+    "is_called",
+];
+
+/// Prefixes of the statistics views (pg_stat_activity, pg_stat_wal_receiver, pg_statio_*, ...).
+const NODE_LOCAL_PREFIXES: &[&str] = &["pg_stat_", "pg_statio_"];
 
 const SESSION_ADVISORY_LOCKS: &[&str] =
     &["pg_advisory_lock", "pg_advisory_lock_shared", "pg_try_advisory_lock", "pg_try_advisory_lock_shared"];
@@ -86,6 +107,8 @@ impl<'a> Facts<'a> {
                 if ["insert", "update", "delete", "merge", "into", "copy"].iter().any(|w| token.is_word(w)) {
                     facts.write_words = true;
                 }
+                facts.node_local |= NODE_LOCAL_NAMES.iter().any(|w| token.is_word(w))
+                    || NODE_LOCAL_PREFIXES.iter().any(|p| token.starts_with_word(p));
                 if is(0, "read") && token.is_word("only") {
                     facts.read_only_mode = Some(true);
                 } else if is(0, "read") && token.is_word("write") {
@@ -133,6 +156,8 @@ impl<'a> Facts<'a> {
                 self.advisory_unlock_all = true;
             } else if name == "set_config" {
                 self.set_config_calls += 1;
+            } else if name == "currval" || name == "lastval" {
+                self.sequence_state = true;
             }
         }
     }

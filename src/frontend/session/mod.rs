@@ -124,6 +124,9 @@ pub struct Session<'a> {
     unit_wrote: bool,
     /// An LSN query was injected after a write (`consistency.write_lsn = same_connection`).
     lsn_probe_sent: bool,
+    /// The current unit ran DDL, DO/CALL or an unparsed statement: it may have made or
+    /// dropped temporary objects, which the server is asked about once the unit is over.
+    unit_ddl: bool,
     /// The current unit has executed something (it can no longer move to another node).
     unit_executed: bool,
     /// The current unit parsed an unnamed statement (it lives only on this connection).
@@ -141,7 +144,24 @@ pub struct Session<'a> {
     force_leader: bool,
     /// Nodes not to use for the next lease (they just failed the unit).
     exclude: Vec<usize>,
+    /// The client's unnamed statement (its last unnamed Parse, whole), which PostgreSQL keeps
+    /// across Syncs until the next unnamed Parse or simple Query.
+    unnamed_parse: BytesMut,
+    /// The leased connection holds the client's unnamed statement.
+    unnamed_here: bool,
+    /// This session, among all sessions since start (whose state a server connection holds).
+    id: u64,
+    /// (node, server pid) of the connection of this client's last writing unit on the leader:
+    /// where its `nextval` state is, for a later `currval`/`lastval`.
+    sequence_home: Option<(usize, u32)>,
+    /// The unit being leased calls `currval`/`lastval`.
+    sequence_unit: bool,
+    /// The leased connection may hold another client's `nextval` state, which that unit must not see.
+    discard_sequences: bool,
 }
+
+/// Numbers sessions (never reused, unlike cancel keys).
+static NEXT_SESSION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Runs a logged-in client to the end of its session.
 pub async fn run(stream: TcpStream, login: ClientLogin, shared: &Shared) -> Result<(), ProxyError> {
@@ -171,6 +191,7 @@ pub async fn run(stream: TcpStream, login: ClientLogin, shared: &Shared) -> Resu
         proxy: ProxySettings::default(),
         floor: Floor::new(shared.config.consistency.level, shared.config.consistency.max_staleness),
         unit_wrote: false,
+        unit_ddl: false,
         lsn_probe_sent: false,
         unit_executed: false,
         unit_unnamed: false,
@@ -181,6 +202,12 @@ pub async fn run(stream: TcpStream, login: ClientLogin, shared: &Shared) -> Resu
         unit_retries: 0,
         force_leader: false,
         exclude: Vec::new(),
+        unnamed_parse: BytesMut::new(),
+        unnamed_here: false,
+        id: NEXT_SESSION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        sequence_home: None,
+        sequence_unit: false,
+        discard_sequences: false,
         login,
         shared,
     };
@@ -256,6 +283,7 @@ impl Session<'_> {
         loop {
             self.process_client().await?;
             self.write_through_to_server()?;
+            self.check_temp_objects().await?;
             let released = self.maybe_release();
             if self.closing {
                 return Ok(());
@@ -402,6 +430,7 @@ impl Session<'_> {
                     continue;
                 }
                 let want = self.want(class.as_deref());
+                self.sequence_unit = class.as_deref().is_some_and(|c| c.sequence_state);
                 if let Err(e) = self.acquire(want).await {
                     self.refuse_message(tag, total, &e);
                     continue;
@@ -434,6 +463,7 @@ impl Session<'_> {
             };
             if let Some(c) = &class {
                 self.unit_wrote |= c.writes;
+                self.unit_ddl |= may_touch_temp_objects(c);
             }
             // Recorded once the message has gone out: the DDL statement itself is not affected.
             let ddl = observe.as_ref().filter(|c| is_ddl(c)).and_then(|_| self.ddl_sql(tag, total));
@@ -448,6 +478,7 @@ impl Session<'_> {
                 self.consume(total);
                 continue;
             }
+            self.track_unnamed(tag, total);
             if let Some(hold) = self.hold.as_mut() {
                 hold.replay.extend_from_slice(&self.cbuf[..total]);
             }
@@ -571,6 +602,16 @@ fn shrink_if_idle(buf: &mut BytesMut, initial: usize) {
 fn is_ddl(c: &Classification) -> bool {
     use crate::route::Keyword;
     matches!(c.keyword, Keyword::Create | Keyword::Alter | Keyword::Drop)
+}
+
+/// Statements that may create or drop temporary objects in forms parsing does not follow
+/// (CREATE TEMP ... AS in a transaction, pg_temp.name, DO blocks, functions, unparsed text).
+fn may_touch_temp_objects(c: &Classification) -> bool {
+    use crate::route::{Keyword, Reason};
+    is_ddl(c)
+        || matches!(c.keyword, Keyword::Do | Keyword::Call | Keyword::Discard)
+        || matches!(c.reason, Reason::Unparsed | Reason::UnparsedRead)
+        || c.statement_count > 1
 }
 
 /// SQL text for classification: borrowed when it is UTF-8 (the usual case), lossy otherwise.

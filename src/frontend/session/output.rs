@@ -57,6 +57,9 @@ impl Session<'_> {
         if transaction_ended {
             let leased = self.server.as_ref().expect("still held");
             self.floor.unit_ended(leased.node, leased.follower, leased.incarnation, self.unit_wrote);
+            if self.unit_wrote && !leased.follower {
+                self.sequence_home = Some((leased.node, leased.lease.pid));
+            }
             let same_connection = self.shared.config.consistency.write_lsn == WriteLsn::SameConnection;
             if self.unit_wrote && !leased.follower && same_connection && self.floor.level.read_your_writes() {
                 // Ask the write's own connection where WAL ends now; it returns to the pool after.

@@ -121,7 +121,12 @@ impl Session<'_> {
         let Some(leased) = self.server.as_mut() else { return Ok(()) };
         let conn = &mut *leased.lease;
         let current = self.settings.current();
-        let sql = current.sync_sql(&conn.settings);
+        let mut sql = current.sync_sql(&conn.settings);
+        if std::mem::take(&mut self.discard_sequences) {
+            // Another client's nextval may be here: currval/lastval must say "not yet defined".
+            sql = Some(sql.map_or_else(|| "DISCARD SEQUENCES".to_string(), |s| format!("DISCARD SEQUENCES; {s}")));
+            conn.sequences = crate::backend::conn::SequenceUse::Only(self.id);
+        }
         let replays = sql_prepared::replays(&self.sql_statements, &mut conn.sql_statements);
         if sql.is_none() && replays.is_empty() {
             return Ok(());
@@ -155,6 +160,76 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// The backstop behind parsing for temporary objects: after a unit that may have made or
+    /// dropped some (see `may_touch_temp_objects`), once the connection is idle, ask the server
+    /// whether this backend holds any, and pin the client to it if so (unpin if none are left).
+    /// Units that ran no such statement never pay for it.
+    pub(super) async fn check_temp_objects(&mut self) -> Result<(), ProxyError> {
+        if !self.unit_ddl || self.mode != PoolMode::Transaction || !self.server_is_clean() {
+            return Ok(());
+        }
+        self.unit_ddl = false;
+        let leased = self.server.as_mut().expect("clean means held");
+        if leased.follower {
+            return Ok(());
+        }
+        let check = crate::control::timeout(self.shared.config.pool.connect_timeout, leased.lease.query_value(TEMP_CHECK));
+        match Box::pin(check).await {
+            Ok(Ok(value)) => {
+                if self.pins.server_temp(value.as_deref() == Some("t")) {
+                    metrics::counter!(crate::metrics::SESSION_PINS, "kind" => "temp_objects").increment(1);
+                }
+                Ok(())
+            }
+            failed => {
+                // The connection's state is unknown: it must not serve another client.
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_string(),
+                };
+                tracing::warn!(%error, "asking the server about temporary objects failed; closing that connection");
+                let leased = self.server.take().expect("held");
+                self.key.target.clear();
+                self.hold = None;
+                leased.lease.discard();
+                Ok(())
+            }
+        }
+    }
+
+    /// Keeps the client's unnamed statement, and parses it again on a connection that lacks it
+    /// before a Bind or Describe names it (psql's `\gdesc` describes it after a Sync).
+    pub(super) fn track_unnamed(&mut self, tag: u8, total: usize) {
+        let body = &self.cbuf[5..total];
+        let names_unnamed = match tag {
+            fe::PARSE if body.first() == Some(&0) => {
+                self.unnamed_parse.clear();
+                self.unnamed_parse.extend_from_slice(&self.cbuf[..total]);
+                self.unnamed_here = true;
+                return;
+            }
+            fe::QUERY => {
+                self.unnamed_parse.clear(); // a simple Query drops the unnamed statement
+                self.unnamed_here = false;
+                return;
+            }
+            fe::BIND => messages::read_cstr(body).is_some_and(|(_, rest)| rest.first() == Some(&0)),
+            fe::DESCRIBE => body.first() == Some(&b'S') && body.get(1) == Some(&0),
+            _ => false,
+        };
+        if names_unnamed && !self.unnamed_here && !self.unnamed_parse.is_empty() {
+            self.to_server.extend_from_slice(&self.unnamed_parse);
+            let out = match self.hold.as_mut() {
+                Some(h) => &mut h.held,
+                None => &mut self.to_client,
+            };
+            self.inflight.push(Request::Parse { hash: None, swallow: true }, out);
+            self.unnamed_here = true;
+            self.unit_unnamed = true;
+            self.unsynced = true;
+        }
+    }
+
     /// The replay of the client's state failed: that connection is closed (its state is not
     /// the client's), the failure logged and counted; the error is the client's answer.
     fn replay_failed(&mut self, e: BackendError) -> ProxyError {
@@ -168,6 +243,13 @@ impl Session<'_> {
         ProxyError::StateReplay(e)
     }
 }
+
+/// Whether this backend holds temporary relations, functions or types. pg_my_temp_schema() is
+/// 0 until the backend first makes a temporary object, so most backends skip the catalog scans.
+const TEMP_CHECK: &str = "SELECT CASE WHEN pg_catalog.pg_my_temp_schema() = 0 THEN false ELSE \
+    EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
+    OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE pronamespace = pg_catalog.pg_my_temp_schema()) \
+    OR EXISTS (SELECT 1 FROM pg_catalog.pg_type WHERE typnamespace = pg_catalog.pg_my_temp_schema()) END";
 
 /// True if `sql` starts with `word` (case-insensitive), after whitespace.
 pub(super) fn starts_with_word(sql: &[u8], word: &[u8]) -> bool {

@@ -259,10 +259,11 @@ impl Session<'_> {
     /// Leases a connection on one node.
     pub(super) async fn lease(&mut self, node: usize, follower: bool) -> Result<(), ProxyError> {
         let shared = self.shared;
+        let home = self.sequence_home.filter(|&(n, _)| n == node && self.sequence_unit);
         let pool = self.node_pool(node);
         let metrics = &shared.pools.nodes[node].metrics;
-        let (lease, waited) = pool.lease(shared.pools.acquire_timeout).await;
-        let lease = match lease {
+        let (lease, waited) = pool.lease(shared.pools.acquire_timeout, home.map(|(_, pid)| pid)).await;
+        let mut lease = match lease {
             Ok(lease) => lease,
             Err(LeaseError::Timeout(_)) => {
                 metrics.pool_timeouts.increment(1);
@@ -276,6 +277,8 @@ impl Session<'_> {
             metrics.pool_wait.record(waited.as_secs_f64());
         }
         if follower { &metrics.routed_reads } else { &metrics.routed_leader }.increment(1);
+        self.discard_sequences = self.sequence_unit && lease.sequences.foreign_to(self.id);
+        lease.sequences.leased_by(self.id);
         self.key.target.set(node, lease.pid, lease.secret);
         let outstanding = shared.balancer.lease(node);
         let incarnation = shared.positions.nodes[node].sample().incarnation;
@@ -284,6 +287,7 @@ impl Session<'_> {
         self.unit_wrote = false;
         self.unit_executed = false;
         self.unit_unnamed = false;
+        self.unnamed_here = false;
         // Reads outside a transaction on a follower may be re-run: hold their answers back.
         if follower && self.tx_status == b'I' && self.deferred_begin.is_none() {
             self.hold = Some(std::mem::take(&mut self.spare_hold));
