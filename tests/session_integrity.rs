@@ -150,7 +150,10 @@ fn sql_level_prepared_statements_exist_wherever_the_client_runs() {
                           SELECT count(*) INTO c FROM nested; DROP TABLE nested; \
                           IF c <> 2 THEN RAISE 'got %', c; END IF; END $$";
             a.batch_execute(nested).await.unwrap();
-            assert_eq!(one(&a, "SELECT name FROM pg_prepared_statements WHERE name = 'q' AND statement LIKE '%src%'").await, "q");
+            assert_eq!(
+                one(&a, "SELECT name FROM pg_prepared_statements WHERE name = 'q' AND statement LIKE '%src%'").await,
+                "q"
+            );
             assert_eq!(one(&other, "EXECUTE q").await, "other");
         }
         // A statement whose table went away: the EXECUTE gets exactly one error, PostgreSQL's.

@@ -133,7 +133,12 @@ impl Session<'_> {
         }
         let mut queries: Vec<&str> = sql.iter().map(String::as_str).collect();
         queries.extend(replays.iter().map(|r| r.sql.as_str()));
-        tracing::debug!(node = leased.node, settings = sql.is_some(), statements = replays.len(), "replaying session state");
+        tracing::debug!(
+            node = leased.node,
+            settings = sql.is_some(),
+            statements = replays.len(),
+            "replaying session state"
+        );
         let run = crate::control::timeout(shared.config.pool.connect_timeout, conn.run_each(&queries));
         let outcome = match Box::pin(run).await {
             Ok(Ok(results)) => Ok(results),
@@ -173,7 +178,8 @@ impl Session<'_> {
         if leased.follower {
             return Ok(());
         }
-        let check = crate::control::timeout(self.shared.config.pool.connect_timeout, leased.lease.query_value(TEMP_CHECK));
+        let check =
+            crate::control::timeout(self.shared.config.pool.connect_timeout, leased.lease.query_value(TEMP_CHECK));
         match Box::pin(check).await {
             Ok(Ok(value)) => {
                 if self.pins.server_temp(value.as_deref() == Some("t")) {
