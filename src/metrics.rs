@@ -58,7 +58,8 @@ pub fn describe() {
     describe_counter!(SESSION_PINS, "Sessions pinned to their server connection, by kind (listen, temp_table, ...)");
     describe_counter!(
         STATE_REPLAY_FAILURES,
-        "Server connections closed because replaying a client's session settings on them failed"
+        "Replays of a client's session state that failed, by kind: settings (the connection was closed and the \
+         client's statement not sent) or prepared_statement (its EXECUTE gets the error)"
     );
     describe_gauge!(NODE_UP, "1 if the node's last health probe succeeded");
     describe_gauge!(NODE_IS_LEADER, "1 if the node is the current leader");

@@ -105,7 +105,7 @@ fn a_failed_replay_fails_the_statement_and_never_runs_it() {
         assert_eq!(one(&other, "SELECT current_user").await, USER);
     });
     let metrics = p.metrics();
-    assert!(metrics.contains("pgcausal_state_replay_failures_total 1"), "{metrics}");
+    assert!(metrics.contains("pgcausal_state_replay_failures_total{kind=\"settings\"} 1"), "{metrics}");
 }
 
 #[test]

@@ -240,6 +240,12 @@ pub fn replays(client: &ClientSqlStatements, server: &mut ServerSqlStatements) -
     replays
 }
 
+/// Whether `replays` may find something to do (cheap: no lookups when the client has none).
+pub fn may_lack(client: &ClientSqlStatements, server: &ServerSqlStatements) -> bool {
+    !client.by_name.is_empty()
+        && client.by_name.iter().any(|(n, (h, _))| server.by_name.get(n).map(|e| e.0) != Some(Some(*h)))
+}
+
 /// A replayed PREPARE failed: the connection does not hold it, and an EXECUTE of it gets this error.
 pub fn replay_failed(server: &mut ServerSqlStatements, replay: &Replay, code: &str, message: &str) {
     server.forget(&replay.name);

@@ -283,7 +283,9 @@ impl Session<'_> {
         loop {
             self.process_client().await?;
             self.write_through_to_server()?;
-            self.check_temp_objects().await?;
+            if self.unit_ddl {
+                self.check_temp_objects().await?; // an async call only after units that may need it
+            }
             let released = self.maybe_release();
             if self.closing {
                 return Ok(());
@@ -435,7 +437,7 @@ impl Session<'_> {
                     self.refuse_message(tag, total, &e);
                     continue;
                 }
-                if let Err(e) = self.prepare_server().await {
+                if let Err(e) = self.prepare_server_if_needed().await {
                     self.refuse_message(tag, total, &e);
                     continue;
                 }

@@ -110,13 +110,27 @@ impl Session<'_> {
         sql.filter(|q| [&b"create"[..], b"alter", b"drop"].iter().any(|w| starts_with_word(q, w))).map(<[u8]>::to_vec)
     }
 
+    /// `prepare_server`, entered only when the connection's state differs from the client's
+    /// (most leases: it does not, and no future is built for them).
+    pub(super) async fn prepare_server_if_needed(&mut self) -> Result<(), ProxyError> {
+        let Some(leased) = self.server.as_ref() else { return Ok(()) };
+        let conn = &*leased.lease;
+        let differs = self.discard_sequences
+            || self.settings.current() != &conn.settings
+            || sql_prepared::may_lack(&self.sql_statements, &conn.sql_statements);
+        if !differs {
+            return Ok(());
+        }
+        Box::pin(self.prepare_server()).await
+    }
+
     /// Brings a newly leased server connection to the client's state before any of the
     /// client's messages go to it, waiting for the server's answers: a client's statement
     /// never runs in a state that is not exactly its own. Settings first: if their replay
     /// fails, the connection is closed, never reused, and the message gets that error. Then the
     /// client's SQL-level prepared statements, one query each; one that fails here is the
     /// answer to its EXECUTE.
-    pub(super) async fn prepare_server(&mut self) -> Result<(), ProxyError> {
+    async fn prepare_server(&mut self) -> Result<(), ProxyError> {
         let shared = self.shared;
         let Some(leased) = self.server.as_mut() else { return Ok(()) };
         let conn = &mut *leased.lease;
@@ -155,10 +169,13 @@ impl Session<'_> {
             }
         }
         let leased = self.server.as_mut().expect("still held");
-        leased.lease.settings = self.settings.current().clone();
+        if sql.is_some() {
+            leased.lease.settings = self.settings.current().clone();
+        }
         for (replay, result) in replays.iter().zip(results) {
             if let Err(BackendError::Server { code, message }) = result {
-                tracing::debug!(name = %replay.name, %code, "a prepared statement could not be replayed");
+                tracing::info!(name = %replay.name, %code, "a client's prepared statement could not be created on a server connection");
+                metrics::counter!(crate::metrics::STATE_REPLAY_FAILURES, "kind" => "prepared_statement").increment(1);
                 sql_prepared::replay_failed(&mut leased.lease.sql_statements, replay, &code, &message);
             }
         }
@@ -244,7 +261,7 @@ impl Session<'_> {
         self.hold = None;
         let node = &self.shared.pools.nodes[leased.node].name;
         tracing::warn!(%node, error = %e, "replaying a client's session state failed; closing that server connection");
-        metrics::counter!(crate::metrics::STATE_REPLAY_FAILURES).increment(1);
+        metrics::counter!(crate::metrics::STATE_REPLAY_FAILURES, "kind" => "settings").increment(1);
         leased.lease.discard();
         ProxyError::StateReplay(e)
     }
