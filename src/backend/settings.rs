@@ -25,6 +25,19 @@ fn quote_ident(name: &str) -> String {
     name.split('.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
 }
 
+/// Whether a DateStyle SET names both the output style and the field order (German implies DMY),
+/// so nothing of the value before it survives.
+fn sets_whole_datestyle(sql: &str) -> bool {
+    let words: Vec<String> = sql
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .map(str::to_ascii_lowercase)
+        .filter(|w| !w.is_empty())
+        .collect();
+    let has = |set: &[&str]| words.iter().any(|w| set.contains(&w.as_str()));
+    has(&["german", "default"])
+        || (has(&["iso", "sql", "postgres"]) && has(&["dmy", "mdy", "ymd", "euro", "european", "us", "noneuropean"]))
+}
+
 fn is_identity(name: &str) -> bool {
     name == "role" || name == "session_authorization"
 }
@@ -71,6 +84,14 @@ impl Settings {
 
     fn put(&mut self, name: String, sql: String) {
         let name = canonical(name);
+        let sql = match (name.as_str(), self.get(&name)) {
+            // A DateStyle SET may change one part (style or order) and keep the other: the entry
+            // replays every SET since one that set both, from the server's default.
+            ("datestyle", _) if sql.starts_with("RESET") => sql, // adopted whole from another entry
+            ("datestyle", Some(before)) if !sets_whole_datestyle(&sql) => format!("{before}; {sql}"),
+            ("datestyle", _) => format!("RESET \"datestyle\"; {sql}"),
+            _ => sql,
+        };
         self.forget(&name);
         self.entries.push((name, sql));
     }
@@ -183,6 +204,22 @@ mod tests {
         s.set("time zone", "'UTC'");
         s.reset("timezone");
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn datestyle_sets_that_change_one_part_keep_the_other() {
+        let mut s = Settings::default();
+        s.set("DateStyle", "iso");
+        s.set("datestyle", "ymd");
+        assert_eq!(
+            s.sync_sql(&Settings::default()).unwrap(),
+            "RESET \"datestyle\"; SET \"datestyle\" TO iso; SET \"datestyle\" TO ymd"
+        );
+        s.set_text("DateStyle", "Postgres, MDY");
+        assert_eq!(
+            s.sync_sql(&Settings::default()).unwrap(),
+            "RESET \"datestyle\"; SELECT pg_catalog.set_config('datestyle', 'Postgres, MDY', false)"
+        );
     }
 
     #[test]

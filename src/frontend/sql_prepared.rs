@@ -12,7 +12,8 @@ pub const SERVER_SQL_CAPACITY: usize = 1000;
 /// (only single-statement strings are handled; multi-statement strings return Other).
 #[derive(Debug, PartialEq, Eq)]
 pub enum SqlPrepare<'a> {
-    /// `name` normalized like PostgreSQL; `sql` is the PREPARE statement without comments or `;`, to replay.
+    /// `name` normalized like PostgreSQL; `sql` is the client's whole query string (one statement),
+    /// replayed as sent so `pg_prepared_statements` shows what PostgreSQL would.
     Prepare {
         name: String,
         sql: &'a str,
@@ -53,10 +54,9 @@ pub fn inspect(sql: &str) -> SqlPrepare<'_> {
     let name = |i: usize| rest.get(i).and_then(|&t| ident(text(t)));
     let query = match kind {
         // `(` or AS must follow the name: rules out PREPARE TRANSACTION 'gid' ("transaction" is a valid name).
-        "prepare" => (is(1, "(") || is(1, "as"))
-            .then(|| name(0))
-            .flatten()
-            .map(|name| SqlPrepare::Prepare { name, sql: &sql[first.0..rest.last().map_or(first.1, |t| t.1)] }),
+        "prepare" => {
+            (is(1, "(") || is(1, "as")).then(|| name(0)).flatten().map(|name| SqlPrepare::Prepare { name, sql })
+        }
         "execute" => name(0).map(|name| SqlPrepare::Execute { name }),
         "explain" => {
             // Skip the parenthesized options, if any (they contain no parentheses).
@@ -202,9 +202,6 @@ impl ClientSqlStatements {
 pub struct ServerSqlStatements {
     by_name: HashMap<String, (Option<u64>, u64)>,
     tick: u64,
-    /// Replayed PREPAREs that failed here: name -> (hash, SQLSTATE, message), the answer to
-    /// an EXECUTE of that statement on this connection.
-    failed: HashMap<String, (u64, String, String)>,
 }
 
 /// One of the client's statements to create on a connection before its unit runs.
@@ -234,7 +231,6 @@ pub fn replays(client: &ClientSqlStatements, server: &mut ServerSqlStatements) -
         let mut steps: Vec<String> = held.map(|_| format!("DEALLOCATE {}", quote_ident(name))).into_iter().collect();
         steps.extend(server.insert(name, *hash).map(|victim| format!("DEALLOCATE {}", quote_ident(&victim))));
         steps.push(prepare.clone());
-        server.failed.remove(name);
         replays.push(Replay { name: name.clone(), hash: *hash, sql: steps.join("; ") });
     }
     replays
@@ -246,10 +242,10 @@ pub fn may_lack(client: &ClientSqlStatements, server: &ServerSqlStatements) -> b
         && client.by_name.iter().any(|(n, (h, _))| server.by_name.get(n).map(|e| e.0) != Some(Some(*h)))
 }
 
-/// A replayed PREPARE failed: the connection does not hold it, and an EXECUTE of it gets this error.
-pub fn replay_failed(server: &mut ServerSqlStatements, replay: &Replay, code: &str, message: &str) {
+/// A replayed PREPARE failed (a table it reads may not exist yet): the connection does not hold
+/// it; an EXECUTE prepares it again then, and gets that attempt's error if it fails.
+pub fn replay_failed(server: &mut ServerSqlStatements, replay: &Replay) {
     server.forget(&replay.name);
-    server.failed.insert(replay.name.clone(), (replay.hash, code.to_string(), message.to_string()));
 }
 
 impl ServerSqlStatements {
@@ -338,10 +334,6 @@ pub fn plan(query: &SqlPrepare, client: &mut ClientSqlStatements, server: &mut S
             if held == Some(Some(*hash)) {
                 return forward(vec![]);
             }
-            if let Some((_, code, message)) = server.failed.get(name).filter(|(h, ..)| h == hash) {
-                // Its replay here failed (say, a table it reads was dropped): that is the answer.
-                return Plan::Error { code: code.clone(), message: message.clone() };
-            }
             let mut steps: Vec<String> = held.map(|_| deallocate(name)).into_iter().collect();
             steps.extend(server.insert(name, *hash).map(|victim| deallocate(&victim)));
             steps.push(sql.clone());
@@ -369,7 +361,6 @@ pub fn plan(query: &SqlPrepare, client: &mut ClientSqlStatements, server: &mut S
 /// DISCARD ALL or DEALLOCATE ALL ran on the server: it holds no statements (other clients re-prepare on demand).
 pub fn server_discarded(server: &mut ServerSqlStatements) {
     server.by_name.clear();
-    server.failed.clear();
 }
 
 #[cfg(test)]
@@ -405,9 +396,9 @@ mod tests {
             ("PREPARE p AS SELECT 1", prepare("p", "PREPARE p AS SELECT 1")),
             (
                 "-- c\n /* a /* b */ */ prepare P(int) AS SELECT $1 ; -- end",
-                prepare("p", "prepare P(int) AS SELECT $1"),
+                prepare("p", "-- c\n /* a /* b */ */ prepare P(int) AS SELECT $1 ; -- end"),
             ),
-            ("PREPARE \"My Stmt\" AS SELECT 1;;", prepare("My Stmt", "PREPARE \"My Stmt\" AS SELECT 1")),
+            ("PREPARE \"My Stmt\" AS SELECT 1;;", prepare("My Stmt", "PREPARE \"My Stmt\" AS SELECT 1;;")),
             (tricky, prepare("a\"b", tricky)),
             ("PREPARE transaction AS SELECT 1", prepare("transaction", "PREPARE transaction AS SELECT 1")),
             (&long, prepare(&"ab".repeat(40)[..63], &long)),
@@ -505,9 +496,10 @@ mod tests {
         let r = replays(&b, &mut shared);
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].sql, "PREPARE q AS SELECT 2");
-        replay_failed(&mut shared, &r[0], "42P01", "relation \"t\" does not exist");
-        assert_eq!(plan(&execute("q"), &mut b, &mut shared), error("42P01", "relation \"t\" does not exist"));
-        // The next replay tries again.
+        replay_failed(&mut shared, &r[0]);
+        // The EXECUTE prepares it again (its table may exist by then), and so does the next replay.
+        assert_eq!(plan(&execute("q"), &mut b, &mut shared), forward(Some("PREPARE q AS SELECT 2")));
+        replay_failed(&mut shared, &r[0]);
         assert_eq!(replays(&b, &mut shared).len(), 1);
     }
 

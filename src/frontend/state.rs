@@ -15,9 +15,9 @@ pub struct ClientSettings {
     pending: Option<Settings>,
     /// An error or rollback happened in the current transaction.
     failed: bool,
-    /// The server reset a startup setting to its own default while the client's RESET
-    /// returns the startup value: what the server carries must be replayed.
-    server_diverged: bool,
+    /// Startup settings the client RESET in this transaction: the server went to its own
+    /// default for them, while for the client they hold the startup value again.
+    server_diverged: Vec<String>,
 }
 
 impl ClientSettings {
@@ -41,8 +41,8 @@ impl ClientSettings {
                 SessionEffect::Reset { name } => {
                     working.reset(name);
                     if self.startup.get(name).is_some() {
-                        working.adopt(&self.startup, &name.to_ascii_lowercase());
-                        self.server_diverged = true;
+                        working.adopt(&self.startup, name);
+                        self.server_diverged.push(name.clone());
                     }
                 }
                 SessionEffect::ResetAll | SessionEffect::DiscardAll => {
@@ -53,8 +53,8 @@ impl ClientSettings {
                     }
                     for name in self.startup.names() {
                         working.adopt(&self.startup, name);
+                        self.server_diverged.push(name.to_string());
                     }
-                    self.server_diverged |= !self.startup.is_empty();
                 }
                 _ => continue, // SET LOCAL dies with its transaction; proxy commands never reach a server
             }
@@ -81,11 +81,14 @@ impl ClientSettings {
         if !failed {
             self.committed = pending;
         }
-        if diverged || unsure {
+        if unsure {
             *server = Settings::unknown();
             return;
         }
         server.clone_from(&self.committed);
+        for name in &diverged {
+            server.reset(name); // the next sync brings the startup value back
+        }
     }
 }
 
@@ -228,7 +231,12 @@ mod tests {
         s.apply(&[SessionEffect::Reset { name: "DateStyle".into() }]);
         s.end_transaction(&mut server);
         assert_eq!(s.current(), &startup, "RESET returns the startup value");
-        assert_eq!(server, Settings::unknown(), "the server went to its own default: replay");
+        assert_eq!(server, Settings::default(), "the server went to its own default for DateStyle");
+        assert_eq!(
+            s.current().sync_sql(&server).unwrap(),
+            "RESET \"datestyle\"; SELECT pg_catalog.set_config('datestyle', 'Postgres, MDY', false)"
+        );
+        server = s.current().clone();
         s.apply(&[set("work_mem", "'2MB'"), SessionEffect::ResetAll]);
         s.end_transaction(&mut server);
         assert_eq!(s.current(), &startup, "RESET ALL likewise");

@@ -149,11 +149,17 @@ pub struct Session<'a> {
     unnamed_parse: BytesMut,
     /// The leased connection holds the client's unnamed statement.
     unnamed_here: bool,
+    /// The held connection's settings must be brought back to the client's before its next
+    /// unit (a RESET of a startup setting went to the server's own default).
+    resync_due: bool,
     /// This session, among all sessions since start (whose state a server connection holds).
     id: u64,
     /// (node, server pid) of the connection of this client's last writing unit on the leader:
     /// where its `nextval` state is, for a later `currval`/`lastval`.
     sequence_home: Option<(usize, u32)>,
+    /// (node, server pid) of the connection of this client's last unit: taken again when idle,
+    /// so clients tend to keep their own backends (less mixing of backend-local state).
+    last_conn: Option<(usize, u32)>,
     /// The unit being leased calls `currval`/`lastval`.
     sequence_unit: bool,
     /// The leased connection may hold another client's `nextval` state, which that unit must not see.
@@ -204,8 +210,10 @@ pub async fn run(stream: TcpStream, login: ClientLogin, shared: &Shared) -> Resu
         exclude: Vec::new(),
         unnamed_parse: BytesMut::new(),
         unnamed_here: false,
+        resync_due: false,
         id: NEXT_SESSION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         sequence_home: None,
+        last_conn: None,
         sequence_unit: false,
         discard_sequences: false,
         login,
@@ -408,6 +416,13 @@ impl Session<'_> {
                 self.take_proxy_step(step, total).await;
                 continue;
             }
+            if self.resync_due && self.server_is_clean() {
+                self.resync_due = false;
+                if let Err(e) = self.prepare_server_if_needed().await {
+                    self.refuse_message(tag, total, &e);
+                    continue;
+                }
+            }
             if self.server.is_none() {
                 let msg = &self.cbuf[..total];
                 let schema = self.shared.ddl.generation();
@@ -476,7 +491,7 @@ impl Session<'_> {
                 // The client now waits for what was answered so far: nothing may be held back.
                 self.release_hold();
             }
-            if tag == fe::QUERY && !self.plan_sql_prepare(total, class.as_deref()) {
+            if tag == fe::QUERY && !self.plan_sql_prepare(total, class.as_deref()).await {
                 self.consume(total);
                 continue;
             }

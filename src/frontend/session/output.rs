@@ -57,8 +57,9 @@ impl Session<'_> {
         if transaction_ended {
             let leased = self.server.as_ref().expect("still held");
             self.floor.unit_ended(leased.node, leased.follower, leased.incarnation, self.unit_wrote);
+            self.last_conn = Some((leased.node, leased.lease.pid));
             if self.unit_wrote && !leased.follower {
-                self.sequence_home = Some((leased.node, leased.lease.pid));
+                self.sequence_home = self.last_conn;
             }
             let same_connection = self.shared.config.consistency.write_lsn == WriteLsn::SameConnection;
             if self.unit_wrote && !leased.follower && same_connection && self.floor.level.read_your_writes() {
@@ -68,6 +69,10 @@ impl Session<'_> {
                 self.lsn_probe_sent = true;
             }
             self.unit_wrote = false;
+            // A held connection (session mode, pins) gets no replay at its next lease: check now.
+            let held = self.mode == PoolMode::Session || self.pins.is_pinned();
+            self.resync_due =
+                held && self.server.as_ref().is_some_and(|l| l.lease.settings != *self.settings.current());
         }
         if let Some(message) = closed_between_units {
             self.drop_closed_server(&message);

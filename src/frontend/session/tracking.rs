@@ -5,7 +5,7 @@ use super::*;
 impl Session<'_> {
     /// SQL-level PREPARE/EXECUTE/DEALLOCATE: prepares the statement on this connection first
     /// when needed, or answers the query itself. False when the query must not be sent.
-    pub(super) fn plan_sql_prepare(&mut self, total: usize, class: Option<&Classification>) -> bool {
+    pub(super) async fn plan_sql_prepare(&mut self, total: usize, class: Option<&Classification>) -> bool {
         use crate::route::Keyword;
         let keyword = class.map_or(Keyword::None, |c| c.keyword);
         if !matches!(keyword, Keyword::Prepare | Keyword::Execute | Keyword::Deallocate | Keyword::Explain) {
@@ -28,6 +28,34 @@ impl Session<'_> {
         }
         match plan {
             Plan::Forward { inject: None } => true,
+            Plan::Forward { inject: Some(inject) } if self.inflight.is_empty() && self.to_server.is_empty() => {
+                // Nothing in flight: prepare first and wait, so a failure is the one answer.
+                let name = query.name().unwrap_or_default().to_string();
+                let conn = &mut self.server.as_mut().expect("leased").lease;
+                match Box::pin(conn.run(&inject)).await {
+                    Ok(()) => true,
+                    Err(BackendError::Server { code, message }) => {
+                        conn.sql_statements.prepare_failed(&name, &code);
+                        if matches!(query, SqlPrepare::Prepare { .. }) {
+                            self.sql_statements.forget(&name);
+                        }
+                        crate::metrics::error(code.as_bytes(), "server");
+                        self.push_reply(messages::error_response("ERROR", &code, &message).freeze());
+                        self.answer_sync();
+                        false
+                    }
+                    Err(e) => {
+                        // The connection failed under the PREPARE: closed, the client told.
+                        self.release_hold();
+                        let leased = self.server.take().expect("leased");
+                        self.key.target.clear();
+                        leased.lease.discard();
+                        self.refuse(&ProxyError::Backend(e));
+                        self.answer_sync();
+                        false
+                    }
+                }
+            }
             Plan::Forward { inject: Some(inject) } => {
                 if let SqlPrepare::Execute { name } = &query {
                     self.sql_prepares.push((name.clone(), false));
@@ -173,10 +201,10 @@ impl Session<'_> {
             leased.lease.settings = self.settings.current().clone();
         }
         for (replay, result) in replays.iter().zip(results) {
-            if let Err(BackendError::Server { code, message }) = result {
+            if let Err(BackendError::Server { code, .. }) = result {
                 tracing::info!(name = %replay.name, %code, "a client's prepared statement could not be created on a server connection");
                 metrics::counter!(crate::metrics::STATE_REPLAY_FAILURES, "kind" => "prepared_statement").increment(1);
-                sql_prepared::replay_failed(&mut leased.lease.sql_statements, replay, &code, &message);
+                sql_prepared::replay_failed(&mut leased.lease.sql_statements, replay);
             }
         }
         Ok(())

@@ -259,7 +259,8 @@ impl Session<'_> {
     /// Leases a connection on one node.
     pub(super) async fn lease(&mut self, node: usize, follower: bool) -> Result<(), ProxyError> {
         let shared = self.shared;
-        let home = self.sequence_home.filter(|&(n, _)| n == node && self.sequence_unit);
+        let home = if self.sequence_unit { self.sequence_home } else { self.last_conn };
+        let home = home.filter(|&(n, _)| n == node);
         let pool = self.node_pool(node);
         let metrics = &shared.pools.nodes[node].metrics;
         let (lease, waited) = pool.lease(shared.pools.acquire_timeout, home.map(|(_, pid)| pid)).await;
