@@ -154,6 +154,8 @@ fn sql_level_prepared_statements_exist_wherever_the_client_runs() {
                 one(&a, "SELECT name FROM pg_prepared_statements WHERE name = 'q' AND statement LIKE '%src%'").await,
                 "q"
             );
+            let leaked = "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%''other''%'";
+            assert_eq!(one(&a, leaked).await, "0", "another client's SQL is never listed");
             assert_eq!(one(&other, "EXECUTE q").await, "other");
         }
         // A statement whose table went away: the EXECUTE gets exactly one error, PostgreSQL's.

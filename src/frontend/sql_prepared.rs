@@ -236,6 +236,23 @@ pub fn replays(client: &ClientSqlStatements, server: &mut ServerSqlStatements) -
     replays
 }
 
+/// DEALLOCATE for the SQL-level statements other clients left on this connection, dropped from
+/// the map: before a unit that reads `pg_prepared_statements`, which must not show another
+/// client's SQL. None when there are none.
+pub fn drop_foreign(client: &ClientSqlStatements, server: &mut ServerSqlStatements) -> Option<String> {
+    let foreign: Vec<String> = server
+        .by_name
+        .iter()
+        .filter(|(name, (hash, _))| client.by_name.get(*name).map(|(h, _)| Some(*h)) != Some(*hash))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in &foreign {
+        server.by_name.remove(name);
+    }
+    let sql: Vec<String> = foreign.iter().map(|n| format!("DEALLOCATE {}", quote_ident(n))).collect();
+    (!sql.is_empty()).then(|| sql.join("; "))
+}
+
 /// Whether `replays` may find something to do (cheap: no lookups when the client has none).
 pub fn may_lack(client: &ClientSqlStatements, server: &ServerSqlStatements) -> bool {
     !client.by_name.is_empty()
@@ -501,6 +518,16 @@ mod tests {
         assert_eq!(plan(&execute("q"), &mut b, &mut shared), forward(Some("PREPARE q AS SELECT 2")));
         replay_failed(&mut shared, &r[0]);
         assert_eq!(replays(&b, &mut shared).len(), 1);
+    }
+
+    #[test]
+    fn foreign_statements_are_dropped_before_the_view_is_read() {
+        let (mut a, mut b, mut shared) = Default::default();
+        plan(&prepare("p", "PREPARE p AS SELECT 1"), &mut a, &mut shared);
+        plan(&prepare("q", "PREPARE q AS SELECT 2"), &mut b, &mut shared);
+        assert_eq!(drop_foreign(&a, &mut shared).as_deref(), Some("DEALLOCATE \"q\""));
+        assert_eq!(drop_foreign(&a, &mut shared), None);
+        assert!(replays(&a, &mut shared).is_empty(), "A's own statement stays");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! DISCARD ALL and `SHOW pgcausal.x` do parse.)
 
 use crate::route::scan::Facts;
-use crate::route::{Classification, Pin, Reason, Target, TxControl, Unpin};
+use crate::route::{Classification, Pin, Reason, SessionEffect, Target, TxControl, Unpin};
 
 /// First keywords that always mean the leader: plain DML (never worth parsing)
 /// and maintenance utilities sqlparser rejects.
@@ -36,6 +36,11 @@ pub(crate) fn before_parse(facts: &Facts) -> Option<Classification> {
     } else if (is(0, "commit") || is(0, "rollback")) && is(1, "prepared") {
         let mut c = leader(Reason::Transaction);
         c.unpins.push(Unpin::FinishPrepared);
+        c
+    } else if is(0, "reset") && is(1, "time") && is(2, "zone") {
+        // PostgreSQL's spelling of RESET timezone, which sqlparser does not read.
+        let mut c = leader(Reason::Session);
+        c.session.push(SessionEffect::Reset { name: "timezone".into() });
         c
     } else if is(0, "table") || is(0, "fetch") || is(0, "move") {
         // TABLE t is SELECT * FROM t; FETCH/MOVE follow their cursor's transaction.

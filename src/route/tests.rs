@@ -418,3 +418,24 @@ fn writes_are_seen_inside_transactions_and_multi_statement_strings() {
     assert!(!writes("SET search_path = public"));
     assert!(!writes("BEGIN READ ONLY; SELECT 1; COMMIT"));
 }
+
+#[test]
+fn node_local_state_and_sequence_calls() {
+    let catalog = FunctionCatalog::builtin();
+    for sql in [
+        "SELECT last_value, is_called FROM seq",
+        "SELECT * FROM pg_stat_activity",
+        "SELECT status FROM pg_catalog.pg_stat_wal_receiver",
+        "SELECT name FROM pg_prepared_statements",
+        "SELECT count(*) FROM pg_locks",
+    ] {
+        let c = classify(sql, &catalog);
+        assert_eq!((c.target, c.reason), (Target::Leader, Reason::NodeLocal), "{sql}");
+    }
+    assert!(classify("SELECT currval('s')", &catalog).sequence_state);
+    assert!(classify("SELECT pg_catalog.lastval()", &catalog).sequence_state);
+    assert!(!classify("SELECT nextval('s')", &catalog).sequence_state);
+    assert_eq!(classify("SELECT pgstat FROM t", &catalog).target, Target::Follower);
+    let reset = classify("RESET TIME ZONE", &catalog);
+    assert_eq!(reset.session, vec![SessionEffect::Reset { name: "timezone".into() }]);
+}

@@ -162,6 +162,8 @@ pub struct Session<'a> {
     last_conn: Option<(usize, u32)>,
     /// The unit being leased calls `currval`/`lastval`.
     sequence_unit: bool,
+    /// The unit being leased reads node- or backend-local views (pg_prepared_statements, ...).
+    node_local_unit: bool,
     /// The leased connection may hold another client's `nextval` state, which that unit must not see.
     discard_sequences: bool,
 }
@@ -215,6 +217,7 @@ pub async fn run(stream: TcpStream, login: ClientLogin, shared: &Shared) -> Resu
         sequence_home: None,
         last_conn: None,
         sequence_unit: false,
+        node_local_unit: false,
         discard_sequences: false,
         login,
         shared,
@@ -448,6 +451,7 @@ impl Session<'_> {
                 }
                 let want = self.want(class.as_deref());
                 self.sequence_unit = class.as_deref().is_some_and(|c| c.sequence_state);
+                self.node_local_unit = class.as_deref().is_some_and(|c| c.reason == crate::route::Reason::NodeLocal);
                 if let Err(e) = self.acquire(want).await {
                     self.refuse_message(tag, total, &e);
                     continue;

@@ -144,6 +144,7 @@ impl Session<'_> {
         let Some(leased) = self.server.as_ref() else { return Ok(()) };
         let conn = &*leased.lease;
         let differs = self.discard_sequences
+            || self.node_local_unit
             || self.settings.current() != &conn.settings
             || sql_prepared::may_lack(&self.sql_statements, &conn.sql_statements);
         if !differs {
@@ -168,6 +169,11 @@ impl Session<'_> {
             // Another client's nextval may be here: currval/lastval must say "not yet defined".
             sql = Some(sql.map_or_else(|| "DISCARD SEQUENCES".to_string(), |s| format!("DISCARD SEQUENCES; {s}")));
             conn.sequences = crate::backend::conn::SequenceUse::Only(self.id);
+        }
+        if std::mem::take(&mut self.node_local_unit) {
+            if let Some(drop) = sql_prepared::drop_foreign(&self.sql_statements, &mut conn.sql_statements) {
+                sql = Some(sql.map_or_else(|| drop.clone(), |s| format!("{drop}; {s}")));
+            }
         }
         let replays = sql_prepared::replays(&self.sql_statements, &mut conn.sql_statements);
         if sql.is_none() && replays.is_empty() {
