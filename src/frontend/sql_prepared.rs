@@ -204,13 +204,13 @@ pub struct ServerSqlStatements {
     tick: u64,
 }
 
-/// One of the client's statements to create on a connection before its unit runs.
+/// One query to run on a connection before the client's unit: a DEALLOCATE of a namesake or
+/// an evicted name (`name` empty), or one of the client's PREPAREs, each its own query string
+/// (`pg_prepared_statements` shows a PREPARE's whole string).
 #[derive(Debug, PartialEq, Eq)]
 pub struct Replay {
     pub name: String,
     pub hash: u64,
-    /// DEALLOCATEs of a namesake (or an evicted name) first, then the PREPARE: one query string,
-    /// since a failed PREPARE leaves those in place (prepared statements are not transactional).
     pub sql: String,
 }
 
@@ -228,10 +228,11 @@ pub fn replays(client: &ClientSqlStatements, server: &mut ServerSqlStatements) -
         if held == Some(Some(*hash)) {
             continue;
         }
-        let mut steps: Vec<String> = held.map(|_| format!("DEALLOCATE {}", quote_ident(name))).into_iter().collect();
-        steps.extend(server.insert(name, *hash).map(|victim| format!("DEALLOCATE {}", quote_ident(&victim))));
-        steps.push(prepare.clone());
-        replays.push(Replay { name: name.clone(), hash: *hash, sql: steps.join("; ") });
+        let deallocate =
+            |name: &str| Replay { name: String::new(), hash: 0, sql: format!("DEALLOCATE {}", quote_ident(name)) };
+        replays.extend(held.map(|_| deallocate(name)));
+        replays.extend(server.insert(name, *hash).map(|victim| deallocate(&victim)));
+        replays.push(Replay { name: name.clone(), hash: *hash, sql: prepare.clone() });
     }
     replays
 }
@@ -262,7 +263,9 @@ pub fn may_lack(client: &ClientSqlStatements, server: &ServerSqlStatements) -> b
 /// A replayed PREPARE failed (a table it reads may not exist yet): the connection does not hold
 /// it; an EXECUTE prepares it again then, and gets that attempt's error if it fails.
 pub fn replay_failed(server: &mut ServerSqlStatements, replay: &Replay) {
-    server.forget(&replay.name);
+    if !replay.name.is_empty() {
+        server.forget(&replay.name);
+    }
 }
 
 impl ServerSqlStatements {
@@ -307,7 +310,8 @@ pub enum Plan {
     /// Forward the client's query unchanged, after running `inject` (if Some) as a separate, swallowed simple
     /// query on the same server connection. If `inject` fails: `server.prepare_failed(name, code)` (and
     /// `client.forget(name)` for a Prepare), and answer the client with its error instead of forwarding.
-    Forward { inject: Option<String> },
+    /// Each step is its own query: `pg_prepared_statements` shows a PREPARE's whole query string.
+    Forward { inject: Option<Vec<String>> },
     /// Do not send anything: answer the client with CommandComplete(tag) + ReadyForQuery, as PostgreSQL would.
     Answer { tag: &'static str },
     /// Answer with an error like PostgreSQL's (42P05 duplicate, 26000 does not exist) + ReadyForQuery.
@@ -328,7 +332,7 @@ fn error(code: &'static str, name: &str, what: &str) -> Plan {
 /// If the forwarded PREPARE fails: `client.forget(name)` and `server.prepare_failed(name, code)`.
 pub fn plan(query: &SqlPrepare, client: &mut ClientSqlStatements, server: &mut ServerSqlStatements) -> Plan {
     let deallocate = |name: &str| format!("DEALLOCATE {}", quote_ident(name));
-    let forward = |steps: Vec<String>| Plan::Forward { inject: (!steps.is_empty()).then(|| steps.join("; ")) };
+    let forward = |steps: Vec<String>| Plan::Forward { inject: (!steps.is_empty()).then_some(steps) };
     match query {
         SqlPrepare::Prepare { name, sql } => {
             if client.by_name.contains_key(name) {
@@ -398,7 +402,7 @@ mod tests {
     }
 
     fn forward(inject: Option<&str>) -> Plan {
-        Plan::Forward { inject: inject.map(str::to_string) }
+        Plan::Forward { inject: inject.map(|steps| steps.split("; ").map(str::to_string).collect()) }
     }
 
     fn error(code: &'static str, message: &str) -> Plan {

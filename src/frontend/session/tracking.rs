@@ -32,7 +32,12 @@ impl Session<'_> {
                 // Nothing in flight: prepare first and wait, so a failure is the one answer.
                 let name = query.name().unwrap_or_default().to_string();
                 let conn = &mut self.server.as_mut().expect("leased").lease;
-                match Box::pin(conn.run(&inject)).await {
+                let steps: Vec<&str> = inject.iter().map(String::as_str).collect();
+                let outcome = match Box::pin(conn.run_each(&steps)).await {
+                    Ok(results) => results.into_iter().find(Result::is_err).unwrap_or(Ok(())),
+                    Err(e) => Err(e),
+                };
+                match outcome {
                     Ok(()) => true,
                     Err(BackendError::Server { code, message }) => {
                         conn.sql_statements.prepare_failed(&name, &code);
@@ -60,12 +65,14 @@ impl Session<'_> {
                 if let SqlPrepare::Execute { name } = &query {
                     self.sql_prepares.push((name.clone(), false));
                 }
-                let _ = postgres_protocol::message::frontend::query(&inject, &mut self.to_server);
-                let out = match self.hold.as_mut() {
-                    Some(h) => &mut h.held,
-                    None => &mut self.to_client,
-                };
-                self.inflight.push(Request::Query { swallow: true }, out);
+                for step in &inject {
+                    let _ = postgres_protocol::message::frontend::query(step, &mut self.to_server);
+                    let out = match self.hold.as_mut() {
+                        Some(h) => &mut h.held,
+                        None => &mut self.to_client,
+                    };
+                    self.inflight.push(Request::Query { swallow: true }, out);
+                }
                 true
             }
             Plan::Answer { tag } => {
