@@ -241,6 +241,10 @@ fn temp_objects_pin_in_every_form() {
             ("CREATE TABLE pg_temp.x AS SELECT 1 AS n", "SELECT n FROM x"),
             ("CREATE FUNCTION pg_temp.x() RETURNS int LANGUAGE sql AS 'SELECT 1'", "SELECT pg_temp.x()"),
             ("DO $$ BEGIN CREATE TEMP TABLE x AS SELECT 1 AS n; END $$", "SELECT n FROM x"),
+            (
+                "CREATE TABLE IF NOT EXISTS ab (a int, b int); CREATE STATISTICS pg_temp.x ON a, b FROM ab",
+                "SELECT count(*) FROM pg_statistic_ext WHERE stxname = 'x' AND pg_statistics_obj_is_visible(oid) IS NOT NULL AND stxnamespace = pg_my_temp_schema()",
+            ),
         ];
         for (create, read) in forms {
             let c = connect(&p, "temp_forms").await;

@@ -308,12 +308,16 @@ impl Session<'_> {
     }
 }
 
-/// Whether this backend holds temporary relations, functions or types. pg_my_temp_schema() is
+/// Whether this backend holds temporary relations, functions, types, statistics objects,
+/// operators or collations. pg_my_temp_schema() is
 /// 0 until the backend first makes a temporary object, so most backends skip the catalog scans.
 const TEMP_CHECK: &str = "SELECT CASE WHEN pg_catalog.pg_my_temp_schema() = 0 THEN false ELSE \
     EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
     OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE pronamespace = pg_catalog.pg_my_temp_schema()) \
-    OR EXISTS (SELECT 1 FROM pg_catalog.pg_type WHERE typnamespace = pg_catalog.pg_my_temp_schema()) END";
+    OR EXISTS (SELECT 1 FROM pg_catalog.pg_type WHERE typnamespace = pg_catalog.pg_my_temp_schema()) \
+    OR EXISTS (SELECT 1 FROM pg_catalog.pg_statistic_ext WHERE stxnamespace = pg_catalog.pg_my_temp_schema()) \
+    OR EXISTS (SELECT 1 FROM pg_catalog.pg_operator WHERE oprnamespace = pg_catalog.pg_my_temp_schema()) \
+    OR EXISTS (SELECT 1 FROM pg_catalog.pg_collation WHERE collnamespace = pg_catalog.pg_my_temp_schema()) END";
 
 /// True if `sql` starts with `word` (case-insensitive), after whitespace.
 pub(super) fn starts_with_word(sql: &[u8], word: &[u8]) -> bool {
