@@ -90,7 +90,7 @@ impl Session<'_> {
 
     /// Closes the held server connection (never reused) and drops what was queued for it;
     /// returns its node and whether one of its messages was cut off half-way to the client.
-    fn discard_server(&mut self) -> (usize, bool) {
+    pub(super) fn discard_server(&mut self) -> (usize, bool) {
         let leased = self.server.take().expect("a held server");
         self.key.target.clear();
         self.to_server.clear();

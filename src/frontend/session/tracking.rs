@@ -52,9 +52,7 @@ impl Session<'_> {
                     Err(e) => {
                         // The connection failed under the PREPARE: closed, the client told.
                         self.release_hold();
-                        let leased = self.server.take().expect("leased");
-                        self.key.target.clear();
-                        leased.lease.discard();
+                        self.discard_server();
                         self.refuse(&ProxyError::Backend(e));
                         self.answer_sync();
                         false
@@ -164,8 +162,8 @@ impl Session<'_> {
     /// client's messages go to it, waiting for the server's answers: a client's statement
     /// never runs in a state that is not exactly its own. Settings first: if their replay
     /// fails, the connection is closed, never reused, and the message gets that error. Then the
-    /// client's SQL-level prepared statements, one query each; one that fails here is the
-    /// answer to its EXECUTE.
+    /// client's SQL-level prepared statements, one query each; one that fails here is left
+    /// out, and its EXECUTE prepares it again (its table may exist by then).
     async fn prepare_server(&mut self) -> Result<(), ProxyError> {
         let shared = self.shared;
         let Some(leased) = self.server.as_mut() else { return Ok(()) };
@@ -252,10 +250,8 @@ impl Session<'_> {
                     _ => "timed out".to_string(),
                 };
                 tracing::warn!(%error, "asking the server about temporary objects failed; closing that connection");
-                let leased = self.server.take().expect("held");
-                self.key.target.clear();
-                self.hold = None;
-                leased.lease.discard();
+                self.release_hold();
+                self.discard_server();
                 Ok(())
             }
         }
@@ -265,6 +261,8 @@ impl Session<'_> {
     /// before a Bind or Describe names it (psql's `\gdesc` describes it after a Sync).
     pub(super) fn track_unnamed(&mut self, tag: u8, total: usize) {
         let body = &self.cbuf[5..total];
+        // Bind and Describe look at names only when there is a statement to restore.
+        let restorable = !self.unnamed_here && !self.unnamed_parse.is_empty();
         let names_unnamed = match tag {
             fe::PARSE if body.first() == Some(&0) => {
                 self.unnamed_parse.clear();
@@ -277,11 +275,11 @@ impl Session<'_> {
                 self.unnamed_here = false;
                 return;
             }
-            fe::BIND => messages::read_cstr(body).is_some_and(|(_, rest)| rest.first() == Some(&0)),
-            fe::DESCRIBE => body.first() == Some(&b'S') && body.get(1) == Some(&0),
+            fe::BIND if restorable => messages::read_cstr(body).is_some_and(|(_, rest)| rest.first() == Some(&0)),
+            fe::DESCRIBE if restorable => body.first() == Some(&b'S') && body.get(1) == Some(&0),
             _ => false,
         };
-        if names_unnamed && !self.unnamed_here && !self.unnamed_parse.is_empty() {
+        if names_unnamed {
             self.to_server.extend_from_slice(&self.unnamed_parse);
             let out = match self.hold.as_mut() {
                 Some(h) => &mut h.held,
@@ -297,20 +295,18 @@ impl Session<'_> {
     /// The replay of the client's state failed: that connection is closed (its state is not
     /// the client's), the failure logged and counted; the error is the client's answer.
     fn replay_failed(&mut self, e: BackendError) -> ProxyError {
-        let leased = self.server.take().expect("replaying on a held server");
-        self.key.target.clear();
-        self.hold = None;
-        let node = &self.shared.pools.nodes[leased.node].name;
+        self.release_hold();
+        let (node, _) = self.discard_server();
+        let node = &self.shared.pools.nodes[node].name;
         tracing::warn!(%node, error = %e, "replaying a client's session state failed; closing that server connection");
         metrics::counter!(crate::metrics::STATE_REPLAY_FAILURES, "kind" => "settings").increment(1);
-        leased.lease.discard();
         ProxyError::StateReplay(e)
     }
 }
 
 /// Whether this backend holds temporary relations, functions, types, statistics objects,
-/// operators or collations. pg_my_temp_schema() is
-/// 0 until the backend first makes a temporary object, so most backends skip the catalog scans.
+/// operators or collations. pg_my_temp_schema() is 0 until the backend first makes a
+/// temporary object, so most backends skip the catalog scans.
 const TEMP_CHECK: &str = "SELECT CASE WHEN pg_catalog.pg_my_temp_schema() = 0 THEN false ELSE \
     EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema()) \
     OR EXISTS (SELECT 1 FROM pg_catalog.pg_proc WHERE pronamespace = pg_catalog.pg_my_temp_schema()) \
