@@ -1,6 +1,5 @@
 //! Every metric name in one place, per-node metric handles, and the Prometheus exporter.
 
-use crate::consistency::floor::Fallback;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics::{Counter, Gauge, Histogram};
 use std::net::SocketAddr;
@@ -131,26 +130,6 @@ impl NodeMetrics {
 
     pub fn server_connection(&self) -> GaugeGuard {
         GaugeGuard::new(self.server_connections.clone())
-    }
-}
-
-/// The fallback counters, one per reason, registered once: at level `strong` every read is
-/// counted, and a `counter!` lookup per read cost a label allocation and a registry search.
-pub struct FallbackMetrics([Counter; Fallback::ALL.len()]);
-
-impl FallbackMetrics {
-    pub fn new() -> FallbackMetrics {
-        FallbackMetrics(Fallback::ALL.map(|f| counter!(CONSISTENCY_FALLBACKS, "reason" => f.label())))
-    }
-
-    pub fn count(&self, reason: Fallback) {
-        self.0[reason as usize].increment(1);
-    }
-}
-
-impl Default for FallbackMetrics {
-    fn default() -> FallbackMetrics {
-        FallbackMetrics::new()
     }
 }
 

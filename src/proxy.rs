@@ -1,39 +1,18 @@
-//! The running proxy: shared state (config, pools, topology, cancel keys) and the accept loop.
+//! The running proxy: building what sessions share (config, pools, topology, cancel keys) and the accept loop.
 
 use crate::backend::Pools;
 use crate::config::Config;
 use crate::consistency::Positions;
 use crate::frontend::auth::ScramSecret;
 use crate::frontend::cancel::CancelRegistry;
+use crate::frontend::shared::Shared;
 use crate::route::{Classifier, FunctionCatalog, FunctionOverrides};
 use crate::topology::balance::Balancer;
 use crate::topology::{catalog, monitor, LagLimits, Topology};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
-
-/// Everything sessions share; built once at start, immutable afterwards except through atomics.
-pub struct Shared {
-    pub config: Config,
-    pub pools: Pools,
-    pub topology: Arc<Topology>,
-    pub cancels: Arc<CancelRegistry>,
-    /// SCRAM secrets per user, derived once (4096 PBKDF2 rounds is too slow per login).
-    pub scram: HashMap<String, ScramSecret>,
-    pub clients: AtomicUsize,
-    /// SQL classification shared by all sessions (fingerprint-keyed cache).
-    pub classifier: Arc<Classifier>,
-    /// Picks the follower for each read unit.
-    pub balancer: Balancer,
-    /// Every node's latest WAL position, for session floors.
-    pub positions: Arc<Positions>,
-    /// DDL sent through the proxy: prepared statements made before are not shared after it.
-    pub ddl: crate::frontend::ddl::DdlLog,
-    /// Reads sent to the leader for consistency, by reason.
-    pub fallbacks: crate::metrics::FallbackMetrics,
-}
 
 /// A bound, not yet serving proxy.
 pub struct Proxy {
@@ -74,7 +53,7 @@ impl Proxy {
             balancer: Balancer::new(config.routing.balance, config.nodes.len()),
             positions: positions.clone(),
             ddl: Default::default(),
-            fallbacks: crate::metrics::FallbackMetrics::new(),
+            fallbacks: crate::consistency::floor::FallbackMetrics::new(),
             config,
         });
         let weak = Arc::downgrade(&shared);

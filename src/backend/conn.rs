@@ -61,7 +61,7 @@ pub struct ServerConn {
     /// Settings a client left on this connection (the next client's are synced over them).
     pub settings: super::settings::Settings,
     /// SQL-level (PREPARE name AS ...) statements this connection holds, by name.
-    pub sql_statements: crate::frontend::sql_prepared::ServerSqlStatements,
+    pub sql_statements: super::sql_statements::ServerSqlStatements,
     /// Proxy-named prepared statements this connection holds.
     pub statements: super::statements::ServerStatements,
     /// Which client sessions ran units here since it opened or last ran DISCARD SEQUENCES

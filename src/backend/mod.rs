@@ -4,6 +4,7 @@ pub mod conn;
 pub mod pool;
 pub mod pools;
 pub mod settings;
+pub mod sql_statements;
 pub mod statements;
 
 pub use conn::{BackendError, Login, ServerConn};

@@ -200,7 +200,7 @@ impl Pool {
             }
             // The reset query may have dropped them (DISCARD ALL does).
             conn.statements.clear();
-            crate::frontend::sql_prepared::server_discarded(&mut conn.sql_statements);
+            conn.sql_statements.clear();
             conn.settings.clear();
             conn.needs_reset = false;
         }

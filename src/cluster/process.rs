@@ -1,8 +1,10 @@
 //! Postmaster processes: spawning `postgres -D`, waiting for readiness, signals and reaping, and
 //! the atexit registry that stops postmasters still running when the process exits.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::{Mutex, Once, TryLockError};
@@ -12,7 +14,6 @@ use tracing::{debug, info, warn};
 
 use super::command::{describe, log_tail};
 use super::error::{io_err, Result};
-use super::state::pick_port;
 use super::{Cluster, ClusterError, POLL, READY_TIMEOUT};
 
 const BIND_ATTEMPTS: usize = 5;
@@ -228,4 +229,16 @@ fn read_from(path: &Path, offset: u64) -> String {
         let _ = file.read_to_end(&mut buf);
     }
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A free loopback port, none of `avoid`.
+pub(super) fn pick_port(avoid: &HashSet<u16>) -> Result<u16> {
+    for _ in 0..100 {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(io_err("cannot bind a loopback port"))?;
+        let port = listener.local_addr().map_err(io_err("local_addr"))?.port();
+        if !avoid.contains(&port) {
+            return Ok(port);
+        }
+    }
+    Err(ClusterError::Setup("no free loopback port found".into()))
 }

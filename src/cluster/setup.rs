@@ -9,7 +9,7 @@ use tracing::info;
 
 use super::command::{conninfo_quote, quote_ident, quote_literal};
 use super::error::{io_err, Result};
-use super::state::pick_port;
+use super::process::pick_port;
 use super::{
     Cluster, ClusterError, ClusterSpec, Node, PasswordEncryption, UserSpec, CONF_FILE, READY_TIMEOUT, STATE_FILE,
     SUPERUSER,

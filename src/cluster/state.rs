@@ -10,7 +10,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::error::{io_err, Result};
-use super::process::send_signal;
+use super::process::{pick_port, send_signal};
 use super::setup::conf_line;
 use super::{Cluster, ClusterError, ClusterSpec, Node, CONF_FILE, STATE_FILE};
 
@@ -107,17 +107,6 @@ impl Cluster {
         fs::write(&tmp, text).map_err(io_err(format!("cannot write {}", tmp.display())))?;
         fs::rename(&tmp, self.root.join(STATE_FILE)).map_err(io_err("cannot replace cluster.state"))
     }
-}
-
-pub(super) fn pick_port(avoid: &HashSet<u16>) -> Result<u16> {
-    for _ in 0..100 {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).map_err(io_err("cannot bind a loopback port"))?;
-        let port = listener.local_addr().map_err(io_err("local_addr"))?.port();
-        if !avoid.contains(&port) {
-            return Ok(port);
-        }
-    }
-    Err(ClusterError::Setup("no free loopback port found".into()))
 }
 
 /// Replaces `key = ...` in a conf file we own, or appends it.

@@ -290,6 +290,28 @@ pub struct ReadPolicy {
     pub leader_shares: bool,
 }
 
+/// The fallback counters, one per reason, registered once: at level `strong` every read is
+/// counted, and a `counter!` lookup per read cost a label allocation and a registry search.
+pub struct FallbackMetrics([metrics::Counter; Fallback::ALL.len()]);
+
+impl FallbackMetrics {
+    pub fn new() -> FallbackMetrics {
+        FallbackMetrics(
+            Fallback::ALL.map(|f| metrics::counter!(crate::metrics::CONSISTENCY_FALLBACKS, "reason" => f.label())),
+        )
+    }
+
+    pub fn count(&self, reason: Fallback) {
+        self.0[reason as usize].increment(1);
+    }
+}
+
+impl Default for FallbackMetrics {
+    fn default() -> FallbackMetrics {
+        FallbackMetrics::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

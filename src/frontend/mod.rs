@@ -2,20 +2,22 @@
 
 pub mod auth;
 pub mod cancel;
+pub mod client_state;
 pub mod ddl;
 pub mod inflight;
+pub mod placement;
 pub mod prepared;
+pub mod proxy_settings;
 pub mod proxy_statements;
 pub mod requests;
-pub mod routing;
 pub mod session;
+pub mod shared;
 pub mod sql_prepared;
 pub mod startup;
-pub mod state;
 
 use crate::error::ProxyError;
 use crate::protocol::messages;
-use crate::proxy::Shared;
+use shared::Shared;
 use std::net::SocketAddr;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -135,7 +135,7 @@ fn shown_column(command: &Classification) -> Option<String> {
 /// RowDescription of a SHOW (one text column), or NoData for SET and RESET.
 fn put_row_description(out: &mut BytesMut, command: &Classification, binary: bool) {
     match shown_column(command) {
-        Some(column) => super::routing::put_text_column(out, &column, i16::from(binary)),
+        Some(column) => super::proxy_settings::put_text_column(out, &column, i16::from(binary)),
         None => out.extend_from_slice(NO_DATA),
     }
 }

@@ -5,7 +5,7 @@ use super::inflight::{Inflight, Request};
 use super::prepared::{self, ClientStatements, Statement, CLOSE_COMPLETE, PARSE_COMPLETE};
 use crate::backend::statements::ServerStatements;
 use crate::error::ProxyError;
-use crate::protocol::{fe, messages};
+use crate::protocol::{fe, messages, TxStatus};
 use bytes::{Bytes, BytesMut};
 
 /// Everything one client message may touch on its way to the server.
@@ -50,7 +50,7 @@ pub fn answer_without_server(
     client: &mut ClientStatements,
     inflight: &mut Inflight,
     to_client: &mut BytesMut,
-    tx_status: u8,
+    tx_status: TxStatus,
     schema: u64,
 ) -> Result<Result<(), Refused>, ProxyError> {
     let body = &msg[5..];

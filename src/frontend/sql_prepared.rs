@@ -2,11 +2,9 @@
 //! PREPARE texts and which names each server connection holds, so an EXECUTE re-prepares the
 //! statement on whatever connection runs it, and a PREPARE first drops another client's namesake.
 
+use crate::backend::sql_statements::ServerSqlStatements;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-
-/// Server connections keep at most this many SQL-level names (least recently used dropped first).
-pub const SERVER_SQL_CAPACITY: usize = 1000;
 
 /// What one simple-query string does with SQL-level prepared statements
 /// (only single-statement strings are handled; multi-statement strings return Other).
@@ -197,13 +195,6 @@ impl ClientSqlStatements {
     }
 }
 
-/// What a server connection holds: name -> (hash of the PREPARE text or None if unknown, last use).
-#[derive(Debug, Default)]
-pub struct ServerSqlStatements {
-    by_name: HashMap<String, (Option<u64>, u64)>,
-    tick: u64,
-}
-
 /// One query to run on a connection before the client's unit: a DEALLOCATE of a namesake or
 /// an evicted name (`name` empty), or one of the client's PREPAREs, each its own query string
 /// (`pg_prepared_statements` shows a PREPARE's whole string).
@@ -241,23 +232,14 @@ pub fn replays(client: &ClientSqlStatements, server: &mut ServerSqlStatements) -
 /// the map: before a unit that reads `pg_prepared_statements`, which must not show another
 /// client's SQL. None when there are none.
 pub fn drop_foreign(client: &ClientSqlStatements, server: &mut ServerSqlStatements) -> Option<String> {
-    let foreign: Vec<String> = server
-        .by_name
-        .iter()
-        .filter(|(name, (hash, _))| client.by_name.get(*name).map(|(h, _)| Some(*h)) != Some(*hash))
-        .map(|(name, _)| name.clone())
-        .collect();
-    for name in &foreign {
-        server.by_name.remove(name);
-    }
+    let foreign = server.remove_unless(|name, hash| client.by_name.get(name).map(|(h, _)| Some(*h)) == Some(hash));
     let sql: Vec<String> = foreign.iter().map(|n| format!("DEALLOCATE {}", quote_ident(n))).collect();
     (!sql.is_empty()).then(|| sql.join("; "))
 }
 
 /// Whether `replays` may find something to do (cheap: no lookups when the client has none).
 pub fn may_lack(client: &ClientSqlStatements, server: &ServerSqlStatements) -> bool {
-    !client.by_name.is_empty()
-        && client.by_name.iter().any(|(n, (h, _))| server.by_name.get(n).map(|e| e.0) != Some(Some(*h)))
+    !client.by_name.is_empty() && client.by_name.iter().any(|(n, (h, _))| server.holds(n) != Some(Some(*h)))
 }
 
 /// A replayed PREPARE failed (a table it reads may not exist yet): the connection does not hold
@@ -265,42 +247,6 @@ pub fn may_lack(client: &ClientSqlStatements, server: &ServerSqlStatements) -> b
 pub fn replay_failed(server: &mut ServerSqlStatements, replay: &Replay) {
     if !replay.name.is_empty() {
         server.forget(&replay.name);
-    }
-}
-
-impl ServerSqlStatements {
-    /// A PREPARE of `name` (the client's or an injected one) failed: the server does not hold it.
-    pub fn forget(&mut self, name: &str) {
-        self.by_name.remove(name);
-    }
-
-    /// Like `forget`, except that 42P05 means the server holds a `name` we did not track
-    /// (e.g. from a multi-statement string): it is then dropped before the next PREPARE.
-    pub fn prepare_failed(&mut self, name: &str, sqlstate: &str) {
-        match sqlstate {
-            "42P05" => drop(self.by_name.insert(name.to_string(), (None, self.tick))),
-            _ => self.forget(name),
-        }
-    }
-
-    /// Whether the server holds `name` and which statement (None: unknown); marks it used.
-    fn get(&mut self, name: &str) -> Option<Option<u64>> {
-        self.tick += 1;
-        let (hash, used) = self.by_name.get_mut(name)?;
-        *used = self.tick;
-        Some(*hash)
-    }
-
-    /// Records `name`; when full, forgets the least recently used name and returns it to DEALLOCATE.
-    fn insert(&mut self, name: &str, hash: u64) -> Option<String> {
-        self.tick += 1;
-        let mut victim = None;
-        if !self.by_name.contains_key(name) && self.by_name.len() >= SERVER_SQL_CAPACITY {
-            victim = self.by_name.iter().min_by_key(|(_, (_, used))| *used).map(|(n, _)| n.clone());
-            self.by_name.remove(victim.as_deref()?);
-        }
-        self.by_name.insert(name.to_string(), (Some(hash), self.tick));
-        victim
     }
 }
 
@@ -372,16 +318,11 @@ pub fn plan(query: &SqlPrepare, client: &mut ClientSqlStatements, server: &mut S
         }
         SqlPrepare::DeallocateAll => {
             client.clear();
-            server_discarded(server);
+            server.clear();
             forward(vec![])
         }
         SqlPrepare::Other => forward(vec![]),
     }
-}
-
-/// DISCARD ALL or DEALLOCATE ALL ran on the server: it holds no statements (other clients re-prepare on demand).
-pub fn server_discarded(server: &mut ServerSqlStatements) {
-    server.by_name.clear();
 }
 
 #[cfg(test)]
@@ -481,7 +422,7 @@ mod tests {
         assert_eq!(unknown, error("26000", "prepared statement \"nope\" does not exist"));
         // Dropped on the connection that holds it; answered locally elsewhere.
         assert_eq!(plan(&deallocate("a\"b"), &mut client, &mut server), forward(None));
-        assert!(server.by_name.is_empty() && client.by_name.is_empty() && other.by_name.len() == 1);
+        assert!(server.is_empty() && client.by_name.is_empty() && other.len() == 1);
         plan(&prepare("q", "PREPARE q AS SELECT 1"), &mut client, &mut server);
         assert_eq!(plan(&deallocate("q"), &mut client, &mut other), Plan::Answer { tag: "DEALLOCATE" });
         assert_eq!(plan(&execute("q"), &mut client, &mut ServerSqlStatements::default()), forward(None));
@@ -492,7 +433,7 @@ mod tests {
         let (mut client, mut server) = Default::default();
         plan(&prepare("p", "PREPARE p AS SELECT 1"), &mut client, &mut server);
         assert_eq!(plan(&DeallocateAll, &mut client, &mut server), forward(None));
-        assert!(client.by_name.is_empty() && server.by_name.is_empty());
+        assert!(client.by_name.is_empty() && server.is_empty());
         assert_eq!(plan(&Other, &mut client, &mut server), forward(None));
         // A PREPARE that fails leaves nothing behind, unless the server held an untracked p (42P05).
         for (code, inject) in [("42601", None), ("42P05", Some("DEALLOCATE \"p\""))] {
@@ -537,15 +478,17 @@ mod tests {
     #[test]
     fn full_server_maps_drop_the_least_recently_used_name() {
         let (mut client, mut server) = Default::default();
-        let texts: Vec<String> = (0..=SERVER_SQL_CAPACITY).map(|i| format!("PREPARE s{i} AS SELECT {i}")).collect();
+        let texts: Vec<String> = (0..=crate::backend::sql_statements::SERVER_SQL_CAPACITY)
+            .map(|i| format!("PREPARE s{i} AS SELECT {i}"))
+            .collect();
         for (i, sql) in texts.iter().enumerate() {
-            let inject = (i == SERVER_SQL_CAPACITY).then_some("DEALLOCATE \"s1\"");
+            let inject = (i == crate::backend::sql_statements::SERVER_SQL_CAPACITY).then_some("DEALLOCATE \"s1\"");
             assert_eq!(plan(&prepare(&format!("s{i}"), sql), &mut client, &mut server), forward(inject));
-            if i + 1 == SERVER_SQL_CAPACITY {
+            if i + 1 == crate::backend::sql_statements::SERVER_SQL_CAPACITY {
                 plan(&execute("s0"), &mut client, &mut server); // s0 used recently, s1 becomes the oldest
             }
         }
-        assert_eq!(server.by_name.len(), SERVER_SQL_CAPACITY);
+        assert_eq!(server.len(), crate::backend::sql_statements::SERVER_SQL_CAPACITY);
         let reprepare = plan(&execute("s1"), &mut client, &mut server);
         assert_eq!(reprepare, forward(Some("DEALLOCATE \"s2\"; PREPARE s1 AS SELECT 1")));
     }

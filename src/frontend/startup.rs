@@ -3,9 +3,9 @@
 use super::auth::{md5_expected, ScramExchange};
 use crate::config::AuthMethod;
 use crate::error::ProxyError;
+use crate::frontend::shared::Shared;
 use crate::protocol::startup::{self, StartupPacket};
 use crate::protocol::{fe, framing, messages};
-use crate::proxy::Shared;
 use bytes::BytesMut;
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -168,5 +168,5 @@ pub fn put_login_ok(out: &mut BytesMut, params: &[(String, String)], pid: u32, s
         messages::put_parameter_status(out, name, value);
     }
     messages::put_backend_key_data(out, pid, secret);
-    out.extend_from_slice(&messages::ready_for_query(b'I'));
+    out.extend_from_slice(&messages::ready_for_query(crate::protocol::TxStatus::Idle));
 }

@@ -151,7 +151,7 @@ mod tests {
         let mut input = data_row(100);
         input.extend_from_slice(&messages::error_response("ERROR", "42P01", "nope"));
         input.extend_from_slice(&[b'1', 0, 0, 0, 4]);
-        input.extend_from_slice(&messages::ready_for_query(b'E'));
+        input.extend_from_slice(&messages::ready_for_query(crate::protocol::TxStatus::Failed));
         // Feed in 7-byte slices: every message is seen once, whole unless it streams.
         struct Seen(Vec<(u8, usize)>);
         impl ServerMessages for Seen {

@@ -1,5 +1,6 @@
 //! Builders for the backend messages the proxy itself sends, and readers for the fields it inspects.
 
+use super::{be, TxStatus};
 use bytes::{BufMut, BytesMut};
 
 /// Starts a message: tag + length placeholder; `finish` fills the length in.
@@ -51,8 +52,8 @@ pub fn error_response(severity: &str, code: &str, message: &str) -> BytesMut {
     buf
 }
 
-pub const fn ready_for_query(status: u8) -> [u8; 6] {
-    [b'Z', 0, 0, 0, 5, status]
+pub const fn ready_for_query(status: TxStatus) -> [u8; 6] {
+    [be::READY_FOR_QUERY, 0, 0, 0, 5, status.byte()]
 }
 
 pub fn put_auth(buf: &mut BytesMut, code: i32, payload: &[u8]) {

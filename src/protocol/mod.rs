@@ -4,6 +4,37 @@ pub mod framing;
 pub mod messages;
 pub mod startup;
 
+/// A session's transaction status, as ReadyForQuery reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TxStatus {
+    /// 'I': not in a transaction.
+    #[default]
+    Idle,
+    /// 'T': in a transaction block.
+    InBlock,
+    /// 'E': in a failed transaction block (statements are rejected until it ends).
+    Failed,
+}
+
+impl TxStatus {
+    /// The status in a ReadyForQuery's byte (an unknown byte reads as idle, as libpq does).
+    pub const fn from_byte(byte: u8) -> TxStatus {
+        match byte {
+            b'T' => TxStatus::InBlock,
+            b'E' => TxStatus::Failed,
+            _ => TxStatus::Idle,
+        }
+    }
+
+    pub const fn byte(self) -> u8 {
+        match self {
+            TxStatus::Idle => b'I',
+            TxStatus::InBlock => b'T',
+            TxStatus::Failed => b'E',
+        }
+    }
+}
+
 /// Frontend (client → server) message tags the proxy cares about.
 pub mod fe {
     pub const QUERY: u8 = b'Q';

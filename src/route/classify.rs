@@ -11,7 +11,7 @@ use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
 use crate::route::scan::{split_statements, Facts};
-use crate::route::session::{self, ident_name, last_name};
+use crate::route::session_statements::{self, ident_name, last_name};
 use crate::route::{
     fallback, Classification, FunctionCatalog, Hint, Pin, Reason, SessionEffect, Target, TxControl, Unpin,
 };
@@ -131,7 +131,7 @@ fn statement(statement: &Statement) -> Classification {
         S::Explain { analyze, options, statement: inner, .. } => explain(*analyze, options.as_deref(), inner),
         S::Copy { source, to, target, .. } => copy(source, *to, target),
         S::StartTransaction { modes, .. } => {
-            let read_only = session::read_only_mode(modes) == Some(true);
+            let read_only = session_statements::read_only_mode(modes) == Some(true);
             let target = if read_only { Target::Follower } else { Target::Leader };
             tx(target, TxControl::Begin { read_only })
         }
@@ -142,10 +142,10 @@ fn statement(statement: &Statement) -> Classification {
         S::Rollback { .. } | S::Savepoint { .. } | S::ReleaseSavepoint { .. } => {
             tx(Target::Follower, TxControl::Savepoint)
         }
-        S::Set(set) => session::set(set),
-        S::Reset(reset) => session::reset(reset),
-        S::ShowVariable { variable } => session::show(variable),
-        S::Discard { object_type } => session::discard(*object_type),
+        S::Set(set) => session_statements::set(set),
+        S::Reset(reset) => session_statements::reset(reset),
+        S::ShowVariable { variable } => session_statements::show(variable),
+        S::Discard { object_type } => session_statements::discard(*object_type),
         S::LISTEN { channel } => {
             let mut c = leader(Reason::Session);
             c.pins.push(Pin::Listen { channel: ident_name(channel) });
@@ -221,7 +221,7 @@ fn read_query(query: &Query) -> Classification {
             c.pins.push(Pin::TempTable { name });
         }
     }
-    session::set_config_calls(query, &mut c);
+    session_statements::set_config_calls(query, &mut c);
     c
 }
 

@@ -188,7 +188,7 @@ mod tests {
             include_str!("lexer.rs"),
             include_str!("scan.rs"),
             include_str!("classify.rs"),
-            include_str!("session.rs"),
+            include_str!("session_statements.rs"),
             include_str!("fallback.rs"),
             include_str!("cache.rs"),
             include_str!("token_ends.rs"),

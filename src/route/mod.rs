@@ -16,7 +16,7 @@ mod fingerprint_scan;
 mod functions;
 mod lexer;
 mod scan;
-mod session;
+mod session_statements;
 mod token_ends;
 
 #[cfg(test)]

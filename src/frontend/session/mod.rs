@@ -7,18 +7,19 @@
 //! a client that pipelines more than the socket buffers hold can never deadlock the server.
 
 mod output;
-mod tracking;
+mod restore;
 mod unit;
 
 use super::cancel::CancelKey;
+use super::client_state::{ClientSettings, Pins};
 use super::inflight::{Inflight, Request};
+use super::placement::{self, Want};
 use super::prepared::ClientStatements;
+use super::proxy_settings::{self, ProxySettings};
 use super::proxy_statements::{ProxyStatements, Step};
 use super::requests::{answer_without_server, answerable_without_server, Outbound, Refused};
-use super::routing::{self, ProxySettings, Want};
 use super::sql_prepared::{self, ClientSqlStatements, Plan, SqlPrepare};
 use super::startup::{put_login_ok, ClientLogin};
-use super::state::{ClientSettings, Pins};
 use crate::backend::settings::Settings;
 use crate::backend::statements::ServerStatements;
 use crate::backend::BackendError;
@@ -26,9 +27,9 @@ use crate::backend::{Lease, LeaseError, Pool};
 use crate::config::{LeaderReads, PoolMode};
 use crate::consistency::Floor;
 use crate::error::ProxyError;
+use crate::frontend::shared::Shared;
 use crate::protocol::framing::{self, BackendScanner, ServerMessages, Verdict};
-use crate::protocol::{fe, messages};
-use crate::proxy::Shared;
+use crate::protocol::{fe, messages, TxStatus};
 use crate::route::{Classification, SessionEffect, TxControl};
 use crate::topology::balance::Outstanding;
 use bytes::{Buf, Bytes, BytesMut};
@@ -112,7 +113,7 @@ pub struct Session<'a> {
     /// Extended-protocol messages went out after the last Sync: the server must be kept.
     unsynced: bool,
     /// Transaction status from the last ReadyForQuery ('I', 'T' or 'E').
-    tx_status: u8,
+    tx_status: TxStatus,
     /// After the proxy failed a message of an extended batch, skip to Sync as a server would.
     discard_until_sync: bool,
     closing: bool,
@@ -193,7 +194,7 @@ pub async fn run(stream: TcpStream, login: ClientLogin, shared: &Shared) -> Resu
         settings: ClientSettings::default(),
         pins: Pins::default(),
         unsynced: false,
-        tx_status: b'I',
+        tx_status: TxStatus::Idle,
         discard_until_sync: false,
         closing: false,
         proxy: ProxySettings::default(),
@@ -247,7 +248,7 @@ impl Session<'_> {
         let mut server_startup = Vec::new();
         for (name, value) in startup_settings(&self.login.params) {
             if name.to_ascii_lowercase().starts_with("pgcausal.") {
-                routing::apply_setting(&name, Some(&value), &mut self.proxy, &mut self.floor)
+                proxy_settings::apply_setting(&name, Some(&value), &mut self.proxy, &mut self.floor)
                     .map_err(|(_, message)| ProxyError::Protocol(format!("invalid startup option: {message}")))?;
             } else {
                 startup.set_text(&name, &value);
@@ -668,7 +669,7 @@ fn startup_settings(params: &[(String, String)]) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
-    use super::tracking::starts_with_word;
+    use super::restore::starts_with_word;
     use super::*;
 
     #[test]

@@ -139,7 +139,7 @@ impl Session<'_> {
         tracing::debug!(node = %self.shared.pools.nodes[node].name, reason, leader, "re-running a read unit");
         self.inflight.clear();
         self.unsynced = false;
-        self.tx_status = b'I';
+        self.tx_status = TxStatus::Idle;
         self.unit_retries += 1;
         metrics::counter!(crate::metrics::ROUTE_RETRIES, "reason" => reason.to_string()).increment(1);
         if leader {
@@ -188,7 +188,7 @@ impl Session<'_> {
             self.inflight.is_empty()
                 && !self.unsynced
                 && self.to_server.is_empty()
-                && self.tx_status == b'I'
+                && self.tx_status == TxStatus::Idle
                 && !l.scanner.mid_message()
                 && l.lease.rbuf.is_empty()
         })
@@ -225,12 +225,12 @@ impl Session<'_> {
         if sync_points > 0 || self.unsynced {
             self.refuse(&ProxyError::Backend(error.into()));
             for _ in 0..sync_points {
-                self.to_client.extend_from_slice(&messages::ready_for_query(b'I'));
+                self.to_client.extend_from_slice(&messages::ready_for_query(TxStatus::Idle));
             }
             self.discard_until_sync = self.unsynced;
         }
         self.unsynced = false;
-        self.tx_status = b'I';
+        self.tx_status = TxStatus::Idle;
         Ok(())
     }
 }
@@ -239,7 +239,7 @@ impl Session<'_> {
 struct ServerSide<'a> {
     inflight: &'a mut Inflight,
     statements: &'a mut ServerStatements,
-    tx_status: &'a mut u8,
+    tx_status: &'a mut TxStatus,
     settings: &'a mut ClientSettings,
     server_settings: &'a mut Settings,
     /// The connection's ParameterStatus values (what the next login on it is told).
@@ -276,7 +276,7 @@ impl ServerMessages for ServerSide<'_> {
     }
 
     fn decide(&mut self, tag: u8, msg: &[u8]) -> Verdict {
-        if tag == b'E' && self.between_units_ours && self.inflight.is_empty() && *self.tx_status == b'I' {
+        if tag == b'E' && self.between_units_ours && self.inflight.is_empty() && *self.tx_status == TxStatus::Idle {
             self.closed_between_units = Some(messages::message_of(&msg[5..]));
             return Verdict::Swallow;
         }
@@ -288,7 +288,7 @@ impl ServerMessages for ServerSide<'_> {
             self.statements.remove(hash);
         }
         match tag {
-            b'Z' => *self.tx_status = *msg.get(5).unwrap_or(&b'I'),
+            b'Z' => *self.tx_status = TxStatus::from_byte(*msg.get(5).unwrap_or(&b'I')),
             b'S' => crate::backend::conn::note_parameter(self.server_params, &msg[5..]),
             _ => {}
         }
@@ -299,7 +299,7 @@ impl ServerMessages for ServerSide<'_> {
         }
         if self.holding && self.hold_event.is_none() {
             self.hold_event = match tag {
-                b'E' => Some(match routing::retry_on(&messages::sqlstate_of(&msg[5..])) {
+                b'E' => Some(match placement::retry_on(&messages::sqlstate_of(&msg[5..])) {
                     Some(leader) => HoldEvent::Retry { leader, code: messages::sqlstate_of(&msg[5..]) },
                     None => HoldEvent::Release,
                 }),
@@ -309,7 +309,7 @@ impl ServerMessages for ServerSide<'_> {
             };
         }
         match tag {
-            b'Z' if *self.tx_status == b'I' => {
+            b'Z' if *self.tx_status == TxStatus::Idle => {
                 self.settings.end_transaction(self.server_settings);
                 self.transaction_ended = true;
             }
@@ -340,7 +340,7 @@ mod tests {
 
     /// Server bytes through a `ServerSide` in transaction pooling: (what reaches the client, the
     /// error that closed the connection between units).
-    fn scan(bytes: &[u8], inflight: &mut Inflight, tx_status: u8) -> (Vec<u8>, Option<String>) {
+    fn scan(bytes: &[u8], inflight: &mut Inflight, tx_status: TxStatus) -> (Vec<u8>, Option<String>) {
         let (mut statements, mut settings) = (ServerStatements::default(), ClientSettings::default());
         let (mut server_settings, mut params, mut tx_status) = (Settings::default(), Vec::new(), tx_status);
         let mut sink = ServerSide {
@@ -374,18 +374,18 @@ mod tests {
     fn an_error_after_the_unit_is_over_closes_the_connection_not_the_client() {
         // The answer and the shutdown's FATAL in one read: the client gets its answer only.
         let complete: &[u8] = &[b'C', 0, 0, 0, 13, b'S', b'E', b'L', b'E', b'C', b'T', b' ', b'1', 0];
-        let answer = [complete, &messages::ready_for_query(b'I')].concat();
+        let answer = [complete, &messages::ready_for_query(TxStatus::Idle)].concat();
         let mut inflight = Inflight::default();
         inflight.push(Request::Query { swallow: false }, &mut BytesMut::new());
-        let (out, closed) = scan(&[answer.clone(), fatal_57p01()].concat(), &mut inflight, b'I');
+        let (out, closed) = scan(&[answer.clone(), fatal_57p01()].concat(), &mut inflight, TxStatus::Idle);
         assert_eq!(out, answer);
         assert_eq!(closed.as_deref(), Some("terminating connection due to administrator command"));
         // While a query is in flight the error is the client's.
         inflight.push(Request::Query { swallow: false }, &mut BytesMut::new());
-        let (out, closed) = scan(&fatal_57p01(), &mut inflight, b'I');
+        let (out, closed) = scan(&fatal_57p01(), &mut inflight, TxStatus::Idle);
         assert_eq!((out, closed), (fatal_57p01(), None));
         // So it is inside a transaction (idle_in_transaction_session_timeout ends the client's).
-        let (out, closed) = scan(&fatal_57p01(), &mut Inflight::default(), b'T');
+        let (out, closed) = scan(&fatal_57p01(), &mut Inflight::default(), TxStatus::InBlock);
         assert_eq!((out, closed), (fatal_57p01(), None));
     }
 }

@@ -42,7 +42,7 @@ impl Session<'_> {
         {
             return Want::Leader;
         }
-        class.map_or(Want::Leader, |c| routing::want(c, self.proxy.route, self.deferred_begin.is_some()))
+        class.map_or(Want::Leader, |c| placement::want(c, self.proxy.route, self.deferred_begin.is_some()))
     }
 
     /// A read unit on a follower is done with when the next statement needs the leader (outside
@@ -53,9 +53,9 @@ impl Session<'_> {
         let Some(leased) = self.server.as_ref() else { return false };
         let Some(c) = class else { return false };
         let moves = leased.follower
-            && self.tx_status == b'I'
+            && self.tx_status == TxStatus::Idle
             && self.mode == PoolMode::Transaction
-            && routing::want(c, self.proxy.route, false) == Want::Leader;
+            && placement::want(c, self.proxy.route, false) == Want::Leader;
         if !moves {
             return false;
         }
@@ -75,7 +75,7 @@ impl Session<'_> {
     /// `SET/SHOW/RESET pgcausal.*`: answered by the proxy, in order with other answers; as a
     /// simple Query (`simple`, then ReadyForQuery follows) or as the Execute of its portal.
     pub(super) async fn answer_proxy_command(&mut self, c: &Classification, simple: bool) {
-        let token = if routing::needs_token(c) {
+        let token = if proxy_settings::needs_token(c) {
             let shared = self.shared;
             let snapshot = shared.topology.snapshot();
             self.floor.follow_timeline(&snapshot, &shared.positions);
@@ -83,14 +83,15 @@ impl Session<'_> {
         } else {
             None
         };
-        let reply = match routing::answer_proxy_command(c, &mut self.proxy, &mut self.floor, token.as_deref(), simple) {
-            Ok(reply) => reply.freeze(),
-            Err((code, message)) => {
-                crate::metrics::error(code.as_bytes(), "proxy");
-                self.discard_until_sync = !simple; // an extended batch skips to its Sync
-                messages::error_response("ERROR", code, &message).freeze()
-            }
-        };
+        let reply =
+            match proxy_settings::answer_proxy_command(c, &mut self.proxy, &mut self.floor, token.as_deref(), simple) {
+                Ok(reply) => reply.freeze(),
+                Err((code, message)) => {
+                    crate::metrics::error(code.as_bytes(), "proxy");
+                    self.discard_until_sync = !simple; // an extended batch skips to its Sync
+                    messages::error_response("ERROR", code, &message).freeze()
+                }
+            };
         self.push_reply(reply);
         if simple {
             self.answer_sync();
@@ -127,7 +128,7 @@ impl Session<'_> {
             fe::DESCRIBE => statements.describe(body),
             fe::EXECUTE => statements.execute(body),
             fe::CLOSE => statements.close(body),
-            fe::SYNC if self.tx_status == b'I' && self.deferred_begin.is_none() => {
+            fe::SYNC if self.tx_status == TxStatus::Idle && self.deferred_begin.is_none() => {
                 statements.transaction_ended();
                 Step::Pass
             }
@@ -175,20 +176,22 @@ impl Session<'_> {
             return false;
         }
         let reply = match (c.tx, self.deferred_begin.is_some()) {
-            (TxControl::Begin { read_only: false }, false) if self.proxy.route != routing::RouteOverride::Leader => {
+            (TxControl::Begin { read_only: false }, false)
+                if self.proxy.route != proxy_settings::RouteOverride::Leader =>
+            {
                 self.deferred_begin = Some(Bytes::copy_from_slice(&self.cbuf[..total]));
-                self.tx_status = b'T';
-                routing::local_transaction_reply("BEGIN", b'T')
+                self.tx_status = TxStatus::InBlock;
+                proxy_settings::local_transaction_reply("BEGIN", TxStatus::InBlock)
             }
             (TxControl::Commit, true) => {
                 self.deferred_begin = None;
-                self.tx_status = b'I';
-                routing::local_transaction_reply("COMMIT", b'I')
+                self.tx_status = TxStatus::Idle;
+                proxy_settings::local_transaction_reply("COMMIT", TxStatus::Idle)
             }
             (TxControl::Rollback, true) => {
                 self.deferred_begin = None;
-                self.tx_status = b'I';
-                routing::local_transaction_reply("ROLLBACK", b'I')
+                self.tx_status = TxStatus::Idle;
+                proxy_settings::local_transaction_reply("ROLLBACK", TxStatus::Idle)
             }
             _ => return false,
         };
@@ -290,7 +293,7 @@ impl Session<'_> {
         self.unit_unnamed = false;
         self.unnamed_here = false;
         // Reads outside a transaction on a follower may be re-run: hold their answers back.
-        if follower && self.tx_status == b'I' && self.deferred_begin.is_none() {
+        if follower && self.tx_status == TxStatus::Idle && self.deferred_begin.is_none() {
             self.hold = Some(std::mem::take(&mut self.spare_hold));
         }
         Ok(())
@@ -302,7 +305,7 @@ fn unreachable(e: &BackendError) -> bool {
     match e {
         BackendError::Io(_) | BackendError::Timeout(_) => true,
         BackendError::Server { code, .. } => {
-            <[u8; 5]>::try_from(code.as_bytes()).is_ok_and(|code| routing::retry_on(&code).is_some())
+            <[u8; 5]>::try_from(code.as_bytes()).is_ok_and(|code| placement::retry_on(&code).is_some())
         }
         _ => false,
     }

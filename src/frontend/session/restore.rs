@@ -12,7 +12,7 @@ impl Session<'_> {
             return true; // the first keyword already rules it out: no second look at the text
         }
         // In a failed transaction PostgreSQL rejects these unchanged (25P02): let it.
-        if self.tx_status == b'E' {
+        if self.tx_status == TxStatus::Failed {
             return true;
         }
         let Some((sql, _)) = messages::read_cstr(&self.cbuf[5..total]) else { return true };
@@ -75,7 +75,7 @@ impl Session<'_> {
             }
             Plan::Answer { tag } => {
                 let mut reply = BytesMut::new();
-                routing::put_command_complete(&mut reply, tag);
+                proxy_settings::put_command_complete(&mut reply, tag);
                 self.push_reply(reply.freeze());
                 self.answer_sync();
                 false
@@ -121,7 +121,7 @@ impl Session<'_> {
                 self.statements.clear();
                 self.sql_statements.clear();
                 if let Some(leased) = self.server.as_mut() {
-                    sql_prepared::server_discarded(&mut leased.lease.sql_statements);
+                    leased.lease.sql_statements.clear();
                 }
             }
         }

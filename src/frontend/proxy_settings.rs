@@ -1,17 +1,10 @@
-//! Per-session routing choices: where a unit of work should run, the session's `pgcausal.*`
-//! settings (answered by the proxy itself), and which server errors make a read safe to re-run.
+//! The session's `pgcausal.*` settings and commands (SET/SHOW/RESET pgcausal.*), answered by
+//! the proxy itself.
 
 use crate::consistency::{parse_token, Floor, Level};
 use crate::protocol::messages;
-use crate::route::{Classification, SessionEffect, Target, TxControl};
+use crate::route::{Classification, SessionEffect};
 use bytes::{BufMut, Bytes, BytesMut};
-
-/// The kind of node a unit of work needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Want {
-    Leader,
-    Follower,
-}
 
 /// `SET pgcausal.route = auto | leader | follower`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -38,42 +31,6 @@ impl RouteOverride {
             RouteOverride::Leader => "leader",
             RouteOverride::Follower => "follower",
         }
-    }
-}
-
-/// Where a statement with this classification runs, given the session's override.
-/// `in_deferred_begin`: a plain BEGIN is waiting for its first statement to pick the node.
-pub fn want(c: &Classification, route: RouteOverride, in_deferred_begin: bool) -> Want {
-    let hard_leader = c.target == Target::Leader && !c.reason.is_soft();
-    match route {
-        RouteOverride::Leader => return Want::Leader,
-        RouteOverride::Follower if !hard_leader => return Want::Follower,
-        _ => {}
-    }
-    if in_deferred_begin {
-        return if c.tx == TxControl::SetTransactionReadOnly { Want::Follower } else { Want::Leader };
-    }
-    match (c.tx, c.target) {
-        (TxControl::Begin { read_only }, _) => {
-            if read_only {
-                Want::Follower
-            } else {
-                Want::Leader
-            }
-        }
-        (_, Target::Follower) => Want::Follower,
-        (_, Target::Leader) => Want::Leader,
-    }
-}
-
-/// Server errors after which a read that sent nothing to the client yet can run again elsewhere:
-/// `Some(true)` means "on the leader" (the follower refused a write), `Some(false)` "on another node".
-pub fn retry_on(sqlstate: &[u8; 5]) -> Option<bool> {
-    match sqlstate {
-        b"25006" => Some(true),                                   // read_only_sql_transaction
-        b"57P01" | b"57P02" | b"57P03" | b"40001" => Some(false), // shutdown, conflict with recovery
-        [b'0', b'8', ..] => Some(false),                          // connection exception
-        _ => None,
     }
 }
 
@@ -214,7 +171,7 @@ fn put_single_value(out: &mut BytesMut, value: &str) {
 
 /// The answer to a standalone BEGIN whose node is chosen by the next statement, and to COMMIT or
 /// ROLLBACK of such a transaction that never ran a statement.
-pub fn local_transaction_reply(tag: &str, status: u8) -> Bytes {
+pub fn local_transaction_reply(tag: &str, status: crate::protocol::TxStatus) -> Bytes {
     let mut out = BytesMut::new();
     put_command_complete(&mut out, tag);
     out.extend_from_slice(&messages::ready_for_query(status));
@@ -232,19 +189,6 @@ mod tests {
     }
 
     #[test]
-    fn wants_follow_classification_overrides_and_deferred_begin() {
-        let auto = RouteOverride::Auto;
-        assert_eq!(want(&c("SELECT 1"), auto, false), Want::Follower);
-        assert_eq!(want(&c("INSERT INTO t VALUES (1)"), auto, false), Want::Leader);
-        assert_eq!(want(&c("BEGIN READ ONLY"), auto, false), Want::Follower);
-        assert_eq!(want(&c("BEGIN"), auto, false), Want::Leader);
-        assert_eq!(want(&c("SET TRANSACTION READ ONLY"), auto, true), Want::Follower);
-        assert_eq!(want(&c("SELECT 1"), auto, true), Want::Leader);
-        assert_eq!(want(&c("SELECT 1"), RouteOverride::Leader, false), Want::Leader);
-        assert_eq!(want(&c("DELETE FROM t"), RouteOverride::Follower, false), Want::Leader);
-    }
-
-    #[test]
     fn proxy_commands_set_show_and_reject() {
         let (mut s, mut f) = (ProxySettings::default(), Floor::new(Level::Causal, None));
         let mut answer = |sql: &str| answer_proxy_command(&c(sql), &mut s, &mut f, Some("1/0/10"), true);
@@ -259,8 +203,5 @@ mod tests {
         assert!(answer("SHOW pgcausal.lsn").unwrap().windows(6).any(|w| w == b"1/0/10"));
         assert_eq!(s.route, RouteOverride::Leader);
         assert_eq!((f.level, f.max_staleness, f.lsn()), (Level::Eventual, Some(Duration::from_millis(250)), 0x3000148));
-        assert_eq!(retry_on(b"25006"), Some(true));
-        assert_eq!(retry_on(b"08006"), Some(false));
-        assert_eq!(retry_on(b"23505"), None);
     }
 }
