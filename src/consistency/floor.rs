@@ -224,31 +224,8 @@ impl Floor {
                 return ReadPlan::Leader(Fallback::LeaderPositionUnknown);
             }
         }
-        // A sample of the last read's node taken after the read completed folds in for free.
-        if let Some((node, incarnation, completed)) = self.last_read {
-            let s = positions.nodes[node].sample();
-            if s.sent_at > completed && s.incarnation == incarnation {
-                self.lsn = self.lsn.max(s.lsn);
-                self.last_read = None;
-            }
-        }
-        // Otherwise staying on that node needs no floor (it only moves forward); moving does.
-        if let Some((node, incarnation, _)) = self.last_read {
-            let s = positions.nodes[node].sample();
-            if followers.contains(&node)
-                && allowed(node)
-                && s.incarnation == incarnation
-                && s.sent_at > 0
-                && s.lsn >= self.lsn
-            {
-                return ReadPlan::Follower(node);
-            }
-            if leader.is_some() {
-                return ReadPlan::LeaderShare;
-            }
-            if !self.fold_last_read(snapshot, positions, policy.wait).await {
-                return ReadPlan::Leader(Fallback::LeaderPositionUnknown);
-            }
+        if let Some(plan) = self.stay_after_last_read(snapshot, positions, policy, leader.is_some(), exclude).await {
+            return plan;
         }
         let floor = self.lsn;
         let reached = |n: usize| {
@@ -259,9 +236,52 @@ impl Floor {
             return plan;
         }
         let candidates: Vec<usize> = followers.iter().copied().filter(|&n| allowed(n)).collect();
+        self.wait_for_floor(positions, policy, &candidates).await
+    }
+
+    /// After a read whose node position is not folded in yet: a sample taken after it completed
+    /// folds in for free; otherwise staying on that node needs no floor (it only moves forward),
+    /// and moving needs the fold (or the sharing leader, which has every write).
+    async fn stay_after_last_read(
+        &mut self,
+        snapshot: &Snapshot,
+        positions: &Positions,
+        policy: &ReadPolicy,
+        leader_shares: bool,
+        exclude: &[usize],
+    ) -> Option<ReadPlan> {
+        if let Some((node, incarnation, completed)) = self.last_read {
+            let s = positions.nodes[node].sample();
+            if s.sent_at > completed && s.incarnation == incarnation {
+                self.lsn = self.lsn.max(s.lsn);
+                self.last_read = None;
+            }
+        }
+        let (node, incarnation, _) = self.last_read?;
+        let s = positions.nodes[node].sample();
+        if snapshot.followers.contains(&node)
+            && !exclude.contains(&node)
+            && s.incarnation == incarnation
+            && s.sent_at > 0
+            && s.lsn >= self.lsn
+        {
+            return Some(ReadPlan::Follower(node));
+        }
+        if leader_shares {
+            return Some(ReadPlan::LeaderShare);
+        }
+        if !self.fold_last_read(snapshot, positions, policy.wait).await {
+            return Some(ReadPlan::Leader(Fallback::LeaderPositionUnknown));
+        }
+        None
+    }
+
+    /// Waits up to `policy.wait` for one of `candidates` to reach the floor.
+    async fn wait_for_floor(&self, positions: &Positions, policy: &ReadPolicy, candidates: &[usize]) -> ReadPlan {
+        let floor = self.lsn;
         let started = std::time::Instant::now();
         let waited =
-            Box::pin(positions.wait_for(&candidates, policy.wait, |_, s| s.sent_at > 0 && s.lsn >= floor)).await;
+            Box::pin(positions.wait_for(candidates, policy.wait, |_, s| s.sent_at > 0 && s.lsn >= floor)).await;
         metrics::histogram!(crate::metrics::CONSISTENCY_WAIT).record(started.elapsed().as_secs_f64());
         match waited {
             Some(node) => ReadPlan::Follower(node),

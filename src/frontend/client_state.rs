@@ -2,11 +2,34 @@
 //! LISTEN or temp tables), tracked from classified SQL with transaction semantics, so it can follow
 //! the client across server connections or pin the client to one.
 
+use super::prepared::ClientStatements;
+use super::proxy_statements::ProxyStatements;
+use super::sql_prepared::ClientSqlStatements;
 use crate::backend::settings::Settings;
 use crate::route::{Classification, Pin, SessionEffect, Unpin};
+use bytes::BytesMut;
 use std::collections::BTreeSet;
 
 /// The client's settings: committed ones, and a working copy while a transaction runs.
+/// Everything a server would keep for this client across its transactions, which the proxy
+/// keeps instead and brings to whichever server connection runs the client's next unit.
+#[derive(Default)]
+pub struct ClientState {
+    /// Session settings, replayed on each server connection the client uses.
+    pub settings: ClientSettings,
+    /// State that ties the client to its current server connection (LISTEN, temp tables, ...).
+    pub pins: Pins,
+    /// Named protocol-level prepared statements.
+    pub statements: ClientStatements,
+    /// Prepared `pgcausal.*` commands (extended protocol), answered by the proxy.
+    pub proxy_statements: ProxyStatements,
+    /// SQL-level prepared statements (PREPARE name AS ...).
+    pub sql_statements: ClientSqlStatements,
+    /// The unnamed statement (its last unnamed Parse, whole), which PostgreSQL keeps across
+    /// Syncs until the next unnamed Parse or simple Query.
+    pub unnamed_parse: BytesMut,
+}
+
 #[derive(Debug, Default)]
 pub struct ClientSettings {
     /// What the client logged in with: RESET returns to these, as in PostgreSQL.

@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod cancel;
 pub mod client_state;
+pub mod client_stream;
 pub mod ddl;
 pub mod inflight;
 pub mod placement;
@@ -17,14 +18,15 @@ pub mod startup;
 
 use crate::error::ProxyError;
 use crate::protocol::messages;
+use client_stream::ClientStream;
 use shared::Shared;
 use std::net::SocketAddr;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Runs one client connection from its first byte to its close.
-pub async fn serve_client(mut stream: TcpStream, peer: SocketAddr, shared: &Shared, count: usize) {
-    let _ = stream.set_nodelay(true);
+pub async fn serve_client(stream: TcpStream, peer: SocketAddr, shared: &Shared, count: usize) {
+    let mut stream = ClientStream::plain(stream);
     if count > shared.config.proxy.max_client_connections {
         fail(&mut stream, &ProxyError::TooManyClients).await;
         return;

@@ -1,6 +1,7 @@
 //! Connection start: encryption requests, the startup packet, protocol negotiation, authentication.
 
 use super::auth::{md5_expected, ScramExchange};
+use super::client_stream::ClientStream;
 use crate::config::AuthMethod;
 use crate::error::ProxyError;
 use crate::frontend::shared::Shared;
@@ -9,7 +10,6 @@ use crate::protocol::{fe, framing, messages};
 use bytes::BytesMut;
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Authentication messages are small; PostgreSQL uses the same cap.
 const MAX_AUTH_MESSAGE: usize = 10_000;
@@ -26,7 +26,7 @@ pub struct ClientLogin {
 }
 
 /// Runs the handshake; Ok(None) means the connection was a cancel request and is done.
-pub async fn handshake(stream: &mut TcpStream, shared: &Shared) -> Result<Option<ClientLogin>, ProxyError> {
+pub async fn handshake(stream: &mut ClientStream, shared: &Shared) -> Result<Option<ClientLogin>, ProxyError> {
     loop {
         let mut head = [0u8; 4];
         stream.read_exact(&mut head).await?;
@@ -63,7 +63,7 @@ async fn forward_cancel(shared: &Shared, pid: u32, secret: u32) {
 }
 
 async fn login(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     shared: &Shared,
     minor: i32,
     mut params: Vec<(String, String)>,
@@ -105,7 +105,7 @@ async fn login(
 }
 
 /// Reads one password-family message ('p') during authentication.
-async fn read_password_message(stream: &mut TcpStream) -> Result<Vec<u8>, ProxyError> {
+async fn read_password_message(stream: &mut ClientStream) -> Result<Vec<u8>, ProxyError> {
     let mut head = [0u8; framing::HEADER_LEN];
     stream.read_exact(&mut head).await?;
     let (tag, total) = framing::peek_header(&head, MAX_AUTH_MESSAGE)?.expect("header is complete");
@@ -117,7 +117,7 @@ async fn read_password_message(stream: &mut TcpStream) -> Result<Vec<u8>, ProxyE
     Ok(body)
 }
 
-async fn md5(stream: &mut TcpStream, user: &str, password: &str) -> Result<bool, ProxyError> {
+async fn md5(stream: &mut ClientStream, user: &str, password: &str) -> Result<bool, ProxyError> {
     let mut salt = [0u8; 4];
     rand::thread_rng().fill_bytes(&mut salt);
     let mut out = BytesMut::new();
@@ -128,7 +128,7 @@ async fn md5(stream: &mut TcpStream, user: &str, password: &str) -> Result<bool,
     Ok(answer == md5_expected(user, password, salt).as_bytes())
 }
 
-async fn scram(stream: &mut TcpStream, shared: &Shared, user: &str) -> Result<bool, ProxyError> {
+async fn scram(stream: &mut ClientStream, shared: &Shared, user: &str) -> Result<bool, ProxyError> {
     let secret = &shared.scram[user];
     let mut out = BytesMut::new();
     messages::put_auth(&mut out, 10, b"SCRAM-SHA-256\0\0");

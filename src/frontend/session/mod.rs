@@ -6,19 +6,20 @@
 //! ReadyForQuery) → `to_client` → client socket. Both directions are pumped in one `select!`, so
 //! a client that pipelines more than the socket buffers hold can never deadlock the server.
 
+mod login;
 mod output;
 mod restore;
 mod unit;
 
 use super::cancel::CancelKey;
-use super::client_state::{ClientSettings, Pins};
+use super::client_state::{ClientSettings, ClientState};
+use super::client_stream::ClientStream;
 use super::inflight::{Inflight, Request};
 use super::placement::{self, Want};
-use super::prepared::ClientStatements;
 use super::proxy_settings::{self, ProxySettings};
-use super::proxy_statements::{ProxyStatements, Step};
+use super::proxy_statements::Step;
 use super::requests::{answer_without_server, answerable_without_server, Outbound, Refused};
-use super::sql_prepared::{self, ClientSqlStatements, Plan, SqlPrepare};
+use super::sql_prepared::{self, Plan, SqlPrepare};
 use super::startup::{put_login_ok, ClientLogin};
 use crate::backend::settings::Settings;
 use crate::backend::statements::ServerStatements;
@@ -37,13 +38,12 @@ use std::io;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 
 /// Stop reading a side while this much is queued for the other.
 const HIGH_WATER: usize = 256 * 1024;
 
-/// The server connection a session holds, with where it is in the server's output.
+/// The server connection a session holds, with where it is in the server's output and what
+/// this lease of it has done: created at lease, dropped when the connection goes back or is closed.
 struct Leased {
     lease: Lease,
     node: usize,
@@ -53,6 +53,27 @@ struct Leased {
     incarnation: i64,
     scanner: BackendScanner,
     _outstanding: Outstanding,
+    /// Something was executed on it (the work can no longer move to another node).
+    executed: bool,
+    /// An unnamed statement was parsed on it (it lives only on this connection).
+    unnamed_parsed: bool,
+    /// It holds the client's unnamed statement.
+    unnamed_here: bool,
+    /// An LSN query was injected after a write (`consistency.write_lsn = same_connection`).
+    lsn_probe_sent: bool,
+    /// It ran DDL, DO/CALL or an unparsed statement: it may hold or have dropped temporary
+    /// objects, which the server is asked about once it is idle.
+    temp_check_due: bool,
+    /// It may hold another client's `nextval` state, which this unit must not see.
+    foreign_sequences: bool,
+    /// The unit reads node- or backend-local views: other clients' SQL-level statements go first.
+    drop_foreign_statements: bool,
+    /// Its settings must be brought back to the client's before the next unit (held connections:
+    /// a RESET of a startup setting went to the server's own default).
+    resync_due: bool,
+    /// SQL-level PREPAREs sent on it whose answers are still to come (client's own: true),
+    /// forgotten if they fail.
+    sql_prepares: Vec<(String, bool)>,
 }
 
 /// A read unit on a follower whose answer is held back until its first row (or completion), so
@@ -76,6 +97,52 @@ enum HoldEvent {
     },
 }
 
+/// One unit of work: a transaction, or a statement outside one. It lives from the unit's first
+/// message (a deferred BEGIN included) through any re-runs on other nodes until the server's
+/// ReadyForQuery ends it (or the connection is lost); `end_unit` is the one place it is reset.
+#[derive(Default)]
+struct Unit {
+    /// A statement that writes ran (its commit raises the floor).
+    wrote: bool,
+    /// A plain BEGIN answered by the proxy, sent with the first statement that picks the node.
+    deferred_begin: Option<Bytes>,
+    /// The answer of a read on a follower, held back until it can no longer need a re-run.
+    hold: Option<Hold>,
+    /// Re-runs so far (bounded, so a failing statement cannot loop).
+    retries: u8,
+    /// The next lease goes to the leader (a follower refused the unit as a write).
+    force_leader: bool,
+    /// Nodes not to use for the next lease (they just failed the unit).
+    exclude: Vec<usize>,
+}
+
+/// This client's pools (its database and user) on each node, and the connections it prefers.
+struct ClientPools {
+    /// Looked up once per node, on first use.
+    by_node: Vec<Option<Pool>>,
+    affinity: Affinity,
+}
+
+/// Which of the pools' connections this client prefers: (node, server pid).
+#[derive(Default)]
+struct Affinity {
+    /// The connection of the last writing unit on the leader: where its `nextval` state is,
+    /// for a later `currval`/`lastval`.
+    sequences: Option<(usize, u32)>,
+    /// The connection of the last unit: taken again when idle, so clients tend to keep their
+    /// own backends (less mixing of backend-local state).
+    last: Option<(usize, u32)>,
+}
+
+/// What a unit needs from the connection it leases, beyond the kind of node.
+#[derive(Default, Clone, Copy)]
+struct Needs {
+    /// It calls `currval`/`lastval`: the connection where the client's `nextval` ran.
+    sequence_state: bool,
+    /// It reads node- or backend-local views (pg_prepared_statements, ...).
+    node_local: bool,
+}
+
 enum Event {
     ClientRead(usize),
     ServerRead(usize),
@@ -83,36 +150,35 @@ enum Event {
     ServerFailed(io::Error),
 }
 
+/// What processing a client message leaves the loop to do.
+enum Flow {
+    /// Go on with the next message.
+    Next,
+    /// Stop reading messages until the server makes progress (the unit must end first).
+    Pause,
+}
+
 pub struct Session<'a> {
     shared: &'a Shared,
     login: ClientLogin,
     key: CancelKey,
-    mode: PoolMode,
-    client_rd: OwnedReadHalf,
-    client_wr: OwnedWriteHalf,
+    /// This session, among all sessions since start (whose state a server connection holds).
+    id: u64,
+    client: ClientStream,
     cbuf: BytesMut,
+    /// Bytes at the start of `cbuf` that are a unit being sent again.
+    replaying: usize,
     to_client: BytesMut,
     to_server: BytesMut,
     server: Option<Leased>,
-    /// This session's pool on each node, looked up once.
-    pools: Vec<Option<Pool>>,
+    pools: ClientPools,
     /// Requests sent (or answered by the proxy) whose answers are still to come, in order.
     inflight: Inflight,
-    /// The client's named prepared statements.
-    statements: ClientStatements,
-    /// The client's prepared `pgcausal.*` commands (extended protocol), answered by the proxy.
-    proxy_statements: ProxyStatements,
-    /// The client's SQL-level prepared statements (PREPARE name AS ...).
-    sql_statements: ClientSqlStatements,
-    /// SQL-level PREPAREs sent in the current unit (client's own: true), forgotten if it fails.
-    sql_prepares: Vec<(String, bool)>,
-    /// The client's session settings, replayed on each server connection it uses.
-    settings: ClientSettings,
-    /// State that ties the client to its current server connection (LISTEN, temp tables, ...).
-    pins: Pins,
+    /// What a server would keep for this client: settings, pins, prepared statements.
+    state: ClientState,
     /// Extended-protocol messages went out after the last Sync: the server must be kept.
     unsynced: bool,
-    /// Transaction status from the last ReadyForQuery ('I', 'T' or 'E').
+    /// Transaction status from the last ReadyForQuery.
     tx_status: TxStatus,
     /// After the proxy failed a message of an extended batch, skip to Sync as a server would.
     discard_until_sync: bool,
@@ -121,181 +187,59 @@ pub struct Session<'a> {
     proxy: ProxySettings,
     /// The session's consistency level and LSN floor.
     floor: Floor,
-    /// The current unit ran a statement that writes (its commit raises the floor).
-    unit_wrote: bool,
-    /// An LSN query was injected after a write (`consistency.write_lsn = same_connection`).
-    lsn_probe_sent: bool,
-    /// The current unit ran DDL, DO/CALL or an unparsed statement: it may have made or
-    /// dropped temporary objects, which the server is asked about once the unit is over.
-    unit_ddl: bool,
-    /// The current unit has executed something (it can no longer move to another node).
-    unit_executed: bool,
-    /// The current unit parsed an unnamed statement (it lives only on this connection).
-    unit_unnamed: bool,
-    /// A plain BEGIN answered by the proxy, sent with the first statement that picks the node.
-    deferred_begin: Option<Bytes>,
-    hold: Option<Hold>,
+    unit: Unit,
     /// The buffers of the last hold, kept for the next (no allocation per read unit).
     spare_hold: Hold,
-    /// Bytes at the start of `cbuf` that are a unit being sent again.
-    replaying: usize,
-    /// Retries of the current unit (bounded, so a failing statement cannot loop).
-    unit_retries: u8,
-    /// The next lease goes to the leader (a follower refused the unit as a write).
-    force_leader: bool,
-    /// Nodes not to use for the next lease (they just failed the unit).
-    exclude: Vec<usize>,
-    /// The client's unnamed statement (its last unnamed Parse, whole), which PostgreSQL keeps
-    /// across Syncs until the next unnamed Parse or simple Query.
-    unnamed_parse: BytesMut,
-    /// The leased connection holds the client's unnamed statement.
-    unnamed_here: bool,
-    /// The held connection's settings must be brought back to the client's before its next
-    /// unit (a RESET of a startup setting went to the server's own default).
-    resync_due: bool,
-    /// This session, among all sessions since start (whose state a server connection holds).
-    id: u64,
-    /// (node, server pid) of the connection of this client's last writing unit on the leader:
-    /// where its `nextval` state is, for a later `currval`/`lastval`.
-    sequence_home: Option<(usize, u32)>,
-    /// (node, server pid) of the connection of this client's last unit: taken again when idle,
-    /// so clients tend to keep their own backends (less mixing of backend-local state).
-    last_conn: Option<(usize, u32)>,
-    /// The unit being leased calls `currval`/`lastval`.
-    sequence_unit: bool,
-    /// The unit being leased reads node- or backend-local views (pg_prepared_statements, ...).
-    node_local_unit: bool,
-    /// The leased connection may hold another client's `nextval` state, which that unit must not see.
-    discard_sequences: bool,
 }
 
 /// Numbers sessions (never reused, unlike cancel keys).
 static NEXT_SESSION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Runs a logged-in client to the end of its session.
-pub async fn run(stream: TcpStream, login: ClientLogin, shared: &Shared) -> Result<(), ProxyError> {
-    let (client_rd, client_wr) = stream.into_split();
+pub async fn run(client: ClientStream, login: ClientLogin, shared: &Shared) -> Result<(), ProxyError> {
     let mut session = Session {
         key: shared.cancels.register(),
-        mode: shared.config.proxy.pool_mode,
-        client_rd,
-        client_wr,
+        id: NEXT_SESSION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        client,
         // Small to start: idle clients should cost little; reads reserve room as they go.
         cbuf: BytesMut::with_capacity(1024),
+        replaying: 0,
         to_client: BytesMut::new(),
         to_server: BytesMut::new(),
         server: None,
-        pools: vec![None; shared.config.nodes.len()],
+        pools: ClientPools { by_node: vec![None; shared.config.nodes.len()], affinity: Affinity::default() },
         inflight: Inflight::default(),
-        statements: ClientStatements::default(),
-        sql_statements: ClientSqlStatements::default(),
-        proxy_statements: ProxyStatements::default(),
-        sql_prepares: Vec::new(),
-        settings: ClientSettings::default(),
-        pins: Pins::default(),
+        state: ClientState::default(),
         unsynced: false,
         tx_status: TxStatus::Idle,
         discard_until_sync: false,
         closing: false,
         proxy: ProxySettings::default(),
         floor: Floor::new(shared.config.consistency.level, shared.config.consistency.max_staleness),
-        unit_wrote: false,
-        unit_ddl: false,
-        lsn_probe_sent: false,
-        unit_executed: false,
-        unit_unnamed: false,
-        deferred_begin: None,
-        hold: None,
+        unit: Unit::default(),
         spare_hold: Hold::default(),
-        replaying: 0,
-        unit_retries: 0,
-        force_leader: false,
-        exclude: Vec::new(),
-        unnamed_parse: BytesMut::new(),
-        unnamed_here: false,
-        resync_due: false,
-        id: NEXT_SESSION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        sequence_home: None,
-        last_conn: None,
-        sequence_unit: false,
-        node_local_unit: false,
-        discard_sequences: false,
         login,
         shared,
     };
     // Login and failure paths are boxed: their state would otherwise sit in every session's future.
     if let Err(e) = Box::pin(session.start()).await {
-        Box::pin(super::fail(&mut session.client_wr, &e)).await;
+        Box::pin(super::fail(&mut session.client.writer, &e)).await;
         return Err(e);
     }
     let result = session.pump().await;
     if let Err(e) = &result {
-        Box::pin(super::fail(&mut session.client_wr, e)).await;
+        Box::pin(super::fail(&mut session.client.writer, e)).await;
     }
     session.finish();
     result
 }
 
 impl Session<'_> {
-    /// Completes the client's login. The first login with a set of startup settings leases a
-    /// leader connection (which proves the database and role work), applies the settings there,
-    /// and passes on the ParameterStatus values the server reports. In transaction mode later
-    /// logins with the same settings are answered from those values without a server, so a busy
-    /// leader pool does not keep clients from logging in; their settings reach each server
-    /// connection with their first unit of work, like any SET.
-    async fn start(&mut self) -> Result<(), ProxyError> {
-        let mut startup = Settings::default();
-        let mut server_startup = Vec::new();
-        for (name, value) in startup_settings(&self.login.params) {
-            if name.to_ascii_lowercase().starts_with("pgcausal.") {
-                proxy_settings::apply_setting(&name, Some(&value), &mut self.proxy, &mut self.floor)
-                    .map_err(|(_, message)| ProxyError::Protocol(format!("invalid startup option: {message}")))?;
-            } else {
-                startup.set_text(&name, &value);
-                server_startup.push((name, value));
-            }
-        }
-        let mut out = BytesMut::new();
-        if let Some(params) = self.remembered_login(&server_startup) {
-            self.settings = ClientSettings::from_startup(startup);
-            put_login_ok(&mut out, &params, self.key.pid, self.key.secret);
-            self.client_wr.write_all(&out).await?;
-            return Ok(());
-        }
-        self.acquire(Want::Leader).await?;
-        self.hold = None;
-        let leased = self.server.as_mut().expect("just acquired");
-        let conn = &mut *leased.lease;
-        // Applied here rather than injected, so the ParameterStatus the client sees reflect them.
-        if let Some(sql) = startup.sync_sql(&conn.settings) {
-            conn.run(&sql).await?;
-            conn.settings = startup.clone();
-        }
-        if let Some(pool) = &self.pools[leased.node] {
-            pool.remember_login_params(server_startup, &conn.params);
-        }
-        self.settings = ClientSettings::from_startup(startup);
-        put_login_ok(&mut out, &conn.params, self.key.pid, self.key.secret);
-        self.client_wr.write_all(&out).await?;
-        self.maybe_release();
-        Ok(())
-    }
-
-    /// What an earlier login with these startup settings was told by the current leader's pool
-    /// (transaction mode only: session mode keeps the leased connection anyway).
-    fn remembered_login(&mut self, startup: &[(String, String)]) -> Option<crate::backend::pool::LoginParams> {
-        if self.mode != PoolMode::Transaction {
-            return None;
-        }
-        let leader = self.shared.topology.snapshot().leader?;
-        self.node_pool(leader).login_params(startup)
-    }
-
     async fn pump(&mut self) -> Result<(), ProxyError> {
         loop {
             self.process_client().await?;
             self.write_through_to_server()?;
-            if self.unit_ddl {
+            if self.server.as_ref().is_some_and(|l| l.temp_check_due) {
                 self.check_temp_objects().await?; // an async call only after units that may need it
             }
             let released = self.maybe_release();
@@ -322,7 +266,7 @@ impl Session<'_> {
             self.cbuf.reserve(8 * 1024);
         }
         let want_server = self.to_client.len() < HIGH_WATER;
-        let (client_rd, client_wr) = (&mut self.client_rd, &mut self.client_wr);
+        let (client_rd, client_wr) = (&mut self.client.reader, &mut self.client.writer);
         let (cbuf, to_client, to_server) = (&mut self.cbuf, &mut self.to_client, &mut self.to_server);
         let Some(leased) = self.server.as_mut() else {
             // Idle between units: give back what a large result or COPY made the buffers grow to.
@@ -384,7 +328,8 @@ impl Session<'_> {
     }
 
     /// Frames complete client messages, routes each unit of work to a node, and queues the
-    /// messages for its server connection.
+    /// messages for its server connection: each message is answered by the proxy, or finds its
+    /// server connection and goes to it.
     async fn process_client(&mut self) -> Result<(), ProxyError> {
         let max = self.shared.config.proxy.max_message_size;
         while self.to_server.len() < HIGH_WATER {
@@ -402,134 +347,169 @@ impl Session<'_> {
                 continue;
             }
             let class = self.classify_message(tag, total);
-            if let Some(c) = class.as_deref().filter(|c| matches!(tag, fe::QUERY | fe::PARSE) && c.has_proxy_command())
-            {
-                if !c.is_proxy_command() {
-                    // Sent on, PostgreSQL would keep it as a custom setting on a shared connection.
-                    self.refuse_message(tag, total, &ProxyError::ProxyCommandNotAlone);
-                    continue;
-                }
-                if tag == fe::QUERY {
-                    Box::pin(self.answer_proxy_command(c, true)).await;
-                    self.consume(total);
-                    continue;
-                }
-            }
-            let step = self.proxy_statement_step(tag, total, class.as_ref());
-            if !matches!(step, Step::Pass) {
-                self.take_proxy_step(step, total).await;
+            if self.answered_by_proxy(tag, total, class.as_ref()).await {
                 continue;
             }
-            if self.resync_due && self.server_is_clean() {
-                self.resync_due = false;
-                if let Err(e) = self.prepare_server_if_needed().await {
-                    self.refuse_message(tag, total, &e);
-                    continue;
-                }
-            }
-            if self.server.is_none() {
-                let msg = &self.cbuf[..total];
-                let schema = self.shared.ddl.generation();
-                if answerable_without_server(tag, msg) {
-                    self.discard_until_sync = false;
-                    self.unsynced = false;
-                    let result = answer_without_server(
-                        tag,
-                        msg,
-                        &mut self.statements,
-                        &mut self.inflight,
-                        &mut self.to_client,
-                        self.tx_status,
-                        schema,
-                    );
-                    self.consume(total);
-                    self.refused(result?);
-                    continue;
-                }
-                if self.answer_transaction_control(tag, total, class.as_deref()) {
-                    self.consume(total);
-                    continue;
-                }
-                let want = self.want(class.as_deref());
-                self.sequence_unit = class.as_deref().is_some_and(|c| c.sequence_state);
-                self.node_local_unit = class.as_deref().is_some_and(|c| c.reason == crate::route::Reason::NodeLocal);
-                if let Err(e) = self.acquire(want).await {
-                    self.refuse_message(tag, total, &e);
-                    continue;
-                }
-                if let Err(e) = self.prepare_server_if_needed().await {
-                    self.refuse_message(tag, total, &e);
-                    continue;
-                }
-                self.send_deferred_begin();
-            } else if self.must_wait_for_another_node(class.as_deref()) {
-                break;
-            }
-            self.discard_until_sync = false;
-            self.account(tag);
-            // Session state changes when SQL runs: a Query, an unnamed Parse (bound right away),
-            // or the Bind of a named statement (a named Parse alone runs nothing).
-            let named = self.cbuf.get(5).is_some_and(|&b| b != 0);
-            let observe = match tag {
-                fe::QUERY => class.as_deref(),
-                fe::PARSE if !named => class.as_deref(),
-                fe::BIND
-                    if self.cbuf[5..total]
-                        .iter()
-                        .position(|&b| b == 0)
-                        .is_some_and(|p| self.cbuf.get(6 + p) != Some(&0)) =>
-                {
-                    class.as_deref()
-                }
-                _ => None,
-            };
-            if let Some(c) = &class {
-                self.unit_wrote |= c.writes;
-                self.unit_ddl |= may_touch_temp_objects(c);
-            }
-            // Recorded once the message has gone out: the DDL statement itself is not affected.
-            let ddl = observe.as_ref().filter(|c| is_ddl(c)).and_then(|_| self.ddl_sql(tag, total));
-            if let Some(c) = observe.as_ref().filter(|_| tag != fe::BIND) {
-                self.observe_sql(c);
-            }
-            if tag == fe::FLUSH {
-                // The client now waits for what was answered so far: nothing may be held back.
-                self.release_hold();
-            }
-            if tag == fe::QUERY && !self.plan_sql_prepare(total, class.as_deref()).await {
-                self.consume(total);
+            if self.server.is_none() && self.answered_without_server(tag, total, class.as_deref())? {
                 continue;
             }
-            self.track_unnamed(tag, total);
-            if let Some(hold) = self.hold.as_mut() {
-                hold.replay.extend_from_slice(&self.cbuf[..total]);
+            match self.find_server(class.as_deref()).await {
+                Ok(Flow::Next) => {}
+                Ok(Flow::Pause) => break,
+                Err(e) => {
+                    self.refuse_message(tag, total, &e);
+                    continue;
+                }
             }
-            let leased = self.server.as_mut().expect("leased above");
-            let mut outbound = Outbound {
-                to_server: &mut self.to_server,
-                to_client: match self.hold.as_mut() {
-                    Some(h) => &mut h.held,
-                    None => &mut self.to_client,
-                },
-                inflight: &mut self.inflight,
-                server: &mut leased.lease.statements,
-                client: &mut self.statements,
-                replaying: self.replaying > 0,
-                schema: self.shared.ddl.generation(),
-                ddl: &self.shared.ddl,
-            };
-            let result = outbound.message(tag, &self.cbuf[..total]);
-            if let Some(ddl) = ddl {
-                self.shared.ddl.record(&String::from_utf8_lossy(&ddl));
-            }
-            if let Some(c) = observe.as_ref().filter(|_| tag == fe::BIND) {
-                // After the Bind went out: a statement like DISCARD ALL may drop the client's statements.
-                self.observe_sql(c);
-            }
-            self.consume(total);
-            self.refused(result?);
+            self.forward(tag, total, class.as_deref()).await?;
         }
         Ok(())
+    }
+
+    /// `pgcausal.*` commands, simple or prepared, which the proxy answers itself (consumed).
+    async fn answered_by_proxy(&mut self, tag: u8, total: usize, class: Option<&Arc<Classification>>) -> bool {
+        if let Some(c) = class.filter(|c| matches!(tag, fe::QUERY | fe::PARSE) && c.has_proxy_command()) {
+            if !c.is_proxy_command() {
+                // Sent on, PostgreSQL would keep it as a custom setting on a shared connection.
+                self.refuse_message(tag, total, &ProxyError::ProxyCommandNotAlone);
+                return true;
+            }
+            if tag == fe::QUERY {
+                Box::pin(self.answer_proxy_command(c, true)).await;
+                self.consume(total);
+                return true;
+            }
+        }
+        let step = self.proxy_statement_step(tag, total, class);
+        if matches!(step, Step::Pass) {
+            return false;
+        }
+        self.take_proxy_step(step, total).await;
+        true
+    }
+
+    /// Makes sure the message has its server connection, in the client's state: leases one for
+    /// a new unit, or pauses when the unit on the held one must end first.
+    async fn find_server(&mut self, class: Option<&Classification>) -> Result<Flow, ProxyError> {
+        if self.server.as_ref().is_some_and(|l| l.resync_due) && self.server_is_clean() {
+            self.server.as_mut().expect("held").resync_due = false;
+            self.prepare_server_if_needed().await?;
+        }
+        if self.server.is_some() {
+            return Ok(if self.must_wait_for_another_node(class) { Flow::Pause } else { Flow::Next });
+        }
+        let want = self.want(class);
+        let needs = Needs {
+            sequence_state: class.is_some_and(|c| c.sequence_state),
+            node_local: class.is_some_and(|c| c.reason == crate::route::Reason::NodeLocal),
+        };
+        self.acquire(want, needs).await?;
+        self.prepare_server_if_needed().await?;
+        self.send_deferred_begin();
+        Ok(Flow::Next)
+    }
+
+    /// Messages answered with no server at all: a Sync or Close with nothing to sync, a plain
+    /// BEGIN (deferred), COMMIT/ROLLBACK of a deferred BEGIN. Consumed when true.
+    fn answered_without_server(
+        &mut self,
+        tag: u8,
+        total: usize,
+        class: Option<&Classification>,
+    ) -> Result<bool, ProxyError> {
+        let msg = &self.cbuf[..total];
+        if answerable_without_server(tag, msg) {
+            self.discard_until_sync = false;
+            self.unsynced = false;
+            let schema = self.shared.ddl.generation();
+            let (statements, inflight) = (&mut self.state.statements, &mut self.inflight);
+            let result =
+                answer_without_server(tag, msg, statements, inflight, &mut self.to_client, self.tx_status, schema);
+            self.consume(total);
+            self.refused(result?);
+            return Ok(true);
+        }
+        if self.answer_transaction_control(tag, total, class) {
+            self.consume(total);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Sends one message of the unit to its server connection, tracking the session state it
+    /// changes and the requests whose answers are due.
+    async fn forward(&mut self, tag: u8, total: usize, class: Option<&Classification>) -> Result<(), ProxyError> {
+        self.discard_until_sync = false;
+        self.account(tag);
+        let observe = self.observed(tag, total, class);
+        if let Some(c) = class {
+            self.unit.wrote |= c.writes;
+            if may_touch_temp_objects(c) {
+                self.server.as_mut().expect("leased").temp_check_due = true;
+            }
+        }
+        // Recorded once the message has gone out: the DDL statement itself is not affected.
+        let ddl = observe.filter(|c| is_ddl(c)).and_then(|_| self.ddl_sql(tag, total));
+        if let Some(c) = observe.filter(|_| tag != fe::BIND) {
+            self.observe_sql(c);
+        }
+        if tag == fe::FLUSH {
+            // The client now waits for what was answered so far: nothing may be held back.
+            self.release_hold();
+        }
+        if tag == fe::QUERY && !self.plan_sql_prepare(total, class).await {
+            self.consume(total);
+            return Ok(());
+        }
+        self.track_unnamed(tag, total);
+        if let Some(hold) = self.unit.hold.as_mut() {
+            hold.replay.extend_from_slice(&self.cbuf[..total]);
+        }
+        let leased = self.server.as_mut().expect("leased above");
+        let mut outbound = Outbound {
+            to_server: &mut self.to_server,
+            to_client: match self.unit.hold.as_mut() {
+                Some(h) => &mut h.held,
+                None => &mut self.to_client,
+            },
+            inflight: &mut self.inflight,
+            server: &mut leased.lease.statements,
+            client: &mut self.state.statements,
+            replaying: self.replaying > 0,
+            schema: self.shared.ddl.generation(),
+            ddl: &self.shared.ddl,
+        };
+        let result = outbound.message(tag, &self.cbuf[..total]);
+        if let Some(ddl) = ddl {
+            self.shared.ddl.record(&String::from_utf8_lossy(&ddl));
+        }
+        if let Some(c) = observe.filter(|_| tag == fe::BIND) {
+            // After the Bind went out: a statement like DISCARD ALL may drop the client's statements.
+            self.observe_sql(c);
+        }
+        self.consume(total);
+        self.refused(result?);
+        Ok(())
+    }
+
+    /// The classification whose session effects this message has: session state changes when
+    /// SQL runs, that is a Query, an unnamed Parse (bound right away), or the Bind of a named
+    /// statement (a named Parse alone runs nothing).
+    fn observed<'c>(&self, tag: u8, total: usize, class: Option<&'c Classification>) -> Option<&'c Classification> {
+        let named = self.cbuf.get(5).is_some_and(|&b| b != 0);
+        match tag {
+            fe::QUERY => class,
+            fe::PARSE if !named => class,
+            fe::BIND
+                if self.cbuf[5..total]
+                    .iter()
+                    .position(|&b| b == 0)
+                    .is_some_and(|p| self.cbuf.get(6 + p) != Some(&0)) =>
+            {
+                class
+            }
+            _ => None,
+        }
     }
 
     /// A message the proxy refused like PostgreSQL would: its error, then skip to Sync.
@@ -543,22 +523,23 @@ impl Session<'_> {
 
     /// Per-message bookkeeping: whether the server must be kept until a Sync, and query counts.
     fn account(&mut self, tag: u8) {
-        let node = self.server.as_ref().map_or(0, |l| l.node);
+        let leased = self.server.as_mut().expect("accounted on its server");
+        let queries = &self.shared.pools.nodes[leased.node].metrics.queries;
         match tag {
             fe::SYNC => self.unsynced = false,
             fe::PARSE => {
                 self.unsynced = true;
-                self.unit_unnamed |= self.cbuf.get(5) == Some(&0);
+                leased.unnamed_parsed |= self.cbuf.get(5) == Some(&0);
             }
             fe::BIND | fe::DESCRIBE | fe::CLOSE | fe::FLUSH => self.unsynced = true,
             fe::EXECUTE => {
                 self.unsynced = true;
-                self.unit_executed = true;
-                self.shared.pools.nodes[node].metrics.queries.increment(1);
+                leased.executed = true;
+                queries.increment(1);
             }
             fe::QUERY | fe::FUNCTION_CALL => {
-                self.unit_executed = true;
-                self.shared.pools.nodes[node].metrics.queries.increment(1);
+                leased.executed = true;
+                queries.increment(1);
             }
             _ => {}
         }
@@ -603,7 +584,8 @@ impl Session<'_> {
             self.key.target.clear();
             if clean {
                 // Pinned state (LISTEN, temp tables, locks) must not reach the next client.
-                leased.lease.needs_reset = self.mode == PoolMode::Session || self.pins.is_pinned();
+                leased.lease.needs_reset =
+                    self.shared.config.proxy.pool_mode == PoolMode::Session || self.state.pins.is_pinned();
             } else {
                 leased.lease.discard();
             }
@@ -644,49 +626,13 @@ fn sql_text(sql: &[u8]) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Startup parameters to apply as settings: everything but user/database, with `options`
-/// (`-c name=value` or `--name=value`) expanded.
-fn startup_settings(params: &[(String, String)]) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for (name, value) in params {
-        if name != "options" {
-            out.push((name.clone(), value.clone()));
-            continue;
-        }
-        let mut words = value.split_whitespace();
-        while let Some(word) = words.next() {
-            let setting = match word {
-                "-c" => words.next(),
-                w => w.strip_prefix("--").or_else(|| w.strip_prefix("-c")),
-            };
-            if let Some((k, v)) = setting.and_then(|s| s.split_once('=')) {
-                out.push((k.replace('-', "_"), v.to_string()));
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::restore::starts_with_word;
     use super::*;
 
     #[test]
-    fn startup_options_expand_to_settings() {
-        let params = vec![
-            ("application_name".to_string(), "psql".to_string()),
-            ("options".to_string(), "-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB".to_string()),
-        ];
-        assert_eq!(
-            startup_settings(&params),
-            vec![
-                ("application_name".to_string(), "psql".to_string()),
-                ("search_path".to_string(), "a,b".to_string()),
-                ("statement_timeout".to_string(), "5s".to_string()),
-                ("work_mem".to_string(), "4MB".to_string()),
-            ]
-        );
+    fn statements_start_with_whole_words() {
         assert!(starts_with_word(b"  DEALLOCATE ALL", b"deallocate"));
     }
 

@@ -13,19 +13,21 @@ impl Session<'_> {
             inflight: &mut self.inflight,
             statements: &mut conn.statements,
             tx_status: &mut self.tx_status,
-            settings: &mut self.settings,
+            settings: &mut self.state.settings,
             server_settings: &mut conn.settings,
             server_params: &mut conn.params,
-            holding: self.hold.is_some(),
+            holding: self.unit.hold.is_some(),
             hold_event: None,
             first_error: None,
             transaction_ended: false,
-            capture_lsn: self.lsn_probe_sent,
+            capture_lsn: leased.lsn_probe_sent,
             captured_lsn: None,
-            between_units_ours: self.mode == PoolMode::Transaction && !self.pins.is_pinned() && !self.unsynced,
+            between_units_ours: self.shared.config.proxy.pool_mode == PoolMode::Transaction
+                && !self.state.pins.is_pinned()
+                && !self.unsynced,
             closed_between_units: None,
         };
-        let out = match self.hold.as_mut() {
+        let out = match self.unit.hold.as_mut() {
             Some(h) => &mut h.held,
             None => &mut self.to_client,
         };
@@ -37,17 +39,17 @@ impl Session<'_> {
         let transaction_ended = sink.transaction_ended;
         let closed_between_units = sink.closed_between_units.take();
         if let Some(lsn) = sink.captured_lsn {
-            self.lsn_probe_sent = false;
+            leased.lsn_probe_sent = false;
             self.floor.write_position(lsn);
         }
-        if let Some(code) = first_error.filter(|_| !self.sql_prepares.is_empty()) {
+        if let Some(code) = first_error.filter(|_| !leased.sql_prepares.is_empty()) {
             self.sql_prepare_failed(&code);
         }
         if self.inflight.is_empty() {
-            self.sql_prepares.clear();
+            self.server.as_mut().expect("still held").sql_prepares.clear();
         }
         match hold_event {
-            Some(HoldEvent::Retry { leader, code }) if self.unit_retries < 3 => {
+            Some(HoldEvent::Retry { leader, code }) if self.unit.retries < 3 => {
                 self.retry_unit(leader, &String::from_utf8_lossy(&code));
                 return Ok(());
             }
@@ -55,37 +57,50 @@ impl Session<'_> {
             None => {}
         }
         if transaction_ended {
-            let leased = self.server.as_ref().expect("still held");
-            self.floor.unit_ended(leased.node, leased.follower, leased.incarnation, self.unit_wrote);
-            self.last_conn = Some((leased.node, leased.lease.pid));
-            if self.unit_wrote && !leased.follower {
-                self.sequence_home = self.last_conn;
-            }
-            let same_connection = self.shared.config.consistency.write_lsn == WriteLsn::SameConnection;
-            if self.unit_wrote && !leased.follower && same_connection && self.floor.level.read_your_writes() {
-                // Ask the write's own connection where WAL ends now; it returns to the pool after.
-                let _ = postgres_protocol::message::frontend::query(LSN_QUERY, &mut self.to_server);
-                self.inflight.push(Request::Query { swallow: true }, &mut self.to_client);
-                self.lsn_probe_sent = true;
-            }
-            self.unit_wrote = false;
-            // A held connection (session mode, pins) gets no replay at its next lease: check now.
-            let held = self.mode == PoolMode::Session || self.pins.is_pinned();
-            self.resync_due =
-                held && self.server.as_ref().is_some_and(|l| l.lease.settings != *self.settings.current());
+            self.client_unit_answered();
         }
         if let Some(message) = closed_between_units {
             self.drop_closed_server(&message);
         }
         // Write straight through while the client keeps up: one syscall, no select round.
-        if was_empty && self.hold.is_none() && !self.to_client.is_empty() {
-            match self.client_wr.try_write(&self.to_client) {
+        if was_empty && self.unit.hold.is_none() && !self.to_client.is_empty() {
+            match self.client.writer.try_write(&self.to_client) {
                 Ok(w) => self.to_client.advance(w),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(ProxyError::ClientIo(e)),
             }
         }
         Ok(())
+    }
+
+    /// The client's unit is answered (ReadyForQuery, idle): the floor learns where it ran, a
+    /// write's position is asked of its own connection, and the unit ends.
+    fn client_unit_answered(&mut self) {
+        let leased = self.server.as_mut().expect("still held");
+        let wrote = self.unit.wrote;
+        self.floor.unit_ended(leased.node, leased.follower, leased.incarnation, wrote);
+        self.pools.affinity.last = Some((leased.node, leased.lease.pid));
+        if wrote && !leased.follower {
+            self.pools.affinity.sequences = self.pools.affinity.last;
+        }
+        let same_connection = self.shared.config.consistency.write_lsn == WriteLsn::SameConnection;
+        if wrote && !leased.follower && same_connection && self.floor.level.read_your_writes() {
+            // Ask the write's own connection where WAL ends now; it returns to the pool after.
+            let _ = postgres_protocol::message::frontend::query(LSN_QUERY, &mut self.to_server);
+            self.inflight.push(Request::Query { swallow: true }, &mut self.to_client);
+            leased.lsn_probe_sent = true;
+        }
+        // A held connection (session mode, pins) gets no replay at its next lease: check now.
+        let held = self.shared.config.proxy.pool_mode == PoolMode::Session || self.state.pins.is_pinned();
+        leased.resync_due = held && leased.lease.settings != *self.state.settings.current();
+        self.end_unit();
+    }
+
+    /// Ends the unit of work: the one place its state is reset. Output still held back is
+    /// passed on first.
+    pub(super) fn end_unit(&mut self) {
+        self.release_hold();
+        self.unit = Unit::default();
     }
 
     /// Closes the held server connection (never reused) and drops what was queued for it;
@@ -109,12 +124,11 @@ impl Session<'_> {
         tracing::info!(%node, message, "server closed a connection between units");
         // Only the proxy's own LSN query can be pending on it: the client's unit was over.
         self.inflight.clear();
-        self.lsn_probe_sent = false;
     }
 
     /// The held read produced its first row or finished: pass everything on.
     pub(super) fn release_hold(&mut self) {
-        if let Some(mut hold) = self.hold.take() {
+        if let Some(mut hold) = self.unit.hold.take() {
             if self.to_client.is_empty() {
                 std::mem::swap(&mut self.to_client, &mut hold.held); // no copy in the usual case
             } else {
@@ -134,19 +148,19 @@ impl Session<'_> {
     /// Runs the held unit again: on the leader (a follower refused it as a write, which is then
     /// remembered) or on another node (the follower failed). Nothing of it reached the client.
     pub(super) fn retry_unit(&mut self, leader: bool, reason: &str) {
-        let hold = self.hold.take().expect("retrying a held unit");
+        let hold = self.unit.hold.take().expect("retrying a held unit");
         let (node, _) = self.discard_server(); // mid-unit: never reused
         tracing::debug!(node = %self.shared.pools.nodes[node].name, reason, leader, "re-running a read unit");
         self.inflight.clear();
         self.unsynced = false;
         self.tx_status = TxStatus::Idle;
-        self.unit_retries += 1;
+        self.unit.retries += 1;
         metrics::counter!(crate::metrics::ROUTE_RETRIES, "reason" => reason.to_string()).increment(1);
         if leader {
             self.remember_leader_only(&hold.replay);
-            self.force_leader = true;
+            self.unit.force_leader = true;
         } else {
-            self.exclude.push(node);
+            self.unit.exclude.push(node);
         }
         let mut cbuf = BytesMut::with_capacity(hold.replay.len() + self.cbuf.len());
         cbuf.extend_from_slice(&hold.replay);
@@ -168,7 +182,7 @@ impl Session<'_> {
                 }
                 fe::BIND => {
                     messages::read_cstr(body).and_then(|(_, r)| messages::read_cstr(r)).and_then(|(name, _)| {
-                        let statement = self.statements.get_mut(name)?;
+                        let statement = self.state.statements.get_mut(name)?;
                         statement.classification = None;
                         Some(statement.query().to_vec())
                     })
@@ -196,11 +210,13 @@ impl Session<'_> {
 
     /// In transaction mode, hands the server back as soon as its transaction is over.
     pub(super) fn maybe_release(&mut self) -> bool {
-        if self.mode == PoolMode::Transaction && self.server_is_clean() && !self.pins.is_pinned() {
+        if self.shared.config.proxy.pool_mode == PoolMode::Transaction
+            && self.server_is_clean()
+            && !self.state.pins.is_pinned()
+        {
             self.release_hold();
             self.key.target.clear();
             self.server = None;
-            self.unit_retries = 0;
             return true;
         }
         false
@@ -208,7 +224,7 @@ impl Session<'_> {
 
     /// The server connection failed under us: fail what was pending, keep the client if we can.
     pub(super) fn server_lost(&mut self, error: io::Error) -> Result<(), ProxyError> {
-        if self.hold.is_some() && self.unit_retries < 3 {
+        if self.unit.hold.is_some() && self.unit.retries < 3 {
             self.retry_unit(false, "connection_lost");
             return Ok(());
         }
@@ -216,7 +232,7 @@ impl Session<'_> {
         let (node, mid_message) = self.discard_server();
         let node = &self.shared.pools.nodes[node].name;
         tracing::warn!(%node, %error, "server connection lost");
-        if mid_message || self.mode == PoolMode::Session {
+        if mid_message || self.shared.config.proxy.pool_mode == PoolMode::Session {
             // Part of a message already reached the client, or session state is gone: it must reconnect.
             return Err(ProxyError::Backend(error.into()));
         }
@@ -231,6 +247,7 @@ impl Session<'_> {
         }
         self.unsynced = false;
         self.tx_status = TxStatus::Idle;
+        self.end_unit();
         Ok(())
     }
 }

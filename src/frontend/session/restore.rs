@@ -22,50 +22,25 @@ impl Session<'_> {
             return true;
         }
         let conn = &mut self.server.as_mut().expect("leased").lease;
-        let plan = sql_prepared::plan(&query, &mut self.sql_statements, &mut conn.sql_statements);
+        let plan = sql_prepared::plan(&query, &mut self.state.sql_statements, &mut conn.sql_statements);
         if let (SqlPrepare::Prepare { name, .. }, Plan::Forward { .. }) = (&query, &plan) {
-            self.sql_prepares.push((name.clone(), true));
+            self.server.as_mut().expect("leased").sql_prepares.push((name.clone(), true));
         }
         match plan {
             Plan::Forward { inject: None } => true,
             Plan::Forward { inject: Some(inject) } if self.inflight.is_empty() && self.to_server.is_empty() => {
                 // Nothing in flight: prepare first and wait, so a failure is the one answer.
-                let name = query.name().unwrap_or_default().to_string();
-                let conn = &mut self.server.as_mut().expect("leased").lease;
-                let steps: Vec<&str> = inject.iter().map(String::as_str).collect();
-                let outcome = match Box::pin(conn.run_each(&steps)).await {
-                    Ok(results) => results.into_iter().find(Result::is_err).unwrap_or(Ok(())),
-                    Err(e) => Err(e),
-                };
-                match outcome {
-                    Ok(()) => true,
-                    Err(BackendError::Server { code, message }) => {
-                        conn.sql_statements.prepare_failed(&name, &code);
-                        if matches!(query, SqlPrepare::Prepare { .. }) {
-                            self.sql_statements.forget(&name);
-                        }
-                        crate::metrics::error(code.as_bytes(), "server");
-                        self.push_reply(messages::error_response("ERROR", &code, &message).freeze());
-                        self.answer_sync();
-                        false
-                    }
-                    Err(e) => {
-                        // The connection failed under the PREPARE: closed, the client told.
-                        self.release_hold();
-                        self.discard_server();
-                        self.refuse(&ProxyError::Backend(e));
-                        self.answer_sync();
-                        false
-                    }
-                }
+                let (name, prepare) =
+                    (query.name().unwrap_or_default().to_string(), matches!(query, SqlPrepare::Prepare { .. }));
+                Box::pin(self.prepare_sql_now(name, prepare, &inject)).await
             }
             Plan::Forward { inject: Some(inject) } => {
                 if let SqlPrepare::Execute { name } = &query {
-                    self.sql_prepares.push((name.clone(), false));
+                    self.server.as_mut().expect("leased").sql_prepares.push((name.clone(), false));
                 }
                 for step in &inject {
                     let _ = postgres_protocol::message::frontend::query(step, &mut self.to_server);
-                    let out = match self.hold.as_mut() {
+                    let out = match self.unit.hold.as_mut() {
                         Some(h) => &mut h.held,
                         None => &mut self.to_client,
                     };
@@ -89,14 +64,47 @@ impl Session<'_> {
         }
     }
 
+    /// Runs the statements an EXECUTE or PREPARE (`prepare`) of `name` needs first (DEALLOCATE
+    /// of a namesake, the client's PREPARE) and waits for them. False when one failed: its
+    /// error is the answer.
+    async fn prepare_sql_now(&mut self, name: String, prepare: bool, inject: &[String]) -> bool {
+        let conn = &mut self.server.as_mut().expect("leased").lease;
+        let steps: Vec<&str> = inject.iter().map(String::as_str).collect();
+        let outcome = match Box::pin(conn.run_each(&steps)).await {
+            Ok(results) => results.into_iter().find(Result::is_err).unwrap_or(Ok(())),
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => true,
+            Err(BackendError::Server { code, message }) => {
+                conn.sql_statements.prepare_failed(&name, &code);
+                if prepare {
+                    self.state.sql_statements.forget(&name);
+                }
+                crate::metrics::error(code.as_bytes(), "server");
+                self.push_reply(messages::error_response("ERROR", &code, &message).freeze());
+                self.answer_sync();
+                false
+            }
+            Err(e) => {
+                // The connection failed under the PREPARE: closed, the client told.
+                self.release_hold();
+                self.discard_server();
+                self.refuse(&ProxyError::Backend(e));
+                self.answer_sync();
+                false
+            }
+        }
+    }
+
     /// The unit that sent SQL-level PREPAREs failed: the statements were not created.
     pub(super) fn sql_prepare_failed(&mut self, code: &[u8; 5]) {
         let code = String::from_utf8_lossy(code);
         let Some(leased) = self.server.as_mut() else { return };
-        for (name, client_own) in self.sql_prepares.drain(..) {
+        for (name, client_own) in leased.sql_prepares.drain(..) {
             leased.lease.sql_statements.prepare_failed(&name, &code);
             if client_own {
-                self.sql_statements.forget(&name);
+                self.state.sql_statements.forget(&name);
             }
         }
     }
@@ -104,10 +112,10 @@ impl Session<'_> {
     /// Tracks the session state a Query or Parse changes.
     pub(super) fn observe_sql(&mut self, classification: &Classification) {
         if !classification.session.is_empty() {
-            self.settings.apply(&classification.session);
+            self.state.settings.apply(&classification.session);
         }
         if !classification.pins.is_empty() || !classification.unpins.is_empty() {
-            for kind in self.pins.apply(classification) {
+            for kind in self.state.pins.apply(classification) {
                 metrics::counter!(crate::metrics::SESSION_PINS, "kind" => kind).increment(1);
             }
         }
@@ -118,8 +126,8 @@ impl Session<'_> {
                 leased.lease.statements.clear();
             }
             if discard {
-                self.statements.clear();
-                self.sql_statements.clear();
+                self.state.statements.clear();
+                self.state.sql_statements.clear();
                 if let Some(leased) = self.server.as_mut() {
                     leased.lease.sql_statements.clear();
                 }
@@ -136,7 +144,7 @@ impl Session<'_> {
             fe::PARSE => messages::read_cstr(body).and_then(|(_, rest)| messages::read_cstr(rest)).map(|(q, _)| q),
             fe::BIND => messages::read_cstr(body)
                 .and_then(|(_, rest)| messages::read_cstr(rest))
-                .and_then(|(name, _)| self.statements.get(name))
+                .and_then(|(name, _)| self.state.statements.get(name))
                 .map(|s| s.query()),
             _ => None,
         };
@@ -148,10 +156,10 @@ impl Session<'_> {
     pub(super) async fn prepare_server_if_needed(&mut self) -> Result<(), ProxyError> {
         let Some(leased) = self.server.as_ref() else { return Ok(()) };
         let conn = &*leased.lease;
-        let differs = self.discard_sequences
-            || self.node_local_unit
-            || self.settings.current() != &conn.settings
-            || sql_prepared::may_lack(&self.sql_statements, &conn.sql_statements);
+        let differs = leased.foreign_sequences
+            || leased.drop_foreign_statements
+            || self.state.settings.current() != &conn.settings
+            || sql_prepared::may_lack(&self.state.sql_statements, &conn.sql_statements);
         if !differs {
             return Ok(());
         }
@@ -168,19 +176,19 @@ impl Session<'_> {
         let shared = self.shared;
         let Some(leased) = self.server.as_mut() else { return Ok(()) };
         let conn = &mut *leased.lease;
-        let current = self.settings.current();
+        let current = self.state.settings.current();
         let mut sql = current.sync_sql(&conn.settings);
-        if std::mem::take(&mut self.discard_sequences) {
+        if std::mem::take(&mut leased.foreign_sequences) {
             // Another client's nextval may be here: currval/lastval must say "not yet defined".
             sql = Some(sql.map_or_else(|| "DISCARD SEQUENCES".to_string(), |s| format!("DISCARD SEQUENCES; {s}")));
             conn.sequences = crate::backend::conn::SequenceUse::Only(self.id);
         }
-        if std::mem::take(&mut self.node_local_unit) {
-            if let Some(drop) = sql_prepared::drop_foreign(&self.sql_statements, &mut conn.sql_statements) {
+        if std::mem::take(&mut leased.drop_foreign_statements) {
+            if let Some(drop) = sql_prepared::drop_foreign(&self.state.sql_statements, &mut conn.sql_statements) {
                 sql = Some(sql.map_or_else(|| drop.clone(), |s| format!("{drop}; {s}")));
             }
         }
-        let replays = sql_prepared::replays(&self.sql_statements, &mut conn.sql_statements);
+        let replays = sql_prepared::replays(&self.state.sql_statements, &mut conn.sql_statements);
         if sql.is_none() && replays.is_empty() {
             return Ok(());
         }
@@ -209,7 +217,7 @@ impl Session<'_> {
         }
         let leased = self.server.as_mut().expect("still held");
         if sql.is_some() {
-            leased.lease.settings = self.settings.current().clone();
+            leased.lease.settings = self.state.settings.current().clone();
         }
         for (replay, result) in replays.iter().zip(results) {
             if let Err(BackendError::Server { code, .. }) = result {
@@ -226,11 +234,13 @@ impl Session<'_> {
     /// whether this backend holds any, and pin the client to it if so (unpin if none are left).
     /// Units that ran no such statement never pay for it.
     pub(super) async fn check_temp_objects(&mut self) -> Result<(), ProxyError> {
-        if !self.unit_ddl || self.mode != PoolMode::Transaction || !self.server_is_clean() {
+        if self.shared.config.proxy.pool_mode != PoolMode::Transaction || !self.server_is_clean() {
             return Ok(());
         }
-        self.unit_ddl = false;
         let leased = self.server.as_mut().expect("clean means held");
+        if !std::mem::take(&mut leased.temp_check_due) {
+            return Ok(());
+        }
         if leased.follower {
             return Ok(());
         }
@@ -238,7 +248,7 @@ impl Session<'_> {
             crate::control::timeout(self.shared.config.pool.connect_timeout, leased.lease.query_value(TEMP_CHECK));
         match Box::pin(check).await {
             Ok(Ok(value)) => {
-                if self.pins.server_temp(value.as_deref() == Some("t")) {
+                if self.state.pins.server_temp(value.as_deref() == Some("t")) {
                     metrics::counter!(crate::metrics::SESSION_PINS, "kind" => "temp_objects").increment(1);
                 }
                 Ok(())
@@ -261,18 +271,20 @@ impl Session<'_> {
     /// before a Bind or Describe names it (psql's `\gdesc` describes it after a Sync).
     pub(super) fn track_unnamed(&mut self, tag: u8, total: usize) {
         let body = &self.cbuf[5..total];
+        let leased = self.server.as_mut().expect("leased");
+        let unnamed = &mut self.state.unnamed_parse;
         // Bind and Describe look at names only when there is a statement to restore.
-        let restorable = !self.unnamed_here && !self.unnamed_parse.is_empty();
+        let restorable = !leased.unnamed_here && !unnamed.is_empty();
         let names_unnamed = match tag {
             fe::PARSE if body.first() == Some(&0) => {
-                self.unnamed_parse.clear();
-                self.unnamed_parse.extend_from_slice(&self.cbuf[..total]);
-                self.unnamed_here = true;
+                unnamed.clear();
+                unnamed.extend_from_slice(&self.cbuf[..total]);
+                leased.unnamed_here = true;
                 return;
             }
             fe::QUERY => {
-                self.unnamed_parse.clear(); // a simple Query drops the unnamed statement
-                self.unnamed_here = false;
+                unnamed.clear(); // a simple Query drops the unnamed statement
+                leased.unnamed_here = false;
                 return;
             }
             fe::BIND if restorable => messages::read_cstr(body).is_some_and(|(_, rest)| rest.first() == Some(&0)),
@@ -280,14 +292,14 @@ impl Session<'_> {
             _ => false,
         };
         if names_unnamed {
-            self.to_server.extend_from_slice(&self.unnamed_parse);
-            let out = match self.hold.as_mut() {
+            self.to_server.extend_from_slice(unnamed);
+            let out = match self.unit.hold.as_mut() {
                 Some(h) => &mut h.held,
                 None => &mut self.to_client,
             };
             self.inflight.push(Request::Parse { hash: None, swallow: true }, out);
-            self.unnamed_here = true;
-            self.unit_unnamed = true;
+            leased.unnamed_here = true;
+            leased.unnamed_parsed = true;
             self.unsynced = true;
         }
     }

@@ -25,7 +25,7 @@ impl Session<'_> {
             _ => return None,
         };
         // Looked up in place: the name is not copied out of the message.
-        let statement = self.statements.get_mut(statement_name)?;
+        let statement = self.state.statements.get_mut(statement_name)?;
         if statement.classification.is_none() {
             statement.classification = Some(classifier.classify_statement(statement.query()));
         }
@@ -35,14 +35,14 @@ impl Session<'_> {
     /// The kind of node the next unit of work needs.
     pub(super) fn want(&mut self, class: Option<&Classification>) -> Want {
         let routing = &self.shared.config.routing;
-        if std::mem::take(&mut self.force_leader)
+        if std::mem::take(&mut self.unit.force_leader)
             || !routing.enabled
-            || self.mode == PoolMode::Session
-            || self.pins.is_pinned()
+            || self.shared.config.proxy.pool_mode == PoolMode::Session
+            || self.state.pins.is_pinned()
         {
             return Want::Leader;
         }
-        class.map_or(Want::Leader, |c| placement::want(c, self.proxy.route, self.deferred_begin.is_some()))
+        class.map_or(Want::Leader, |c| placement::want(c, self.proxy.route, self.unit.deferred_begin.is_some()))
     }
 
     /// A read unit on a follower is done with when the next statement needs the leader (outside
@@ -54,7 +54,7 @@ impl Session<'_> {
         let Some(c) = class else { return false };
         let moves = leased.follower
             && self.tx_status == TxStatus::Idle
-            && self.mode == PoolMode::Transaction
+            && self.shared.config.proxy.pool_mode == PoolMode::Transaction
             && placement::want(c, self.proxy.route, false) == Want::Leader;
         if !moves {
             return false;
@@ -62,7 +62,7 @@ impl Session<'_> {
         if !self.unsynced {
             return true;
         }
-        if self.unit_executed || self.unit_unnamed {
+        if leased.executed || leased.unnamed_parsed {
             return false; // cannot move: the write runs here and the follower refuses it (25006)
         }
         self.release_hold();
@@ -114,9 +114,10 @@ impl Session<'_> {
     /// are answered; every other message passes.
     pub(super) fn proxy_statement_step(&mut self, tag: u8, total: usize, class: Option<&Arc<Classification>>) -> Step {
         let body = &self.cbuf[5..total];
-        let statements = &mut self.proxy_statements;
+        let statements = &mut self.state.proxy_statements;
         if let Some(command) = class.filter(|c| tag == fe::PARSE && c.is_proxy_command()) {
-            let client_has = messages::read_cstr(body).is_some_and(|(name, _)| self.statements.get(name).is_some());
+            let client_has =
+                messages::read_cstr(body).is_some_and(|(name, _)| self.state.statements.get(name).is_some());
             return statements.parse_command(body, Arc::clone(command), client_has);
         }
         if statements.is_empty() {
@@ -128,7 +129,7 @@ impl Session<'_> {
             fe::DESCRIBE => statements.describe(body),
             fe::EXECUTE => statements.execute(body),
             fe::CLOSE => statements.close(body),
-            fe::SYNC if self.tx_status == TxStatus::Idle && self.deferred_begin.is_none() => {
+            fe::SYNC if self.tx_status == TxStatus::Idle && self.unit.deferred_begin.is_none() => {
                 statements.transaction_ended();
                 Step::Pass
             }
@@ -172,24 +173,27 @@ impl Session<'_> {
     /// ROLLBACK of such a transaction that ran nothing is answered here too.
     pub(super) fn answer_transaction_control(&mut self, tag: u8, total: usize, class: Option<&Classification>) -> bool {
         let Some(c) = class.filter(|c| tag == fe::QUERY && c.statement_count == 1) else { return false };
-        if !self.shared.config.routing.enabled || self.mode == PoolMode::Session || self.pins.is_pinned() {
+        if !self.shared.config.routing.enabled
+            || self.shared.config.proxy.pool_mode == PoolMode::Session
+            || self.state.pins.is_pinned()
+        {
             return false;
         }
-        let reply = match (c.tx, self.deferred_begin.is_some()) {
+        let reply = match (c.tx, self.unit.deferred_begin.is_some()) {
             (TxControl::Begin { read_only: false }, false)
                 if self.proxy.route != proxy_settings::RouteOverride::Leader =>
             {
-                self.deferred_begin = Some(Bytes::copy_from_slice(&self.cbuf[..total]));
+                self.unit.deferred_begin = Some(Bytes::copy_from_slice(&self.cbuf[..total]));
                 self.tx_status = TxStatus::InBlock;
                 proxy_settings::local_transaction_reply("BEGIN", TxStatus::InBlock)
             }
             (TxControl::Commit, true) => {
-                self.deferred_begin = None;
+                self.end_unit();
                 self.tx_status = TxStatus::Idle;
                 proxy_settings::local_transaction_reply("COMMIT", TxStatus::Idle)
             }
             (TxControl::Rollback, true) => {
-                self.deferred_begin = None;
+                self.end_unit();
                 self.tx_status = TxStatus::Idle;
                 proxy_settings::local_transaction_reply("ROLLBACK", TxStatus::Idle)
             }
@@ -201,7 +205,7 @@ impl Session<'_> {
 
     /// Sends a deferred BEGIN ahead of the statement that chose the node (its answer swallowed).
     pub(super) fn send_deferred_begin(&mut self) {
-        if let Some(begin) = self.deferred_begin.take() {
+        if let Some(begin) = self.unit.deferred_begin.take() {
             self.to_server.extend_from_slice(&begin);
             self.inflight.push(Request::Query { swallow: true }, &mut self.to_client);
         }
@@ -210,12 +214,12 @@ impl Session<'_> {
     /// Leases a server connection for a unit of work: a follower for reads (balanced, skipping
     /// nodes that fail to connect; the leader as fallback), else the leader, waiting a bounded
     /// time for one to be known and reachable.
-    pub(super) async fn acquire(&mut self, want: Want) -> Result<(), ProxyError> {
+    pub(super) async fn acquire(&mut self, want: Want, needs: Needs) -> Result<(), ProxyError> {
         let shared = self.shared;
         // Read the clock only once there is a wait: most leases need none.
         let mut started: Option<Instant> = None;
         let mut deadline = || *started.get_or_insert_with(Instant::now) + shared.config.proxy.leader_wait_timeout;
-        let mut tried = std::mem::take(&mut self.exclude);
+        let mut tried = std::mem::take(&mut self.unit.exclude);
         loop {
             let snapshot = shared.topology.snapshot();
             let follower = match want {
@@ -240,7 +244,7 @@ impl Session<'_> {
                     }
                 },
             };
-            match self.lease(node, follower.is_some()).await {
+            match self.lease(node, follower.is_some(), needs).await {
                 Ok(()) => return Ok(()),
                 // A node that refuses connections (down, starting, shutting down) is skipped for
                 // reads, and waited out for writes: the monitors will find the leader.
@@ -256,13 +260,14 @@ impl Session<'_> {
     /// This client's pool (database, user) on `node`, looked up once per session.
     pub(super) fn node_pool(&mut self, node: usize) -> &Pool {
         let (shared, login) = (self.shared, &self.login);
-        self.pools[node].get_or_insert_with(|| shared.pools.pool(node, &login.database, &login.user, &login.password))
+        self.pools.by_node[node]
+            .get_or_insert_with(|| shared.pools.pool(node, &login.database, &login.user, &login.password))
     }
 
     /// Leases a connection on one node.
-    pub(super) async fn lease(&mut self, node: usize, follower: bool) -> Result<(), ProxyError> {
+    pub(super) async fn lease(&mut self, node: usize, follower: bool, needs: Needs) -> Result<(), ProxyError> {
         let shared = self.shared;
-        let home = if self.sequence_unit { self.sequence_home } else { self.last_conn };
+        let home = if needs.sequence_state { self.pools.affinity.sequences } else { self.pools.affinity.last };
         let home = home.filter(|&(n, _)| n == node);
         let pool = self.node_pool(node);
         let metrics = &shared.pools.nodes[node].metrics;
@@ -281,20 +286,32 @@ impl Session<'_> {
             metrics.pool_wait.record(waited.as_secs_f64());
         }
         if follower { &metrics.routed_reads } else { &metrics.routed_leader }.increment(1);
-        self.discard_sequences = self.sequence_unit && lease.sequences.foreign_to(self.id);
+        let foreign_sequences = needs.sequence_state && lease.sequences.foreign_to(self.id);
         lease.sequences.leased_by(self.id);
         self.key.target.set(node, lease.pid, lease.secret);
         let outstanding = shared.balancer.lease(node);
         let incarnation = shared.positions.nodes[node].sample().incarnation;
         let scanner = BackendScanner::default();
-        self.server = Some(Leased { lease, node, follower, incarnation, scanner, _outstanding: outstanding });
-        self.unit_wrote = false;
-        self.unit_executed = false;
-        self.unit_unnamed = false;
-        self.unnamed_here = false;
+        self.server = Some(Leased {
+            lease,
+            node,
+            follower,
+            incarnation,
+            scanner,
+            _outstanding: outstanding,
+            executed: false,
+            unnamed_parsed: false,
+            unnamed_here: false,
+            lsn_probe_sent: false,
+            temp_check_due: false,
+            foreign_sequences,
+            drop_foreign_statements: needs.node_local,
+            resync_due: false,
+            sql_prepares: Vec::new(),
+        });
         // Reads outside a transaction on a follower may be re-run: hold their answers back.
-        if follower && self.tx_status == TxStatus::Idle && self.deferred_begin.is_none() {
-            self.hold = Some(std::mem::take(&mut self.spare_hold));
+        if follower && self.tx_status == TxStatus::Idle && self.unit.deferred_begin.is_none() {
+            self.unit.hold = Some(std::mem::take(&mut self.spare_hold));
         }
         Ok(())
     }
