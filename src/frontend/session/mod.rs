@@ -457,7 +457,7 @@ impl Session<'_> {
             // The client now waits for what was answered so far: nothing may be held back.
             self.release_hold();
         }
-        if tag == fe::QUERY && !self.plan_sql_prepare(total, class).await {
+        if tag == fe::QUERY && names_sql_statements(class) && !self.plan_sql_prepare(total).await {
             self.consume(total);
             return Ok(());
         }
@@ -509,6 +509,43 @@ impl Session<'_> {
                 class
             }
             _ => None,
+        }
+    }
+
+    /// Keeps the client's unnamed statement, and parses it again on a connection that lacks it
+    /// before a Bind or Describe names it (psql's `\gdesc` describes it after a Sync).
+    pub(super) fn track_unnamed(&mut self, tag: u8, total: usize) {
+        let body = &self.cbuf[5..total];
+        let leased = self.server.as_mut().expect("leased");
+        let unnamed = &mut self.state.unnamed_parse;
+        // Bind and Describe look at names only when there is a statement to restore.
+        let restorable = !leased.unnamed_here && !unnamed.is_empty();
+        let names_unnamed = match tag {
+            fe::PARSE if body.first() == Some(&0) => {
+                unnamed.clear();
+                unnamed.extend_from_slice(&self.cbuf[..total]);
+                leased.unnamed_here = true;
+                return;
+            }
+            fe::QUERY => {
+                unnamed.clear(); // a simple Query drops the unnamed statement
+                leased.unnamed_here = false;
+                return;
+            }
+            fe::BIND if restorable => messages::read_cstr(body).is_some_and(|(_, rest)| rest.first() == Some(&0)),
+            fe::DESCRIBE if restorable => body.first() == Some(&b'S') && body.get(1) == Some(&0),
+            _ => false,
+        };
+        if names_unnamed {
+            self.to_server.extend_from_slice(unnamed);
+            let out = match self.unit.hold.as_mut() {
+                Some(h) => &mut h.held,
+                None => &mut self.to_client,
+            };
+            self.inflight.push(Request::Parse { hash: None, swallow: true }, out);
+            leased.unnamed_here = true;
+            leased.unnamed_parsed = true;
+            self.unsynced = true;
         }
     }
 
@@ -600,6 +637,15 @@ fn shrink_if_idle(buf: &mut BytesMut, initial: usize) {
     if buf.is_empty() && buf.capacity() > KEEP_IDLE {
         *buf = BytesMut::with_capacity(initial);
     }
+}
+
+/// PREPARE, EXECUTE, DEALLOCATE or EXPLAIN (EXECUTE): SQL-level prepared statements, which
+/// follow the client across connections. The first keyword rules the rest out without a look
+/// at the text.
+fn names_sql_statements(class: Option<&Classification>) -> bool {
+    use crate::route::Keyword;
+    let keyword = class.map_or(Keyword::None, |c| c.keyword);
+    matches!(keyword, Keyword::Prepare | Keyword::Execute | Keyword::Deallocate | Keyword::Explain)
 }
 
 /// DDL may change the types and row shapes prepared statements were made with.

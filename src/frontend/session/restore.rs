@@ -1,16 +1,12 @@
-//! Session state carried across server connections: settings, pins, SQL-level prepared statements.
+//! Bringing a server connection to the client's state (settings, SQL-level prepared statements,
+//! sequences, temp objects) when it differs: entered only then, off the usual query's path.
 
 use super::*;
 
 impl Session<'_> {
     /// SQL-level PREPARE/EXECUTE/DEALLOCATE: prepares the statement on this connection first
     /// when needed, or answers the query itself. False when the query must not be sent.
-    pub(super) async fn plan_sql_prepare(&mut self, total: usize, class: Option<&Classification>) -> bool {
-        use crate::route::Keyword;
-        let keyword = class.map_or(Keyword::None, |c| c.keyword);
-        if !matches!(keyword, Keyword::Prepare | Keyword::Execute | Keyword::Deallocate | Keyword::Explain) {
-            return true; // the first keyword already rules it out: no second look at the text
-        }
+    pub(super) async fn plan_sql_prepare(&mut self, total: usize) -> bool {
         // In a failed transaction PostgreSQL rejects these unchanged (25P02): let it.
         if self.tx_status == TxStatus::Failed {
             return true;
@@ -151,28 +147,13 @@ impl Session<'_> {
         sql.filter(|q| [&b"create"[..], b"alter", b"drop"].iter().any(|w| starts_with_word(q, w))).map(<[u8]>::to_vec)
     }
 
-    /// `prepare_server`, entered only when the connection's state differs from the client's
-    /// (most leases: it does not, and no future is built for them).
-    pub(super) async fn prepare_server_if_needed(&mut self) -> Result<(), ProxyError> {
-        let Some(leased) = self.server.as_ref() else { return Ok(()) };
-        let conn = &*leased.lease;
-        let differs = leased.foreign_sequences
-            || leased.drop_foreign_statements
-            || self.state.settings.current() != &conn.settings
-            || sql_prepared::may_lack(&self.state.sql_statements, &conn.sql_statements);
-        if !differs {
-            return Ok(());
-        }
-        Box::pin(self.prepare_server()).await
-    }
-
     /// Brings a newly leased server connection to the client's state before any of the
     /// client's messages go to it, waiting for the server's answers: a client's statement
     /// never runs in a state that is not exactly its own. Settings first: if their replay
     /// fails, the connection is closed, never reused, and the message gets that error. Then the
     /// client's SQL-level prepared statements, one query each; one that fails here is left
     /// out, and its EXECUTE prepares it again (its table may exist by then).
-    async fn prepare_server(&mut self) -> Result<(), ProxyError> {
+    pub(super) async fn prepare_server(&mut self) -> Result<(), ProxyError> {
         let shared = self.shared;
         let Some(leased) = self.server.as_mut() else { return Ok(()) };
         let conn = &mut *leased.lease;
@@ -264,43 +245,6 @@ impl Session<'_> {
                 self.discard_server();
                 Ok(())
             }
-        }
-    }
-
-    /// Keeps the client's unnamed statement, and parses it again on a connection that lacks it
-    /// before a Bind or Describe names it (psql's `\gdesc` describes it after a Sync).
-    pub(super) fn track_unnamed(&mut self, tag: u8, total: usize) {
-        let body = &self.cbuf[5..total];
-        let leased = self.server.as_mut().expect("leased");
-        let unnamed = &mut self.state.unnamed_parse;
-        // Bind and Describe look at names only when there is a statement to restore.
-        let restorable = !leased.unnamed_here && !unnamed.is_empty();
-        let names_unnamed = match tag {
-            fe::PARSE if body.first() == Some(&0) => {
-                unnamed.clear();
-                unnamed.extend_from_slice(&self.cbuf[..total]);
-                leased.unnamed_here = true;
-                return;
-            }
-            fe::QUERY => {
-                unnamed.clear(); // a simple Query drops the unnamed statement
-                leased.unnamed_here = false;
-                return;
-            }
-            fe::BIND if restorable => messages::read_cstr(body).is_some_and(|(_, rest)| rest.first() == Some(&0)),
-            fe::DESCRIBE if restorable => body.first() == Some(&b'S') && body.get(1) == Some(&0),
-            _ => false,
-        };
-        if names_unnamed {
-            self.to_server.extend_from_slice(unnamed);
-            let out = match self.unit.hold.as_mut() {
-                Some(h) => &mut h.held,
-                None => &mut self.to_client,
-            };
-            self.inflight.push(Request::Parse { hash: None, swallow: true }, out);
-            leased.unnamed_here = true;
-            leased.unnamed_parsed = true;
-            self.unsynced = true;
         }
     }
 

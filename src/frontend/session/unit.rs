@@ -257,6 +257,21 @@ impl Session<'_> {
         }
     }
 
+    /// `prepare_server`, entered only when the connection's state differs from the client's
+    /// (most leases: it does not, and no future is built for them).
+    pub(super) async fn prepare_server_if_needed(&mut self) -> Result<(), ProxyError> {
+        let Some(leased) = self.server.as_ref() else { return Ok(()) };
+        let conn = &*leased.lease;
+        let differs = leased.foreign_sequences
+            || leased.drop_foreign_statements
+            || self.state.settings.current() != &conn.settings
+            || sql_prepared::may_lack(&self.state.sql_statements, &conn.sql_statements);
+        if !differs {
+            return Ok(());
+        }
+        Box::pin(self.prepare_server()).await
+    }
+
     /// This client's pool (database, user) on `node`, looked up once per session.
     pub(super) fn node_pool(&mut self, node: usize) -> &Pool {
         let (shared, login) = (self.shared, &self.login);
