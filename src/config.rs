@@ -31,10 +31,23 @@ pub struct Config {
     #[serde(default)]
     pub consistency: ConsistencyConfig,
     #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub users: Vec<UserConfig>,
 }
+
+/// The admin console: database `pgcausal`, for these users (their passwords and auth methods
+/// are their `[[users]]` entries).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub users: Vec<String>,
+}
+
+/// The database name that opens the admin console instead of a server database.
+pub const ADMIN_DATABASE: &str = "pgcausal";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -64,6 +77,10 @@ pub struct ProxyConfig {
     /// wakeups, ~20% less CPU per query than a multi-threaded runtime on a 2-core host. 0 means
     /// one per CPU (a dedicated many-core proxy host).
     pub threads: usize,
+    /// On SIGTERM, SIGINT or SHUTDOWN: how long units in flight may take to finish before the
+    /// proxy exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -76,6 +93,7 @@ impl Default for ProxyConfig {
             client_login_timeout: Duration::from_secs(15),
             leader_wait_timeout: Duration::from_secs(10),
             threads: 1,
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -341,6 +359,11 @@ impl Config {
                 return bad(format!("users[{i}].name"), "duplicate user name");
             }
         }
+        for (i, name) in self.admin.users.iter().enumerate() {
+            if self.user(name).is_none() {
+                return bad(format!("admin.users[{i}]"), &format!("\"{name}\" has no [[users]] entry (its password)"));
+            }
+        }
         if self.pool.size == 0 {
             return bad("pool.size".into(), "must be at least 1");
         }
@@ -428,6 +451,7 @@ auth = "md5"
             (GOOD.replace("[pool]", "[pool]\nsize = 0"), "pool.size"),
             (GOOD.replace("[pool]", "[pool]\nsise = 3"), "pool"),
             (format!("{GOOD}\n[monitor]\ntimeouts_to_down = 0\n"), "monitor.timeouts_to_down"),
+            (format!("{GOOD}\n[admin]\nusers = [\"app\", \"ops\"]\n"), "admin.users[1]"),
         ];
         for (text, key) in cases {
             let err = parse(&text).unwrap_err().to_string();

@@ -56,6 +56,8 @@ pub struct ServerConn {
     pub pid: u32,
     pub secret: u32,
     pub created: Instant,
+    /// When it was opened, in milliseconds since the Unix epoch (for the admin console).
+    pub created_unix_ms: u64,
     /// Set when a client may have left session state; the pool resets it before reuse.
     pub needs_reset: bool,
     /// Settings a client left on this connection (the next client's are synced over them).
@@ -116,6 +118,9 @@ impl ServerConn {
             pid: 0,
             secret: 0,
             created: Instant::now(),
+            created_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             needs_reset: false,
             sequences: SequenceUse::default(),
             gauge: None,

@@ -10,7 +10,7 @@ use crate::metrics::NodeMetrics;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -65,7 +65,23 @@ pub struct Pool(Arc<Inner>);
 
 struct Inner {
     config: PoolConfig,
+    /// `config.max_size` as RELOAD last set it.
+    max_size: AtomicUsize,
+    /// The password new connections log in with (RELOAD may change it).
+    password: Mutex<String>,
     state: Mutex<State>,
+}
+
+/// One pool's counts, for the admin console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Connections counted against the size: idle, leased, or being opened or reset.
+    pub size: usize,
+    pub idle: usize,
+    pub waiting: usize,
+    /// How long the longest-waiting session has waited.
+    pub longest_wait: Option<Duration>,
+    pub max_size: usize,
 }
 
 #[derive(Default)]
@@ -74,7 +90,8 @@ struct State {
     idle: Vec<Idle>,
     /// Connections counted against `max_size`: idle, leased, or being opened or reset.
     size: usize,
-    waiters: VecDeque<oneshot::Sender<Handoff>>,
+    /// Sessions waiting for a connection, with when each began to wait.
+    waiters: VecDeque<(Instant, oneshot::Sender<Handoff>)>,
     /// ParameterStatus values of past logins, by their startup settings (see `login_params`).
     logins: Vec<(Vec<(String, String)>, LoginParams)>,
 }
@@ -98,7 +115,36 @@ enum Handoff {
 
 impl Pool {
     pub fn new(config: PoolConfig) -> Pool {
-        Pool(Arc::new(Inner { config, state: Mutex::new(State::default()) }))
+        let max_size = AtomicUsize::new(config.max_size);
+        let password = Mutex::new(config.login.password.clone());
+        Pool(Arc::new(Inner { config, max_size, password, state: Mutex::new(State::default()) }))
+    }
+
+    /// The database and user this pool logs in as.
+    pub fn database_and_user(&self) -> (&str, &str) {
+        (&self.0.config.login.database, &self.0.config.login.user)
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let state = self.state();
+        PoolStats {
+            size: state.size,
+            idle: state.idle.len(),
+            waiting: state.waiters.len(),
+            longest_wait: state.waiters.front().map(|(since, _)| since.elapsed()),
+            max_size: self.0.max_size.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The idle connections: (server pid, age).
+    pub fn idle_connections(&self) -> Vec<(u32, Duration)> {
+        self.state().idle.iter().map(|i| (i.conn.pid, i.conn.created.elapsed())).collect()
+    }
+
+    /// RELOAD: a new size limit (connections above it close as they come back) and password.
+    pub fn reconfigure(&self, max_size: usize, password: &str) {
+        self.0.max_size.store(max_size, Ordering::Relaxed);
+        *self.0.password.lock().expect("pool password poisoned") = password.to_string();
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -143,7 +189,7 @@ impl Pool {
                     Some(Handoff::Conn(state.idle.remove(i).conn))
                 } else if let Some(idle) = state.idle.pop() {
                     Some(Handoff::Conn(idle.conn))
-                } else if state.size < self.0.config.max_size {
+                } else if state.size < self.0.max_size.load(Ordering::Relaxed) {
                     state.size += 1;
                     Some(Handoff::Room)
                 } else {
@@ -154,7 +200,7 @@ impl Pool {
                 Some(next) => next,
                 None => {
                     let since = *waiting_since.get_or_insert_with(Instant::now);
-                    match crate::control::timeout_at(since + wait_limit, self.wait()).await {
+                    match crate::control::timeout_at(since + wait_limit, self.wait(since)).await {
                         Ok(next) => next,
                         Err(_) => return (Err(LeaseError::Timeout(wait_limit)), Some(since.elapsed())),
                     }
@@ -179,9 +225,9 @@ impl Pool {
     }
 
     /// Queues for the next returned connection or freed room.
-    fn wait(&self) -> Waiter<'_> {
+    fn wait(&self, since: Instant) -> Waiter<'_> {
         let (tx, rx) = oneshot::channel();
-        self.state().waiters.push_back(tx);
+        self.state().waiters.push_back((since, tx));
         Waiter { rx, pool: self, done: false }
     }
 
@@ -210,7 +256,9 @@ impl Pool {
     async fn connect(&self) -> Result<Box<ServerConn>, BackendError> {
         let config = &self.0.config;
         // Boxed: a connect's state is large and rare; inline it would sit in every session's future.
-        let result = Box::pin(ServerConn::connect(&config.login, config.connect_timeout)).await;
+        let mut login = config.login.clone();
+        login.password.clone_from(&self.0.password.lock().expect("pool password poisoned"));
+        let result = Box::pin(ServerConn::connect(&login, config.connect_timeout)).await;
         config.metrics.connect_result(result.is_ok());
         let mut conn = result?;
         conn.gauge = Some(config.metrics.server_connection());
@@ -220,12 +268,18 @@ impl Pool {
     /// Takes back a connection: to the longest waiter if any, else to the idle stack.
     fn put_back(&self, mut conn: Box<ServerConn>) {
         let mut state = self.state();
-        while let Some(waiter) = state.waiters.pop_front() {
+        while let Some((_, waiter)) = state.waiters.pop_front() {
             match waiter.send(Handoff::Conn(conn)) {
                 Ok(()) => return,
                 Err(Handoff::Conn(back)) => conn = back, // that waiter gave up
                 Err(Handoff::Room) => unreachable!("sent a connection"),
             }
+        }
+        if state.size > self.0.max_size.load(Ordering::Relaxed) {
+            state.size -= 1; // RELOAD shrank the pool: this one closes (outside the lock)
+            drop(state);
+            drop(conn);
+            return;
         }
         state.idle.push(Idle { conn, since_ms: self.0.config.clock.now() });
     }
@@ -233,7 +287,7 @@ impl Pool {
     /// A connection was closed or never opened: its room goes to the longest waiter, if any.
     fn free_room(&self) {
         let mut state = self.state();
-        while let Some(waiter) = state.waiters.pop_front() {
+        while let Some((_, waiter)) = state.waiters.pop_front() {
             if waiter.send(Handoff::Room).is_ok() {
                 return;
             }

@@ -6,6 +6,7 @@ use super::pool::{CoarseClock, Pool, PoolConfig};
 use crate::config::Config;
 use crate::metrics::NodeMetrics;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,11 +17,28 @@ pub struct NodePools {
     pub port: u16,
     pub metrics: Arc<NodeMetrics>,
     pools: Mutex<HashMap<(String, String), Pool>>,
+    /// Units of work leased here (read by the admin console; Prometheus has its own counter).
+    units: AtomicU64,
 }
 
 impl NodePools {
-    fn all(&self) -> Vec<Pool> {
+    /// Every pool of this node, in no particular order.
+    pub fn all(&self) -> Vec<Pool> {
         self.pools.lock().expect("pool map poisoned").values().cloned().collect()
+    }
+
+    /// Server connections open (or opening) to this node, over all its pools.
+    pub fn connections(&self) -> usize {
+        self.all().iter().map(|p| p.stats().size).sum()
+    }
+
+    /// A unit of work was leased a connection here.
+    pub fn unit_routed(&self) {
+        self.units.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn units_routed(&self) -> u64 {
+        self.units.load(Ordering::Relaxed)
     }
 }
 
@@ -47,6 +65,7 @@ impl Pools {
                 port: n.port,
                 metrics: Arc::new(NodeMetrics::new(&n.name)),
                 pools: Mutex::new(HashMap::new()),
+                units: AtomicU64::new(0),
             })
             .collect();
         Pools {

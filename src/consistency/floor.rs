@@ -79,6 +79,11 @@ impl Floor {
         self.lsn
     }
 
+    /// The timeline the floor belongs to (0 until a leader was seen).
+    pub fn timeline(&self) -> u32 {
+        self.timeline
+    }
+
     /// `SET pgcausal.min_lsn = '<token>'`: adopt what another session has seen.
     pub fn adopt(&mut self, timeline: u32, lsn: u64) {
         if timeline != 0 && self.timeline < timeline {

@@ -27,6 +27,15 @@ pub enum Level {
 }
 
 impl Level {
+    /// Every level, in the order of their discriminants.
+    pub const ALL: [Level; 5] =
+        [Level::Eventual, Level::Monotonic, Level::ReadYourWrites, Level::Causal, Level::Strong];
+
+    /// The level whose discriminant is `index` (the default for an unknown one).
+    pub fn from_index(index: u8) -> Level {
+        Level::ALL.get(usize::from(index)).copied().unwrap_or_default()
+    }
+
     pub fn parse(s: &str) -> Option<Level> {
         match s.trim().trim_matches('\'').to_ascii_lowercase().as_str() {
             "eventual" => Some(Level::Eventual),

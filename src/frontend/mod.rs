@@ -1,9 +1,11 @@
 //! The client side: startup and authentication, then one session task per client.
 
+pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod client_state;
 pub mod client_stream;
+pub mod clients;
 pub mod ddl;
 pub mod inflight;
 pub mod placement;

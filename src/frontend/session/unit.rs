@@ -301,6 +301,7 @@ impl Session<'_> {
             metrics.pool_wait.record(waited.as_secs_f64());
         }
         if follower { &metrics.routed_reads } else { &metrics.routed_leader }.increment(1);
+        shared.pools.nodes[node].unit_routed();
         let foreign_sequences = needs.sequence_state && lease.sequences.foreign_to(self.id);
         lease.sequences.leased_by(self.id);
         self.key.target.set(node, lease.pid, lease.secret);

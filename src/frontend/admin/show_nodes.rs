@@ -1,0 +1,80 @@
+//! SHOW NODES: each node's role, timeline, health, rotation (and why not), WAL position, lag,
+//! incarnation, server connections and units routed, from the topology snapshot and pools.
+
+use super::Table;
+use crate::consistency::format_lsn;
+use crate::frontend::shared::Shared;
+use crate::topology::{Role, Snapshot};
+
+pub fn show_nodes(shared: &Shared) -> Table {
+    let snapshot = shared.topology.snapshot();
+    let mut table = Table::new(&[
+        "name",
+        "host",
+        "port",
+        "role",
+        "timeline",
+        "up",
+        "in_rotation",
+        "why_not",
+        "wal_position",
+        "lag_bytes",
+        "lag_seconds",
+        "incarnation",
+        "server_connections",
+        "units_routed",
+    ]);
+    let leader_lsn = snapshot.leader.map(|l| snapshot.nodes[l].lsn);
+    for (i, node) in shared.config.nodes.iter().enumerate() {
+        let state = &snapshot.nodes[i];
+        let pools = &shared.pools.nodes[i];
+        let standby = state.role == Role::Standby;
+        let lag_bytes = leader_lsn.filter(|_| standby && state.up).map(|l| l.saturating_sub(state.lsn));
+        table.row(vec![
+            Some(node.name.clone()),
+            Some(node.host.clone()),
+            Some(node.port.to_string()),
+            Some(role_name(&snapshot, i).to_string()),
+            Some(state.timeline).filter(|&t| t > 0).map(|t| t.to_string()),
+            Some(state.up.to_string()),
+            Some(in_rotation(&snapshot, i).to_string()),
+            why_not(&snapshot, i).map(str::to_string),
+            Some(state.lsn).filter(|&l| l > 0).map(format_lsn),
+            lag_bytes.map(|b| b.to_string()),
+            Some(state.replay_lag_ms).filter(|_| standby && state.up).map(|ms| format!("{:.3}", ms as f64 / 1000.0)),
+            Some(state.incarnation).filter(|&i| i != 0).map(|i| i.to_string()),
+            Some(pools.connections().to_string()),
+            Some(pools.units_routed().to_string()),
+        ]);
+    }
+    table
+}
+
+fn role_name(snapshot: &Snapshot, node: usize) -> &'static str {
+    let state = &snapshot.nodes[node];
+    match state.role {
+        Role::Primary if snapshot.leader == Some(node) => "leader",
+        Role::Primary => "primary (not leader)",
+        Role::Standby => "follower",
+        Role::Unknown => "unknown",
+    }
+}
+
+/// The leader is in rotation for writes; a follower while it may serve reads.
+fn in_rotation(snapshot: &Snapshot, node: usize) -> bool {
+    snapshot.leader == Some(node) || snapshot.followers.contains(&node)
+}
+
+/// Why a node takes no work, from what the snapshot's election saw.
+fn why_not(snapshot: &Snapshot, node: usize) -> Option<&'static str> {
+    if in_rotation(snapshot, node) {
+        return None;
+    }
+    let state = &snapshot.nodes[node];
+    Some(match state.role {
+        _ if !state.up => "down",
+        Role::Unknown => "never probed",
+        Role::Primary => "a primary on an older timeline, or not the elected leader",
+        Role::Standby => "lagging beyond routing limits",
+    })
+}

@@ -1,0 +1,263 @@
+//! Every connected client as the admin console sees it, and the signals its session listens for
+//! (KILL, shutdown): one entry per session, updated with relaxed atomics once per unit of work.
+
+use atomic_waker::AtomicWaker;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+/// Where a client's session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientStatus {
+    /// Between units of work.
+    Idle = 0,
+    /// Waiting for a server connection (or, while paused, for RESUME).
+    Waiting = 1,
+    /// Running a unit of work on a server connection.
+    Active = 2,
+}
+
+impl ClientStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientStatus::Idle => "idle",
+            ClientStatus::Waiting => "waiting",
+            ClientStatus::Active => "active",
+        }
+    }
+
+    fn from_u8(v: u8) -> ClientStatus {
+        match v {
+            1 => ClientStatus::Waiting,
+            2 => ClientStatus::Active,
+            _ => ClientStatus::Idle,
+        }
+    }
+}
+
+/// What a session is asked to do from outside, as bits.
+pub mod signal {
+    /// Close now, whatever it is doing (KILL).
+    pub const KILL: u8 = 1;
+    /// Close at the next idle point (SHUTDOWN, SIGTERM).
+    pub const SHUTDOWN: u8 = 2;
+}
+
+/// One connected client.
+pub struct ClientEntry {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub user: String,
+    pub database: String,
+    pub connected: SystemTime,
+    status: AtomicU8,
+    /// The node of its current server connection (`usize::MAX`: none), that connection's
+    /// server pid and when it was opened (Unix ms).
+    node: AtomicUsize,
+    server_pid: AtomicU32,
+    server_opened_ms: AtomicU64,
+    units: AtomicU64,
+    /// Its consistency level's name index and floor, as of its last unit.
+    level: AtomicU8,
+    timeline: AtomicU32,
+    lsn: AtomicU64,
+    signals: AtomicU8,
+    waker: AtomicWaker,
+}
+
+impl ClientEntry {
+    pub fn status(&self) -> ClientStatus {
+        ClientStatus::from_u8(self.status.load(Ordering::Relaxed))
+    }
+
+    pub fn set_status(&self, status: ClientStatus) {
+        self.status.store(status as u8, Ordering::Relaxed);
+    }
+
+    pub fn node(&self) -> Option<usize> {
+        Some(self.node.load(Ordering::Relaxed)).filter(|&n| n != usize::MAX)
+    }
+
+    /// A unit leased a server connection (Some) or gave it back (None).
+    pub fn set_server(&self, server: Option<(usize, u32, u64)>) {
+        let (node, pid, opened_ms) = server.unwrap_or((usize::MAX, 0, 0));
+        self.server_pid.store(pid, Ordering::Relaxed);
+        self.server_opened_ms.store(opened_ms, Ordering::Relaxed);
+        self.node.store(node, Ordering::Relaxed);
+    }
+
+    /// Its server connection's pid and age, while it holds one.
+    pub fn server(&self) -> Option<(u32, std::time::Duration)> {
+        let pid = self.server_pid.load(Ordering::Relaxed);
+        let opened =
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.server_opened_ms.load(Ordering::Relaxed));
+        (pid != 0).then(|| (pid, SystemTime::now().duration_since(opened).unwrap_or_default()))
+    }
+
+    pub fn units(&self) -> u64 {
+        self.units.load(Ordering::Relaxed)
+    }
+
+    /// A unit ended: counts it and records the session's floor.
+    pub fn unit_ended(&self, level: u8, timeline: u32, lsn: u64) {
+        self.units.fetch_add(1, Ordering::Relaxed);
+        self.level.store(level, Ordering::Relaxed);
+        self.timeline.store(timeline, Ordering::Relaxed);
+        self.lsn.store(lsn, Ordering::Relaxed);
+    }
+
+    /// (level index, timeline, LSN) as of the last unit.
+    pub fn floor(&self) -> (u8, u32, u64) {
+        (self.level.load(Ordering::Relaxed), self.timeline.load(Ordering::Relaxed), self.lsn.load(Ordering::Relaxed))
+    }
+
+    /// Asks the session to do something (bits of [`signal`]) and wakes it if it waits.
+    pub fn signal(&self, bits: u8) {
+        self.signals.fetch_or(bits, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// The signals received so far.
+    pub fn signals(&self) -> u8 {
+        self.signals.load(Ordering::Acquire)
+    }
+
+    /// Resolves when any signal in `mask` has arrived: a few atomics per poll, no lock, so a
+    /// session can wait on it beside its sockets on every wait.
+    pub fn signalled(&self, mask: u8) -> Signalled<'_> {
+        Signalled { entry: self, mask }
+    }
+}
+
+/// The future of [`ClientEntry::signalled`].
+pub struct Signalled<'a> {
+    entry: &'a ClientEntry,
+    mask: u8,
+}
+
+impl Future for Signalled<'_> {
+    type Output = u8;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u8> {
+        let bits = self.entry.signals() & self.mask;
+        if bits != 0 {
+            return Poll::Ready(bits);
+        }
+        self.entry.waker.register(cx.waker());
+        // A signal between the first check and the registration would otherwise be missed.
+        let bits = self.entry.signals() & self.mask;
+        if bits != 0 {
+            Poll::Ready(bits)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// Every connected client, by id (ids are never reused).
+#[derive(Default)]
+pub struct Clients {
+    next_id: AtomicU64,
+    by_id: Mutex<BTreeMap<u64, Arc<ClientEntry>>>,
+}
+
+impl Clients {
+    /// Adds a logged-in client; it leaves the registry when the returned guard drops.
+    pub fn register(&self, peer: SocketAddr, user: &str, database: &str) -> Registered<'_> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let entry = Arc::new(ClientEntry {
+            id,
+            peer,
+            user: user.to_string(),
+            database: database.to_string(),
+            connected: SystemTime::now(),
+            status: AtomicU8::new(ClientStatus::Idle as u8),
+            node: AtomicUsize::new(usize::MAX),
+            server_pid: AtomicU32::new(0),
+            server_opened_ms: AtomicU64::new(0),
+            units: AtomicU64::new(0),
+            level: AtomicU8::new(0),
+            timeline: AtomicU32::new(0),
+            lsn: AtomicU64::new(0),
+            signals: AtomicU8::new(0),
+            waker: AtomicWaker::new(),
+        });
+        self.map().insert(id, entry.clone());
+        Registered { clients: self, entry }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<ClientEntry>>> {
+        self.by_id.lock().expect("client registry poisoned")
+    }
+
+    /// Every client, by id.
+    pub fn list(&self) -> Vec<Arc<ClientEntry>> {
+        self.map().values().cloned().collect()
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<ClientEntry>> {
+        self.map().get(&id).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map().is_empty()
+    }
+
+    /// Sends a signal to every client.
+    pub fn signal_all(&self, bits: u8) {
+        for entry in self.list() {
+            entry.signal(bits);
+        }
+    }
+}
+
+/// A client's place in the registry, for as long as its session runs.
+pub struct Registered<'a> {
+    clients: &'a Clients,
+    pub entry: Arc<ClientEntry>,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.clients.map().remove(&self.entry.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn signals_wake_a_waiting_session_and_entries_leave_with_their_session() {
+        let clients = Clients::default();
+        let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let a = clients.register(peer, "app", "db");
+        let b = clients.register(peer, "app", "db");
+        assert_eq!((a.entry.id, b.entry.id, clients.len()), (1, 2, 2));
+        let entry = a.entry.clone();
+        let waiter = tokio::spawn(async move { entry.signalled(signal::KILL).await });
+        tokio::task::yield_now().await;
+        a.entry.signal(signal::SHUTDOWN); // not in the mask: the waiter keeps waiting
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        clients.get(1).unwrap().signal(signal::KILL);
+        assert_eq!(waiter.await.unwrap(), signal::KILL);
+        a.entry.set_status(ClientStatus::Active);
+        a.entry.set_server(Some((2, 4242, 0)));
+        a.entry.unit_ended(3, 1, 0x3000148);
+        assert_eq!((a.entry.status(), a.entry.node(), a.entry.units()), (ClientStatus::Active, Some(2), 1));
+        assert_eq!(a.entry.server().map(|(pid, _)| pid), Some(4242));
+        assert_eq!(a.entry.floor(), (3, 1, 0x3000148));
+        drop(a);
+        assert_eq!(clients.list().iter().map(|e| e.id).collect::<Vec<_>>(), vec![2]);
+    }
+}
