@@ -204,4 +204,14 @@ mod tests {
         assert_eq!(s.route, RouteOverride::Leader);
         assert_eq!((f.level, f.max_staleness, f.lsn()), (Level::Eventual, Some(Duration::from_millis(250)), 0x3000148));
     }
+
+    #[test]
+    fn show_answers_one_text_column() {
+        let (mut s, mut f) = (ProxySettings { route: RouteOverride::Leader }, Floor::new(Level::Causal, None));
+        let mut answer = |sql: &str, simple| answer_proxy_command(&c(sql), &mut s, &mut f, None, simple).unwrap();
+        let description = b"T\0\0\0\x27\0\x01pgcausal.route\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0";
+        let rest = b"D\0\0\0\x10\0\x01\0\0\0\x06leaderC\0\0\0\x09SHOW\0";
+        assert_eq!(&answer("SHOW pgcausal.route", true)[..], [&description[..], rest].concat());
+        assert_eq!(&answer("SHOW pgcausal.route", false)[..], rest);
+    }
 }
