@@ -2,9 +2,12 @@
 //! the proxy itself.
 
 use crate::consistency::{parse_token, Floor, Level};
-use crate::protocol::messages;
+use crate::protocol::messages::{self, ResultSet};
 use crate::route::{Classification, SessionEffect};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
+
+/// Kept for session/*.rs, which still builds its replies from this name.
+pub use crate::protocol::messages::put_command_complete;
 
 /// `SET pgcausal.route = auto | leader | follower`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -126,11 +129,14 @@ pub fn answer_proxy_command(
             }
             SessionEffect::ProxyShow { name } => {
                 let value = show(name, settings, floor, token)?;
+                let mut shown = ResultSet::new(&[&name.to_ascii_lowercase()]);
+                shown.row(&[Some(&value)]);
                 if row_description {
-                    put_text_column(&mut out, &name.to_ascii_lowercase(), 0);
+                    shown.write(&mut out, "SHOW");
+                } else {
+                    shown.put_rows(&mut out);
+                    put_command_complete(&mut out, "SHOW");
                 }
-                put_single_value(&mut out, &value);
-                put_command_complete(&mut out, "SHOW");
             }
             _ => {}
         }
@@ -138,44 +144,10 @@ pub fn answer_proxy_command(
     Ok(out)
 }
 
-pub fn put_command_complete(out: &mut BytesMut, tag: &str) {
-    out.put_u8(b'C');
-    out.put_i32(4 + tag.len() as i32 + 1);
-    out.put_slice(tag.as_bytes());
-    out.put_u8(0);
-}
-
-/// RowDescription with one `text` column in the given format (0 text, 1 binary), as SHOW has.
-pub fn put_text_column(out: &mut BytesMut, column: &str, format: i16) {
-    out.put_u8(b'T');
-    out.put_i32(4 + 2 + column.len() as i32 + 1 + 18);
-    out.put_i16(1);
-    out.put_slice(column.as_bytes());
-    out.put_u8(0);
-    out.put_i32(0); // table oid
-    out.put_i16(0); // column number
-    out.put_i32(25); // text
-    out.put_i16(-1);
-    out.put_i32(-1);
-    out.put_i16(format);
-}
-
-/// One DataRow with one value (a `text` value has the same bytes in both formats).
-fn put_single_value(out: &mut BytesMut, value: &str) {
-    out.put_u8(b'D');
-    out.put_i32(4 + 2 + 4 + value.len() as i32);
-    out.put_i16(1);
-    out.put_i32(value.len() as i32);
-    out.put_slice(value.as_bytes());
-}
-
 /// The answer to a standalone BEGIN whose node is chosen by the next statement, and to COMMIT or
 /// ROLLBACK of such a transaction that never ran a statement.
 pub fn local_transaction_reply(tag: &str, status: crate::protocol::TxStatus) -> Bytes {
-    let mut out = BytesMut::new();
-    put_command_complete(&mut out, tag);
-    out.extend_from_slice(&messages::ready_for_query(status));
-    out.freeze()
+    messages::command_complete_and_ready(tag, status)
 }
 
 #[cfg(test)]

@@ -2,10 +2,11 @@
 //! names (prepared on demand), and the proxy answers what needs no server (Close of a statement).
 
 use super::inflight::{Inflight, Request};
-use super::prepared::{self, ClientStatements, Statement, CLOSE_COMPLETE, PARSE_COMPLETE};
+use super::prepared::{self, ClientStatements, Statement};
 use crate::backend::statements::ServerStatements;
 use crate::error::ProxyError;
-use crate::protocol::{fe, messages, TxStatus};
+use crate::protocol::messages::{self, field, CLOSE_COMPLETE, PARSE_COMPLETE};
+use crate::protocol::{fe, target, TxStatus};
 use bytes::{Bytes, BytesMut};
 
 /// Everything one client message may touch on its way to the server.
@@ -38,7 +39,7 @@ pub fn answerable_without_server(tag: u8, msg: &[u8]) -> bool {
     match tag {
         fe::SYNC | fe::FLUSH => true,
         fe::PARSE => body.first().is_some_and(|&b| b != 0),
-        fe::CLOSE => body.first() == Some(&b'S') && body.get(1).is_some_and(|&b| b != 0),
+        fe::CLOSE => body.first() == Some(&target::STATEMENT) && body.get(1).is_some_and(|&b| b != 0),
         _ => false,
     }
 }
@@ -90,7 +91,7 @@ impl Outbound<'_> {
             fe::PARSE => return self.parse(msg),
             fe::BIND => return self.bind(msg),
             fe::DESCRIBE => return self.describe(msg),
-            fe::CLOSE if body.first() == Some(&b'S') && body.get(1) != Some(&0) => {
+            fe::CLOSE if body.first() == Some(&target::STATEMENT) && body.get(1) != Some(&0) => {
                 let (name, _) = messages::read_cstr(&body[1..]).ok_or_else(|| malformed("Close"))?;
                 self.client.remove(name);
                 // The server statement stays cached for other clients; the client gets its answer.
@@ -155,7 +156,7 @@ impl Outbound<'_> {
                     "ERROR",
                     "0A000",
                     "cached plan must not change result type",
-                    &[(b'F', "plancache.c"), (b'R', "RevalidateCachedQuery")],
+                    &[(field::FILE, "plancache.c"), (field::ROUTINE, "RevalidateCachedQuery")],
                 );
                 return Err(Refused(error.freeze()));
             }
@@ -181,7 +182,7 @@ impl Outbound<'_> {
         let body = &msg[5..];
         let kind = *body.first().ok_or_else(|| malformed("Describe"))?;
         let (name, _) = messages::read_cstr(&body[1..]).ok_or_else(|| malformed("Describe"))?;
-        if kind == b'P' {
+        if kind == target::PORTAL {
             self.to_server.extend_from_slice(msg);
             self.inflight.push(Request::DescribePortal, self.to_client);
             return Ok(Ok(()));

@@ -4,12 +4,16 @@ use super::auth::{md5_expected, ScramExchange};
 use crate::config::AuthMethod;
 use crate::error::ProxyError;
 use crate::frontend::shared::Shared;
+use crate::protocol::messages::{self, auth};
 use crate::protocol::startup::{self, StartupPacket};
-use crate::protocol::{fe, framing, messages};
+use crate::protocol::{fe, framing};
 use bytes::BytesMut;
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// Kept for session/mod.rs, which imports it from here.
+pub use crate::protocol::messages::put_login_ok;
 
 /// Authentication messages are small; PostgreSQL uses the same cap.
 const MAX_AUTH_MESSAGE: usize = 10_000;
@@ -34,8 +38,10 @@ pub async fn handshake(stream: &mut TcpStream, shared: &Shared) -> Result<Option
         let mut body = vec![0u8; len - 4];
         stream.read_exact(&mut body).await?;
         match startup::parse(&body)? {
-            // No TLS or GSS encryption yet: 'N' tells the client to continue in plain text.
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => stream.write_all(b"N").await?,
+            // No TLS or GSS encryption yet: the client continues in plain text.
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                stream.write_all(messages::ENCRYPTION_REFUSED).await?
+            }
             StartupPacket::Cancel { pid, secret } => {
                 forward_cancel(shared, pid, secret).await;
                 return Ok(None);
@@ -121,7 +127,7 @@ async fn md5(stream: &mut TcpStream, user: &str, password: &str) -> Result<bool,
     let mut salt = [0u8; 4];
     rand::thread_rng().fill_bytes(&mut salt);
     let mut out = BytesMut::new();
-    messages::put_auth(&mut out, 5, &salt);
+    messages::put_auth(&mut out, auth::MD5_PASSWORD, &salt);
     stream.write_all(&out).await?;
     let body = read_password_message(stream).await?;
     let answer = body.strip_suffix(b"\0").unwrap_or(&body);
@@ -131,7 +137,7 @@ async fn md5(stream: &mut TcpStream, user: &str, password: &str) -> Result<bool,
 async fn scram(stream: &mut TcpStream, shared: &Shared, user: &str) -> Result<bool, ProxyError> {
     let secret = &shared.scram[user];
     let mut out = BytesMut::new();
-    messages::put_auth(&mut out, 10, b"SCRAM-SHA-256\0\0");
+    messages::put_auth(&mut out, auth::SASL, b"SCRAM-SHA-256\0\0");
     stream.write_all(&out).await?;
     // SASLInitialResponse: mechanism\0, int32 length, client-first.
     let body = read_password_message(stream).await?;
@@ -146,27 +152,17 @@ async fn scram(stream: &mut TcpStream, shared: &Shared, user: &str) -> Result<bo
         Err(e) => return Err(ProxyError::Protocol(e.to_string())),
     };
     out.clear();
-    messages::put_auth(&mut out, 11, server_first.as_bytes());
+    messages::put_auth(&mut out, auth::SASL_CONTINUE, server_first.as_bytes());
     stream.write_all(&out).await?;
     let client_final = read_password_message(stream).await?;
     match exchange.finish(secret, &client_final) {
         Ok(server_final) => {
             out.clear();
-            messages::put_auth(&mut out, 12, server_final.as_bytes());
+            messages::put_auth(&mut out, auth::SASL_FINAL, server_final.as_bytes());
             stream.write_all(&out).await?;
             Ok(true)
         }
         Err(super::auth::ScramError::WrongProof) => Ok(false),
         Err(e) => Err(ProxyError::Protocol(e.to_string())),
     }
-}
-
-/// Sends AuthenticationOk, the server's parameters, our cancel key and ReadyForQuery.
-pub fn put_login_ok(out: &mut BytesMut, params: &[(String, String)], pid: u32, secret: u32) {
-    messages::put_auth(out, 0, &[]);
-    for (name, value) in params {
-        messages::put_parameter_status(out, name, value);
-    }
-    messages::put_backend_key_data(out, pid, secret);
-    out.extend_from_slice(&messages::ready_for_query(crate::protocol::TxStatus::Idle));
 }
