@@ -2,6 +2,7 @@
 //! the proxy itself.
 
 use crate::consistency::{parse_token, Floor, Level};
+use crate::error::ProxyError;
 use crate::protocol::messages::{self, ResultSet};
 use crate::route::{Classification, SessionEffect};
 use bytes::{Bytes, BytesMut};
@@ -43,19 +44,35 @@ pub struct ProxySettings {
     pub route: RouteOverride,
 }
 
-type CommandError = (&'static str, String);
+/// An error as (SQLSTATE, message): what session/*.rs still takes from `apply_setting` and
+/// `answer_proxy_command`; new code takes the ProxyError of `apply` and `answer`.
+pub type CommandError = (&'static str, String);
 
-fn invalid(name: &str, value: &str, expected: &str) -> CommandError {
-    ("22023", format!("invalid value for parameter \"{name}\": \"{value}\" ({expected})"))
+fn command_error(e: ProxyError) -> CommandError {
+    (e.own_sqlstate().unwrap_or(crate::error::sqlstate::INTERNAL_ERROR), e.to_string())
 }
 
-/// `SET pgcausal.<name> = value` (also from startup options and RESET with `None`).
+fn invalid(name: &str, value: &str, expected: &'static str) -> ProxyError {
+    ProxyError::InvalidParameterValue { name: name.to_string(), value: value.to_string(), expected }
+}
+
+/// [`apply`] with the error as (SQLSTATE, message).
 pub fn apply_setting(
     name: &str,
     value: Option<&str>,
     settings: &mut ProxySettings,
     floor: &mut Floor,
 ) -> Result<(), CommandError> {
+    apply(name, value, settings, floor).map_err(command_error)
+}
+
+/// `SET pgcausal.<name> = value` (also from startup options and RESET with `None`).
+pub fn apply(
+    name: &str,
+    value: Option<&str>,
+    settings: &mut ProxySettings,
+    floor: &mut Floor,
+) -> Result<(), ProxyError> {
     let unquoted = value.map(|v| v.trim().trim_matches('\''));
     match name.to_ascii_lowercase().as_str() {
         "pgcausal.route" => {
@@ -84,13 +101,13 @@ pub fn apply_setting(
                 floor.adopt(timeline, lsn);
             }
         }
-        _ => return Err(("42704", format!("unrecognized configuration parameter \"{name}\""))),
+        _ => return Err(ProxyError::UnknownParameter(name.to_string())),
     }
     Ok(())
 }
 
 /// The value `SHOW pgcausal.<name>` answers; `token` is the session's settled causal token.
-fn show(name: &str, settings: &ProxySettings, floor: &Floor, token: Option<&str>) -> Result<String, CommandError> {
+fn show(name: &str, settings: &ProxySettings, floor: &Floor, token: Option<&str>) -> Result<String, ProxyError> {
     Ok(match name.to_ascii_lowercase().as_str() {
         "pgcausal.route" => settings.route.name().to_string(),
         "pgcausal.consistency" => floor.level.name().to_string(),
@@ -98,7 +115,7 @@ fn show(name: &str, settings: &ProxySettings, floor: &Floor, token: Option<&str>
             floor.max_staleness.map_or("off".into(), |d| humantime::format_duration(d).to_string())
         }
         "pgcausal.lsn" | "pgcausal.min_lsn" => token.unwrap_or_default().to_string(),
-        _ => return Err(("42704", format!("unrecognized configuration parameter \"{name}\""))),
+        _ => return Err(ProxyError::UnknownParameter(name.to_string())),
     })
 }
 
@@ -107,8 +124,7 @@ pub fn needs_token(c: &Classification) -> bool {
     c.session.iter().any(|e| matches!(e, SessionEffect::ProxyShow { name } if name.eq_ignore_ascii_case("pgcausal.lsn") || name.eq_ignore_ascii_case("pgcausal.min_lsn")))
 }
 
-/// The reply to `pgcausal.*` commands, or an error (SQLSTATE, message). A simple Query's answer
-/// has a RowDescription before a SHOW's row; an Execute's has not (its Describe gave it).
+/// [`answer`] with the error as (SQLSTATE, message).
 pub fn answer_proxy_command(
     c: &Classification,
     settings: &mut ProxySettings,
@@ -116,15 +132,27 @@ pub fn answer_proxy_command(
     token: Option<&str>,
     row_description: bool,
 ) -> Result<BytesMut, CommandError> {
+    answer(c, settings, floor, token, row_description).map_err(command_error)
+}
+
+/// The reply to `pgcausal.*` commands, or the error to send. A simple Query's answer has a
+/// RowDescription before a SHOW's row; an Execute's has not (its Describe gave it).
+pub fn answer(
+    c: &Classification,
+    settings: &mut ProxySettings,
+    floor: &mut Floor,
+    token: Option<&str>,
+    row_description: bool,
+) -> Result<BytesMut, ProxyError> {
     let mut out = BytesMut::new();
     for effect in &c.session {
         match effect {
             SessionEffect::ProxySet { name, value } => {
-                apply_setting(name, Some(value), settings, floor)?;
+                apply(name, Some(value), settings, floor)?;
                 put_command_complete(&mut out, "SET");
             }
             SessionEffect::ProxyReset { name } => {
-                apply_setting(name, None, settings, floor)?;
+                apply(name, None, settings, floor)?;
                 put_command_complete(&mut out, "RESET");
             }
             SessionEffect::ProxyShow { name } => {

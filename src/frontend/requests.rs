@@ -5,7 +5,7 @@ use super::inflight::{Inflight, Request};
 use super::prepared::{self, ClientStatements, Statement};
 use crate::backend::statements::ServerStatements;
 use crate::error::ProxyError;
-use crate::protocol::messages::{self, field, CLOSE_COMPLETE, PARSE_COMPLETE};
+use crate::protocol::messages::{self, Severity, CLOSE_COMPLETE, PARSE_COMPLETE};
 use crate::protocol::{fe, target, TxStatus};
 use bytes::{Bytes, BytesMut};
 
@@ -23,8 +23,15 @@ pub struct Outbound<'a> {
     pub ddl: &'a crate::frontend::ddl::DdlLog,
 }
 
-/// A message the proxy refuses the way PostgreSQL would: an error, then skip to Sync.
+/// A message the proxy refuses the way PostgreSQL would: an error, then skip to Sync. It holds
+/// the ErrorResponse to send.
 pub struct Refused(pub Bytes);
+
+impl Refused {
+    pub fn new(e: &ProxyError) -> Refused {
+        Refused(e.error_response(Severity::Error).freeze())
+    }
+}
 
 fn malformed(what: &str) -> ProxyError {
     ProxyError::Protocol(format!("malformed {what} message"))
@@ -77,10 +84,9 @@ pub fn answer_without_server(
     Ok(Ok(()))
 }
 
-/// PostgreSQL's error for a Parse that reuses a statement name (42P05).
+/// PostgreSQL's error for a Parse that reuses a statement name.
 pub fn duplicate(name: &[u8]) -> Refused {
-    let text = format!("prepared statement \"{}\" already exists", String::from_utf8_lossy(name));
-    Refused(messages::error_response("ERROR", "42P05", &text).freeze())
+    Refused::new(&ProxyError::DuplicateStatement(String::from_utf8_lossy(name).into_owned()))
 }
 
 impl Outbound<'_> {
@@ -151,14 +157,7 @@ impl Outbound<'_> {
         let Some(statement) = self.client.get(name).cloned() else { return Ok(None) };
         if !self.server.touch(statement.hash) {
             if statement.schema < self.schema && self.ddl.touches(statement.schema, statement.query()) {
-                // Exactly PostgreSQL's error, routine included: drivers recognise it by that.
-                let error = messages::error_response_with(
-                    "ERROR",
-                    "0A000",
-                    "cached plan must not change result type",
-                    &[(field::FILE, "plancache.c"), (field::ROUTINE, "RevalidateCachedQuery")],
-                );
-                return Err(Refused(error.freeze()));
+                return Err(Refused::new(&ProxyError::CachedPlanChanged));
             }
             self.prepare(&statement, true);
         }
