@@ -31,6 +31,12 @@ impl Refused {
     pub fn new(e: &ProxyError) -> Refused {
         Refused(e.error_response(Severity::Error).freeze())
     }
+
+    /// Counts it in the errors metric under the class it is sent with (read back from the
+    /// ErrorResponse it holds, so the count cannot disagree with what the client sees).
+    pub fn count(&self) {
+        crate::metrics::error(&messages::sqlstate_of(self.0.get(5..).unwrap_or_default()), "proxy");
+    }
 }
 
 fn malformed(what: &str) -> ProxyError {
@@ -193,5 +199,17 @@ impl Outbound<'_> {
         }
         self.inflight.push(Request::DescribeStatement, self.to_client);
         Ok(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_holds_the_code_it_is_counted_under() {
+        let refused = duplicate(b"s1");
+        assert_eq!(&messages::sqlstate_of(&refused.0[5..]), b"42P05");
+        refused.count();
     }
 }
