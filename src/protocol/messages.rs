@@ -307,7 +307,7 @@ pub fn sqlstate_of(body: &[u8]) -> [u8; 5] {
     fields(body)
         .find(|(k, v)| *k == field::CODE && v.len() == 5)
         .map(|(_, v)| [v[0], v[1], v[2], v[3], v[4]])
-        .unwrap_or(*b"XX000")
+        .unwrap_or(crate::error::sqlstate::bytes(crate::error::sqlstate::INTERNAL_ERROR))
 }
 
 /// The human message ('M' field) of an ErrorResponse body.
