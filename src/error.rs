@@ -1,9 +1,44 @@
-//! The proxy's error type and the one place that maps errors to SQLSTATEs for clients.
+//! The proxy's error type, and the one place that spells SQLSTATEs: those it sends clients and
+//! those it reads from servers.
 
 use crate::backend::BackendError;
 use crate::protocol::framing::FrameError;
+use crate::protocol::messages::{self, field, Severity};
 use crate::protocol::startup::StartupError;
+use bytes::BytesMut;
 use std::time::Duration;
+
+/// SQLSTATEs by their PostgreSQL names (errcodes.txt).
+pub mod sqlstate {
+    pub const CONNECTION_FAILURE: &str = "08006";
+    pub const PROTOCOL_VIOLATION: &str = "08P01";
+    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
+    pub const INVALID_AUTHORIZATION_SPECIFICATION: &str = "28000";
+    pub const INVALID_PASSWORD: &str = "28P01";
+    pub const UNDEFINED_OBJECT: &str = "42704";
+    pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
+    pub const TOO_MANY_CONNECTIONS: &str = "53300";
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
+    pub const INTERNAL_ERROR: &str = "XX000";
+
+    // Read from servers only: the errors after which a read may run again elsewhere.
+    pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
+    pub const SERIALIZATION_FAILURE: &str = "40001";
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const CRASH_SHUTDOWN: &str = "57P02";
+    /// The class of connection exceptions (08xxx).
+    pub const CONNECTION_EXCEPTION_CLASS: &str = "08";
+
+    /// A code as the five bytes a server's ErrorResponse carries.
+    pub const fn bytes(code: &str) -> [u8; 5] {
+        match code.as_bytes() {
+            [a, b, c, d, e] => [*a, *b, *c, *d, *e],
+            _ => panic!("a SQLSTATE has five characters"),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -36,33 +71,68 @@ pub enum ProxyError {
     ProxyCommandNotAlone,
     #[error("could not restore this session's settings on a server connection: {0}")]
     StateReplay(BackendError),
-    #[error("internal error: {0}")]
-    Internal(String),
     #[error("client connection: {0}")]
     ClientIo(#[from] std::io::Error),
+    /// `SET pgcausal.<name>` to a value it does not take; `expected` lists what it does.
+    #[error("invalid value for parameter \"{name}\": \"{value}\" ({expected})")]
+    InvalidParameterValue { name: String, value: String, expected: &'static str },
+    #[error("unrecognized configuration parameter \"{0}\"")]
+    UnknownParameter(String),
+    /// A Parse or PREPARE that reuses a statement name.
+    #[error("prepared statement \"{0}\" already exists")]
+    DuplicateStatement(String),
+    /// An EXECUTE or DEALLOCATE of a name the client has not prepared.
+    #[error("prepared statement \"{0}\" does not exist")]
+    UnknownStatement(String),
+    /// A statement whose relations DDL changed since it was prepared (PostgreSQL's plan cache error).
+    #[error("cached plan must not change result type")]
+    CachedPlanChanged,
 }
 
 impl ProxyError {
-    /// The SQLSTATE the client sees for this error.
+    /// The SQLSTATE the client sees for this error: a server's own for the errors it reported.
     pub fn sqlstate(&self) -> &str {
         match self {
-            ProxyError::Frame(_) | ProxyError::Protocol(_) => "08P01",
-            ProxyError::Startup(StartupError::UnsupportedVersion(..)) => "0A000",
-            ProxyError::Startup(_) => "08P01",
-            ProxyError::AuthFailed(_) => "28P01",
-            ProxyError::LoginTimeout => "08006",
-            ProxyError::TooManyClients | ProxyError::PoolTimeout { .. } => "53300",
-            ProxyError::NoLeader(_) | ProxyError::NoFollower | ProxyError::FloorTimeout(_) => "57P03",
             ProxyError::Backend(b) | ProxyError::StateReplay(b) => b.sqlstate(),
-            ProxyError::ProxyCommandNotAlone => "0A000",
-            ProxyError::Internal(_) => "XX000",
-            ProxyError::ClientIo(_) => "08006",
+            own => own.own_sqlstate().unwrap_or(sqlstate::INTERNAL_ERROR),
         }
     }
 
-    /// The SQLSTATE class (first two characters), the label of the errors metric.
-    pub fn class(&self) -> String {
-        self.sqlstate()[..2].to_string()
+    /// The SQLSTATE of an error the proxy raises itself (a constant); None for a backend error,
+    /// whose code may be the server's.
+    pub fn own_sqlstate(&self) -> Option<&'static str> {
+        use sqlstate::*;
+        Some(match self {
+            ProxyError::Frame(_) | ProxyError::Protocol(_) => PROTOCOL_VIOLATION,
+            ProxyError::Startup(StartupError::UnsupportedVersion(..)) => FEATURE_NOT_SUPPORTED,
+            ProxyError::Startup(_) => PROTOCOL_VIOLATION,
+            ProxyError::AuthFailed(_) => INVALID_PASSWORD,
+            ProxyError::LoginTimeout => CONNECTION_FAILURE,
+            ProxyError::TooManyClients | ProxyError::PoolTimeout { .. } => TOO_MANY_CONNECTIONS,
+            ProxyError::NoLeader(_) | ProxyError::NoFollower | ProxyError::FloorTimeout(_) => CANNOT_CONNECT_NOW,
+            ProxyError::Backend(_) | ProxyError::StateReplay(_) => return None,
+            ProxyError::ProxyCommandNotAlone | ProxyError::CachedPlanChanged => FEATURE_NOT_SUPPORTED,
+            ProxyError::ClientIo(_) => CONNECTION_FAILURE,
+            ProxyError::InvalidParameterValue { .. } => INVALID_PARAMETER_VALUE,
+            ProxyError::UnknownParameter(_) => UNDEFINED_OBJECT,
+            ProxyError::DuplicateStatement(_) => DUPLICATE_PREPARED_STATEMENT,
+            ProxyError::UnknownStatement(_) => INVALID_SQL_STATEMENT_NAME,
+        })
+    }
+
+    /// The ErrorResponse that tells the client.
+    pub fn error_response(&self, severity: Severity) -> BytesMut {
+        let extra: &[(u8, &str)] = match self {
+            // Exactly PostgreSQL's error, routine included: drivers recognise it by that and re-prepare.
+            ProxyError::CachedPlanChanged => &[(field::FILE, "plancache.c"), (field::ROUTINE, "RevalidateCachedQuery")],
+            _ => &[],
+        };
+        messages::error_response_with(severity.as_str(), self.sqlstate(), &self.to_string(), extra)
+    }
+
+    /// Counts the error in the errors metric, under the class of the SQLSTATE the client sees.
+    pub fn count(&self) {
+        crate::metrics::error(self.sqlstate().as_bytes(), "proxy");
     }
 }
 
@@ -82,5 +152,15 @@ mod tests {
         ];
         let codes: Vec<&str> = errors.iter().map(|e| e.sqlstate()).collect();
         assert_eq!(codes, ["08P01", "28P01", "53300", "0A000", "08P01", "08006"]);
+    }
+
+    #[test]
+    fn the_error_response_carries_the_code_and_text() {
+        let e = ProxyError::UnknownStatement("p".into());
+        let m = e.error_response(Severity::Error);
+        assert_eq!(&messages::sqlstate_of(&m[5..]), b"26000");
+        assert_eq!(messages::message_of(&m[5..]), "prepared statement \"p\" does not exist");
+        let plan = ProxyError::CachedPlanChanged.error_response(Severity::Error);
+        assert!(messages::fields(&plan[5..]).any(|f| f == (field::ROUTINE, b"RevalidateCachedQuery".as_slice())));
     }
 }

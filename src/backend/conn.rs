@@ -1,5 +1,6 @@
 //! One server connection: TCP connect, startup, authentication (SCRAM-SHA-256, md5, password, trust).
 
+use crate::error::sqlstate;
 use crate::protocol::{be, framing, messages};
 use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::authentication::{self, sasl};
@@ -28,9 +29,9 @@ impl BackendError {
     pub fn sqlstate(&self) -> &str {
         match self {
             BackendError::Server { code, .. } => code,
-            BackendError::Auth(_) => "28000",
-            BackendError::Protocol(_) => "08P01",
-            BackendError::Io(_) | BackendError::Timeout(_) => "08006",
+            BackendError::Auth(_) => sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            BackendError::Protocol(_) => sqlstate::PROTOCOL_VIOLATION,
+            BackendError::Io(_) | BackendError::Timeout(_) => sqlstate::CONNECTION_FAILURE,
         }
     }
 }

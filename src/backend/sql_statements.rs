@@ -23,7 +23,9 @@ impl ServerSqlStatements {
     /// (e.g. from a multi-statement string): it is then dropped before the next PREPARE.
     pub fn prepare_failed(&mut self, name: &str, sqlstate: &str) {
         match sqlstate {
-            "42P05" => drop(self.by_name.insert(name.to_string(), (None, self.tick))),
+            crate::error::sqlstate::DUPLICATE_PREPARED_STATEMENT => {
+                self.by_name.insert(name.to_string(), (None, self.tick));
+            }
             _ => self.forget(name),
         }
     }

@@ -5,6 +5,7 @@
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 
+use crate::protocol::be;
 use crate::protocol::framing::Verdict;
 
 /// One request sent to the server (or answered by the proxy) whose answer is still to come.
@@ -139,7 +140,7 @@ impl Inflight {
         let swallowing = matches!(front, Request::Query { swallow: true });
         let mut verdict = if swallowing { Verdict::Swallow } else { Verdict::Forward };
         let ends_front = match (tag, front) {
-            (b'Z', _) => {
+            (be::READY_FOR_QUERY, _) => {
                 self.awaits_copy_data = false;
                 // Pops through the sync point; anything before it got no answer.
                 while let Some(r) = self.queue.pop_front() {
@@ -152,16 +153,16 @@ impl Inflight {
                 }
                 false
             }
-            (b'G', Request::Execute) => {
+            (be::COPY_IN_RESPONSE, Request::Execute) => {
                 self.awaits_copy_data = true;
                 self.copy_in_started();
                 false
             }
-            (b'G' | b'W', _) => {
+            (be::COPY_IN_RESPONSE | be::COPY_BOTH_RESPONSE, _) => {
                 self.awaits_copy_data = true;
                 false
             }
-            (b'E', r) if r.is_extended() => {
+            (be::ERROR_RESPONSE, r) if r.is_extended() => {
                 if let Request::Parse { hash, .. } = r {
                     outcome.failed_parse = *hash;
                 }
@@ -172,17 +173,17 @@ impl Inflight {
                 verdict = Verdict::Forward; // the client must see why its batch failed
                 false
             }
-            (b'E', _) => {
+            (be::ERROR_RESPONSE, _) => {
                 verdict = Verdict::Forward;
                 false
             }
-            (b'1', Request::Parse { swallow, .. }) | (b'3', Request::Close { swallow }) => {
+            (be::PARSE_COMPLETE, Request::Parse { swallow, .. }) | (be::CLOSE_COMPLETE, Request::Close { swallow }) => {
                 verdict = if *swallow { Verdict::Swallow } else { Verdict::Forward };
                 true
             }
-            (b'2', Request::Bind) => true,
-            (b'n' | b'T', Request::DescribeStatement | Request::DescribePortal) => true,
-            (b'C' | b'I' | b's', Request::Execute) => true,
+            (be::BIND_COMPLETE, Request::Bind) => true,
+            (be::NO_DATA | be::ROW_DESCRIPTION, Request::DescribeStatement | Request::DescribePortal) => true,
+            (be::COMMAND_COMPLETE | be::EMPTY_QUERY | be::PORTAL_SUSPENDED, Request::Execute) => true,
             _ => false,
         };
         if ends_front {
@@ -221,7 +222,7 @@ impl Inflight {
 mod tests {
     use super::*;
 
-    const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];
+    use crate::protocol::messages::PARSE_COMPLETE;
 
     /// Feeds server tags through the tracker and returns what the client receives.
     fn run(requests: Vec<Request>, server: &[u8]) -> (Vec<u8>, Vec<Outcome>, usize) {

@@ -19,7 +19,7 @@ pub mod sql_prepared;
 pub mod startup;
 
 use crate::error::ProxyError;
-use crate::protocol::messages;
+use crate::protocol::messages::Severity;
 use client_stream::ClientStream;
 use shared::Shared;
 use std::net::SocketAddr;
@@ -57,11 +57,11 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, shared: &Shared, 
 
 /// Sends a FATAL ErrorResponse (best effort) and counts it; the caller closes the connection.
 pub async fn fail(stream: &mut (impl AsyncWrite + Unpin), e: &ProxyError) {
-    crate::metrics::error(e.sqlstate().as_bytes(), "proxy");
+    e.count();
     if matches!(e, ProxyError::ClientIo(_)) {
         return;
     }
-    let msg = messages::error_response("FATAL", e.sqlstate(), &e.to_string());
+    let msg = e.error_response(Severity::Fatal);
     let _ = crate::control::timeout(std::time::Duration::from_secs(1), stream.write_all(&msg)).await;
     let _ = stream.shutdown().await;
 }

@@ -38,12 +38,16 @@ pub fn want(c: &Classification, route: RouteOverride, in_deferred_begin: bool) -
 
 /// Server errors after which a read that sent nothing to the client yet can run again elsewhere:
 /// `Some(true)` means "on the leader" (the follower refused a write), `Some(false)` "on another node".
-pub fn retry_on(sqlstate: &[u8; 5]) -> Option<bool> {
-    match sqlstate {
-        b"25006" => Some(true),                                   // read_only_sql_transaction
-        b"57P01" | b"57P02" | b"57P03" | b"40001" => Some(false), // shutdown, conflict with recovery
-        [b'0', b'8', ..] => Some(false),                          // connection exception
-        _ => None,
+pub fn retry_on(code: &[u8; 5]) -> Option<bool> {
+    use crate::error::sqlstate::*;
+    const ELSEWHERE: [[u8; 5]; 4] =
+        [bytes(ADMIN_SHUTDOWN), bytes(CRASH_SHUTDOWN), bytes(CANNOT_CONNECT_NOW), bytes(SERIALIZATION_FAILURE)];
+    if *code == bytes(READ_ONLY_SQL_TRANSACTION) {
+        Some(true)
+    } else if ELSEWHERE.contains(code) || code.starts_with(CONNECTION_EXCEPTION_CLASS.as_bytes()) {
+        Some(false) // shutdown, conflict with recovery, connection exception
+    } else {
+        None
     }
 }
 

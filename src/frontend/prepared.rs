@@ -2,12 +2,12 @@
 //! server-side statements named after a hash of their SQL and parameter types, prepared on
 //! demand on whichever server connection runs the client's work.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 use crate::backend::statements::server_name;
-use crate::protocol::messages::{begin, finish};
+use crate::protocol::{messages, target};
 use crate::route::Classification;
 use std::sync::Arc;
 
@@ -26,7 +26,7 @@ pub struct Statement {
 impl Statement {
     /// The SQL text.
     pub fn query(&self) -> &[u8] {
-        crate::protocol::messages::read_cstr(&self.tail).map_or(&[][..], |(q, _)| q)
+        messages::read_cstr(&self.tail).map_or(&[][..], |(q, _)| q)
     }
 }
 
@@ -78,45 +78,23 @@ pub fn statement_hash(tail: &[u8], schema: u64) -> u64 {
 
 /// Parse of a statement under its server name.
 pub fn put_parse(out: &mut BytesMut, statement: &Statement) {
-    let at = begin(out, b'P');
-    out.put_slice(&server_name(statement.hash));
-    out.put_u8(0);
-    out.put_slice(&statement.tail);
-    finish(out, at);
-}
-
-/// A Close or Describe ('S') of a server statement.
-fn put_statement_message(out: &mut BytesMut, tag: u8, hash: u64) {
-    let at = begin(out, tag);
-    out.put_u8(b'S');
-    out.put_slice(&server_name(hash));
-    out.put_u8(0);
-    finish(out, at);
+    messages::put_parse(out, &server_name(statement.hash), &statement.tail);
 }
 
 /// Close of a server statement.
 pub fn put_close_statement(out: &mut BytesMut, hash: u64) {
-    put_statement_message(out, b'C', hash);
+    messages::put_close(out, target::STATEMENT, &server_name(hash));
 }
 
 /// Bind with the statement name replaced: `portal` and `rest` are copied from the client's Bind.
 pub fn put_bind(out: &mut BytesMut, portal: &[u8], hash: u64, rest: &[u8]) {
-    let at = begin(out, b'B');
-    out.put_slice(portal);
-    out.put_u8(0);
-    out.put_slice(&server_name(hash));
-    out.put_u8(0);
-    out.put_slice(rest);
-    finish(out, at);
+    messages::put_bind(out, portal, &server_name(hash), rest);
 }
 
 /// Describe of a statement under its server name.
 pub fn put_describe_statement(out: &mut BytesMut, hash: u64) {
-    put_statement_message(out, b'D', hash);
+    messages::put_describe(out, target::STATEMENT, &server_name(hash));
 }
-
-pub const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];
-pub const CLOSE_COMPLETE: &[u8] = &[b'3', 0, 0, 0, 4];
 
 #[cfg(test)]
 mod tests {

@@ -2,9 +2,13 @@
 //! the proxy itself.
 
 use crate::consistency::{parse_token, Floor, Level};
-use crate::protocol::messages;
+use crate::error::ProxyError;
+use crate::protocol::messages::{self, ResultSet};
 use crate::route::{Classification, SessionEffect};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
+
+/// Kept for session/*.rs, which still builds its replies from this name.
+use crate::protocol::messages::put_command_complete;
 
 /// `SET pgcausal.route = auto | leader | follower`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -40,19 +44,17 @@ pub struct ProxySettings {
     pub route: RouteOverride,
 }
 
-type CommandError = (&'static str, String);
-
-fn invalid(name: &str, value: &str, expected: &str) -> CommandError {
-    ("22023", format!("invalid value for parameter \"{name}\": \"{value}\" ({expected})"))
+fn invalid(name: &str, value: &str, expected: &'static str) -> ProxyError {
+    ProxyError::InvalidParameterValue { name: name.to_string(), value: value.to_string(), expected }
 }
 
 /// `SET pgcausal.<name> = value` (also from startup options and RESET with `None`).
-pub fn apply_setting(
+pub fn apply(
     name: &str,
     value: Option<&str>,
     settings: &mut ProxySettings,
     floor: &mut Floor,
-) -> Result<(), CommandError> {
+) -> Result<(), ProxyError> {
     let unquoted = value.map(|v| v.trim().trim_matches('\''));
     match name.to_ascii_lowercase().as_str() {
         "pgcausal.route" => {
@@ -81,13 +83,13 @@ pub fn apply_setting(
                 floor.adopt(timeline, lsn);
             }
         }
-        _ => return Err(("42704", format!("unrecognized configuration parameter \"{name}\""))),
+        _ => return Err(ProxyError::UnknownParameter(name.to_string())),
     }
     Ok(())
 }
 
 /// The value `SHOW pgcausal.<name>` answers; `token` is the session's settled causal token.
-fn show(name: &str, settings: &ProxySettings, floor: &Floor, token: Option<&str>) -> Result<String, CommandError> {
+fn show(name: &str, settings: &ProxySettings, floor: &Floor, token: Option<&str>) -> Result<String, ProxyError> {
     Ok(match name.to_ascii_lowercase().as_str() {
         "pgcausal.route" => settings.route.name().to_string(),
         "pgcausal.consistency" => floor.level.name().to_string(),
@@ -95,7 +97,7 @@ fn show(name: &str, settings: &ProxySettings, floor: &Floor, token: Option<&str>
             floor.max_staleness.map_or("off".into(), |d| humantime::format_duration(d).to_string())
         }
         "pgcausal.lsn" | "pgcausal.min_lsn" => token.unwrap_or_default().to_string(),
-        _ => return Err(("42704", format!("unrecognized configuration parameter \"{name}\""))),
+        _ => return Err(ProxyError::UnknownParameter(name.to_string())),
     })
 }
 
@@ -104,33 +106,36 @@ pub fn needs_token(c: &Classification) -> bool {
     c.session.iter().any(|e| matches!(e, SessionEffect::ProxyShow { name } if name.eq_ignore_ascii_case("pgcausal.lsn") || name.eq_ignore_ascii_case("pgcausal.min_lsn")))
 }
 
-/// The reply to `pgcausal.*` commands, or an error (SQLSTATE, message). A simple Query's answer
-/// has a RowDescription before a SHOW's row; an Execute's has not (its Describe gave it).
-pub fn answer_proxy_command(
+/// The reply to `pgcausal.*` commands, or the error to send. A simple Query's answer has a
+/// RowDescription before a SHOW's row; an Execute's has not (its Describe gave it).
+pub fn answer(
     c: &Classification,
     settings: &mut ProxySettings,
     floor: &mut Floor,
     token: Option<&str>,
     row_description: bool,
-) -> Result<BytesMut, CommandError> {
+) -> Result<BytesMut, ProxyError> {
     let mut out = BytesMut::new();
     for effect in &c.session {
         match effect {
             SessionEffect::ProxySet { name, value } => {
-                apply_setting(name, Some(value), settings, floor)?;
+                apply(name, Some(value), settings, floor)?;
                 put_command_complete(&mut out, "SET");
             }
             SessionEffect::ProxyReset { name } => {
-                apply_setting(name, None, settings, floor)?;
+                apply(name, None, settings, floor)?;
                 put_command_complete(&mut out, "RESET");
             }
             SessionEffect::ProxyShow { name } => {
                 let value = show(name, settings, floor, token)?;
+                let mut shown = ResultSet::new(&[&name.to_ascii_lowercase()]);
+                shown.row(&[Some(&value)]);
                 if row_description {
-                    put_text_column(&mut out, &name.to_ascii_lowercase(), 0);
+                    shown.write(&mut out, "SHOW");
+                } else {
+                    shown.put_rows(&mut out);
+                    put_command_complete(&mut out, "SHOW");
                 }
-                put_single_value(&mut out, &value);
-                put_command_complete(&mut out, "SHOW");
             }
             _ => {}
         }
@@ -138,44 +143,10 @@ pub fn answer_proxy_command(
     Ok(out)
 }
 
-pub fn put_command_complete(out: &mut BytesMut, tag: &str) {
-    out.put_u8(b'C');
-    out.put_i32(4 + tag.len() as i32 + 1);
-    out.put_slice(tag.as_bytes());
-    out.put_u8(0);
-}
-
-/// RowDescription with one `text` column in the given format (0 text, 1 binary), as SHOW has.
-pub fn put_text_column(out: &mut BytesMut, column: &str, format: i16) {
-    out.put_u8(b'T');
-    out.put_i32(4 + 2 + column.len() as i32 + 1 + 18);
-    out.put_i16(1);
-    out.put_slice(column.as_bytes());
-    out.put_u8(0);
-    out.put_i32(0); // table oid
-    out.put_i16(0); // column number
-    out.put_i32(25); // text
-    out.put_i16(-1);
-    out.put_i32(-1);
-    out.put_i16(format);
-}
-
-/// One DataRow with one value (a `text` value has the same bytes in both formats).
-fn put_single_value(out: &mut BytesMut, value: &str) {
-    out.put_u8(b'D');
-    out.put_i32(4 + 2 + 4 + value.len() as i32);
-    out.put_i16(1);
-    out.put_i32(value.len() as i32);
-    out.put_slice(value.as_bytes());
-}
-
 /// The answer to a standalone BEGIN whose node is chosen by the next statement, and to COMMIT or
 /// ROLLBACK of such a transaction that never ran a statement.
 pub fn local_transaction_reply(tag: &str, status: crate::protocol::TxStatus) -> Bytes {
-    let mut out = BytesMut::new();
-    put_command_complete(&mut out, tag);
-    out.extend_from_slice(&messages::ready_for_query(status));
-    out.freeze()
+    messages::command_complete_and_ready(tag, status)
 }
 
 #[cfg(test)]
@@ -191,17 +162,27 @@ mod tests {
     #[test]
     fn proxy_commands_set_show_and_reject() {
         let (mut s, mut f) = (ProxySettings::default(), Floor::new(Level::Causal, None));
-        let mut answer = |sql: &str| answer_proxy_command(&c(sql), &mut s, &mut f, Some("1/0/10"), true);
+        let mut answer = |sql: &str| answer(&c(sql), &mut s, &mut f, Some("1/0/10"), true);
         assert_eq!(&answer("SET pgcausal.route = leader").unwrap()[..], b"C\0\0\0\x08SET\0");
         assert!(answer("SHOW pgcausal.route").unwrap().windows(6).any(|w| w == b"leader"));
-        assert_eq!(answer("SET pgcausal.route = sideways").unwrap_err().0, "22023");
-        assert_eq!(answer("SHOW pgcausal.nothing").unwrap_err().0, "42704");
+        assert_eq!(answer("SET pgcausal.route = sideways").unwrap_err().sqlstate(), "22023");
+        assert_eq!(answer("SHOW pgcausal.nothing").unwrap_err().sqlstate(), "42704");
         answer("SET pgcausal.consistency = eventual").unwrap();
         answer("SET pgcausal.max_staleness = '250ms'").unwrap();
-        assert_eq!(answer("SET pgcausal.min_lsn = 'nonsense'").unwrap_err().0, "22023");
+        assert_eq!(answer("SET pgcausal.min_lsn = 'nonsense'").unwrap_err().sqlstate(), "22023");
         answer("SET pgcausal.min_lsn = '1/0/3000148'").unwrap();
         assert!(answer("SHOW pgcausal.lsn").unwrap().windows(6).any(|w| w == b"1/0/10"));
         assert_eq!(s.route, RouteOverride::Leader);
         assert_eq!((f.level, f.max_staleness, f.lsn()), (Level::Eventual, Some(Duration::from_millis(250)), 0x3000148));
+    }
+
+    #[test]
+    fn show_answers_one_text_column() {
+        let (mut s, mut f) = (ProxySettings { route: RouteOverride::Leader }, Floor::new(Level::Causal, None));
+        let mut answer = |sql: &str, simple| answer(&c(sql), &mut s, &mut f, None, simple).unwrap();
+        let description = b"T\0\0\0\x27\0\x01pgcausal.route\0\0\0\0\0\0\0\0\0\0\x19\xff\xff\xff\xff\xff\xff\0\0";
+        let rest = b"D\0\0\0\x10\0\x01\0\0\0\x06leaderC\0\0\0\x09SHOW\0";
+        assert_eq!(&answer("SHOW pgcausal.route", true)[..], [&description[..], rest].concat());
+        assert_eq!(&answer("SHOW pgcausal.route", false)[..], rest);
     }
 }

@@ -2,18 +2,15 @@
 //! that name them live in the proxy, which answers Parse, Bind, Describe, Execute and Close for
 //! them itself. Nothing of them reaches a server.
 
-use super::prepared::{CLOSE_COMPLETE, PARSE_COMPLETE};
 use super::requests::{duplicate, Refused};
-use crate::protocol::messages;
+use crate::protocol::messages::{
+    self, Format, ResultSet, BIND_COMPLETE, CLOSE_COMPLETE, NO_DATA, NO_PARAMETERS, PARSE_COMPLETE,
+};
+use crate::protocol::target;
 use crate::route::{Classification, SessionEffect};
 use bytes::{Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::Arc;
-
-const BIND_COMPLETE: &[u8] = &[b'2', 0, 0, 0, 4];
-const NO_DATA: &[u8] = &[b'n', 0, 0, 0, 4];
-/// ParameterDescription with no parameters: the commands take none.
-const NO_PARAMETERS: &[u8] = &[b't', 0, 0, 0, 6, 0, 0];
 
 /// The client's prepared `pgcausal.*` commands, by statement and by portal name.
 #[derive(Default)]
@@ -79,14 +76,14 @@ impl ProxyStatements {
         let Some((name, _)) = messages::read_cstr(rest) else { return Step::Pass };
         let mut out = BytesMut::new();
         match kind {
-            b'S' => match self.statements.get(name) {
+            target::STATEMENT => match self.statements.get(name) {
                 Some(command) => {
-                    out.extend_from_slice(NO_PARAMETERS);
+                    out.extend_from_slice(NO_PARAMETERS); // the commands take none
                     put_row_description(&mut out, command, false);
                 }
                 None => return Step::Pass,
             },
-            b'P' => match self.portals.get(name) {
+            target::PORTAL => match self.portals.get(name) {
                 Some((command, binary)) => put_row_description(&mut out, command, *binary),
                 None => return Step::Pass,
             },
@@ -107,8 +104,8 @@ impl ProxyStatements {
         let Some((&kind, rest)) = body.split_first() else { return Step::Pass };
         let Some((name, _)) = messages::read_cstr(rest) else { return Step::Pass };
         let removed = match kind {
-            b'S' => self.statements.remove(name).is_some(),
-            b'P' => self.portals.remove(name).is_some(),
+            target::STATEMENT => self.statements.remove(name).is_some(),
+            target::PORTAL => self.portals.remove(name).is_some(),
             _ => false,
         };
         if removed {
@@ -135,7 +132,10 @@ fn shown_column(command: &Classification) -> Option<String> {
 /// RowDescription of a SHOW (one text column), or NoData for SET and RESET.
 fn put_row_description(out: &mut BytesMut, command: &Classification, binary: bool) {
     match shown_column(command) {
-        Some(column) => super::proxy_settings::put_text_column(out, &column, i16::from(binary)),
+        Some(column) => {
+            let format = if binary { Format::Binary } else { Format::Text };
+            ResultSet::new(&[&column]).put_description(out, format);
+        }
         None => out.extend_from_slice(NO_DATA),
     }
 }

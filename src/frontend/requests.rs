@@ -2,10 +2,11 @@
 //! names (prepared on demand), and the proxy answers what needs no server (Close of a statement).
 
 use super::inflight::{Inflight, Request};
-use super::prepared::{self, ClientStatements, Statement, CLOSE_COMPLETE, PARSE_COMPLETE};
+use super::prepared::{self, ClientStatements, Statement};
 use crate::backend::statements::ServerStatements;
 use crate::error::ProxyError;
-use crate::protocol::{fe, messages, TxStatus};
+use crate::protocol::messages::{self, Severity, CLOSE_COMPLETE, PARSE_COMPLETE};
+use crate::protocol::{fe, target, TxStatus};
 use bytes::{Bytes, BytesMut};
 
 /// Everything one client message may touch on its way to the server.
@@ -22,8 +23,21 @@ pub struct Outbound<'a> {
     pub ddl: &'a crate::frontend::ddl::DdlLog,
 }
 
-/// A message the proxy refuses the way PostgreSQL would: an error, then skip to Sync.
+/// A message the proxy refuses the way PostgreSQL would: an error, then skip to Sync. It holds
+/// the ErrorResponse to send.
 pub struct Refused(pub Bytes);
+
+impl Refused {
+    pub fn new(e: &ProxyError) -> Refused {
+        Refused(e.error_response(Severity::Error).freeze())
+    }
+
+    /// Counts it in the errors metric under the class it is sent with (read back from the
+    /// ErrorResponse it holds, so the count cannot disagree with what the client sees).
+    pub fn count(&self) {
+        crate::metrics::error(&messages::sqlstate_of(self.0.get(5..).unwrap_or_default()), "proxy");
+    }
+}
 
 fn malformed(what: &str) -> ProxyError {
     ProxyError::Protocol(format!("malformed {what} message"))
@@ -38,7 +52,7 @@ pub fn answerable_without_server(tag: u8, msg: &[u8]) -> bool {
     match tag {
         fe::SYNC | fe::FLUSH => true,
         fe::PARSE => body.first().is_some_and(|&b| b != 0),
-        fe::CLOSE => body.first() == Some(&b'S') && body.get(1).is_some_and(|&b| b != 0),
+        fe::CLOSE => body.first() == Some(&target::STATEMENT) && body.get(1).is_some_and(|&b| b != 0),
         _ => false,
     }
 }
@@ -76,10 +90,9 @@ pub fn answer_without_server(
     Ok(Ok(()))
 }
 
-/// PostgreSQL's error for a Parse that reuses a statement name (42P05).
+/// PostgreSQL's error for a Parse that reuses a statement name.
 pub fn duplicate(name: &[u8]) -> Refused {
-    let text = format!("prepared statement \"{}\" already exists", String::from_utf8_lossy(name));
-    Refused(messages::error_response("ERROR", "42P05", &text).freeze())
+    Refused::new(&ProxyError::DuplicateStatement(String::from_utf8_lossy(name).into_owned()))
 }
 
 impl Outbound<'_> {
@@ -90,7 +103,7 @@ impl Outbound<'_> {
             fe::PARSE => return self.parse(msg),
             fe::BIND => return self.bind(msg),
             fe::DESCRIBE => return self.describe(msg),
-            fe::CLOSE if body.first() == Some(&b'S') && body.get(1) != Some(&0) => {
+            fe::CLOSE if body.first() == Some(&target::STATEMENT) && body.get(1) != Some(&0) => {
                 let (name, _) = messages::read_cstr(&body[1..]).ok_or_else(|| malformed("Close"))?;
                 self.client.remove(name);
                 // The server statement stays cached for other clients; the client gets its answer.
@@ -150,14 +163,7 @@ impl Outbound<'_> {
         let Some(statement) = self.client.get(name).cloned() else { return Ok(None) };
         if !self.server.touch(statement.hash) {
             if statement.schema < self.schema && self.ddl.touches(statement.schema, statement.query()) {
-                // Exactly PostgreSQL's error, routine included: drivers recognise it by that.
-                let error = messages::error_response_with(
-                    "ERROR",
-                    "0A000",
-                    "cached plan must not change result type",
-                    &[(b'F', "plancache.c"), (b'R', "RevalidateCachedQuery")],
-                );
-                return Err(Refused(error.freeze()));
+                return Err(Refused::new(&ProxyError::CachedPlanChanged));
             }
             self.prepare(&statement, true);
         }
@@ -181,7 +187,7 @@ impl Outbound<'_> {
         let body = &msg[5..];
         let kind = *body.first().ok_or_else(|| malformed("Describe"))?;
         let (name, _) = messages::read_cstr(&body[1..]).ok_or_else(|| malformed("Describe"))?;
-        if kind == b'P' {
+        if kind == target::PORTAL {
             self.to_server.extend_from_slice(msg);
             self.inflight.push(Request::DescribePortal, self.to_client);
             return Ok(Ok(()));
@@ -193,5 +199,17 @@ impl Outbound<'_> {
         }
         self.inflight.push(Request::DescribeStatement, self.to_client);
         Ok(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_holds_the_code_it_is_counted_under() {
+        let refused = duplicate(b"s1");
+        assert_eq!(&messages::sqlstate_of(&refused.0[5..]), b"42P05");
+        refused.count();
     }
 }

@@ -3,6 +3,7 @@
 //! statement on whatever connection runs it, and a PREPARE first drops another client's namesake.
 
 use crate::backend::sql_statements::ServerSqlStatements;
+use crate::error::ProxyError;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
@@ -260,7 +261,8 @@ pub enum Plan {
     Forward { inject: Option<Vec<String>> },
     /// Do not send anything: answer the client with CommandComplete(tag) + ReadyForQuery, as PostgreSQL would.
     Answer { tag: &'static str },
-    /// Answer with an error like PostgreSQL's (42P05 duplicate, 26000 does not exist) + ReadyForQuery.
+    /// Answer with an error like PostgreSQL's (a duplicate name, or one that does not exist) +
+    /// ReadyForQuery: the SQLSTATE and text of a ProxyError.
     Error { code: String, message: String },
 }
 
@@ -269,8 +271,8 @@ pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn error(code: &'static str, name: &str, what: &str) -> Plan {
-    Plan::Error { code: code.to_string(), message: format!("prepared statement \"{name}\" {what}") }
+fn error(e: ProxyError) -> Plan {
+    Plan::Error { code: e.sqlstate().to_string(), message: e.to_string() }
 }
 
 /// Decides how to run `query` for this client on this server connection, and records its effect.
@@ -282,7 +284,7 @@ pub fn plan(query: &SqlPrepare, client: &mut ClientSqlStatements, server: &mut S
     match query {
         SqlPrepare::Prepare { name, sql } => {
             if client.by_name.contains_key(name) {
-                return error("42P05", name, "already exists");
+                return error(ProxyError::DuplicateStatement(name.clone()));
             }
             let mut h = std::collections::hash_map::DefaultHasher::new();
             sql.hash(&mut h);
@@ -296,7 +298,11 @@ pub fn plan(query: &SqlPrepare, client: &mut ClientSqlStatements, server: &mut S
             let held = server.get(name);
             let Some((hash, sql)) = client.by_name.get(name) else {
                 // PostgreSQL reports the error itself, unless the name is another client's statement here.
-                return if held.is_some() { error("26000", name, "does not exist") } else { forward(vec![]) };
+                return if held.is_some() {
+                    error(ProxyError::UnknownStatement(name.clone()))
+                } else {
+                    forward(vec![])
+                };
             };
             if held == Some(Some(*hash)) {
                 return forward(vec![]);
@@ -308,7 +314,7 @@ pub fn plan(query: &SqlPrepare, client: &mut ClientSqlStatements, server: &mut S
         }
         SqlPrepare::Deallocate { name } => {
             let Some((hash, _)) = client.by_name.remove(name) else {
-                return error("26000", name, "does not exist");
+                return error(ProxyError::UnknownStatement(name.clone()));
             };
             if server.get(name) != Some(Some(hash)) {
                 return Plan::Answer { tag: "DEALLOCATE" }; // not on this connection: nothing to drop

@@ -5,8 +5,9 @@ use super::client_stream::ClientStream;
 use crate::config::AuthMethod;
 use crate::error::ProxyError;
 use crate::frontend::shared::Shared;
+use crate::protocol::messages::{self, auth};
 use crate::protocol::startup::{self, StartupPacket};
-use crate::protocol::{fe, framing, messages};
+use crate::protocol::{fe, framing};
 use bytes::BytesMut;
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,8 +35,10 @@ pub async fn handshake(stream: &mut ClientStream, shared: &Shared) -> Result<Opt
         let mut body = vec![0u8; len - 4];
         stream.read_exact(&mut body).await?;
         match startup::parse(&body)? {
-            // No TLS or GSS encryption yet: 'N' tells the client to continue in plain text.
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => stream.write_all(b"N").await?,
+            // No TLS or GSS encryption yet: the client continues in plain text.
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                stream.write_all(messages::ENCRYPTION_REFUSED).await?
+            }
             StartupPacket::Cancel { pid, secret } => {
                 forward_cancel(shared, pid, secret).await;
                 return Ok(None);
@@ -121,7 +124,7 @@ async fn md5(stream: &mut ClientStream, user: &str, password: &str) -> Result<bo
     let mut salt = [0u8; 4];
     rand::thread_rng().fill_bytes(&mut salt);
     let mut out = BytesMut::new();
-    messages::put_auth(&mut out, 5, &salt);
+    messages::put_auth(&mut out, auth::MD5_PASSWORD, &salt);
     stream.write_all(&out).await?;
     let body = read_password_message(stream).await?;
     let answer = body.strip_suffix(b"\0").unwrap_or(&body);
@@ -131,7 +134,7 @@ async fn md5(stream: &mut ClientStream, user: &str, password: &str) -> Result<bo
 async fn scram(stream: &mut ClientStream, shared: &Shared, user: &str) -> Result<bool, ProxyError> {
     let secret = &shared.scram[user];
     let mut out = BytesMut::new();
-    messages::put_auth(&mut out, 10, b"SCRAM-SHA-256\0\0");
+    messages::put_auth(&mut out, auth::SASL, b"SCRAM-SHA-256\0\0");
     stream.write_all(&out).await?;
     // SASLInitialResponse: mechanism\0, int32 length, client-first.
     let body = read_password_message(stream).await?;
@@ -146,27 +149,17 @@ async fn scram(stream: &mut ClientStream, shared: &Shared, user: &str) -> Result
         Err(e) => return Err(ProxyError::Protocol(e.to_string())),
     };
     out.clear();
-    messages::put_auth(&mut out, 11, server_first.as_bytes());
+    messages::put_auth(&mut out, auth::SASL_CONTINUE, server_first.as_bytes());
     stream.write_all(&out).await?;
     let client_final = read_password_message(stream).await?;
     match exchange.finish(secret, &client_final) {
         Ok(server_final) => {
             out.clear();
-            messages::put_auth(&mut out, 12, server_final.as_bytes());
+            messages::put_auth(&mut out, auth::SASL_FINAL, server_final.as_bytes());
             stream.write_all(&out).await?;
             Ok(true)
         }
         Err(super::auth::ScramError::WrongProof) => Ok(false),
         Err(e) => Err(ProxyError::Protocol(e.to_string())),
     }
-}
-
-/// Sends AuthenticationOk, the server's parameters, our cancel key and ReadyForQuery.
-pub fn put_login_ok(out: &mut BytesMut, params: &[(String, String)], pid: u32, secret: u32) {
-    messages::put_auth(out, 0, &[]);
-    for (name, value) in params {
-        messages::put_parameter_status(out, name, value);
-    }
-    messages::put_backend_key_data(out, pid, secret);
-    out.extend_from_slice(&messages::ready_for_query(crate::protocol::TxStatus::Idle));
 }

@@ -42,7 +42,10 @@ pub enum Verdict {
 /// ends a request, so replies never fall due in the middle of one.)
 #[inline]
 pub fn streams(tag: u8) -> bool {
-    matches!(tag, be::DATA_ROW | b'd' | b't' | b'V' | be::NOTICE_RESPONSE)
+    matches!(
+        tag,
+        be::DATA_ROW | be::COPY_DATA | be::PARAMETER_DESCRIPTION | be::FUNCTION_CALL_RESPONSE | be::NOTICE_RESPONSE
+    )
 }
 
 /// The session's view of server output, message by message.

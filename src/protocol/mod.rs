@@ -53,6 +53,12 @@ pub mod fe {
     pub const PASSWORD: u8 = b'p';
 }
 
+/// What a Describe or Close names: the byte after its tag.
+pub mod target {
+    pub const STATEMENT: u8 = b'S';
+    pub const PORTAL: u8 = b'P';
+}
+
 /// Backend (server → client) message tags the proxy cares about.
 pub mod be {
     pub const AUTHENTICATION: u8 = b'R';
@@ -66,4 +72,15 @@ pub mod be {
     pub const COPY_OUT_RESPONSE: u8 = b'H';
     pub const COPY_BOTH_RESPONSE: u8 = b'W';
     pub const DATA_ROW: u8 = b'D';
+    pub const ROW_DESCRIPTION: u8 = b'T';
+    pub const PARSE_COMPLETE: u8 = b'1';
+    pub const BIND_COMPLETE: u8 = b'2';
+    pub const CLOSE_COMPLETE: u8 = b'3';
+    pub const NO_DATA: u8 = b'n';
+    pub const PARAMETER_DESCRIPTION: u8 = b't';
+    pub const EMPTY_QUERY: u8 = b'I';
+    pub const PORTAL_SUSPENDED: u8 = b's';
+    pub const COPY_DATA: u8 = b'd';
+    pub const FUNCTION_CALL_RESPONSE: u8 = b'V';
+    pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
 }

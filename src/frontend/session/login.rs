@@ -15,8 +15,8 @@ impl Session<'_> {
         let mut server_startup = Vec::new();
         for (name, value) in startup_settings(&self.login.params) {
             if name.to_ascii_lowercase().starts_with("pgcausal.") {
-                proxy_settings::apply_setting(&name, Some(&value), &mut self.proxy, &mut self.floor)
-                    .map_err(|(_, message)| ProxyError::Protocol(format!("invalid startup option: {message}")))?;
+                proxy_settings::apply(&name, Some(&value), &mut self.proxy, &mut self.floor)
+                    .map_err(|e| ProxyError::Protocol(format!("invalid startup option: {e}")))?;
             } else {
                 startup.set_text(&name, &value);
                 server_startup.push((name, value));
@@ -25,7 +25,7 @@ impl Session<'_> {
         let mut out = BytesMut::new();
         if let Some(params) = self.remembered_login(&server_startup) {
             self.state.settings = ClientSettings::from_startup(startup);
-            put_login_ok(&mut out, &params, self.key.pid, self.key.secret);
+            messages::put_login_ok(&mut out, &params, self.key.pid, self.key.secret);
             self.client.writer.write_all(&out).await?;
             return Ok(());
         }
@@ -42,7 +42,7 @@ impl Session<'_> {
             pool.remember_login_params(server_startup, &conn.params);
         }
         self.state.settings = ClientSettings::from_startup(startup);
-        put_login_ok(&mut out, &conn.params, self.key.pid, self.key.secret);
+        messages::put_login_ok(&mut out, &conn.params, self.key.pid, self.key.secret);
         self.client.writer.write_all(&out).await?;
         self.maybe_release();
         Ok(())

@@ -20,7 +20,7 @@ use super::proxy_settings::{self, ProxySettings};
 use super::proxy_statements::Step;
 use super::requests::{answer_without_server, answerable_without_server, Outbound, Refused};
 use super::sql_prepared::{self, Plan, SqlPrepare};
-use super::startup::{put_login_ok, ClientLogin};
+use super::startup::ClientLogin;
 use crate::backend::settings::Settings;
 use crate::backend::statements::ServerStatements;
 use crate::backend::BackendError;
@@ -30,7 +30,8 @@ use crate::consistency::Floor;
 use crate::error::ProxyError;
 use crate::frontend::shared::Shared;
 use crate::protocol::framing::{self, BackendScanner, ServerMessages, Verdict};
-use crate::protocol::{fe, messages, TxStatus};
+use crate::protocol::messages::{self, Severity};
+use crate::protocol::{be, fe, target, TxStatus};
 use crate::route::{Classification, SessionEffect, TxControl};
 use crate::topology::balance::Outstanding;
 use bytes::{Buf, Bytes, BytesMut};
@@ -533,7 +534,7 @@ impl Session<'_> {
                 return;
             }
             fe::BIND if restorable => messages::read_cstr(body).is_some_and(|(_, rest)| rest.first() == Some(&0)),
-            fe::DESCRIBE if restorable => body.first() == Some(&b'S') && body.get(1) == Some(&0),
+            fe::DESCRIBE if restorable => body.first() == Some(&target::STATEMENT) && body.get(1) == Some(&0),
             _ => false,
         };
         if names_unnamed {
@@ -551,9 +552,9 @@ impl Session<'_> {
 
     /// A message the proxy refused like PostgreSQL would: its error, then skip to Sync.
     fn refused(&mut self, result: Result<(), Refused>) {
-        if let Err(Refused(error)) = result {
-            crate::metrics::error(b"42", "proxy");
-            self.push_reply(error);
+        if let Err(refused) = result {
+            refused.count();
+            self.push_reply(refused.0);
             self.discard_until_sync = true;
         }
     }
@@ -609,9 +610,8 @@ impl Session<'_> {
 
     /// Answers with an ErrorResponse (severity ERROR) for a failure the session survives.
     fn refuse(&mut self, e: &ProxyError) {
-        crate::metrics::error(e.sqlstate().as_bytes(), "proxy");
-        let error = messages::error_response("ERROR", e.sqlstate(), &e.to_string()).freeze();
-        self.push_reply(error);
+        e.count();
+        self.push_reply(e.error_response(Severity::Error).freeze());
     }
 
     /// Returns a clean server to its pool (reset first in session mode); closes any other.

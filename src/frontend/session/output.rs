@@ -289,15 +289,19 @@ fn data_row_integer(msg: &[u8]) -> Option<u64> {
 impl ServerMessages for ServerSide<'_> {
     fn streams(&self, tag: u8) -> bool {
         // The row of an injected LSN query is read whole; every other row streams.
-        framing::streams(tag) && !(self.capture_lsn && tag == b'D' && self.inflight.answering_injected_query())
+        framing::streams(tag) && !(self.capture_lsn && tag == be::DATA_ROW && self.inflight.answering_injected_query())
     }
 
     fn decide(&mut self, tag: u8, msg: &[u8]) -> Verdict {
-        if tag == b'E' && self.between_units_ours && self.inflight.is_empty() && *self.tx_status == TxStatus::Idle {
+        if tag == be::ERROR_RESPONSE
+            && self.between_units_ours
+            && self.inflight.is_empty()
+            && *self.tx_status == TxStatus::Idle
+        {
             self.closed_between_units = Some(messages::message_of(&msg[5..]));
             return Verdict::Swallow;
         }
-        if self.capture_lsn && tag == b'D' && self.inflight.answering_injected_query() {
+        if self.capture_lsn && tag == be::DATA_ROW && self.inflight.answering_injected_query() {
             self.captured_lsn = data_row_integer(msg);
         }
         let (verdict, outcome) = self.inflight.on_server_message(tag);
@@ -305,8 +309,8 @@ impl ServerMessages for ServerSide<'_> {
             self.statements.remove(hash);
         }
         match tag {
-            b'Z' => *self.tx_status = TxStatus::from_byte(*msg.get(5).unwrap_or(&b'I')),
-            b'S' => crate::backend::conn::note_parameter(self.server_params, &msg[5..]),
+            be::READY_FOR_QUERY => *self.tx_status = TxStatus::from_byte(*msg.get(5).unwrap_or(&b'I')),
+            be::PARAMETER_STATUS => crate::backend::conn::note_parameter(self.server_params, &msg[5..]),
             _ => {}
         }
         // Answers to the proxy's own injected queries (settings sync, BEGIN) are not the client's:
@@ -316,27 +320,35 @@ impl ServerMessages for ServerSide<'_> {
         }
         if self.holding && self.hold_event.is_none() {
             self.hold_event = match tag {
-                b'E' => Some(match placement::retry_on(&messages::sqlstate_of(&msg[5..])) {
+                be::ERROR_RESPONSE => Some(match placement::retry_on(&messages::sqlstate_of(&msg[5..])) {
                     Some(leader) => HoldEvent::Retry { leader, code: messages::sqlstate_of(&msg[5..]) },
                     None => HoldEvent::Release,
                 }),
                 // Rows, completion, COPY, or the end of the unit: the read has gone through.
-                b'D' | b'C' | b'I' | b's' | b'G' | b'H' | b'W' | b'Z' | b'V' => Some(HoldEvent::Release),
+                be::DATA_ROW
+                | be::COMMAND_COMPLETE
+                | be::EMPTY_QUERY
+                | be::PORTAL_SUSPENDED
+                | be::COPY_IN_RESPONSE
+                | be::COPY_OUT_RESPONSE
+                | be::COPY_BOTH_RESPONSE
+                | be::READY_FOR_QUERY
+                | be::FUNCTION_CALL_RESPONSE => Some(HoldEvent::Release),
                 _ => None,
             };
         }
         match tag {
-            b'Z' if *self.tx_status == TxStatus::Idle => {
+            be::READY_FOR_QUERY if *self.tx_status == TxStatus::Idle => {
                 self.settings.end_transaction(self.server_settings);
                 self.transaction_ended = true;
             }
-            b'E' => {
+            be::ERROR_RESPONSE => {
                 let code = messages::sqlstate_of(&msg[5..]);
                 crate::metrics::error(&code, "server");
                 self.first_error.get_or_insert(code);
                 self.settings.transaction_failed();
             }
-            b'C' if msg[5..].starts_with(b"ROLLBACK") => self.settings.transaction_failed(),
+            be::COMMAND_COMPLETE if msg[5..].starts_with(b"ROLLBACK") => self.settings.transaction_failed(),
             _ => {}
         }
         verdict

@@ -46,14 +46,14 @@ impl Session<'_> {
             }
             Plan::Answer { tag } => {
                 let mut reply = BytesMut::new();
-                proxy_settings::put_command_complete(&mut reply, tag);
+                messages::put_command_complete(&mut reply, tag);
                 self.push_reply(reply.freeze());
                 self.answer_sync();
                 false
             }
             Plan::Error { code, message } => {
                 crate::metrics::error(code.as_bytes(), "proxy");
-                self.push_reply(messages::error_response("ERROR", &code, &message).freeze());
+                self.push_reply(messages::error_response(Severity::Error.as_str(), &code, &message).freeze());
                 self.answer_sync();
                 false
             }
@@ -78,7 +78,7 @@ impl Session<'_> {
                     self.state.sql_statements.forget(&name);
                 }
                 crate::metrics::error(code.as_bytes(), "server");
-                self.push_reply(messages::error_response("ERROR", &code, &message).freeze());
+                self.push_reply(messages::error_response(Severity::Error.as_str(), &code, &message).freeze());
                 self.answer_sync();
                 false
             }

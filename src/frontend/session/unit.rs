@@ -21,7 +21,7 @@ impl Session<'_> {
                 return messages::read_cstr(rest).map(|(q, _)| classifier.classify_statement(q));
             }
             fe::BIND => messages::read_cstr(body).and_then(|(_, rest)| named(rest))?,
-            fe::DESCRIBE if body.first() == Some(&b'S') => named(&body[1..])?,
+            fe::DESCRIBE if body.first() == Some(&target::STATEMENT) => named(&body[1..])?,
             _ => return None,
         };
         // Looked up in place: the name is not copied out of the message.
@@ -66,7 +66,7 @@ impl Session<'_> {
             return false; // cannot move: the write runs here and the follower refuses it (25006)
         }
         self.release_hold();
-        self.to_server.extend_from_slice(&[b'S', 0, 0, 0, 4]);
+        self.to_server.extend_from_slice(messages::SYNC);
         self.inflight.push(Request::InjectedSync, &mut self.to_client);
         self.unsynced = false;
         true
@@ -83,15 +83,14 @@ impl Session<'_> {
         } else {
             None
         };
-        let reply =
-            match proxy_settings::answer_proxy_command(c, &mut self.proxy, &mut self.floor, token.as_deref(), simple) {
-                Ok(reply) => reply.freeze(),
-                Err((code, message)) => {
-                    crate::metrics::error(code.as_bytes(), "proxy");
-                    self.discard_until_sync = !simple; // an extended batch skips to its Sync
-                    messages::error_response("ERROR", code, &message).freeze()
-                }
-            };
+        let reply = match proxy_settings::answer(c, &mut self.proxy, &mut self.floor, token.as_deref(), simple) {
+            Ok(reply) => reply.freeze(),
+            Err(e) => {
+                e.count();
+                self.discard_until_sync = !simple; // an extended batch skips to its Sync
+                e.error_response(Severity::Error).freeze()
+            }
+        };
         self.push_reply(reply);
         if simple {
             self.answer_sync();
@@ -185,17 +184,17 @@ impl Session<'_> {
             {
                 self.unit.deferred_begin = Some(Bytes::copy_from_slice(&self.cbuf[..total]));
                 self.tx_status = TxStatus::InBlock;
-                proxy_settings::local_transaction_reply("BEGIN", TxStatus::InBlock)
+                messages::command_complete_and_ready("BEGIN", TxStatus::InBlock)
             }
             (TxControl::Commit, true) => {
                 self.end_unit();
                 self.tx_status = TxStatus::Idle;
-                proxy_settings::local_transaction_reply("COMMIT", TxStatus::Idle)
+                messages::command_complete_and_ready("COMMIT", TxStatus::Idle)
             }
             (TxControl::Rollback, true) => {
                 self.end_unit();
                 self.tx_status = TxStatus::Idle;
-                proxy_settings::local_transaction_reply("ROLLBACK", TxStatus::Idle)
+                messages::command_complete_and_ready("ROLLBACK", TxStatus::Idle)
             }
             _ => return false,
         };
