@@ -8,7 +8,6 @@ pub mod client_stream;
 pub mod clients;
 pub mod ddl;
 pub mod inflight;
-pub mod placement;
 pub mod prepared;
 pub mod proxy_settings;
 pub mod proxy_statements;

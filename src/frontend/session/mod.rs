@@ -11,11 +11,12 @@ mod output;
 mod restore;
 mod unit;
 
+use unit::Want;
+
 use super::cancel::CancelKey;
 use super::client_state::{ClientSettings, ClientState};
 use super::client_stream::ClientStream;
 use super::inflight::{Inflight, Request};
-use super::placement::{self, Want};
 use super::proxy_settings::{self, ProxySettings};
 use super::proxy_statements::Step;
 use super::requests::{answer_without_server, answerable_without_server, Outbound, Refused};

@@ -320,7 +320,7 @@ impl ServerMessages for ServerSide<'_> {
         }
         if self.holding && self.hold_event.is_none() {
             self.hold_event = match tag {
-                be::ERROR_RESPONSE => Some(match placement::retry_on(&messages::sqlstate_of(&msg[5..])) {
+                be::ERROR_RESPONSE => Some(match unit::retry_on(&messages::sqlstate_of(&msg[5..])) {
                     Some(leader) => HoldEvent::Retry { leader, code: messages::sqlstate_of(&msg[5..]) },
                     None => HoldEvent::Release,
                 }),

@@ -1,9 +1,13 @@
-//! Routing one unit of work (a transaction, or a statement outside one): which node it needs,
-//! the proxy's own answers (pgcausal.* commands, a deferred BEGIN), and leasing the connection.
+//! Routing one unit of work (a transaction, or a statement outside one): which node it needs
+//! (leader or follower, by its classification and the session's override), the proxy's own
+//! answers (pgcausal.* commands, a deferred BEGIN), leasing the connection, and which server
+//! errors make a read that sent nothing yet safe to run elsewhere.
 
 use super::*;
 use crate::config::OnTimeout;
 use crate::consistency::{Fallback, ReadPlan, ReadPolicy};
+use crate::frontend::proxy_settings::RouteOverride;
+use crate::route::Target;
 use crate::topology::Snapshot;
 
 impl Session<'_> {
@@ -42,7 +46,7 @@ impl Session<'_> {
         {
             return Want::Leader;
         }
-        class.map_or(Want::Leader, |c| placement::want(c, self.proxy.route, self.unit.deferred_begin.is_some()))
+        class.map_or(Want::Leader, |c| want(c, self.proxy.route, self.unit.deferred_begin.is_some()))
     }
 
     /// A read unit on a follower is done with when the next statement needs the leader (outside
@@ -55,7 +59,7 @@ impl Session<'_> {
         let moves = leased.follower
             && self.tx_status == TxStatus::Idle
             && self.shared.config.proxy.pool_mode == PoolMode::Transaction
-            && placement::want(c, self.proxy.route, false) == Want::Leader;
+            && want(c, self.proxy.route, false) == Want::Leader;
         if !moves {
             return false;
         }
@@ -179,9 +183,7 @@ impl Session<'_> {
             return false;
         }
         let reply = match (c.tx, self.unit.deferred_begin.is_some()) {
-            (TxControl::Begin { read_only: false }, false)
-                if self.proxy.route != proxy_settings::RouteOverride::Leader =>
-            {
+            (TxControl::Begin { read_only: false }, false) if self.proxy.route != RouteOverride::Leader => {
                 self.unit.deferred_begin = Some(Bytes::copy_from_slice(&self.cbuf[..total]));
                 self.tx_status = TxStatus::InBlock;
                 messages::command_complete_and_ready("BEGIN", TxStatus::InBlock)
@@ -337,8 +339,85 @@ fn unreachable(e: &BackendError) -> bool {
     match e {
         BackendError::Io(_) | BackendError::Timeout(_) => true,
         BackendError::Server { code, .. } => {
-            <[u8; 5]>::try_from(code.as_bytes()).is_ok_and(|code| placement::retry_on(&code).is_some())
+            <[u8; 5]>::try_from(code.as_bytes()).is_ok_and(|code| retry_on(&code).is_some())
         }
         _ => false,
+    }
+}
+
+/// The kind of node a unit of work needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Want {
+    Leader,
+    Follower,
+}
+
+/// Where a statement with this classification runs, given the session's override.
+/// `in_deferred_begin`: a plain BEGIN is waiting for its first statement to pick the node.
+pub(super) fn want(c: &Classification, route: RouteOverride, in_deferred_begin: bool) -> Want {
+    let hard_leader = c.target == Target::Leader && !c.reason.is_soft();
+    match route {
+        RouteOverride::Leader => return Want::Leader,
+        RouteOverride::Follower if !hard_leader => return Want::Follower,
+        _ => {}
+    }
+    if in_deferred_begin {
+        return if c.tx == TxControl::SetTransactionReadOnly { Want::Follower } else { Want::Leader };
+    }
+    match (c.tx, c.target) {
+        (TxControl::Begin { read_only }, _) => {
+            if read_only {
+                Want::Follower
+            } else {
+                Want::Leader
+            }
+        }
+        (_, Target::Follower) => Want::Follower,
+        (_, Target::Leader) => Want::Leader,
+    }
+}
+
+/// Server errors after which a read that sent nothing to the client yet can run again elsewhere:
+/// `Some(true)` means "on the leader" (the follower refused a write), `Some(false)` "on another node".
+pub(super) fn retry_on(code: &[u8; 5]) -> Option<bool> {
+    use crate::error::sqlstate::*;
+    const ELSEWHERE: [[u8; 5]; 4] =
+        [bytes(ADMIN_SHUTDOWN), bytes(CRASH_SHUTDOWN), bytes(CANNOT_CONNECT_NOW), bytes(SERIALIZATION_FAILURE)];
+    if *code == bytes(READ_ONLY_SQL_TRANSACTION) {
+        Some(true)
+    } else if ELSEWHERE.contains(code) || code.starts_with(CONNECTION_EXCEPTION_CLASS.as_bytes()) {
+        Some(false) // shutdown, conflict with recovery, connection exception
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::{classify, FunctionCatalog};
+
+    fn c(sql: &str) -> Classification {
+        classify(sql, &FunctionCatalog::builtin())
+    }
+
+    #[test]
+    fn wants_follow_classification_overrides_and_deferred_begin() {
+        let auto = RouteOverride::Auto;
+        assert_eq!(want(&c("SELECT 1"), auto, false), Want::Follower);
+        assert_eq!(want(&c("INSERT INTO t VALUES (1)"), auto, false), Want::Leader);
+        assert_eq!(want(&c("BEGIN READ ONLY"), auto, false), Want::Follower);
+        assert_eq!(want(&c("BEGIN"), auto, false), Want::Leader);
+        assert_eq!(want(&c("SET TRANSACTION READ ONLY"), auto, true), Want::Follower);
+        assert_eq!(want(&c("SELECT 1"), auto, true), Want::Leader);
+        assert_eq!(want(&c("SELECT 1"), RouteOverride::Leader, false), Want::Leader);
+        assert_eq!(want(&c("DELETE FROM t"), RouteOverride::Follower, false), Want::Leader);
+    }
+
+    #[test]
+    fn retryable_errors() {
+        assert_eq!(retry_on(b"25006"), Some(true));
+        assert_eq!(retry_on(b"08006"), Some(false));
+        assert_eq!(retry_on(b"23505"), None);
     }
 }
