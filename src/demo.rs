@@ -49,10 +49,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let config = Config::parse(&config_path, &text)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(async {
-        let proxy = crate::proxy::Proxy::bind(config).await?;
+        let proxy = crate::proxy::Proxy::bind(config, None).await?;
         // Only now: the psql line it prints must work the moment it is shown.
         print_banner(&cluster, args.port, metrics_listen, &config_path);
-        proxy.run(crate::proxy::shutdown_signal(true)).await;
+        proxy.run(crate::proxy::Hangup::Stop).await;
         anyhow::Ok(())
     });
     println!("\nStopping the cluster ...");

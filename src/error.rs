@@ -16,6 +16,8 @@ pub mod sqlstate {
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
     pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
     pub const INVALID_AUTHORIZATION_SPECIFICATION: &str = "28000";
+    pub const SYNTAX_ERROR: &str = "42601";
+    pub const CONFIG_FILE_ERROR: &str = "F0000";
     pub const INVALID_PASSWORD: &str = "28P01";
     pub const UNDEFINED_OBJECT: &str = "42704";
     pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
@@ -23,10 +25,12 @@ pub mod sqlstate {
     pub const CANNOT_CONNECT_NOW: &str = "57P03";
     pub const INTERNAL_ERROR: &str = "XX000";
 
+    /// Sent to clients closed by KILL or a shutdown, and read from servers that close.
+    pub const ADMIN_SHUTDOWN: &str = "57P01";
+
     // Read from servers only: the errors after which a read may run again elsewhere.
     pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
     pub const SERIALIZATION_FAILURE: &str = "40001";
-    pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const CRASH_SHUTDOWN: &str = "57P02";
     /// The class of connection exceptions (08xxx).
     pub const CONNECTION_EXCEPTION_CLASS: &str = "08";
@@ -87,6 +91,21 @@ pub enum ProxyError {
     /// A statement whose relations DDL changed since it was prepared (PostgreSQL's plan cache error).
     #[error("cached plan must not change result type")]
     CachedPlanChanged,
+    /// A login to the admin console database by a user not in `[admin] users`.
+    #[error("user \"{0}\" may not use the admin console (database \"pgcausal\"): it is not in [admin] users")]
+    NotAdmin(String),
+    /// A query the admin console does not take.
+    #[error("{0}")]
+    AdminCommand(#[from] crate::frontend::admin::command::CommandError),
+    /// RELOAD found the config file unusable; the running config stays.
+    #[error("reload failed, the running configuration is kept: {0}")]
+    Reload(String),
+    /// KILL of a client id that is not connected.
+    #[error("no client with id {0} is connected (see SHOW CLIENTS)")]
+    UnknownClient(u64),
+    /// The session was closed from the admin console (KILL) or by a shutdown.
+    #[error("terminating connection due to administrator command")]
+    AdminShutdown,
 }
 
 impl ProxyError {
@@ -117,6 +136,11 @@ impl ProxyError {
             ProxyError::UnknownParameter(_) => UNDEFINED_OBJECT,
             ProxyError::DuplicateStatement(_) => DUPLICATE_PREPARED_STATEMENT,
             ProxyError::UnknownStatement(_) => INVALID_SQL_STATEMENT_NAME,
+            ProxyError::NotAdmin(_) => INVALID_AUTHORIZATION_SPECIFICATION,
+            ProxyError::AdminCommand(_) => SYNTAX_ERROR,
+            ProxyError::Reload(_) => CONFIG_FILE_ERROR,
+            ProxyError::UnknownClient(_) => UNDEFINED_OBJECT,
+            ProxyError::AdminShutdown => ADMIN_SHUTDOWN,
         })
     }
 

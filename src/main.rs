@@ -52,7 +52,9 @@ fn main() -> ExitCode {
         Command::Demo { data_dir, followers, port } => {
             pgcausal::demo::run(pgcausal::demo::DemoArgs { data_dir, followers, port })
         }
-        Command::Serve { config } => Config::load(&config).map_err(anyhow::Error::from).and_then(serve),
+        Command::Serve { config: path } => {
+            Config::load(&path).map_err(anyhow::Error::from).and_then(|config| serve(config, path))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -63,7 +65,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Config) -> anyhow::Result<()> {
+fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     // Sockets only: timers and background work run on the control thread (src/control.rs).
     let runtime = match config.proxy.threads {
         1 => tokio::runtime::Builder::new_current_thread().enable_io().build()?,
@@ -71,9 +73,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_io().build()?,
     };
     runtime.block_on(async {
-        let proxy = pgcausal::proxy::Proxy::bind(config).await?;
+        let proxy = pgcausal::proxy::Proxy::bind(config, Some(path)).await?;
         tracing::info!(addr = %proxy.local_addr()?, "pgcausal listening");
-        proxy.run(pgcausal::proxy::shutdown_signal(false)).await;
+        proxy.run(pgcausal::proxy::Hangup::Reload).await;
         Ok(())
     })
 }

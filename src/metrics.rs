@@ -26,6 +26,7 @@ pub const NODE_UP: &str = "pgcausal_node_up";
 pub const NODE_IS_LEADER: &str = "pgcausal_node_is_leader";
 pub const NODE_PROBE_SECONDS: &str = "pgcausal_node_probe_seconds";
 pub const POSITION_PROBES: &str = "pgcausal_position_probes_total";
+pub const CONFIG_RELOADS: &str = "pgcausal_config_reloads_total";
 
 /// Registers help texts; called once at start.
 pub fn describe() {
@@ -63,6 +64,7 @@ pub fn describe() {
     describe_gauge!(NODE_UP, "1 if the node's last health probe succeeded");
     describe_gauge!(NODE_IS_LEADER, "1 if the node is the current leader");
     describe_histogram!(NODE_PROBE_SECONDS, "Duration of node health probes");
+    describe_counter!(CONFIG_RELOADS, "Configuration reloads (SIGHUP, RELOAD) by result (ok, error)");
     describe_counter!(
         POSITION_PROBES,
         "WAL position probes sent, by node and cause (tick: the poll interval, wanted: a waiting session asked)"
@@ -72,15 +74,30 @@ pub fn describe() {
 /// Starts the /metrics HTTP listener on the control thread (off the data path's runtime).
 pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
     let _control = crate::control::handle().enter();
-    metrics_exporter_prometheus::PrometheusBuilder::new()
+    let (recorder, exporter) = metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(listen)
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
             &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0],
         )?
-        .install()?;
+        .build()?;
+    let _ = HANDLE.set(recorder.handle());
+    metrics::set_global_recorder(recorder)?;
+    crate::control::spawn(async move {
+        if let Err(e) = exporter.await {
+            tracing::warn!(error = ?e, "the metrics listener stopped");
+        }
+    });
     describe();
     Ok(())
+}
+
+/// The recorder's handle, for reading the metrics back (SHOW STATS) as Prometheus would.
+static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
+
+/// Every metric in Prometheus' text format; None when metrics are disabled (`[metrics] listen = ""`).
+pub fn render() -> Option<String> {
+    HANDLE.get().map(metrics_exporter_prometheus::PrometheusHandle::render)
 }
 
 /// Publishes the classifier's own counters (kept as atomics off the metrics hot path).

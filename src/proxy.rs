@@ -3,14 +3,12 @@
 use crate::backend::Pools;
 use crate::config::Config;
 use crate::consistency::Positions;
-use crate::frontend::auth::ScramSecret;
-use crate::frontend::cancel::CancelRegistry;
-use crate::frontend::shared::Shared;
+use crate::frontend::shared::{Shared, SharedParts};
 use crate::route::{Classifier, FunctionCatalog, FunctionOverrides};
 use crate::topology::balance::Balancer;
 use crate::topology::{catalog, monitor, LagLimits, Topology};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -24,7 +22,9 @@ pub struct Proxy {
 
 impl Proxy {
     /// Binds the client listener and the metrics exporter, and starts the node monitors.
-    pub async fn bind(config: Config) -> anyhow::Result<Proxy> {
+    /// Binds the listeners and starts the background work; `config_path` is where RELOAD and
+    /// SIGHUP read the configuration again (None: it cannot be reloaded).
+    pub async fn bind(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<Proxy> {
         if !config.metrics.listen.is_empty() {
             let addr: SocketAddr = config.metrics.listen.parse()?;
             crate::metrics::install_exporter(addr)?;
@@ -42,23 +42,19 @@ impl Proxy {
         positions.spawn_pollers(&config, config.consistency.poll_interval, &mut background);
         let classifier = Arc::new(Classifier::new(10_000, Arc::new(FunctionCatalog::with_overrides(&overrides))));
         catalog::spawn(Arc::new(config.clone()), topology.clone(), Arc::downgrade(&classifier), &mut background);
-        let scram = config.users.iter().map(|u| (u.name.clone(), ScramSecret::new(&u.password))).collect();
-        let shared = Arc::new(Shared {
+        crate::frontend::admin::start_counting();
+        let shared = Arc::new(Shared::new(SharedParts {
             pools: Pools::new(&config),
             topology: topology.clone(),
-            cancels: Arc::new(CancelRegistry::default()),
-            scram,
-            clients: AtomicUsize::new(0),
             classifier,
             balancer: Balancer::new(config.routing.balance, config.nodes.len()),
             positions: positions.clone(),
-            ddl: Default::default(),
-            fallbacks: crate::consistency::floor::FallbackMetrics::new(),
             config,
-        });
+            config_path,
+        }));
         let weak = Arc::downgrade(&shared);
         monitor::spawn_all(
-            &shared.config,
+            &shared.config(),
             topology,
             Arc::new(move |node, _before, after| {
                 // A node that went down or changed role must not hand out its old connections.
@@ -90,14 +86,28 @@ impl Proxy {
         self.listener.local_addr()
     }
 
-    /// Accepts clients until `shutdown` resolves; each client runs in its own task.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
+    /// Accepts clients until SIGTERM, SIGINT or the console's SHUTDOWN (and SIGHUP when
+    /// `hangup` is [`Hangup::Stop`]: the demo's terminal closed), then shuts down gracefully.
+    /// SIGHUP with [`Hangup::Reload`] reads the config file again.
+    pub async fn run(self, hangup: Hangup) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
         tracing::info!(listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "accepting clients");
-        loop {
+        let cause = loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
-                _ = &mut shutdown => return,
+                _ = term.recv() => break "SIGTERM",
+                _ = interrupt.recv() => break "SIGINT",
+                _ = self.shared.lifecycle.stop_requested() => break "SHUTDOWN",
+                _ = hup.recv() => match hangup {
+                    Hangup::Stop => break "SIGHUP",
+                    Hangup::Reload => {
+                        let _ = crate::frontend::admin::reload::reload(&self.shared);
+                        continue;
+                    }
+                },
             };
             let (stream, peer) = match accepted {
                 Ok(a) => a,
@@ -110,32 +120,56 @@ impl Proxy {
             };
             let shared = self.shared.clone();
             tokio::spawn(async move {
-                let count = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
+                let count = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
                 let gauge = crate::metrics::GaugeGuard::new(metrics::gauge!(crate::metrics::CLIENT_CONNECTIONS));
                 crate::frontend::serve_client(stream, peer, &shared, count).await;
                 drop(gauge);
-                shared.clients.fetch_sub(1, Ordering::Relaxed);
+                shared.connections.fetch_sub(1, Ordering::Relaxed);
             });
-        }
+        };
+        let Proxy { shared, listener, _background } = self;
+        drop(listener); // new connections are refused from here on
+        let stop = async {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        };
+        drain(&shared, cause, stop).await;
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM, and on SIGHUP when `hangup` (the demo's terminal closed: its
-/// cluster must still be stopped). Signals are registered at the first poll.
-pub async fn shutdown_signal(hangup: bool) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut hup = if hangup { Some(signal(SignalKind::hangup()).expect("SIGHUP handler")) } else { None };
-    let hung_up = async {
-        match hup.as_mut() {
-            Some(h) => h.recv().await,
-            None => std::future::pending().await,
+/// What SIGHUP does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hangup {
+    /// Read the config file again (a server's `systemctl reload`).
+    Reload,
+    /// Stop, like SIGTERM (the demo's terminal closed: its cluster must still be stopped).
+    Stop,
+}
+
+/// Graceful shutdown: clients close at their next idle point (a unit in flight finishes
+/// first), for up to `proxy.shutdown_timeout`; a second SIGTERM or SIGINT (`stop`) ends it at once.
+async fn drain(shared: &Shared, cause: &str, stop: impl std::future::Future<Output = ()>) {
+    let timeout = shared.config().proxy.shutdown_timeout;
+    let open = shared.connections.load(Ordering::Relaxed);
+    tracing::info!(cause, clients = open, ?timeout, "shutting down: no new connections; clients close once idle");
+    shared.lifecycle.set_stopping();
+    shared.clients.signal_all(crate::frontend::clients::signal::SHUTDOWN);
+    let deadline = std::time::Instant::now() + timeout;
+    let drained = async {
+        while shared.connections.load(Ordering::Relaxed) > 0 && std::time::Instant::now() < deadline {
+            crate::control::sleep(std::time::Duration::from_millis(10)).await;
         }
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-        _ = hung_up => {}
+        _ = drained => {}
+        _ = stop => tracing::warn!("second stop signal: exiting now"),
     }
-    tracing::info!("shutting down");
+    let left = shared.connections.load(Ordering::Relaxed);
+    if left > 0 {
+        tracing::warn!(clients = left, "shutdown timeout: closing the clients still running");
+    } else {
+        tracing::info!("every client closed; exiting");
+    }
 }

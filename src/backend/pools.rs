@@ -45,11 +45,10 @@ impl NodePools {
 /// The pools of every configured node, indexed like `config.nodes`.
 pub struct Pools {
     pub nodes: Vec<NodePools>,
-    size: usize,
-    pub acquire_timeout: Duration,
+    /// Size, timeouts and passwords as RELOAD last set them (pools made later start with them).
+    live: Mutex<Live>,
+    acquire_timeout_ms: AtomicU64,
     connect_timeout: Duration,
-    lifetime: Duration,
-    idle_timeout: Duration,
     reset_query: String,
     clock: Arc<CoarseClock>,
 }
@@ -70,11 +69,9 @@ impl Pools {
             .collect();
         Pools {
             nodes,
-            size: config.pool.size,
-            acquire_timeout: config.pool.acquire_timeout,
+            live: Mutex::new(Live::from(config)),
+            acquire_timeout_ms: AtomicU64::new(config.pool.acquire_timeout.as_millis() as u64),
             connect_timeout: config.pool.connect_timeout,
-            lifetime: config.pool.lifetime,
-            idle_timeout: config.pool.idle_timeout,
             reset_query: config.pool.reset_query.clone(),
             clock: Arc::new(CoarseClock::new()),
         }
@@ -83,6 +80,7 @@ impl Pools {
     /// The pool for (node, database, user); called once per session and node, not per query.
     pub fn pool(&self, node: usize, database: &str, user: &str, password: &str) -> Pool {
         let n = &self.nodes[node];
+        let size = self.live().size;
         let mut pools = n.pools.lock().expect("pool map poisoned");
         let key = (database.to_string(), user.to_string());
         let pool = pools.entry(key).or_insert_with(|| {
@@ -94,7 +92,7 @@ impl Pools {
                     password: password.to_string(),
                     database: database.to_string(),
                 },
-                max_size: self.size,
+                max_size: size,
                 connect_timeout: self.connect_timeout,
                 reset_query: self.reset_query.clone(),
                 metrics: n.metrics.clone(),
@@ -109,8 +107,34 @@ impl Pools {
     /// reap that finds it idle).
     pub fn reap_idle(&self) {
         self.clock.tick();
+        let (idle_timeout, lifetime) = {
+            let live = self.live();
+            (live.idle_timeout, live.lifetime)
+        };
         for pool in self.nodes.iter().flat_map(NodePools::all) {
-            pool.close_idle(|conn, idle| idle < self.idle_timeout && conn.created.elapsed() < self.lifetime);
+            pool.close_idle(|conn, idle| idle < idle_timeout && conn.created.elapsed() < lifetime);
+        }
+    }
+
+    /// How long a session waits for a free connection (RELOAD may change it).
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.acquire_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, Live> {
+        self.live.lock().expect("pool settings poisoned")
+    }
+
+    /// RELOAD: new size, timeouts and passwords for every pool, existing and future. A user no
+    /// longer configured keeps its pools (its clients stay); it cannot log in again.
+    pub fn reconfigure(&self, config: &Config) {
+        *self.live() = Live::from(config);
+        self.acquire_timeout_ms.store(config.pool.acquire_timeout.as_millis() as u64, Ordering::Relaxed);
+        for pool in self.nodes.iter().flat_map(NodePools::all) {
+            let (_, user) = pool.database_and_user();
+            if let Some(u) = config.user(user) {
+                pool.reconfigure(config.pool.size, &u.password);
+            }
         }
     }
 
@@ -119,5 +143,18 @@ impl Pools {
         for pool in self.nodes[node].all() {
             pool.close_idle(|_, _| false);
         }
+    }
+}
+
+/// The pool settings RELOAD may change.
+struct Live {
+    size: usize,
+    idle_timeout: Duration,
+    lifetime: Duration,
+}
+
+impl From<&Config> for Live {
+    fn from(config: &Config) -> Live {
+        Live { size: config.pool.size, idle_timeout: config.pool.idle_timeout, lifetime: config.pool.lifetime }
     }
 }

@@ -7,10 +7,10 @@ pub mod positions;
 pub use floor::{Fallback, Floor, ReadPlan, ReadPolicy};
 pub use positions::{mark, Positions, Sample};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// What a session is promised (`SET pgcausal.consistency = ...`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
     /// Any follower in rotation (optionally bounded by `pgcausal.max_staleness`).

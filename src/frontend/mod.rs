@@ -8,6 +8,7 @@ pub mod client_stream;
 pub mod clients;
 pub mod ddl;
 pub mod inflight;
+pub mod lifecycle;
 pub mod prepared;
 pub mod proxy_settings;
 pub mod proxy_statements;
@@ -28,13 +29,13 @@ use tokio::net::TcpStream;
 /// Runs one client connection from its first byte to its close.
 pub async fn serve_client(stream: TcpStream, peer: SocketAddr, shared: &Shared, count: usize) {
     let mut stream = ClientStream::plain(stream);
-    if count > shared.config.proxy.max_client_connections {
+    let config = shared.config();
+    if count > config.proxy.max_client_connections {
         fail(&mut stream, &ProxyError::TooManyClients).await;
         return;
     }
     let login =
-        crate::control::timeout(shared.config.proxy.client_login_timeout, startup::handshake(&mut stream, shared))
-            .await;
+        crate::control::timeout(config.proxy.client_login_timeout, startup::handshake(&mut stream, shared)).await;
     let login = match login {
         Ok(Ok(Some(login))) => login,
         Ok(Ok(None)) => return, // a cancel request, fully handled
@@ -49,7 +50,25 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, shared: &Shared, 
         }
     };
     tracing::debug!(%peer, user = %login.user, database = %login.database, "client logged in");
-    if let Err(e) = session::run(stream, login, shared).await {
+    let admin = login.database == crate::config::ADMIN_DATABASE;
+    if admin && !config.admin.users.contains(&login.user) {
+        fail(&mut stream, &ProxyError::NotAdmin(login.user.clone())).await;
+        return;
+    }
+    let registered = shared.clients.register(peer, &login.user, &login.database);
+    if shared.lifecycle.is_stopping() {
+        registered.entry.signal(clients::signal::SHUTDOWN); // logged in while the proxy drains
+    }
+    let result = if admin {
+        let result = Box::pin(admin::run(&mut stream, &login, shared, &registered.entry)).await;
+        if let Err(e) = &result {
+            fail(&mut stream, e).await;
+        }
+        result
+    } else {
+        session::run(stream, login, shared, registered.entry.clone()).await
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "session ended with error");
     }
 }

@@ -2,25 +2,38 @@
 
 use super::auth::ScramSecret;
 use super::cancel::CancelRegistry;
+use super::clients::Clients;
+use super::lifecycle::Lifecycle;
 use crate::backend::Pools;
 use crate::config::Config;
 use crate::consistency::Positions;
 use crate::route::Classifier;
 use crate::topology::balance::Balancer;
 use crate::topology::Topology;
+use arc_swap::ArcSwap;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-/// Everything sessions share; built once at start, immutable afterwards except through atomics.
+/// Everything sessions share; built once at start, changed afterwards only through atomics and
+/// swapped snapshots (RELOAD).
 pub struct Shared {
-    pub config: Config,
+    /// The running configuration: sessions take a snapshot at login (RELOAD swaps it).
+    config: ArcSwap<Config>,
+    /// The file it was read from (RELOAD reads it again); None when built in code (the demo).
+    pub config_path: Option<PathBuf>,
     pub pools: Pools,
     pub topology: Arc<Topology>,
     pub cancels: Arc<CancelRegistry>,
-    /// SCRAM secrets per user, derived once (4096 PBKDF2 rounds is too slow per login).
-    pub scram: HashMap<String, ScramSecret>,
-    pub clients: AtomicUsize,
+    /// SCRAM secrets per user, derived once per password (4096 PBKDF2 rounds is too slow per login).
+    scram: ArcSwap<HashMap<String, ScramSecret>>,
+    /// Open client connections, logged in or not (for `proxy.max_client_connections`).
+    pub connections: AtomicUsize,
+    /// Logged-in clients, for the admin console and the signals their sessions take.
+    pub clients: Clients,
+    /// Paused, stopping: what operators steer.
+    pub lifecycle: Lifecycle,
     /// SQL classification shared by all sessions (fingerprint-keyed cache).
     pub classifier: Arc<Classifier>,
     /// Picks the follower for each read unit.
@@ -31,4 +44,69 @@ pub struct Shared {
     pub ddl: super::ddl::DdlLog,
     /// Reads sent to the leader for consistency, by reason.
     pub fallbacks: crate::consistency::floor::FallbackMetrics,
+}
+
+impl Shared {
+    /// Builds the shared state around a config; the rest of the fields as given.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(parts: SharedParts) -> Shared {
+        let scram = scram_secrets(&parts.config);
+        Shared {
+            config: ArcSwap::from_pointee(parts.config),
+            config_path: parts.config_path,
+            pools: parts.pools,
+            topology: parts.topology,
+            cancels: Arc::new(CancelRegistry::default()),
+            scram: ArcSwap::from_pointee(scram),
+            connections: AtomicUsize::new(0),
+            clients: Clients::default(),
+            lifecycle: Lifecycle::default(),
+            classifier: parts.classifier,
+            balancer: parts.balancer,
+            positions: parts.positions,
+            ddl: Default::default(),
+            fallbacks: crate::consistency::floor::FallbackMetrics::new(),
+        }
+    }
+
+    /// The running configuration (a snapshot: RELOAD may swap in a newer one meanwhile).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// The SCRAM secret of a configured user.
+    pub fn scram_secret(&self, user: &str) -> Option<ScramSecret> {
+        self.scram.load().get(user).cloned()
+    }
+
+    /// RELOAD: the new configuration takes effect for new logins and sessions.
+    pub fn swap_config(&self, config: Config) {
+        let old = self.config.load();
+        // Only changed passwords pay PBKDF2 again.
+        let mut scram = HashMap::new();
+        for user in &config.users {
+            let kept = old
+                .user(&user.name)
+                .filter(|u| u.password == user.password)
+                .and_then(|_| self.scram_secret(&user.name));
+            scram.insert(user.name.clone(), kept.unwrap_or_else(|| ScramSecret::new(&user.password)));
+        }
+        self.scram.store(Arc::new(scram));
+        self.config.store(Arc::new(config));
+    }
+}
+
+/// What `Shared::new` is built from.
+pub struct SharedParts {
+    pub config: Config,
+    pub config_path: Option<PathBuf>,
+    pub pools: Pools,
+    pub topology: Arc<Topology>,
+    pub classifier: Arc<Classifier>,
+    pub balancer: Balancer,
+    pub positions: Arc<Positions>,
+}
+
+fn scram_secrets(config: &Config) -> HashMap<String, ScramSecret> {
+    config.users.iter().map(|u| (u.name.clone(), ScramSecret::new(&u.password))).collect()
 }

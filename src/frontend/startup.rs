@@ -89,7 +89,8 @@ async fn login(
     if take(&mut params, "replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
         return Err(ProxyError::Protocol("replication connections are not supported by pgcausal".into()));
     }
-    let Some(config) = shared.config.user(&user) else {
+    let running = shared.config();
+    let Some(config) = running.user(&user) else {
         // Same message as a wrong password, so user names cannot be probed.
         metrics::counter!(crate::metrics::CLIENT_LOGINS, "result" => "auth_failed").increment(1);
         return Err(ProxyError::AuthFailed(user));
@@ -132,7 +133,8 @@ async fn md5(stream: &mut ClientStream, user: &str, password: &str) -> Result<bo
 }
 
 async fn scram(stream: &mut ClientStream, shared: &Shared, user: &str) -> Result<bool, ProxyError> {
-    let secret = &shared.scram[user];
+    let Some(secret) = shared.scram_secret(user) else { return Ok(false) };
+    let secret = &secret;
     let mut out = BytesMut::new();
     messages::put_auth(&mut out, auth::SASL, b"SCRAM-SHA-256\0\0");
     stream.write_all(&out).await?;

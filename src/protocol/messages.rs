@@ -39,6 +39,8 @@ const fn empty(tag: u8) -> [u8; 5] {
 
 /// A Sync the proxy sends on its own (to end an extended batch before moving a unit).
 pub const SYNC: &[u8] = &empty(super::fe::SYNC);
+/// The answer to an empty query string.
+pub const EMPTY_QUERY_RESPONSE: &[u8] = &empty(be::EMPTY_QUERY);
 pub const PARSE_COMPLETE: &[u8] = &empty(be::PARSE_COMPLETE);
 pub const BIND_COMPLETE: &[u8] = &empty(be::BIND_COMPLETE);
 pub const CLOSE_COMPLETE: &[u8] = &empty(be::CLOSE_COMPLETE);

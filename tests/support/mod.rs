@@ -1,4 +1,4 @@
-//! Test harness: real PostgreSQL clusters (src/cluster.rs) and a real `pgcausal` process in front.
+//! Test harness: real PostgreSQL clusters (src/cluster/) and a real `pgcausal` process in front.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use pgcausal::cluster::{Cluster, ClusterSpec, PasswordEncryption, UserSpec};
@@ -254,6 +254,47 @@ impl ProxyProcess {
         child.wait_with_output().unwrap()
     }
 
+    /// Sends a signal to the proxy process.
+    pub fn signal(&self, signal: i32) {
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits up to `timeout` for the proxy to exit; its status, or None if it still runs.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A console command through psql as `user` (an admin), with the column names as the first
+    /// row; each row's values split on `|`.
+    pub fn admin_as(&self, user: &str, password: &str, command: &str) -> Result<Vec<Vec<String>>, String> {
+        let out = self.psql_as(
+            user,
+            password,
+            "pgcausal",
+            &["-P", "tuples_only=off", "-P", "footer=off", "-c", command],
+            None,
+        );
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        Ok(text.lines().map(|l| l.split('|').map(str::to_string).collect()).collect())
+    }
+
+    /// A console command as the main test user (which the test made an admin).
+    pub fn admin(&self, command: &str) -> Vec<Vec<String>> {
+        self.admin_as(USER, PASSWORD, command).unwrap_or_else(|e| panic!("{command}: {e}\n{}", self.log()))
+    }
+
     /// A libpq/tokio-postgres connection string through the proxy.
     pub fn conn_str(&self, db: &str) -> String {
         format!("host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={db}", self.port)
@@ -278,6 +319,9 @@ impl Drop for ProxyProcess {
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
             eprintln!("--- pgcausal log (last {} lines)", tail.len());
             tail.iter().rev().for_each(|l| eprintln!("{l}"));
+        }
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return; // exited (and reaped) already: its pid may belong to another process now
         }
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -25,7 +25,7 @@ pub fn show_nodes(shared: &Shared) -> Table {
         "units_routed",
     ]);
     let leader_lsn = snapshot.leader.map(|l| snapshot.nodes[l].lsn);
-    for (i, node) in shared.config.nodes.iter().enumerate() {
+    for (i, node) in shared.config().nodes.iter().enumerate() {
         let state = &snapshot.nodes[i];
         let pools = &shared.pools.nodes[i];
         let standby = state.role == Role::Standby;

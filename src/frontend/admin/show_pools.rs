@@ -5,8 +5,17 @@ use super::Table;
 use crate::frontend::shared::Shared;
 
 pub fn show_pools(shared: &Shared) -> Table {
-    let mut table =
-        Table::new(&["node", "database", "user", "active", "idle", "waiting", "longest_wait_seconds", "size", "max_size"]);
+    let mut table = Table::new(&[
+        "node",
+        "database",
+        "user",
+        "active",
+        "idle",
+        "waiting",
+        "longest_wait_seconds",
+        "size",
+        "max_size",
+    ]);
     let mut rows = Vec::new();
     for node in &shared.pools.nodes {
         for pool in node.all() {

@@ -51,7 +51,7 @@ impl Session<'_> {
     /// What an earlier login with these startup settings was told by the current leader's pool
     /// (transaction mode only: session mode keeps the leased connection anyway).
     fn remembered_login(&mut self, startup: &[(String, String)]) -> Option<crate::backend::pool::LoginParams> {
-        if self.shared.config.proxy.pool_mode != PoolMode::Transaction {
+        if self.config.proxy.pool_mode != PoolMode::Transaction {
             return None;
         }
         let leader = self.shared.topology.snapshot().leader?;

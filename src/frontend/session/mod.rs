@@ -16,6 +16,7 @@ use unit::Want;
 use super::cancel::CancelKey;
 use super::client_state::{ClientSettings, ClientState};
 use super::client_stream::ClientStream;
+use super::clients::{signal, ClientEntry, ClientStatus};
 use super::inflight::{Inflight, Request};
 use super::proxy_settings::{self, ProxySettings};
 use super::proxy_statements::Step;
@@ -26,7 +27,7 @@ use crate::backend::settings::Settings;
 use crate::backend::statements::ServerStatements;
 use crate::backend::BackendError;
 use crate::backend::{Lease, LeaseError, Pool};
-use crate::config::{LeaderReads, PoolMode};
+use crate::config::{Config, LeaderReads, PoolMode};
 use crate::consistency::Floor;
 use crate::error::ProxyError;
 use crate::frontend::shared::Shared;
@@ -150,6 +151,8 @@ enum Event {
     ServerRead(usize),
     Wrote,
     ServerFailed(io::Error),
+    /// KILL, or a shutdown at an idle point.
+    Signalled,
 }
 
 /// What processing a client message leaves the loop to do.
@@ -162,10 +165,13 @@ enum Flow {
 
 pub struct Session<'a> {
     shared: &'a Shared,
+    /// The configuration as of login (a RELOAD applies to sessions that start after it).
+    config: Arc<Config>,
     login: ClientLogin,
     key: CancelKey,
-    /// This session, among all sessions since start (whose state a server connection holds).
-    id: u64,
+    /// Its entry among connected clients (its id numbers it among all sessions since start,
+    /// whose state a server connection holds), and the signals it listens for.
+    entry: Arc<ClientEntry>,
     client: ClientStream,
     cbuf: BytesMut,
     /// Bytes at the start of `cbuf` that are a unit being sent again.
@@ -194,14 +200,17 @@ pub struct Session<'a> {
     spare_hold: Hold,
 }
 
-/// Numbers sessions (never reused, unlike cancel keys).
-static NEXT_SESSION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
 /// Runs a logged-in client to the end of its session.
-pub async fn run(client: ClientStream, login: ClientLogin, shared: &Shared) -> Result<(), ProxyError> {
+pub async fn run(
+    client: ClientStream,
+    login: ClientLogin,
+    shared: &Shared,
+    entry: Arc<ClientEntry>,
+) -> Result<(), ProxyError> {
+    let config = shared.config();
     let mut session = Session {
         key: shared.cancels.register(),
-        id: NEXT_SESSION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        entry,
         client,
         // Small to start: idle clients should cost little; reads reserve room as they go.
         cbuf: BytesMut::with_capacity(1024),
@@ -209,7 +218,7 @@ pub async fn run(client: ClientStream, login: ClientLogin, shared: &Shared) -> R
         to_client: BytesMut::new(),
         to_server: BytesMut::new(),
         server: None,
-        pools: ClientPools { by_node: vec![None; shared.config.nodes.len()], affinity: Affinity::default() },
+        pools: ClientPools { by_node: vec![None; config.nodes.len()], affinity: Affinity::default() },
         inflight: Inflight::default(),
         state: ClientState::default(),
         unsynced: false,
@@ -217,11 +226,12 @@ pub async fn run(client: ClientStream, login: ClientLogin, shared: &Shared) -> R
         discard_until_sync: false,
         closing: false,
         proxy: ProxySettings::default(),
-        floor: Floor::new(shared.config.consistency.level, shared.config.consistency.max_staleness),
+        floor: Floor::new(config.consistency.level, config.consistency.max_staleness),
         unit: Unit::default(),
         spare_hold: Hold::default(),
         login,
         shared,
+        config,
     };
     // Login and failure paths are boxed: their state would otherwise sit in every session's future.
     if let Err(e) = Box::pin(session.start()).await {
@@ -256,6 +266,7 @@ impl Session<'_> {
                 Event::ServerRead(0) => self.server_lost(io::ErrorKind::UnexpectedEof.into())?,
                 Event::ServerFailed(e) => self.server_lost(e)?,
                 Event::ServerRead(_) => self.process_server()?,
+                Event::Signalled => return Err(ProxyError::AdminShutdown),
                 Event::ClientRead(_) | Event::Wrote => {}
             }
         }
@@ -263,6 +274,12 @@ impl Session<'_> {
 
     /// Waits for the first socket that can make progress in either direction.
     async fn next_event(&mut self) -> Result<Event, ProxyError> {
+        // A shutdown closes the session at an idle point: between units, or a held connection
+        // (session mode, pins) with nothing in flight.
+        let idle_point = self.server.is_none()
+            || ((self.config.proxy.pool_mode == PoolMode::Session || self.state.pins.is_pinned())
+                && self.server_is_clean());
+        let signals = if idle_point { signal::KILL | signal::SHUTDOWN } else { signal::KILL };
         let want_client = self.to_server.len() < HIGH_WATER;
         if self.cbuf.capacity() - self.cbuf.len() < 512 {
             self.cbuf.reserve(8 * 1024);
@@ -270,6 +287,7 @@ impl Session<'_> {
         let want_server = self.to_client.len() < HIGH_WATER;
         let (client_rd, client_wr) = (&mut self.client.reader, &mut self.client.writer);
         let (cbuf, to_client, to_server) = (&mut self.cbuf, &mut self.to_client, &mut self.to_server);
+        let entry = &*self.entry;
         let Some(leased) = self.server.as_mut() else {
             // Idle between units: give back what a large result or COPY made the buffers grow to.
             shrink_if_idle(cbuf, 1024);
@@ -279,6 +297,7 @@ impl Session<'_> {
                 biased; // fixed order, no random draw per wait: output first keeps buffers short
                 r = client_wr.write_buf(to_client), if !to_client.is_empty() => r.map(|_| Event::Wrote),
                 r = client_rd.read_buf(cbuf), if want_client => r.map(Event::ClientRead),
+                _ = entry.signalled(signals) => Ok(Event::Signalled),
             }
             .map_err(ProxyError::ClientIo);
         };
@@ -300,6 +319,7 @@ impl Session<'_> {
                 Ok(r.map_or_else(Event::ServerFailed, Event::ServerRead))
             }
             r = client_rd.read_buf(cbuf), if want_client => Ok(r.map(Event::ClientRead)?),
+            _ = entry.signalled(signals) => Ok(Event::Signalled),
         }
     }
 
@@ -319,7 +339,7 @@ impl Session<'_> {
     }
 
     fn has_complete_message(&self) -> bool {
-        let max = self.shared.config.proxy.max_message_size;
+        let max = self.config.proxy.max_message_size;
         matches!(framing::peek_header(&self.cbuf, max), Ok(Some((_, total))) if self.cbuf.len() >= total)
     }
 
@@ -333,7 +353,7 @@ impl Session<'_> {
     /// messages for its server connection: each message is answered by the proxy, or finds its
     /// server connection and goes to it.
     async fn process_client(&mut self) -> Result<(), ProxyError> {
-        let max = self.shared.config.proxy.max_message_size;
+        let max = self.config.proxy.max_message_size;
         while self.to_server.len() < HIGH_WATER {
             let Some((tag, total)) = framing::peek_header(&self.cbuf, max)? else { break };
             if self.cbuf.len() < total {
@@ -623,7 +643,7 @@ impl Session<'_> {
             if clean {
                 // Pinned state (LISTEN, temp tables, locks) must not reach the next client.
                 leased.lease.needs_reset =
-                    self.shared.config.proxy.pool_mode == PoolMode::Session || self.state.pins.is_pinned();
+                    self.config.proxy.pool_mode == PoolMode::Session || self.state.pins.is_pinned();
             } else {
                 leased.lease.discard();
             }

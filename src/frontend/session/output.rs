@@ -22,7 +22,7 @@ impl Session<'_> {
             transaction_ended: false,
             capture_lsn: leased.lsn_probe_sent,
             captured_lsn: None,
-            between_units_ours: self.shared.config.proxy.pool_mode == PoolMode::Transaction
+            between_units_ours: self.config.proxy.pool_mode == PoolMode::Transaction
                 && !self.state.pins.is_pinned()
                 && !self.unsynced,
             closed_between_units: None,
@@ -79,11 +79,12 @@ impl Session<'_> {
         let leased = self.server.as_mut().expect("still held");
         let wrote = self.unit.wrote;
         self.floor.unit_ended(leased.node, leased.follower, leased.incarnation, wrote);
+        self.entry.unit_ended(self.floor.level as u8, self.floor.timeline(), self.floor.lsn());
         self.pools.affinity.last = Some((leased.node, leased.lease.pid));
         if wrote && !leased.follower {
             self.pools.affinity.sequences = self.pools.affinity.last;
         }
-        let same_connection = self.shared.config.consistency.write_lsn == WriteLsn::SameConnection;
+        let same_connection = self.config.consistency.write_lsn == WriteLsn::SameConnection;
         if wrote && !leased.follower && same_connection && self.floor.level.read_your_writes() {
             // Ask the write's own connection where WAL ends now; it returns to the pool after.
             let _ = postgres_protocol::message::frontend::query(LSN_QUERY, &mut self.to_server);
@@ -91,7 +92,7 @@ impl Session<'_> {
             leased.lsn_probe_sent = true;
         }
         // A held connection (session mode, pins) gets no replay at its next lease: check now.
-        let held = self.shared.config.proxy.pool_mode == PoolMode::Session || self.state.pins.is_pinned();
+        let held = self.config.proxy.pool_mode == PoolMode::Session || self.state.pins.is_pinned();
         leased.resync_due = held && leased.lease.settings != *self.state.settings.current();
         self.end_unit();
     }
@@ -108,6 +109,8 @@ impl Session<'_> {
     pub(super) fn discard_server(&mut self) -> (usize, bool) {
         let leased = self.server.take().expect("a held server");
         self.key.target.clear();
+        self.entry.set_server(None);
+        self.entry.set_status(ClientStatus::Idle);
         self.to_server.clear();
         let mid_message = leased.scanner.mid_message();
         leased.lease.discard();
@@ -210,13 +213,15 @@ impl Session<'_> {
 
     /// In transaction mode, hands the server back as soon as its transaction is over.
     pub(super) fn maybe_release(&mut self) -> bool {
-        if self.shared.config.proxy.pool_mode == PoolMode::Transaction
+        if self.config.proxy.pool_mode == PoolMode::Transaction
             && self.server_is_clean()
             && !self.state.pins.is_pinned()
         {
             self.release_hold();
             self.key.target.clear();
             self.server = None;
+            self.entry.set_server(None);
+            self.entry.set_status(ClientStatus::Idle);
             return true;
         }
         false
@@ -232,7 +237,7 @@ impl Session<'_> {
         let (node, mid_message) = self.discard_server();
         let node = &self.shared.pools.nodes[node].name;
         tracing::warn!(%node, %error, "server connection lost");
-        if mid_message || self.shared.config.proxy.pool_mode == PoolMode::Session {
+        if mid_message || self.config.proxy.pool_mode == PoolMode::Session {
             // Part of a message already reached the client, or session state is gone: it must reconnect.
             return Err(ProxyError::Backend(error.into()));
         }

@@ -154,7 +154,6 @@ impl Session<'_> {
     /// client's SQL-level prepared statements, one query each; one that fails here is left
     /// out, and its EXECUTE prepares it again (its table may exist by then).
     pub(super) async fn prepare_server(&mut self) -> Result<(), ProxyError> {
-        let shared = self.shared;
         let Some(leased) = self.server.as_mut() else { return Ok(()) };
         let conn = &mut *leased.lease;
         let current = self.state.settings.current();
@@ -162,7 +161,7 @@ impl Session<'_> {
         if std::mem::take(&mut leased.foreign_sequences) {
             // Another client's nextval may be here: currval/lastval must say "not yet defined".
             sql = Some(sql.map_or_else(|| "DISCARD SEQUENCES".to_string(), |s| format!("DISCARD SEQUENCES; {s}")));
-            conn.sequences = crate::backend::conn::SequenceUse::Only(self.id);
+            conn.sequences = crate::backend::conn::SequenceUse::Only(self.entry.id);
         }
         if std::mem::take(&mut leased.drop_foreign_statements) {
             if let Some(drop) = sql_prepared::drop_foreign(&self.state.sql_statements, &mut conn.sql_statements) {
@@ -181,7 +180,7 @@ impl Session<'_> {
             statements = replays.len(),
             "replaying session state"
         );
-        let run = crate::control::timeout(shared.config.pool.connect_timeout, conn.run_each(&queries));
+        let run = crate::control::timeout(self.config.pool.connect_timeout, conn.run_each(&queries));
         let outcome = match Box::pin(run).await {
             Ok(Ok(results)) => Ok(results),
             Ok(Err(e)) => Err(e),
@@ -215,7 +214,7 @@ impl Session<'_> {
     /// whether this backend holds any, and pin the client to it if so (unpin if none are left).
     /// Units that ran no such statement never pay for it.
     pub(super) async fn check_temp_objects(&mut self) -> Result<(), ProxyError> {
-        if self.shared.config.proxy.pool_mode != PoolMode::Transaction || !self.server_is_clean() {
+        if self.config.proxy.pool_mode != PoolMode::Transaction || !self.server_is_clean() {
             return Ok(());
         }
         let leased = self.server.as_mut().expect("clean means held");
@@ -225,8 +224,7 @@ impl Session<'_> {
         if leased.follower {
             return Ok(());
         }
-        let check =
-            crate::control::timeout(self.shared.config.pool.connect_timeout, leased.lease.query_value(TEMP_CHECK));
+        let check = crate::control::timeout(self.config.pool.connect_timeout, leased.lease.query_value(TEMP_CHECK));
         match Box::pin(check).await {
             Ok(Ok(value)) => {
                 if self.state.pins.server_temp(value.as_deref() == Some("t")) {

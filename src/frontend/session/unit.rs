@@ -38,10 +38,10 @@ impl Session<'_> {
 
     /// The kind of node the next unit of work needs.
     pub(super) fn want(&mut self, class: Option<&Classification>) -> Want {
-        let routing = &self.shared.config.routing;
+        let routing = &self.config.routing;
         if std::mem::take(&mut self.unit.force_leader)
             || !routing.enabled
-            || self.shared.config.proxy.pool_mode == PoolMode::Session
+            || self.config.proxy.pool_mode == PoolMode::Session
             || self.state.pins.is_pinned()
         {
             return Want::Leader;
@@ -58,7 +58,7 @@ impl Session<'_> {
         let Some(c) = class else { return false };
         let moves = leased.follower
             && self.tx_status == TxStatus::Idle
-            && self.shared.config.proxy.pool_mode == PoolMode::Transaction
+            && self.config.proxy.pool_mode == PoolMode::Transaction
             && want(c, self.proxy.route, false) == Want::Leader;
         if !moves {
             return false;
@@ -83,7 +83,7 @@ impl Session<'_> {
             let shared = self.shared;
             let snapshot = shared.topology.snapshot();
             self.floor.follow_timeline(&snapshot, &shared.positions);
-            Some(self.floor.token(&snapshot, &shared.positions, shared.config.consistency.wait_timeout).await)
+            Some(self.floor.token(&snapshot, &shared.positions, self.config.consistency.wait_timeout).await)
         } else {
             None
         };
@@ -147,17 +147,17 @@ impl Session<'_> {
         if self.floor.follow_timeline(snapshot, &shared.positions).is_some() {
             metrics::counter!(crate::metrics::FLOOR_CLAMPS).increment(1);
         }
-        let consistency = &shared.config.consistency;
+        let consistency = &self.config.consistency;
         let policy = ReadPolicy {
             wait: consistency.wait_timeout,
             error_on_timeout: consistency.on_timeout == OnTimeout::Error,
-            leader_shares: shared.config.routing.leader_reads == LeaderReads::Always,
+            leader_shares: self.config.routing.leader_reads == LeaderReads::Always,
         };
         let plan = self.floor.plan_read(snapshot, &shared.positions, &shared.balancer, &policy, tried);
         match plan.await {
             ReadPlan::Follower(node) => Ok(Some(node)),
             ReadPlan::LeaderShare => Ok(None),
-            ReadPlan::Leader(Fallback::NoFollower) if shared.config.routing.leader_reads == LeaderReads::Never => {
+            ReadPlan::Leader(Fallback::NoFollower) if self.config.routing.leader_reads == LeaderReads::Never => {
                 Err(ProxyError::NoFollower)
             }
             ReadPlan::Leader(reason) => {
@@ -176,8 +176,8 @@ impl Session<'_> {
     /// ROLLBACK of such a transaction that ran nothing is answered here too.
     pub(super) fn answer_transaction_control(&mut self, tag: u8, total: usize, class: Option<&Classification>) -> bool {
         let Some(c) = class.filter(|c| tag == fe::QUERY && c.statement_count == 1) else { return false };
-        if !self.shared.config.routing.enabled
-            || self.shared.config.proxy.pool_mode == PoolMode::Session
+        if !self.config.routing.enabled
+            || self.config.proxy.pool_mode == PoolMode::Session
             || self.state.pins.is_pinned()
         {
             return false;
@@ -217,9 +217,14 @@ impl Session<'_> {
     /// time for one to be known and reachable.
     pub(super) async fn acquire(&mut self, want: Want, needs: Needs) -> Result<(), ProxyError> {
         let shared = self.shared;
+        if shared.lifecycle.is_paused() {
+            self.entry.set_status(ClientStatus::Waiting);
+            shared.lifecycle.gate().await; // PAUSE: new units wait here for RESUME
+        }
         // Read the clock only once there is a wait: most leases need none.
         let mut started: Option<Instant> = None;
-        let mut deadline = || *started.get_or_insert_with(Instant::now) + shared.config.proxy.leader_wait_timeout;
+        let leader_wait = self.config.proxy.leader_wait_timeout;
+        let mut deadline = || *started.get_or_insert_with(Instant::now) + leader_wait;
         let mut tried = std::mem::take(&mut self.unit.exclude);
         loop {
             let snapshot = shared.topology.snapshot();
@@ -237,10 +242,7 @@ impl Session<'_> {
                     None => {
                         let wait = deadline().saturating_duration_since(Instant::now());
                         Box::pin(shared.topology.leader(wait)).await.ok_or_else(|| {
-                            ProxyError::NoLeader(format!(
-                                "none of {} nodes is an up primary",
-                                shared.config.nodes.len()
-                            ))
+                            ProxyError::NoLeader(format!("none of {} nodes is an up primary", self.config.nodes.len()))
                         })?
                     }
                 },
@@ -251,7 +253,7 @@ impl Session<'_> {
                 // reads, and waited out for writes: the monitors will find the leader.
                 Err(ProxyError::Backend(e)) if unreachable(&e) && follower.is_some() => tried.push(node),
                 Err(ProxyError::Backend(e)) if unreachable(&e) && Instant::now() < deadline() => {
-                    crate::control::sleep(shared.config.monitor.interval).await;
+                    crate::control::sleep(self.config.monitor.interval).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -287,7 +289,7 @@ impl Session<'_> {
         let home = home.filter(|&(n, _)| n == node);
         let pool = self.node_pool(node);
         let metrics = &shared.pools.nodes[node].metrics;
-        let (lease, waited) = pool.lease(shared.pools.acquire_timeout, home.map(|(_, pid)| pid)).await;
+        let (lease, waited) = pool.lease(shared.pools.acquire_timeout(), home.map(|(_, pid)| pid)).await;
         let mut lease = match lease {
             Ok(lease) => lease,
             Err(LeaseError::Timeout(_)) => {
@@ -303,9 +305,11 @@ impl Session<'_> {
         }
         if follower { &metrics.routed_reads } else { &metrics.routed_leader }.increment(1);
         shared.pools.nodes[node].unit_routed();
-        let foreign_sequences = needs.sequence_state && lease.sequences.foreign_to(self.id);
-        lease.sequences.leased_by(self.id);
+        let foreign_sequences = needs.sequence_state && lease.sequences.foreign_to(self.entry.id);
+        lease.sequences.leased_by(self.entry.id);
         self.key.target.set(node, lease.pid, lease.secret);
+        self.entry.set_status(ClientStatus::Active);
+        self.entry.set_server(Some((node, lease.pid, lease.created_unix_ms)));
         let outstanding = shared.balancer.lease(node);
         let incarnation = shared.positions.nodes[node].sample().incarnation;
         let scanner = BackendScanner::default();

@@ -1,0 +1,134 @@
+//! RELOAD (and SIGHUP): reads the config file again and applies what can change live; what
+//! needs a restart is logged as such and left as it runs; an invalid file changes nothing.
+//!
+//! Live: users and passwords (new logins; pools log in with the new password from their next
+//! connection), pool size and timeouts, and the routing, consistency and pool-mode defaults of
+//! sessions that log in from now on (a running session keeps the settings it started with).
+
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::frontend::shared::Shared;
+
+/// What a reload did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Keys whose new values took effect.
+    pub applied: Vec<String>,
+    /// Keys whose new values need a restart (left as they run).
+    pub need_restart: Vec<String>,
+}
+
+pub fn reload(shared: &Shared) -> Result<Reloaded, ProxyError> {
+    let result = read_and_apply(shared);
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    metrics::counter!(crate::metrics::CONFIG_RELOADS, "result" => outcome).increment(1);
+    match &result {
+        Ok(r) => tracing::info!(applied = ?r.applied, need_restart = ?r.need_restart, "configuration reloaded"),
+        Err(e) => tracing::error!(error = %e, "configuration reload rejected; the running configuration is kept"),
+    }
+    result
+}
+
+fn read_and_apply(shared: &Shared) -> Result<Reloaded, ProxyError> {
+    let path = shared.config_path.as_ref().ok_or_else(|| ProxyError::Reload("started without a config file".into()))?;
+    let new = Config::load(path).map_err(|e| ProxyError::Reload(e.to_string()))?;
+    let old = shared.config();
+    let reloaded = compare(&old, &new);
+    for key in &reloaded.need_restart {
+        tracing::warn!(key = %key, "changed in the config file; takes effect only after a restart");
+    }
+    shared.pools.reconfigure(&new);
+    shared.swap_config(keep_restart_only(&old, new));
+    Ok(reloaded)
+}
+
+/// The new config with the keys that need a restart as they run, so what the proxy reports
+/// (SHOW CONFIG) is what it does.
+fn keep_restart_only(old: &Config, mut new: Config) -> Config {
+    new.proxy.listen = old.proxy.listen;
+    new.proxy.threads = old.proxy.threads;
+    new.metrics = old.metrics.clone();
+    new.nodes = old.nodes.clone();
+    new.monitor = old.monitor.clone();
+    new.consistency.poll_interval = old.consistency.poll_interval;
+    new.routing.catalog_refresh = old.routing.catalog_refresh;
+    new.pool.connect_timeout = old.pool.connect_timeout;
+    new.pool.reset_query = old.pool.reset_query.clone();
+    new
+}
+
+/// Which top-level keys changed, split by whether they apply live.
+fn compare(old: &Config, new: &Config) -> Reloaded {
+    let flat = |c: &Config| {
+        let value = toml::Value::try_from(c).unwrap_or(toml::Value::Table(Default::default()));
+        let mut rows = Vec::new();
+        super::show_config::flatten("", &value, &mut rows);
+        rows
+    };
+    let (before, after) = (flat(old), flat(new));
+    let mut keys: Vec<&String> = before.iter().chain(after.iter()).map(|(k, _)| k).collect();
+    keys.sort();
+    keys.dedup();
+    let value = |rows: &[(String, String)], key: &str| rows.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let mut reloaded = Reloaded::default();
+    for key in keys {
+        if value(&before, key) == value(&after, key) {
+            continue;
+        }
+        // Passwords are masked in the flat view: a changed one shows only through `users`.
+        let list = if needs_restart(key) { &mut reloaded.need_restart } else { &mut reloaded.applied };
+        list.push(key.clone());
+    }
+    for (i, user) in new.users.iter().enumerate() {
+        if old.user(&user.name).is_some_and(|u| u.password != user.password) {
+            reloaded.applied.push(format!("users[{i}].password"));
+        }
+    }
+    reloaded
+}
+
+fn needs_restart(key: &str) -> bool {
+    const RESTART: &[&str] = &[
+        "proxy.listen",
+        "proxy.threads",
+        "metrics.",
+        "nodes",
+        "monitor.",
+        "consistency.poll_interval",
+        "routing.catalog_refresh",
+        "pool.connect_timeout",
+        "pool.reset_query",
+    ];
+    RESTART.iter().any(|r| key.starts_with(r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const BASE: &str = "[proxy]\nlisten = \"127.0.0.1:7432\"\n[pool]\nsize = 5\n[[nodes]]\nname = \"pg1\"\n\
+                        host = \"127.0.0.1\"\nport = 5432\n[[users]]\nname = \"app\"\npassword = \"one\"\n";
+
+    fn config(text: &str) -> Config {
+        Config::parse(Path::new("test.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn changes_split_into_live_and_restart_and_restart_keys_keep_running_values() {
+        let old = config(BASE);
+        let new = config(
+            &BASE
+                .replace("size = 5", "size = 9")
+                .replace("password = \"one\"", "password = \"two\"")
+                .replace("127.0.0.1:7432", "127.0.0.1:7433")
+                .replace("port = 5432", "port = 5433"),
+        );
+        let r = compare(&old, &new);
+        assert_eq!(r.applied, vec!["pool.size".to_string(), "users[0].password".to_string()]);
+        assert_eq!(r.need_restart, vec!["nodes[0].port".to_string(), "proxy.listen".to_string()]);
+        let kept = keep_restart_only(&old, new);
+        assert_eq!((kept.pool.size, kept.nodes[0].port, kept.proxy.listen.port()), (9, 5432, 7432));
+        assert_eq!(compare(&old, &old), Reloaded::default());
+    }
+}

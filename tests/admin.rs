@@ -1,0 +1,256 @@
+//! The admin console through psql: every command's columns and values against a known state,
+//! PAUSE/RESUME, KILL, RELOAD, and graceful shutdown on SIGTERM and SHUTDOWN.
+
+mod support;
+use std::time::{Duration, Instant};
+use support::*;
+
+fn admin_proxy(cluster: &TestCluster, extra: &str) -> ProxyProcess {
+    ProxyProcess::start(
+        cluster,
+        ProxyOptions { extra: format!("[admin]\nusers = [\"{USER}\"]\n{extra}"), ..Default::default() },
+    )
+}
+
+/// The rows of a console answer as (column -> value) lookups.
+fn column<'a>(table: &'a [Vec<String>], row: &'a [String], name: &str) -> &'a str {
+    let i = table[0].iter().position(|c| c == name).unwrap_or_else(|| panic!("no column {name} in {:?}", table[0]));
+    &row[i]
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn every_show_command_answers_a_table_matching_the_state() {
+    let cluster = shared_cluster();
+    cluster.create_database("admin_show");
+    let p = admin_proxy(cluster, "");
+    p.wait_for_followers();
+    let followers_before: u64 = follower_units(&p.admin("SHOW NODES"));
+
+    let nodes = p.admin("SHOW NODES");
+    assert_eq!(
+        nodes[0],
+        [
+            "name",
+            "host",
+            "port",
+            "role",
+            "timeline",
+            "up",
+            "in_rotation",
+            "why_not",
+            "wal_position",
+            "lag_bytes",
+            "lag_seconds",
+            "incarnation",
+            "server_connections",
+            "units_routed"
+        ]
+    );
+    assert_eq!(nodes.len(), 4, "a header and three nodes: {nodes:?}");
+    let roles: Vec<&str> = nodes[1..].iter().map(|r| column(&nodes, r, "role")).collect();
+    assert_eq!(roles, ["leader", "follower", "follower"]);
+    for row in &nodes[1..] {
+        assert_eq!(column(&nodes, row, "up"), "true");
+        assert_eq!(column(&nodes, row, "in_rotation"), "true");
+        assert!(column(&nodes, row, "wal_position").contains('/'), "{row:?}");
+    }
+
+    // Ten reads in one session: all of them on followers.
+    let reads = "SELECT 1;\n".repeat(10);
+    ok(p.psql("admin_show", &[], Some(&reads)));
+    let followers_after = follower_units(&p.admin("SHOW NODES"));
+    assert_eq!(followers_after - followers_before, 10, "ten read units on followers");
+
+    let pools = p.admin("SHOW POOLS");
+    assert_eq!(
+        pools[0],
+        ["node", "database", "user", "active", "idle", "waiting", "longest_wait_seconds", "size", "max_size"]
+    );
+    let pool = pools.iter().find(|r| r[1] == "admin_show" && r[2] == USER).expect("a pool for admin_show");
+    assert_eq!((column(&pools, pool, "active"), column(&pools, pool, "waiting")), ("0", "0"));
+    assert_eq!(column(&pools, pool, "max_size"), "4");
+
+    let servers = p.admin("SHOW SERVERS");
+    assert_eq!(servers[0], ["node", "database", "user", "state", "client", "pid", "age_seconds"]);
+    assert!(servers.iter().any(|r| r[1] == "admin_show" && r[3] == "idle"), "{servers:?}");
+
+    let clients = p.admin("SHOW CLIENTS");
+    assert_eq!(
+        clients[0],
+        ["id", "address", "user", "database", "state", "node", "consistency", "token", "connected_since", "units"]
+    );
+    let me = clients.iter().find(|r| r[3] == "pgcausal").expect("the console's own session is listed");
+    assert_eq!((column(&clients, me, "user"), column(&clients, me, "state")), (USER, "idle"));
+
+    let config = p.admin("SHOW CONFIG");
+    let value = |key: &str| config.iter().find(|r| r[0] == key).map(|r| r[1].clone());
+    assert_eq!(value("pool.size").as_deref(), Some("4"));
+    assert_eq!(value("users[0].password").as_deref(), Some("********"), "secrets are masked");
+
+    let stats = p.admin("SHOW STATS");
+    assert_eq!(stats[0], ["stat", "total", "per_second", "per_second_recent"]);
+    let units_on_followers: f64 = stats.iter().find(|r| r[0] == "units_on_followers").unwrap()[1].parse().unwrap();
+    assert!(units_on_followers >= 10.0, "{stats:?}");
+
+    assert!(p.admin("SHOW VERSION")[1][0].starts_with("pgcausal "));
+    let help = p.admin("SHOW HELP");
+    assert!(help.iter().any(|r| r[0] == "KILL <client id>"), "{help:?}");
+
+    let unknown = p.admin_as(USER, PASSWORD, "SHOW TABLES").unwrap_err();
+    assert!(unknown.contains("unknown command") && unknown.contains("SHOW POOLS"), "{unknown}");
+
+    // Not an admin: refused at login, as PostgreSQL refuses a role (28000).
+    let refused = p.admin_as(MD5_USER, MD5_PASSWORD, "SHOW NODES").unwrap_err();
+    assert!(refused.contains("may not use the admin console"), "{refused}");
+}
+
+fn follower_units(nodes: &[Vec<String>]) -> u64 {
+    nodes[1..]
+        .iter()
+        .filter(|r| column(nodes, r, "role") == "follower")
+        .map(|r| column(nodes, r, "units_routed").parse::<u64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn pause_holds_a_unit_until_resume_and_kill_closes_one_client() {
+    let cluster = shared_cluster();
+    cluster.create_database("admin_pause");
+    let p = admin_proxy(cluster, "");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (client, conn) =
+        rt.block_on(tokio_postgres::connect(&p.conn_str("admin_pause"), tokio_postgres::NoTls)).unwrap();
+    rt.spawn(conn);
+    rt.block_on(client.simple_query("SELECT 1")).unwrap();
+
+    p.admin("PAUSE");
+    let query = rt.spawn(async move {
+        let rows = client.simple_query("SELECT 42").await.map(|m| simple_query_rows(&m));
+        (client, rows)
+    });
+    // The unit waits at the gate: SHOW CLIENTS says so.
+    let waiting = || {
+        let clients = p.admin("SHOW CLIENTS");
+        clients[1..].iter().any(|r| r[3] == "admin_pause" && r[4] == "waiting")
+    };
+    wait_until("the client's unit to wait", Duration::from_secs(10), waiting);
+    assert!(!query.is_finished(), "a paused unit does not run");
+    p.admin("RESUME");
+    let (client, rows) = rt.block_on(query).unwrap();
+    assert_eq!(rows.unwrap(), vec![vec![Some("42".to_string())]]);
+
+    let clients = p.admin("SHOW CLIENTS");
+    let id = clients[1..].iter().find(|r| r[3] == "admin_pause").expect("listed")[0].clone();
+    p.admin(&format!("KILL {id}"));
+    let after = rt.block_on(client.simple_query("SELECT 1"));
+    let error = after.expect_err("a killed client's connection is closed");
+    assert!(error.is_closed() || pg_error(&error).contains("57P01"), "{}", pg_error(&error));
+    let gone = p.admin("SHOW CLIENTS");
+    assert!(!gone[1..].iter().any(|r| r[0] == id), "{gone:?}");
+    let unknown = p.admin_as(USER, PASSWORD, "KILL 999999").unwrap_err();
+    assert!(unknown.contains("no client with id 999999"), "{unknown}");
+}
+
+#[test]
+fn reload_applies_pool_size_and_passwords_without_dropping_a_client_in_a_transaction() {
+    let cluster = shared_cluster();
+    cluster.create_database("admin_reload");
+    cluster.sql(0, "postgres", "DROP ROLE IF EXISTS reloader");
+    cluster.sql(0, "postgres", "CREATE ROLE reloader LOGIN SUPERUSER PASSWORD 'before'");
+    let user = "[[users]]\nname = \"reloader\"\npassword = \"before\"\n";
+    let p = admin_proxy(cluster, user);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let conn_str = p.conn_str("admin_reload");
+    let (mut client, conn) = rt.block_on(tokio_postgres::connect(&conn_str, tokio_postgres::NoTls)).unwrap();
+    rt.spawn(conn);
+    rt.block_on(client.simple_query("CREATE TABLE t (id int)")).unwrap();
+    let tx = rt.block_on(client.transaction()).unwrap();
+    rt.block_on(tx.execute("INSERT INTO t VALUES (1)", &[])).unwrap();
+
+    // New password on the server and in the file; a larger pool.
+    cluster.sql(0, "postgres", "ALTER ROLE reloader PASSWORD 'after'");
+    let text = std::fs::read_to_string(&p.config_path).unwrap();
+    std::fs::write(
+        &p.config_path,
+        text.replace("password = \"before\"", "password = \"after\"").replace("size = 4", "size = 7"),
+    )
+    .unwrap();
+    p.admin("RELOAD");
+
+    rt.block_on(tx.commit()).expect("the open transaction commits after the reload");
+    let pools = p.admin("SHOW POOLS");
+    let pool = pools.iter().find(|r| r[1] == "admin_reload").unwrap();
+    assert_eq!(column(&pools, pool, "max_size"), "7");
+    let config = p.admin("SHOW CONFIG");
+    assert!(config.iter().any(|r| r[0] == "pool.size" && r[1] == "7"), "{config:?}");
+    ok(p.psql_as("reloader", "after", "admin_reload", &["-c", "SELECT count(*) FROM t"], None));
+    let old = p.psql_as("reloader", "before", "admin_reload", &["-c", "SELECT 1"], None);
+    assert!(!old.status.success(), "the old password no longer logs in");
+
+    // An invalid file: rejected whole, reported, the running config kept.
+    std::fs::write(&p.config_path, "[pool]\nsize = \"many\"\n").unwrap();
+    let error = p.admin_as(USER, PASSWORD, "RELOAD").unwrap_err();
+    assert!(error.contains("reload failed") && error.contains("pool.size"), "{error}");
+    let config = p.admin("SHOW CONFIG");
+    assert!(config.iter().any(|r| r[0] == "pool.size" && r[1] == "7"), "{config:?}");
+    let metrics = p.metrics();
+    assert!(metrics.contains("pgcausal_config_reloads_total{result=\"error\"} 1"), "{metrics}");
+    assert!(metrics.contains("pgcausal_config_reloads_total{result=\"ok\"} 1"), "{metrics}");
+
+    // SIGHUP reloads too (it used to kill the proxy).
+    std::fs::write(&p.config_path, text.replace("password = \"before\"", "password = \"after\"")).unwrap();
+    p.signal(libc::SIGHUP);
+    wait_until("the SIGHUP reload", Duration::from_secs(10), || {
+        p.admin("SHOW CONFIG").iter().any(|r| r[0] == "pool.size" && r[1] == "4")
+    });
+    ok(p.psql("admin_reload", &["-c", "SELECT 1"], None));
+}
+
+#[test]
+fn sigterm_lets_a_running_query_finish_then_exits_zero() {
+    let cluster = shared_cluster();
+    cluster.create_database("admin_stop");
+    let mut p = admin_proxy(cluster, "");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (client, conn) =
+        rt.block_on(tokio_postgres::connect(&p.conn_str("admin_stop"), tokio_postgres::NoTls)).unwrap();
+    rt.spawn(conn);
+    let (idle, idle_conn) =
+        rt.block_on(tokio_postgres::connect(&p.conn_str("admin_stop"), tokio_postgres::NoTls)).unwrap();
+    rt.spawn(idle_conn);
+    rt.block_on(idle.simple_query("SELECT 1")).unwrap();
+    let started = Instant::now();
+    let sleeper = rt
+        .spawn(async move { client.simple_query("SELECT pg_sleep(2), 'slept'").await.map(|m| simple_query_rows(&m)) });
+    wait_until("the query to run", Duration::from_secs(10), || {
+        p.admin("SHOW CLIENTS")[1..].iter().any(|r| r[3] == "admin_stop" && r[4] == "active")
+    });
+    p.signal(libc::SIGTERM);
+    let rows = rt.block_on(sleeper).unwrap().expect("the running query gets its result");
+    assert_eq!(rows[0][1].as_deref(), Some("slept"));
+    let status = p.wait_exit(Duration::from_secs(10)).expect("the proxy exits once its clients are closed");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(started.elapsed() >= Duration::from_secs(2), "not before the query finished");
+    // The idle client was told why (57P01), as PostgreSQL tells it at a shutdown.
+    let error = rt.block_on(idle.simple_query("SELECT 1")).expect_err("closed");
+    assert!(error.is_closed() || pg_error(&error).contains("57P01"), "{}", pg_error(&error));
+    assert!(p.log().contains("shutting down"), "{}", p.log());
+}
+
+#[test]
+fn shutdown_from_the_console_exits_zero() {
+    let cluster = shared_cluster();
+    let mut p = admin_proxy(cluster, "");
+    let out = p.psql_as(USER, PASSWORD, "pgcausal", &["-c", "SHUTDOWN"], None);
+    assert!(out.status.success() || String::from_utf8_lossy(&out.stderr).contains("57P01"), "{out:?}");
+    let status = p.wait_exit(Duration::from_secs(10)).expect("the proxy exits");
+    assert!(status.success(), "exit status {status:?}");
+}
