@@ -9,6 +9,7 @@ use crate::frontend::shared::Shared;
 use crate::route::{Classifier, FunctionCatalog, FunctionOverrides};
 use crate::topology::balance::Balancer;
 use crate::topology::{catalog, monitor, LagLimits, Topology};
+use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,9 +28,12 @@ impl Proxy {
     pub async fn bind(config: Config) -> anyhow::Result<Proxy> {
         if !config.metrics.listen.is_empty() {
             let addr: SocketAddr = config.metrics.listen.parse()?;
-            crate::metrics::install_exporter(addr)?;
+            crate::metrics::install_exporter(addr)
+                .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
         }
-        let listener = TcpListener::bind(config.proxy.listen).await?;
+        let listen = config.proxy.listen;
+        let listener =
+            TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (proxy.listen)"))?;
         let limits =
             LagLimits { max_bytes: config.routing.max_lag_bytes, max_ms: config.routing.max_lag.as_millis() as u64 };
         let topology = Arc::new(Topology::new(config.nodes.len(), limits));
