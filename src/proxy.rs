@@ -36,14 +36,14 @@ impl Proxy {
             TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (proxy.listen)"))?;
         let limits =
             LagLimits { max_bytes: config.routing.max_lag_bytes, max_ms: config.routing.max_lag.as_millis() as u64 };
-        let topology = Arc::new(Topology::new(config.nodes.len(), limits));
+        let topology = Arc::new(Topology::new(config.nodes.iter().map(|n| n.name.clone()).collect(), limits));
         let overrides = FunctionOverrides {
             write_functions: config.routing.write_functions.clone(),
             read_only_functions: config.routing.read_only_functions.clone(),
         };
         let positions = Arc::new(Positions::new(config.nodes.len()));
         let mut background = crate::control::Tasks::default();
-        positions.spawn_pollers(&config, config.consistency.poll_interval, &mut background);
+        positions.spawn_pollers(&config, &topology, config.consistency.poll_interval, &mut background);
         let classifier = Arc::new(Classifier::new(10_000, Arc::new(FunctionCatalog::with_overrides(&overrides))));
         catalog::spawn(Arc::new(config.clone()), topology.clone(), Arc::downgrade(&classifier), &mut background);
         let scram = config.users.iter().map(|u| (u.name.clone(), ScramSecret::new(&u.password))).collect();

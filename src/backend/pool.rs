@@ -6,6 +6,7 @@
 //! per-object metrics. A returned connection goes straight to the longest waiter.
 
 use super::conn::{BackendError, Login, ServerConn};
+use super::failures::{Failure, FailureLog, Target};
 use crate::metrics::NodeMetrics;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -52,6 +53,8 @@ impl Default for CoarseClock {
 
 /// How the connections of one pool are opened, reset and counted.
 pub struct PoolConfig {
+    /// The node's name, for log lines.
+    pub node: String,
     pub login: Login,
     pub max_size: usize,
     pub connect_timeout: Duration,
@@ -66,6 +69,9 @@ pub struct Pool(Arc<Inner>);
 struct Inner {
     config: PoolConfig,
     state: Mutex<State>,
+    /// Connect failures, logged once per change, naming `target`.
+    failures: FailureLog,
+    target: Target,
 }
 
 #[derive(Default)]
@@ -98,7 +104,15 @@ enum Handoff {
 
 impl Pool {
     pub fn new(config: PoolConfig) -> Pool {
-        Pool(Arc::new(Inner { config, state: Mutex::new(State::default()) }))
+        let login = &config.login;
+        let target = Target {
+            node: config.node.clone(),
+            addr: format!("{}:{}", login.host, login.port),
+            user: login.user.clone(),
+            database: login.database.clone(),
+            purpose: "pool",
+        };
+        Pool(Arc::new(Inner { config, state: Mutex::new(State::default()), failures: FailureLog::default(), target }))
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -212,6 +226,10 @@ impl Pool {
         // Boxed: a connect's state is large and rare; inline it would sit in every session's future.
         let result = Box::pin(ServerConn::connect(&config.login, config.connect_timeout)).await;
         config.metrics.connect_result(result.is_ok());
+        match &result {
+            Ok(_) => self.0.failures.succeeded(&self.0.target, "pool"),
+            Err(e) => self.0.failures.failed(&self.0.target, "pool", Failure::of_backend(e)),
+        }
         let mut conn = result?;
         conn.gauge = Some(config.metrics.server_connection());
         Ok(Box::new(conn))
