@@ -45,6 +45,9 @@ enum Command {
         /// The port pgcausal listens on.
         #[arg(long, default_value_t = 6432)]
         port: u16,
+        /// The port of the Prometheus /metrics page [default: 9930, or none when it is taken].
+        #[arg(long)]
+        metrics_port: Option<u16>,
     },
 }
 
@@ -69,8 +72,8 @@ fn main() -> ExitCode {
                 println!("{}: ok ({} nodes, {} users)", file.display(), c.nodes.len(), c.users.len());
             })
             .map_err(anyhow::Error::from),
-        Command::Demo { data_dir, followers, port } => {
-            pgcausal::demo::run(pgcausal::demo::DemoArgs { data_dir, followers, port })
+        Command::Demo { data_dir, followers, port, metrics_port } => {
+            pgcausal::demo::run(pgcausal::demo::DemoArgs { data_dir, followers, port, metrics_port })
         }
         Command::Serve { config } => Config::load(&config).map_err(anyhow::Error::from).and_then(serve),
     };
