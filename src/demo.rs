@@ -11,6 +11,8 @@ pub struct DemoArgs {
     pub data_dir: PathBuf,
     pub followers: usize,
     pub port: u16,
+    /// None: 9930 when it is free, else no metrics page.
+    pub metrics_port: Option<u16>,
 }
 
 /// The proxy configuration for a running cluster (also written next to the data for reference).
@@ -42,7 +44,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let cluster = Cluster::start(spec)?;
     let listen = format!("127.0.0.1:{}", args.port);
     anyhow::ensure!(free(&listen), "port {} is in use; pick another with --port", args.port);
-    let metrics_listen = if free("127.0.0.1:9930") { "127.0.0.1:9930" } else { "" };
+    let metrics_listen = match args.metrics_port {
+        Some(port) => {
+            let listen = format!("127.0.0.1:{port}");
+            anyhow::ensure!(free(&listen), "port {port} is in use; pick another with --metrics-port");
+            listen
+        }
+        None if free("127.0.0.1:9930") => "127.0.0.1:9930".to_string(),
+        None => String::new(),
+    };
+    let metrics_listen = metrics_listen.as_str();
     let text = config_text(&cluster, args.port, metrics_listen);
     let config_path = data_dir.join("pgcausal.toml");
     std::fs::write(&config_path, &text)?;

@@ -6,10 +6,24 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(version, about = "PostgreSQL proxy: writes to the leader, reads to followers, never stale for the session")]
+#[command(
+    version,
+    about = "PostgreSQL proxy: writes to the leader, reads to followers, never stale for the session",
+    after_help = "Logs go to stdout; PGCAUSAL_LOG sets the level or filter (default info, e.g. debug, \
+                  or pgcausal=debug,warn)."
+)]
 struct Cli {
+    /// Log lines as text (coloured only when stdout is a terminal) or as JSON, one object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -31,26 +45,35 @@ enum Command {
         /// The port pgcausal listens on.
         #[arg(long, default_value_t = 6432)]
         port: u16,
+        /// The port of the Prometheus /metrics page [default: 9930, or none when it is taken].
+        #[arg(long)]
+        metrics_port: Option<u16>,
     },
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGCAUSAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    match format {
+        // Colour codes only for a person at a terminal, never into a file or a pipe.
+        LogFormat::Text => logs.with_ansi(std::io::stdout().is_terminal()).init(),
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).with_span_list(false).init(),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_format);
     let result = match cli.command {
         Command::CheckConfig { file } => Config::load(&file)
             .map(|c| {
                 println!("{}: ok ({} nodes, {} users)", file.display(), c.nodes.len(), c.users.len());
             })
             .map_err(anyhow::Error::from),
-        Command::Demo { data_dir, followers, port } => {
-            pgcausal::demo::run(pgcausal::demo::DemoArgs { data_dir, followers, port })
+        Command::Demo { data_dir, followers, port, metrics_port } => {
+            pgcausal::demo::run(pgcausal::demo::DemoArgs { data_dir, followers, port, metrics_port })
         }
         Command::Serve { config: path } => {
             Config::load(&path).map_err(anyhow::Error::from).and_then(|config| serve(config, path))

@@ -7,6 +7,7 @@ use crate::frontend::shared::{Shared, SharedParts};
 use crate::route::{Classifier, FunctionCatalog, FunctionOverrides};
 use crate::topology::balance::Balancer;
 use crate::topology::{catalog, monitor, LagLimits, Topology};
+use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,19 +28,22 @@ impl Proxy {
     pub async fn bind(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<Proxy> {
         if !config.metrics.listen.is_empty() {
             let addr: SocketAddr = config.metrics.listen.parse()?;
-            crate::metrics::install_exporter(addr)?;
+            crate::metrics::install_exporter(addr)
+                .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
         }
-        let listener = TcpListener::bind(config.proxy.listen).await?;
+        let listen = config.proxy.listen;
+        let listener =
+            TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (proxy.listen)"))?;
         let limits =
             LagLimits { max_bytes: config.routing.max_lag_bytes, max_ms: config.routing.max_lag.as_millis() as u64 };
-        let topology = Arc::new(Topology::new(config.nodes.len(), limits));
+        let topology = Arc::new(Topology::new(config.nodes.iter().map(|n| n.name.clone()).collect(), limits));
         let overrides = FunctionOverrides {
             write_functions: config.routing.write_functions.clone(),
             read_only_functions: config.routing.read_only_functions.clone(),
         };
         let positions = Arc::new(Positions::new(config.nodes.len()));
         let mut background = crate::control::Tasks::default();
-        positions.spawn_pollers(&config, config.consistency.poll_interval, &mut background);
+        positions.spawn_pollers(&config, &topology, config.consistency.poll_interval, &mut background);
         let classifier = Arc::new(Classifier::new(10_000, Arc::new(FunctionCatalog::with_overrides(&overrides))));
         catalog::spawn(Arc::new(config.clone()), topology.clone(), Arc::downgrade(&classifier), &mut background);
         crate::frontend::admin::start_counting();

@@ -173,3 +173,90 @@ fn a_client_that_writes_everything_before_reading_gets_every_answer() {
     }
     assert_eq!(errors, 0);
 }
+
+/// The value of the proxy's errors counter for SQLSTATE class `class` (0 before the first).
+fn proxy_errors(p: &ProxyProcess, class: &str) -> f64 {
+    let labels = format!("pgcausal_errors_total{{class=\"{class}\",source=\"proxy\"}}");
+    p.metrics().lines().find_map(|l| l.strip_prefix(labels.as_str())?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// Waits up to 20 s for `done` to hold over the proxy's log; panics with the log otherwise.
+fn wait_for_log(p: &ProxyProcess, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = p.log();
+        if done(&log) {
+            return log;
+        }
+        assert!(std::time::Instant::now() < deadline, "no {what} in pgcausal's log:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A server login that fails (a [[users]] password that is not the server role's) is logged once
+/// per node at warn, with PostgreSQL's own message and SQLSTATE, however often clients retry,
+/// and its end at info; connections closed before a startup packet (a load balancer's checks)
+/// are not logged at info.
+#[test]
+fn server_login_failures_are_logged_once_with_postgresqls_message() {
+    let cluster = shared_cluster();
+    cluster.sql(0, "postgres", "DROP ROLE IF EXISTS wrongpw; CREATE ROLE wrongpw LOGIN PASSWORD 'server-side'");
+    cluster.create_database("bad_input_logs"); // also waits for the role to reach the followers
+    let extra = "[[users]]\nname = \"wrongpw\"\npassword = \"proxy-side\"\n".to_string();
+    let p = ProxyProcess::start(cluster, ProxyOptions { extra, ..Default::default() });
+    let failed = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("server connection failed") && l.contains("user=wrongpw"))
+            .map(str::to_string)
+            .collect()
+    };
+    for attempt in 0..3 {
+        let out = p.psql_as("wrongpw", "proxy-side", "bad_input_logs", &["-c", "SELECT 1"], None);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("password authentication failed"),
+            "attempt {attempt}: {stderr}"
+        );
+    }
+    let log = wait_for_log(&p, "warn line for the failed server login", |log| !failed(log).is_empty());
+    let lines = failed(&log);
+    for line in &lines {
+        assert!(line.contains("WARN") && line.contains("sqlstate=28P01") && line.contains("purpose=pool"), "{line}");
+        assert!(line.contains("error=password authentication failed for user \"wrongpw\""), "{line}");
+        assert!(!line.contains("proxy-side") && !line.contains("server-side"), "a password in the log: {line}");
+        assert!(!line.contains('\u{1b}'), "ANSI codes in a log file: {line}");
+    }
+    for node in ["node0", "node1", "node2"] {
+        let count = lines.iter().filter(|l| l.contains(&format!("node={node} "))).count();
+        assert!(count <= 1, "{node}'s failure logged {count} times over 3 attempts:\n{log}");
+    }
+    assert!(lines.iter().any(|l| l.contains("node=node")), "{lines:?}");
+
+    // The server's password changes to the configured one: the next login works, logged at info.
+    cluster.sql(0, "postgres", "ALTER ROLE wrongpw PASSWORD 'proxy-side'");
+    p.wait_for_followers();
+    let out = p.psql_as("wrongpw", "proxy-side", "bad_input_logs", &["-c", "SELECT 1"], None);
+    assert_eq!(ok(out).trim(), "1");
+    wait_for_log(&p, "recovery line", |log| {
+        log.lines()
+            .any(|l| l.contains("INFO") && l.contains("server connection works again") && l.contains("user=wrongpw"))
+    });
+
+    // TCP connects closed before any byte: counted, not logged at info.
+    let before = proxy_errors(&p, "08");
+    let peers: Vec<String> = (0..3)
+        .map(|_| {
+            let s = TcpStream::connect(("127.0.0.1", p.port)).unwrap();
+            s.local_addr().unwrap().to_string()
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while proxy_errors(&p, "08") < before + 3.0 {
+        assert!(std::time::Instant::now() < deadline, "the proxy did not see the 3 closed connects");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = p.log();
+    for peer in &peers {
+        assert!(!log.contains(peer.as_str()), "a connect closed before its startup packet was logged:\n{log}");
+    }
+}

@@ -26,3 +26,86 @@ fn check_config_accepts_a_good_file_and_names_the_bad_key() {
     let (success, out) = check("[proxy\n");
     assert!(!success && out.contains("bad.toml:"), "{out}");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `pgcausal serve` child; killed (by PID) when dropped.
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn an_address_in_use_is_named_with_its_config_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    let proxy_taken = GOOD.replace("127.0.0.1:6432", &addr.to_string()) + "[metrics]\nlisten = \"\"\n";
+    let metrics_taken = GOOD.replace("127.0.0.1:6432", &format!("127.0.0.1:{}", free_port()))
+        + &format!("[metrics]\nlisten = \"{addr}\"\n");
+    for (text, key) in [(proxy_taken, "proxy.listen"), (metrics_taken, "metrics.listen")] {
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_pgcausal")).args(["serve", "--config"]).arg(&path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(&format!("cannot listen on {addr} ({key})")) && stderr.contains("in use"), "{stderr}");
+    }
+}
+
+/// `--log-format json`: one JSON object per line, fields at the top level, no colour codes; a
+/// node that refuses connections is one warn line however often the probes retry.
+#[test]
+fn json_logs_and_a_refused_node_logged_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    let closed = free_port(); // nothing listens there
+    let text =
+        GOOD.replace("127.0.0.1:6432", &format!("127.0.0.1:{}", free_port())).replace("5432", &closed.to_string())
+            + "[metrics]\nlisten = \"\"\n[monitor]\ninterval = \"50ms\"\n";
+    std::fs::write(&path, text).unwrap();
+    let log_path = dir.path().join("log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_pgcausal"))
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&path)
+        .env("PGCAUSAL_LOG", "debug")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _serve = Serve(child);
+    // Wait for the warn line and then for ten more failed probes (debug lines): retries happened.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let log = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        let warned = log.lines().position(|l| l.contains("\"server connection failed\""));
+        if warned.is_some_and(|at| log.lines().skip(at).filter(|l| l.contains("\"probe failed\"")).count() >= 10) {
+            break log;
+        }
+        assert!(std::time::Instant::now() < deadline, "no warn line and retries:\n{log}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(!log.contains('\u{1b}'), "ANSI codes in JSON logs:\n{log}");
+    for line in log.lines() {
+        assert!(line.starts_with('{') && line.ends_with('}') && line.contains("\"level\":"), "not a JSON line: {line}");
+    }
+    let warned: Vec<&str> = log.lines().filter(|l| l.contains("\"server connection failed\"")).collect();
+    assert_eq!(warned.len(), 1, "a refused node logged more than once:\n{log}");
+    let line = warned[0];
+    for field in [
+        "\"level\":\"WARN\"",
+        "\"node\":\"pg1\"",
+        &format!("\"addr\":\"127.0.0.1:{closed}\""),
+        "\"purpose\":\"control\"",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+    assert!(line.contains("refused") && !line.contains("\"sqlstate\""), "{line}");
+}

@@ -1,17 +1,30 @@
 //! `pgcausal demo`, the README's first command: it starts a cluster with the proxy in front,
 //! serves a client through it, and on SIGTERM stops the proxy and every PostgreSQL server it
-//! started (a demo killed by its terminal or a supervisor must not leave servers behind).
+//! started (a demo killed by its terminal or a supervisor must not leave servers behind). A
+//! demo killed with SIGKILL cannot stop them: the next run stops all of them, then starts.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The demo child; stopped (and its servers with it) if the test fails half-way.
+/// The demo's data directory; whatever servers still run on it get an immediate shutdown when
+/// it is dropped (declared before the `Demo`s, so it drops after them).
+struct DemoDir(tempfile::TempDir);
+
+impl Drop for DemoDir {
+    fn drop(&mut self) {
+        for pid in postmasters(self.0.path()) {
+            signal(pid, libc::SIGQUIT);
+        }
+    }
+}
+
+/// A demo child; killed if the test fails half-way (its servers are `DemoDir`'s to stop).
 struct Demo {
     child: Child,
-    dir: tempfile::TempDir,
+    banner: String,
 }
 
 impl Drop for Demo {
@@ -20,95 +33,165 @@ impl Drop for Demo {
             signal(self.child.id() as i32, libc::SIGKILL);
             let _ = self.child.wait();
         }
-        // Whatever the demo left running: an immediate shutdown, by PID.
-        for pid in postmasters(self.dir.path()) {
-            signal(pid, libc::SIGQUIT);
+    }
+}
+
+impl Demo {
+    /// Starts `pgcausal demo` on `dir` and waits for its banner's psql line.
+    fn start(dir: &Path, port: u16, metrics_port: u16) -> Demo {
+        let child = Command::new(env!("CARGO_BIN_EXE_pgcausal"))
+            .args(["demo", "--followers", "1", "--port", &port.to_string()])
+            .args(["--metrics-port", &metrics_port.to_string(), "--data-dir"])
+            .arg(dir)
+            .env("PGCAUSAL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut demo = Demo { child, banner: String::new() };
+        // The banner ends with the psql line; read it off a thread so a silent demo cannot hang us.
+        let stdout = demo.child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line =
+                rx.recv_timeout(left).unwrap_or_else(|e| panic!("no psql line from the demo ({e}):\n{}", demo.banner));
+            demo.banner += &line;
+            demo.banner.push('\n');
+            if line.contains("psql -h 127.0.0.1") {
+                assert!(line.contains(&format!("-p {port}")), "{}", demo.banner);
+                // Keep draining stdout so the demo never blocks on a full pipe.
+                std::thread::spawn(move || while rx.recv().is_ok() {});
+                return demo;
+            }
+        }
+    }
+
+    /// Sends `sig` and waits for the demo to exit; returns whether it exited successfully.
+    fn stop(&mut self, sig: i32) -> bool {
+        assert!(signal(self.child.id() as i32, sig));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(Instant::now() < deadline, "the demo did not exit within 60 s of signal {sig}");
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
 
 fn signal(pid: i32, sig: i32) -> bool {
-    // SAFETY: kill(2) on a PID this test started (the demo) or read from its data directory.
+    // SAFETY: kill(2) on a PID this test started (the demo) or a postmaster of the demo's data
+    // directory (checked by `postmasters`).
     unsafe { libc::kill(pid, sig) == 0 }
 }
 
-/// PIDs of the postmasters under the demo's data directory (first line of postmaster.pid).
+/// PIDs of the postmasters running on the demo's data directories: the first line of each
+/// postmaster.pid, when that process is `postgres -D` that directory (not a reused PID).
 fn postmasters(root: &Path) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
-    entries
-        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("data/postmaster.pid")).ok())
-        .filter_map(|text| text.lines().next()?.trim().parse().ok())
-        .collect()
+    let mut pids = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        let data = entry.path().join("data");
+        let Ok(text) = std::fs::read_to_string(data.join("postmaster.pid")) else { continue };
+        let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) else { continue };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let data = std::fs::canonicalize(&data).unwrap_or(data);
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        if args.windows(2).any(|w| w[0] == b"-D" && w[1] == data.as_os_str().as_encoded_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
 }
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-#[test]
-fn demo_serves_a_client_and_stops_its_cluster_on_sigterm() {
-    let dir = tempfile::Builder::new().prefix("pgcausal-demo-").tempdir().unwrap();
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_pgcausal"))
-        .args(["demo", "--followers", "1", "--port", &port.to_string(), "--data-dir"])
-        .arg(dir.path())
-        .env("PGCAUSAL_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut demo = Demo { child, dir };
-
-    // The banner ends with the psql line; read it off a thread so a silent demo cannot hang us.
-    let stdout = demo.child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut banner = String::new();
-    let psql_line = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).unwrap_or_else(|e| panic!("no psql line from the demo ({e}):\n{banner}"));
-        banner += &line;
-        banner.push('\n');
-        if line.contains("psql -h 127.0.0.1") {
-            break line;
-        }
-    };
-    assert!(psql_line.contains(&format!("-p {port}")), "{banner}");
-    assert_eq!(postmasters(demo.dir.path()).len(), 2, "a leader and 1 follower\n{banner}");
-
-    // A client through the proxy: a write, then a read that must see it.
+/// A write, then a read that must see it, through the demo's proxy.
+fn write_and_read(port: u16, table: &str) {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let conn = format!("host=127.0.0.1 port={port} user=app password=secret dbname=postgres");
         let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.expect("login");
         tokio::spawn(connection);
-        client.batch_execute("CREATE TABLE demo_t (v text); INSERT INTO demo_t VALUES ('hello')").await.unwrap();
-        let row = client.query_one("SELECT v FROM demo_t", &[]).await.unwrap();
+        client
+            .batch_execute(&format!("CREATE TABLE {table} (v text); INSERT INTO {table} VALUES ('hello')"))
+            .await
+            .unwrap();
+        let row = client.query_one(&format!("SELECT v FROM {table}"), &[]).await.unwrap();
         assert_eq!(row.get::<_, String>(0), "hello");
     });
+}
 
-    let servers = postmasters(demo.dir.path());
-    assert!(signal(demo.child.id() as i32, libc::SIGTERM));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = demo.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the demo did not exit within 60 s of SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
+/// The /metrics page on `port`.
+fn metrics(port: u16) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// Waits until none of `pids` is a process running on a data directory under `root`.
+fn wait_gone(root: &Path, pids: &[i32], what: &str) {
+    let root = std::fs::canonicalize(root).unwrap();
+    let root = root.as_os_str().as_encoded_bytes();
+    let runs_here = |pid: i32| {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        cmdline.split(|&b| b == 0).any(|arg| arg.starts_with(root))
     };
-    assert!(status.success(), "demo exited with {status}");
-    // Its servers are gone: a signal 0 to each PID finds nothing.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while servers.iter().any(|&pid| signal(pid, 0)) {
-        assert!(Instant::now() < deadline, "PostgreSQL servers {servers:?} still run after the demo exited");
+    while pids.iter().any(|&pid| runs_here(pid)) {
+        assert!(Instant::now() < deadline, "PostgreSQL servers {pids:?} still run {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn demo_serves_a_client_and_stops_its_cluster_on_sigterm() {
+    let dir = DemoDir(tempfile::Builder::new().prefix("pgcausal-demo-").tempdir().unwrap());
+    let (port, metrics_port) = (free_port(), free_port());
+    let mut demo = Demo::start(dir.0.path(), port, metrics_port);
+    assert_eq!(postmasters(dir.0.path()).len(), 2, "a leader and 1 follower\n{}", demo.banner);
+    assert!(demo.banner.contains(&format!("http://127.0.0.1:{metrics_port}/metrics")), "{}", demo.banner);
+
+    write_and_read(port, "demo_t");
+    assert!(metrics(metrics_port).contains("pgcausal_routed_total"), "no metrics on --metrics-port");
+
+    let servers = postmasters(dir.0.path());
+    assert!(demo.stop(libc::SIGTERM), "the demo failed on SIGTERM");
+    wait_gone(dir.0.path(), &servers, "after the demo exited");
+}
+
+#[test]
+fn a_demo_after_one_killed_with_sigkill_stops_all_its_leftover_servers_and_starts() {
+    let dir = DemoDir(tempfile::Builder::new().prefix("pgcausal-demo-").tempdir().unwrap());
+    let mut first = Demo::start(dir.0.path(), free_port(), free_port());
+    let leftovers = postmasters(dir.0.path());
+    assert_eq!(leftovers.len(), 2, "a leader and 1 follower\n{}", first.banner);
+    assert!(!first.stop(libc::SIGKILL));
+    drop(first);
+    assert_eq!(postmasters(dir.0.path()), leftovers, "SIGKILL leaves the servers running");
+
+    // One run: it stops both leftovers, then starts both nodes and serves a client.
+    let port = free_port();
+    let mut second = Demo::start(dir.0.path(), port, free_port());
+    wait_gone(dir.0.path(), &leftovers, "after a new demo started on their data directory");
+    let servers = postmasters(dir.0.path());
+    assert_eq!(servers.len(), 2, "both nodes run again\n{}", second.banner);
+    assert!(servers.iter().all(|pid| !leftovers.contains(pid)), "{servers:?} vs leftovers {leftovers:?}");
+    write_and_read(port, "after_kill_t");
+    assert!(second.stop(libc::SIGTERM), "the second demo failed on SIGTERM");
+    wait_gone(dir.0.path(), &servers, "after the second demo exited");
 }

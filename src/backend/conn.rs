@@ -14,8 +14,8 @@ use tokio::net::TcpStream;
 pub enum BackendError {
     #[error("server connection: {0}")]
     Io(#[from] std::io::Error),
-    /// The server answered with an ErrorResponse.
-    #[error("{message}")]
+    /// The server answered with an ErrorResponse: its message and SQLSTATE.
+    #[error("{message} (SQLSTATE {code})")]
     Server { code: String, message: String },
     #[error("server authentication: {0}")]
     Auth(String),

@@ -1,6 +1,7 @@
 //! The server side: connections to PostgreSQL nodes and their pools.
 
 pub mod conn;
+pub mod failures;
 pub mod pool;
 pub mod pools;
 pub mod settings;

@@ -6,6 +6,7 @@
 //! per-object metrics. A returned connection goes straight to the longest waiter.
 
 use super::conn::{BackendError, Login, ServerConn};
+use super::failures::{Failure, FailureLog, Target};
 use crate::metrics::NodeMetrics;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -52,6 +53,8 @@ impl Default for CoarseClock {
 
 /// How the connections of one pool are opened, reset and counted.
 pub struct PoolConfig {
+    /// The node's name, for log lines.
+    pub node: String,
     pub login: Login,
     pub max_size: usize,
     pub connect_timeout: Duration,
@@ -70,6 +73,9 @@ struct Inner {
     /// The password new connections log in with (RELOAD may change it).
     password: Mutex<String>,
     state: Mutex<State>,
+    /// Connect failures, logged once per change, naming `target`.
+    failures: FailureLog,
+    target: Target,
 }
 
 /// One pool's counts, for the admin console.
@@ -117,7 +123,16 @@ impl Pool {
     pub fn new(config: PoolConfig) -> Pool {
         let max_size = AtomicUsize::new(config.max_size);
         let password = Mutex::new(config.login.password.clone());
-        Pool(Arc::new(Inner { config, max_size, password, state: Mutex::new(State::default()) }))
+        let login = &config.login;
+        let target = Target {
+            node: config.node.clone(),
+            addr: format!("{}:{}", login.host, login.port),
+            user: login.user.clone(),
+            database: login.database.clone(),
+            purpose: "pool",
+        };
+        let failures = FailureLog::default();
+        Pool(Arc::new(Inner { config, max_size, password, state: Mutex::new(State::default()), failures, target }))
     }
 
     /// The database and user this pool logs in as.
@@ -260,6 +275,10 @@ impl Pool {
         login.password.clone_from(&self.0.password.lock().expect("pool password poisoned"));
         let result = Box::pin(ServerConn::connect(&login, config.connect_timeout)).await;
         config.metrics.connect_result(result.is_ok());
+        match &result {
+            Ok(_) => self.0.failures.succeeded(&self.0.target, "pool"),
+            Err(e) => self.0.failures.failed(&self.0.target, "pool", Failure::of_backend(e)),
+        }
         let mut conn = result?;
         conn.gauge = Some(config.metrics.server_connection());
         Ok(Box::new(conn))

@@ -85,6 +85,7 @@ impl Pools {
         let key = (database.to_string(), user.to_string());
         let pool = pools.entry(key).or_insert_with(|| {
             Pool::new(PoolConfig {
+                node: n.name.clone(),
                 login: Login {
                     host: n.host.clone(),
                     port: n.port,

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::net::TcpListener;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::sync::{Mutex, Once, TryLockError};
@@ -164,21 +165,56 @@ impl Cluster {
     /// Refuses to start over a postmaster left from an earlier run (e.g. its parent was killed).
     pub(super) fn check_no_stale_postmaster(&self, i: usize) -> Result<()> {
         let node = &self.nodes[i];
-        let pid = fs::read_to_string(node.data.join("postmaster.pid"))
-            .ok()
-            .and_then(|text| text.lines().next()?.trim().parse::<u32>().ok());
-        let alive_postgres = |pid: u32| {
-            fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("postgres"))
-        };
-        match pid {
-            Some(pid) if alive_postgres(pid) => Err(ClusterError::Setup(format!(
+        match leftover_postmaster(&node.data) {
+            Some(pid) => Err(ClusterError::Setup(format!(
                 "{} is still served by postmaster pid {pid} from an earlier run; stop it first \
                  (`pg_ctl stop -D {}` as its owner)",
                 node.name,
                 node.data.display()
             ))),
-            _ => Ok(()),
+            None => Ok(()),
         }
+    }
+
+    /// Stops every postmaster still serving one of this cluster's data directories after an
+    /// earlier run ended without stopping them (it was killed with SIGKILL), all of them before
+    /// returning: a fast shutdown, then immediate, then SIGKILL. A postmaster whose parent is a
+    /// live pgcausal (another run using the same directory) is left alone, and is an error.
+    pub(super) fn stop_leftover_postmasters(&self) -> Result<()> {
+        let leftovers: Vec<(usize, u32)> =
+            (0..self.nodes.len()).filter_map(|i| Some((i, leftover_postmaster(&self.nodes[i].data)?))).collect();
+        for &(i, pid) in &leftovers {
+            if let Some(owner) = live_pgcausal_parent(pid) {
+                return Err(ClusterError::Setup(format!(
+                    "{} (postmaster pid {pid}) belongs to a pgcausal that is still running (pid {owner}); stop that first",
+                    self.nodes[i].name
+                )));
+            }
+            warn!(node = %self.nodes[i].name, pid, data = %self.nodes[i].data.display(), "stopping a server left running by an earlier run");
+        }
+        let alive = |leftovers: &[(usize, u32)]| -> Vec<(usize, u32)> {
+            leftovers.iter().copied().filter(|&(i, pid)| is_postmaster_of(pid, &self.nodes[i].data)).collect()
+        };
+        let mut running = leftovers;
+        for (signal, secs) in [(libc::SIGINT, 20), (libc::SIGQUIT, 5), (libc::SIGKILL, 5)] {
+            for &(_, pid) in &running {
+                send_signal(pid, signal);
+            }
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            while !running.is_empty() && Instant::now() < deadline {
+                std::thread::sleep(POLL);
+                running = alive(&running);
+            }
+            if running.is_empty() {
+                return Ok(());
+            }
+            warn!(signal, pids = ?running.iter().map(|&(_, pid)| pid).collect::<Vec<_>>(), "leftover servers still running; escalating");
+        }
+        let (i, pid) = running[0];
+        Err(ClusterError::Setup(format!(
+            "{} (postmaster pid {pid} from an earlier run) does not stop",
+            self.nodes[i].name
+        )))
     }
 
     fn pg_isready(&self, port: u16) -> bool {
@@ -216,6 +252,33 @@ impl Cluster {
         let log = self.nodes[i].dir.join("postgres.log");
         ClusterError::Node { node: self.nodes[i].name.clone(), what, tail: log_tail(&log), log }
     }
+}
+
+/// The PID in `data`'s postmaster.pid when that process is a postmaster of `data` (not a
+/// reused PID): a server left running, by this or an earlier run.
+fn leftover_postmaster(data: &Path) -> Option<u32> {
+    let text = fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    let pid = text.lines().next()?.trim().parse::<u32>().ok()?;
+    is_postmaster_of(pid, data).then_some(pid)
+}
+
+/// True while `pid` runs `postgres` with `-D data` (as `spawn_node` starts it; an exited or
+/// zombie process has an empty command line).
+fn is_postmaster_of(pid: u32, data: &Path) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let program = args.first().map(|a| Path::new(std::ffi::OsStr::from_bytes(a)));
+    program.is_some_and(|p| p.file_name().is_some_and(|n| n == "postgres"))
+        && args.windows(2).any(|w| w[0] == b"-D" && Path::new(std::ffi::OsStr::from_bytes(w[1])) == data)
+}
+
+/// The parent of `pid` when it is a running pgcausal other than this process.
+fn live_pgcausal_parent(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...: comm may hold spaces and parentheses, so split after the last ')'.
+    let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+    let comm = fs::read_to_string(format!("/proc/{ppid}/comm")).ok()?;
+    (comm.trim() == "pgcausal" && ppid != std::process::id()).then_some(ppid)
 }
 
 fn is_bind_failure(log: &str) -> bool {

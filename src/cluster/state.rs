@@ -38,8 +38,9 @@ impl Cluster {
         }
         self.initialized = true;
         info!(root = %self.root.display(), nodes = count, "reusing existing cluster");
+        // An earlier run killed with SIGKILL leaves its servers running: stop them all first.
+        self.stop_leftover_postmasters()?;
         for i in 0..count {
-            self.check_no_stale_postmaster(i)?;
             self.ensure_port_free(i)?;
         }
         for i in 0..count {
@@ -53,7 +54,7 @@ impl Cluster {
                 _ => "follower",
             };
             leaders += usize::from(role == "leader");
-            info!(node = %self.nodes[i].name, port = self.nodes[i].port, role, "node role");
+            info!(node = %self.nodes[i].name, port = self.nodes[i].port, %role, "node role");
         }
         if leaders == 1 {
             if let Err(e) = self.wait_streaming(Duration::from_secs(30)) {

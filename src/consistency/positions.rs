@@ -2,7 +2,9 @@
 //! its incarnation and which probe asked for it, kept current by one fast poller per node
 //! that also probes on demand (coalesced: one probe in flight per node serves every waiter).
 
+use crate::backend::failures::Failure;
 use crate::config::Config;
+use crate::topology::Topology;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -144,9 +146,18 @@ impl Positions {
 
     /// Starts one poller per node on the control thread: a sample every `interval`, or at once
     /// when a waiter asks.
-    pub fn spawn_pollers(self: &Arc<Self>, config: &Config, interval: Duration, tasks: &mut crate::control::Tasks) {
+    /// Failures are logged through `topology`'s per-node control-plane log (shared with the monitor).
+    pub fn spawn_pollers(
+        self: &Arc<Self>,
+        config: &Config,
+        topology: &Arc<Topology>,
+        interval: Duration,
+        tasks: &mut crate::control::Tasks,
+    ) {
         for (i, node) in config.nodes.iter().enumerate() {
             let pool = crate::topology::monitor::control_pool(config, node);
+            let target = crate::topology::monitor::control_target(config, node);
+            let topology = topology.clone();
             let positions = self.clone();
             let timeout = config.monitor.timeout;
             let mut timeouts = crate::topology::monitor::Timeouts::new(config.monitor.timeouts_to_down);
@@ -161,21 +172,32 @@ impl Positions {
                     cause.increment(1);
                     let sent_at = next_probe();
                     let probe = async {
-                        let client = pool.get().await.map_err(|e| e.to_string())?;
-                        let statement = client.prepare_cached(POSITION_SQL).await.map_err(|e| e.to_string())?;
-                        client.query_one(&statement, &[]).await.map_err(|e| e.to_string())
+                        let client = pool.get().await.map_err(|e| Failure::of_control(&e))?;
+                        let statement = client.prepare_cached(POSITION_SQL).await.map_err(|e| Failure::of_pg(&e))?;
+                        client.query_one(&statement, &[]).await.map_err(|e| Failure::of_pg(&e))
                     };
+                    let failures = topology.control_failures(i);
                     match tokio::time::timeout(timeout, probe).await {
                         Ok(Ok(row)) => {
                             timeouts.answered();
+                            failures.succeeded(&target, "positions");
                             position.record(row.get::<_, i64>(0).max(0) as u64, row.get(1), row.get(2), sent_at);
                         }
                         // A late answer keeps the last sample: it is still a lower bound of this
                         // incarnation's position (a restart resets the connection: an error).
                         Err(_) if timeouts.tolerated() => {}
-                        Err(_) => position.mark_down(),
-                        Ok(Err(_)) => {
+                        Err(_) => {
+                            let waited = humantime::format_duration(timeout);
+                            failures.failed(
+                                &target,
+                                "positions",
+                                Failure::timeout(format!("probe timed out after {waited}")),
+                            );
+                            position.mark_down();
+                        }
+                        Ok(Err(failure)) => {
                             timeouts.answered();
+                            failures.failed(&target, "positions", failure);
                             position.mark_down();
                         }
                     }

@@ -40,7 +40,13 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, shared: &Shared, 
         Ok(Ok(Some(login))) => login,
         Ok(Ok(None)) => return, // a cancel request, fully handled
         Ok(Err(e)) => {
-            tracing::info!(%peer, error = %e, "client startup failed");
+            // A close before logging in (a load balancer's check, psql asking for a password) is routine.
+            match &e {
+                ProxyError::ClientIo(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    tracing::debug!(%peer, "client closed the connection before logging in")
+                }
+                _ => tracing::info!(%peer, error = %e, "client startup failed"),
+            }
             fail(&mut stream, &e).await;
             return;
         }

@@ -78,7 +78,11 @@ pub fn spawn(
                     last = rows;
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "could not load the volatile function catalog"),
+                Err(e) => {
+                    let (node, failure) = (&config.nodes[leader].name, crate::backend::failures::Failure::of_pg(&e));
+                    let sqlstate = failure.sqlstate.as_deref().map(tracing::field::display);
+                    tracing::warn!(%node, sqlstate, error = %failure.message, "could not load the volatile function catalog");
+                }
             }
             if classifier.strong_count() == 0 {
                 return;

@@ -5,6 +5,7 @@ pub mod balance;
 pub mod catalog;
 pub mod monitor;
 
+use crate::backend::failures::FailureLog;
 use arc_swap::ArcSwap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,12 +21,25 @@ pub enum Role {
     Standby,
 }
 
+impl Role {
+    /// The role as log lines name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Unknown => "unknown",
+            Role::Primary => "primary",
+            Role::Standby => "standby",
+        }
+    }
+}
+
 /// What the last probe learned about one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeState {
     pub up: bool,
     pub role: Role,
-    /// Timeline of a primary's current WAL; primaries on older timelines are fenced.
+    /// Timeline of a primary's current WAL (primaries on older timelines are fenced), or of the
+    /// WAL a standby last received (`pg_stat_wal_receiver.received_tli`); 0 when unknown (a
+    /// standby without a WAL receiver, or a monitor role that may not read its details).
     pub timeline: u32,
     /// A primary's current WAL position, a standby's replay position.
     pub lsn: u64,
@@ -98,12 +112,31 @@ pub struct Topology {
     /// Serialises monitor updates; sessions never take it.
     write: Mutex<()>,
     changed: Notify,
+    /// Per node: failures of the control-plane connections (monitor and position probes), so
+    /// that the two tasks probing a node log a failure once between them.
+    control_failures: Vec<FailureLog>,
+    /// Node names, for log lines.
+    names: Vec<String>,
 }
 
 impl Topology {
-    pub fn new(nodes: usize, limits: LagLimits) -> Topology {
+    /// A topology of the nodes named `names` (indexed like `config.nodes`), none probed yet.
+    pub fn new(names: Vec<String>, limits: LagLimits) -> Topology {
+        let nodes = names.len();
         let snapshot = Snapshot { nodes: vec![NodeState::default(); nodes], leader: None, followers: Vec::new() };
-        Topology { current: ArcSwap::from_pointee(snapshot), limits, write: Mutex::new(()), changed: Notify::new() }
+        Topology {
+            current: ArcSwap::from_pointee(snapshot),
+            limits,
+            write: Mutex::new(()),
+            changed: Notify::new(),
+            control_failures: (0..nodes).map(|_| FailureLog::default()).collect(),
+            names,
+        }
+    }
+
+    /// The control-plane connection failures of `node`.
+    pub fn control_failures(&self, node: usize) -> &FailureLog {
+        &self.control_failures[node]
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -122,14 +155,24 @@ impl Topology {
         nodes[node] = state;
         let next = Snapshot::elect(nodes, current.leader, self.limits);
         if next.followers != current.followers {
-            tracing::info!(followers = ?next.followers, "followers in rotation changed");
+            let followers = self.list(&next.followers);
+            tracing::info!(followers = %followers, "followers in rotation changed");
         }
         if next.leader != current.leader {
-            tracing::info!(from = ?current.leader, to = ?next.leader, "leader changed");
+            let (from, to) = (self.list(current.leader.as_slice()), self.list(next.leader.as_slice()));
+            tracing::info!(%from, %to, "leader changed");
         }
         self.current.store(Arc::new(next));
         self.changed.notify_waiters();
         previous
+    }
+
+    /// Node names separated by commas, "none" for no node.
+    fn list(&self, nodes: &[usize]) -> String {
+        if nodes.is_empty() {
+            return "none".into();
+        }
+        nodes.iter().map(|&n| self.names[n].as_str()).collect::<Vec<_>>().join(",")
     }
 
     /// The leader, waiting up to `timeout` for one to be known.

@@ -1,7 +1,9 @@
 //! One health monitor per node: probes role, timeline and WAL position over a control-plane connection.
 
 use super::{NodeState, Role, Topology};
+use crate::backend::failures::{Failure, Target};
 use crate::config::{Config, NodeConfig};
+use crate::consistency::format_lsn;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,9 +11,11 @@ use std::time::{Duration, Instant};
 /// Called when a node's state changes: (node index, before, after).
 pub type OnChange = Arc<dyn Fn(usize, &NodeState, &NodeState) + Send + Sync>;
 
-/// One round trip: role, timeline, WAL position, replay lag, incarnation.
+/// One round trip: role, timeline, WAL position, replay lag, incarnation. A standby's timeline
+/// is that of the WAL it last received (NULL, so 0, without a WAL receiver or for a role
+/// without pg_read_all_stats).
 const PROBE_SQL: &str = "SELECT r, \
-     CASE WHEN r THEN 0 ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
+     CASE WHEN r THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), 0) ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
      ((CASE WHEN r THEN coalesce(pg_last_wal_replay_lsn(), '0/0') ELSE pg_current_wal_lsn() END) - '0/0'::pg_lsn)::int8, \
      CASE WHEN NOT r OR pg_last_wal_receive_lsn() IS NULL OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0 \
      ELSE coalesce((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::int8, 0) END, \
@@ -36,11 +40,22 @@ pub fn control_pool(config: &Config, node: &NodeConfig) -> Pool {
     Pool::builder(manager).max_size(1).build().expect("no runtime-dependent timeouts")
 }
 
-async fn probe(pool: &Pool) -> Result<NodeState, String> {
-    let client = pool.get().await.map_err(|e| e.to_string())?;
+/// Who a node's control-plane connections log in as, for log lines.
+pub fn control_target(config: &Config, node: &NodeConfig) -> Target {
+    Target {
+        node: node.name.clone(),
+        addr: format!("{}:{}", node.host, node.port),
+        user: config.monitor_login().0.to_string(),
+        database: config.monitor.database.clone(),
+        purpose: "control",
+    }
+}
+
+async fn probe(pool: &Pool) -> Result<NodeState, Failure> {
+    let client = pool.get().await.map_err(|e| Failure::of_control(&e))?;
     // Prepared once per connection: a text query was parsed, described and closed every probe.
-    let statement = client.prepare_cached(PROBE_SQL).await.map_err(|e| e.to_string())?;
-    let row = client.query_one(&statement, &[]).await.map_err(|e| e.to_string())?;
+    let statement = client.prepare_cached(PROBE_SQL).await.map_err(|e| Failure::of_pg(&e))?;
+    let row = client.query_one(&statement, &[]).await.map_err(|e| Failure::of_pg(&e))?;
     let in_recovery: bool = row.get(0);
     Ok(NodeState {
         up: true,
@@ -59,6 +74,7 @@ pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange, 
         let (interval, timeout) = (config.monitor.interval, config.monitor.timeout);
         let timeouts_to_down = config.monitor.timeouts_to_down;
         let (topology, on_change, name) = (topology.clone(), on_change.clone(), node.name.clone());
+        let target = control_target(config, node);
         let up = metrics::gauge!(crate::metrics::NODE_UP, "node" => name.clone());
         let leader = metrics::gauge!(crate::metrics::NODE_IS_LEADER, "node" => name.clone());
         let probe_time = metrics::histogram!(crate::metrics::NODE_PROBE_SECONDS, "node" => name.clone());
@@ -71,18 +87,26 @@ pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange, 
                 let started = Instant::now();
                 let probed = tokio::time::timeout(timeout, probe(&pool)).await;
                 probe_time.record(started.elapsed().as_secs_f64());
+                let failures = topology.control_failures(i);
                 let state = match probed {
-                    Ok(Ok(state)) => state,
-                    Ok(Err(reason)) => {
-                        tracing::debug!(node = %name, %reason, "probe failed");
+                    Ok(Ok(state)) => {
+                        failures.succeeded(&target, "monitor");
+                        state
+                    }
+                    Ok(Err(failure)) => {
+                        tracing::debug!(node = %name, sqlstate = failure.sqlstate.as_deref().map(tracing::field::display), error = %failure.message, "probe failed");
+                        failures.failed(&target, "monitor", failure);
                         NodeState::default()
                     }
                     Err(_) if timeouts.tolerated() => {
-                        tracing::info!(node = %name, ?timeout, "probe timed out; the node keeps its state until the next one");
+                        let timeout = humantime::format_duration(timeout).to_string();
+                        tracing::info!(node = %name, %timeout, "probe timed out; the node keeps its state until the next one");
                         continue;
                     }
                     Err(_) => {
                         tracing::debug!(node = %name, "probe timed out");
+                        let waited = humantime::format_duration(timeout);
+                        failures.failed(&target, "monitor", Failure::timeout(format!("probe timed out after {waited}")));
                         NodeState::default()
                     }
                 };
@@ -91,12 +115,34 @@ pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange, 
                 let before = topology.update(i, state.clone());
                 leader.set(if topology.snapshot().leader == Some(i) { 1.0 } else { 0.0 });
                 if state.changed_from(&before) {
-                    tracing::info!(node = %name, ?before, after = ?state, "node state changed");
+                    log_change(&name, &before, &state);
                     on_change(i, &before, &state);
                 }
             }
         }));
     }
+}
+
+/// One line per node state change, as fields: role, timeline (when known), WAL position as
+/// PostgreSQL writes it, lag (standbys), and what the node was before.
+fn log_change(node: &str, before: &NodeState, after: &NodeState) {
+    let was = if before.up { before.role.name() } else { "down" };
+    if !after.up {
+        tracing::info!(%node, up = false, %was, "node state changed");
+        return;
+    }
+    let restarted = before.up && before.incarnation != after.incarnation;
+    tracing::info!(
+        %node,
+        up = true,
+        role = %after.role.name(),
+        timeline = (after.timeline != 0).then_some(after.timeline),
+        lsn = %format_lsn(after.lsn),
+        lag_ms = (after.role == Role::Standby).then_some(after.replay_lag_ms),
+        %was,
+        restarted = restarted.then_some(true),
+        "node state changed"
+    );
 }
 
 /// Counts probe timeouts in a row: the first `limit - 1` are tolerated (the node keeps its last
