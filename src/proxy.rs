@@ -10,7 +10,7 @@ use crate::route::{Classifier, FunctionCatalog, FunctionOverrides};
 use crate::topology::balance::Balancer;
 use crate::topology::{catalog, monitor, LagLimits, Topology};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -23,12 +23,13 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Binds the client listener and the metrics exporter, and starts the node monitors.
+    /// Binds the client listener and the metrics/health listener, and starts the node monitors.
     pub async fn bind(config: Config) -> anyhow::Result<Proxy> {
-        if !config.metrics.listen.is_empty() {
-            let addr: SocketAddr = config.metrics.listen.parse()?;
-            crate::metrics::install_exporter(addr)?;
-        }
+        // Before any metric handle is made: handles made without a recorder count nowhere.
+        let metrics = match config.metrics.listen.is_empty() {
+            true => None,
+            false => Some((config.metrics.listen.parse::<SocketAddr>()?, crate::metrics::install_recorder()?)),
+        };
         let listener = TcpListener::bind(config.proxy.listen).await?;
         let limits =
             LagLimits { max_bytes: config.routing.max_lag_bytes, max_ms: config.routing.max_lag.as_millis() as u64 };
@@ -39,6 +40,11 @@ impl Proxy {
         };
         let positions = Arc::new(Positions::new(config.nodes.len()));
         let mut background = crate::control::Tasks::default();
+        let accepting = Arc::new(AtomicBool::new(false));
+        if let Some((addr, handle)) = metrics {
+            let endpoints = crate::http::Endpoints::new(handle, topology.clone(), accepting.clone());
+            background.add(crate::http::serve(addr, endpoints)?);
+        }
         positions.spawn_pollers(&config, config.consistency.poll_interval, &mut background);
         let classifier = Arc::new(Classifier::new(10_000, Arc::new(FunctionCatalog::with_overrides(&overrides))));
         catalog::spawn(Arc::new(config.clone()), topology.clone(), Arc::downgrade(&classifier), &mut background);
@@ -49,6 +55,7 @@ impl Proxy {
             cancels: Arc::new(CancelRegistry::default()),
             scram,
             clients: AtomicUsize::new(0),
+            accepting,
             classifier,
             balancer: Balancer::new(config.routing.balance, config.nodes.len()),
             positions: positions.clone(),
@@ -77,6 +84,11 @@ impl Proxy {
                 match reaper.upgrade() {
                     Some(shared) => {
                         shared.pools.reap_idle();
+                        shared.pools.publish_stats();
+                        crate::metrics::nodes(
+                            &shared.topology.snapshot(),
+                            shared.pools.nodes.iter().map(|n| &*n.metrics),
+                        );
                         crate::metrics::classifier(&shared.classifier.stats());
                     }
                     None => return,
@@ -94,6 +106,7 @@ impl Proxy {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         tracing::info!(listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "accepting clients");
+        self.shared.accepting.store(true, Ordering::Release);
         loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,

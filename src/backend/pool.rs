@@ -6,7 +6,7 @@
 //! per-object metrics. A returned connection goes straight to the longest waiter.
 
 use super::conn::{BackendError, Login, ServerConn};
-use crate::metrics::NodeMetrics;
+use crate::metrics::{NodeMetrics, PoolGauges, PoolStats};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -57,6 +57,8 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     pub reset_query: String,
     pub metrics: Arc<NodeMetrics>,
+    /// This pool's own gauges (node, database, user), set by `publish_stats`.
+    pub gauges: PoolGauges,
     pub clock: Arc<CoarseClock>,
 }
 
@@ -239,6 +241,22 @@ impl Pool {
             }
         }
         state.size -= 1;
+    }
+
+    /// What the pool holds now; one lock, no socket or clock.
+    pub fn stats(&self) -> PoolStats {
+        let state = self.state();
+        PoolStats {
+            active: state.size - state.idle.len(),
+            idle: state.idle.len(),
+            waiting: state.waiters.iter().filter(|w| !w.is_closed()).count(),
+            size_limit: self.0.config.max_size,
+        }
+    }
+
+    /// Sets this pool's gauges from `stats` (run by the upkeep tick, off the data path).
+    pub fn publish_stats(&self) {
+        self.0.config.gauges.publish(self.stats());
     }
 
     /// Closes the idle connections `keep` (given each one and how long it has idled) refuses.

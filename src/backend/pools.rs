@@ -79,6 +79,7 @@ impl Pools {
                 connect_timeout: self.connect_timeout,
                 reset_query: self.reset_query.clone(),
                 metrics: n.metrics.clone(),
+                gauges: crate::metrics::PoolGauges::new(&n.name, database, user),
                 clock: self.clock.clone(),
             })
         });
@@ -93,6 +94,11 @@ impl Pools {
         for pool in self.nodes.iter().flat_map(NodePools::all) {
             pool.close_idle(|conn, idle| idle < self.idle_timeout && conn.created.elapsed() < self.lifetime);
         }
+    }
+
+    /// Publishes every pool's gauges (active, idle, waiting, size limit); run with `reap_idle`.
+    pub fn publish_stats(&self) {
+        self.nodes.iter().flat_map(NodePools::all).for_each(|pool| pool.publish_stats());
     }
 
     /// Closes every idle connection to a node (it went down or changed role).

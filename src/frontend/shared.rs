@@ -9,7 +9,7 @@ use crate::route::Classifier;
 use crate::topology::balance::Balancer;
 use crate::topology::Topology;
 use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 /// Everything sessions share; built once at start, immutable afterwards except through atomics.
@@ -21,6 +21,9 @@ pub struct Shared {
     /// SCRAM secrets per user, derived once (4096 PBKDF2 rounds is too slow per login).
     pub scram: HashMap<String, ScramSecret>,
     pub clients: AtomicUsize,
+    /// True while the accept loop takes new clients (`/ready` says so): set by `Proxy::run` when
+    /// it starts; graceful shutdown sets it false before it stops accepting.
+    pub accepting: Arc<AtomicBool>,
     /// SQL classification shared by all sessions (fingerprint-keyed cache).
     pub classifier: Arc<Classifier>,
     /// Picks the follower for each read unit.

@@ -95,15 +95,16 @@ impl Snapshot {
 pub struct Topology {
     current: ArcSwap<Snapshot>,
     limits: LagLimits,
-    /// Serialises monitor updates; sessions never take it.
-    write: Mutex<()>,
+    /// Serialises monitor updates (sessions never take it); holds the last leader known, so a
+    /// leader that went down and came back is not counted as a change.
+    write: Mutex<Option<usize>>,
     changed: Notify,
 }
 
 impl Topology {
     pub fn new(nodes: usize, limits: LagLimits) -> Topology {
         let snapshot = Snapshot { nodes: vec![NodeState::default(); nodes], leader: None, followers: Vec::new() };
-        Topology { current: ArcSwap::from_pointee(snapshot), limits, write: Mutex::new(()), changed: Notify::new() }
+        Topology { current: ArcSwap::from_pointee(snapshot), limits, write: Mutex::new(None), changed: Notify::new() }
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -112,7 +113,7 @@ impl Topology {
 
     /// Records a probe result; returns the previous state of that node.
     pub fn update(&self, node: usize, state: NodeState) -> NodeState {
-        let _guard = self.write.lock().expect("topology lock poisoned");
+        let mut last_leader = self.write.lock().expect("topology lock poisoned");
         let current = self.current.load();
         let previous = current.nodes[node].clone();
         if previous == state {
@@ -126,6 +127,11 @@ impl Topology {
         }
         if next.leader != current.leader {
             tracing::info!(from = ?current.leader, to = ?next.leader, "leader changed");
+        }
+        if let Some(leader) = next.leader {
+            if last_leader.replace(leader).is_some_and(|last| last != leader) {
+                metrics::counter!(crate::metrics::LEADER_CHANGES).increment(1);
+            }
         }
         self.current.store(Arc::new(next));
         self.changed.notify_waiters();
