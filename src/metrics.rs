@@ -116,7 +116,7 @@ pub fn describe() {
         NODE_WAL_POSITION,
         "A primary's current WAL position, a standby's replay position, as of its last successful probe"
     );
-    describe_gauge!(NODE_TIMELINE, "The node's timeline as of its last successful probe");
+    describe_gauge!(NODE_TIMELINE, "A primary's timeline as of its last successful probe (NaN for a standby)");
     describe_gauge!(
         REPLICATION_LAG_BYTES,
         "WAL bytes a standby has yet to replay behind the leader (NaN while down or no leader is known)"
@@ -265,7 +265,8 @@ impl NodeMetrics {
     pub fn node_state(&self, state: &NodeState, leader_lsn: Option<u64>) {
         if state.up {
             self.wal_position.set(state.lsn as f64);
-            self.timeline.set(state.timeline);
+            // The probe reads a primary's timeline only.
+            self.timeline.set(if state.role == Role::Primary { state.timeline as f64 } else { f64::NAN });
         }
         let (bytes, seconds) = match (state.up, state.role) {
             (true, Role::Primary) => (0.0, 0.0),
