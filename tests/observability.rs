@@ -98,10 +98,7 @@ impl Prometheus {
 impl Drop for Prometheus {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            eprintln!("--- prometheus log (last {} lines)", tail.len());
-            tail.iter().rev().for_each(|l| eprintln!("{l}"));
+            eprint_log_tail("prometheus", &self.log(), 20);
         }
         let _ = self.child.kill(); // by the PID we started
         let _ = self.child.wait();
