@@ -1,8 +1,11 @@
-//! Every metric name in one place, per-node metric handles, and the Prometheus exporter.
+//! Every metric name in one place, the series that exist from the start, per-node metric
+//! handles, and the Prometheus recorder (its page is served by src/http.rs).
 
+use crate::topology::{NodeState, Role};
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics::{Counter, Gauge, Histogram};
-use std::net::SocketAddr;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::OnceLock;
 
 pub const CLIENT_CONNECTIONS: &str = "pgcausal_client_connections";
 pub const CLIENT_LOGINS: &str = "pgcausal_client_logins_total";
@@ -26,7 +29,48 @@ pub const NODE_UP: &str = "pgcausal_node_up";
 pub const NODE_IS_LEADER: &str = "pgcausal_node_is_leader";
 pub const NODE_PROBE_SECONDS: &str = "pgcausal_node_probe_seconds";
 pub const POSITION_PROBES: &str = "pgcausal_position_probes_total";
+pub const NODE_WAL_POSITION: &str = "pgcausal_node_wal_position_bytes";
+pub const NODE_TIMELINE: &str = "pgcausal_node_timeline";
+pub const REPLICATION_LAG_BYTES: &str = "pgcausal_replication_lag_bytes";
+pub const REPLICATION_LAG_SECONDS: &str = "pgcausal_replication_lag_seconds";
+pub const LEADER_CHANGES: &str = "pgcausal_leader_changes_total";
+pub const POOL_ACTIVE: &str = "pgcausal_pool_active_connections";
+pub const POOL_IDLE: &str = "pgcausal_pool_idle_connections";
+pub const POOL_WAITING: &str = "pgcausal_pool_waiting_clients";
+pub const POOL_SIZE_LIMIT: &str = "pgcausal_pool_size_limit";
+pub const UNIT_SECONDS: &str = "pgcausal_unit_seconds";
 pub const CONFIG_RELOADS: &str = "pgcausal_config_reloads_total";
+pub const BUILD_INFO: &str = "pgcausal_build_info";
+
+/// SQLSTATE classes clients commonly get, from servers and from the proxy itself (connection
+/// exceptions, feature not supported, data, integrity, transaction state, auth, unknown database,
+/// rollbacks, syntax/access, resources, limits, object state, operator intervention, system, internal).
+pub const ERROR_CLASSES: [&str; 16] =
+    ["08", "0A", "22", "23", "25", "26", "28", "3D", "40", "42", "53", "54", "55", "57", "58", "XX"];
+pub const ERROR_SOURCES: [&str; 2] = ["server", "proxy"];
+pub const LOGIN_RESULTS: [&str; 2] = ["ok", "auth_failed"];
+pub const CANCEL_RESULTS: [&str; 3] = ["forwarded", "ignored", "failed"];
+pub const PIN_KINDS: [&str; 6] =
+    ["listen", "temp_table", "temp_objects", "advisory_lock", "hold_cursor", "untracked_state"];
+/// What `placement::retry_on` re-runs a read for (any 08 code does: PostgreSQL's are listed), and
+/// a connection lost mid-read.
+pub const RETRY_REASONS: [&str; 13] = [
+    "25006",
+    "57P01",
+    "57P02",
+    "57P03",
+    "40001",
+    "08000",
+    "08001",
+    "08003",
+    "08004",
+    "08006",
+    "08007",
+    "08P01",
+    "connection_lost",
+];
+pub const REPLAY_FAILURE_KINDS: [&str; 2] = ["settings", "prepared_statement"];
+pub const RELOAD_RESULTS: [&str; 2] = ["ok", "error"];
 
 /// Registers help texts; called once at start.
 pub fn describe() {
@@ -64,40 +108,91 @@ pub fn describe() {
     describe_gauge!(NODE_UP, "1 if the node's last health probe succeeded");
     describe_gauge!(NODE_IS_LEADER, "1 if the node is the current leader");
     describe_histogram!(NODE_PROBE_SECONDS, "Duration of node health probes");
-    describe_counter!(CONFIG_RELOADS, "Configuration reloads (SIGHUP, RELOAD) by result (ok, error)");
     describe_counter!(
         POSITION_PROBES,
         "WAL position probes sent, by node and cause (tick: the poll interval, wanted: a waiting session asked)"
     );
+    describe_gauge!(
+        NODE_WAL_POSITION,
+        "A primary's current WAL position, a standby's replay position, as of its last successful probe"
+    );
+    describe_gauge!(NODE_TIMELINE, "A primary's timeline as of its last successful probe (NaN for a standby)");
+    describe_gauge!(
+        REPLICATION_LAG_BYTES,
+        "WAL bytes a standby has yet to replay behind the leader (NaN while down or no leader is known)"
+    );
+    describe_gauge!(
+        REPLICATION_LAG_SECONDS,
+        "How long a standby has had WAL received but not replayed (NaN while down)"
+    );
+    describe_counter!(LEADER_CHANGES, "Times the leader became another node than the last known leader");
+    describe_gauge!(POOL_ACTIVE, "Server connections leased, opening or resetting, by node, database and user");
+    describe_gauge!(POOL_IDLE, "Idle server connections in the pool, by node, database and user");
+    describe_gauge!(POOL_WAITING, "Clients waiting for a server connection, by node, database and user");
+    describe_gauge!(
+        POOL_SIZE_LIMIT,
+        "Most server connections the pool may hold (pool.size), by node, database and user"
+    );
+    describe_histogram!(UNIT_SECONDS, "Duration of units of work, by node and target (leader, follower)");
+    describe_counter!(CONFIG_RELOADS, "Configuration reloads by result");
+    describe_gauge!(BUILD_INFO, "Always 1; the version label says which pgcausal runs");
 }
 
-/// Starts the /metrics HTTP listener on the control thread (off the data path's runtime).
-pub fn install_exporter(listen: SocketAddr) -> anyhow::Result<()> {
-    let _control = crate::control::handle().enter();
-    let (recorder, exporter) = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(listen)
+/// Creates the series whose labels are known in advance, at 0, so a rate or increase over
+/// them has data from the start instead of appearing with their first event.
+pub fn register_known() {
+    for class in ERROR_CLASSES {
+        for source in ERROR_SOURCES {
+            counter!(ERRORS, "class" => class, "source" => source).absolute(0);
+        }
+    }
+    let labelled: [(&'static str, &'static str, &[&'static str]); 6] = [
+        (CLIENT_LOGINS, "result", &LOGIN_RESULTS),
+        (CANCEL_REQUESTS, "result", &CANCEL_RESULTS),
+        (SESSION_PINS, "kind", &PIN_KINDS),
+        (ROUTE_RETRIES, "reason", &RETRY_REASONS),
+        (STATE_REPLAY_FAILURES, "kind", &REPLAY_FAILURE_KINDS),
+        (CONFIG_RELOADS, "result", &RELOAD_RESULTS),
+    ];
+    for (name, label, values) in labelled {
+        for &value in values {
+            counter!(name, label => value).absolute(0);
+        }
+    }
+    for result in ["hit", "miss"] {
+        counter!(CLASSIFIER_CACHE, "result" => result).absolute(0);
+    }
+    for name in [UNPARSED, FLOOR_CLAMPS, LEADER_CHANGES] {
+        counter!(name).absolute(0);
+    }
+    gauge!(CLIENT_CONNECTIONS).increment(0.0);
+    let _ = histogram!(CONSISTENCY_WAIT);
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// Installs the process-wide Prometheus recorder (once; later calls get the same handle), with
+/// help texts and the series known in advance. The caller serves `handle.render()`.
+pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
             &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0],
         )?
-        .build()?;
-    let _ = HANDLE.set(recorder.handle());
-    metrics::set_global_recorder(recorder)?;
-    crate::control::spawn(async move {
-        if let Err(e) = exporter.await {
-            tracing::warn!(error = ?e, "the metrics listener stopped");
-        }
-    });
+        .install_recorder()?;
     describe();
-    Ok(())
+    register_known();
+    Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
-/// The recorder's handle, for reading the metrics back (SHOW STATS) as Prometheus would.
-static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
+/// The recorder's handle, once installed: what /metrics serves and SHOW STATS reads back.
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Every metric in Prometheus' text format; None when metrics are disabled (`[metrics] listen = ""`).
 pub fn render() -> Option<String> {
-    HANDLE.get().map(metrics_exporter_prometheus::PrometheusHandle::render)
+    HANDLE.get().map(PrometheusHandle::render)
 }
 
 /// Publishes the classifier's own counters (kept as atomics off the metrics hot path).
@@ -113,6 +208,15 @@ pub fn error(sqlstate: &[u8], source: &'static str) {
     counter!(ERRORS, "class" => class, "source" => source).increment(1);
 }
 
+/// Publishes every node's position, timeline and lag from one topology snapshot (`nodes` in
+/// config order, like the snapshot's).
+pub fn nodes<'a>(snapshot: &crate::topology::Snapshot, nodes: impl Iterator<Item = &'a NodeMetrics>) {
+    let leader_lsn = snapshot.leader.map(|l| snapshot.nodes[l].lsn);
+    for (state, node) in snapshot.nodes.iter().zip(nodes) {
+        node.node_state(state, leader_lsn);
+    }
+}
+
 /// Handles registered once per node, so the data path only does atomic adds.
 pub struct NodeMetrics {
     pub queries: Counter,
@@ -124,6 +228,12 @@ pub struct NodeMetrics {
     server_connections: Gauge,
     connects_ok: Counter,
     connects_failed: Counter,
+    unit_follower: Histogram,
+    unit_leader: Histogram,
+    wal_position: Gauge,
+    timeline: Gauge,
+    lag_bytes: Gauge,
+    lag_seconds: Gauge,
 }
 
 impl NodeMetrics {
@@ -137,8 +247,44 @@ impl NodeMetrics {
             routed_leader: counter!(ROUTED, "node" => node.clone(), "target" => "leader"),
             server_connections: gauge!(SERVER_CONNECTIONS, "node" => node.clone()),
             connects_ok: counter!(SERVER_CONNECTS, "node" => node.clone(), "result" => "ok"),
-            connects_failed: counter!(SERVER_CONNECTS, "node" => node, "result" => "error"),
+            connects_failed: counter!(SERVER_CONNECTS, "node" => node.clone(), "result" => "error"),
+            unit_follower: histogram!(UNIT_SECONDS, "node" => node.clone(), "target" => "follower"),
+            unit_leader: histogram!(UNIT_SECONDS, "node" => node.clone(), "target" => "leader"),
+            wal_position: gauge!(NODE_WAL_POSITION, "node" => node.clone()),
+            timeline: gauge!(NODE_TIMELINE, "node" => node.clone()),
+            lag_bytes: gauge!(REPLICATION_LAG_BYTES, "node" => node.clone()),
+            lag_seconds: gauge!(REPLICATION_LAG_SECONDS, "node" => node),
         }
+    }
+
+    /// Where a finished unit of work's duration goes: `.record(started.elapsed())` once per unit,
+    /// `follower` as leased (a read on a follower, or leader work).
+    pub fn unit_latency(&self, follower: bool) -> &Histogram {
+        if follower {
+            &self.unit_follower
+        } else {
+            &self.unit_leader
+        }
+    }
+
+    /// Publishes what the monitor last saw of this node; `leader_lsn` is the leader's position,
+    /// if one is known. Position and timeline keep their last value while the node is down.
+    pub fn node_state(&self, state: &NodeState, leader_lsn: Option<u64>) {
+        if state.up {
+            self.wal_position.set(state.lsn as f64);
+            // The probe reads a primary's timeline only.
+            self.timeline.set(if state.role == Role::Primary { state.timeline as f64 } else { f64::NAN });
+        }
+        let (bytes, seconds) = match (state.up, state.role) {
+            (true, Role::Primary) => (0.0, 0.0),
+            (true, Role::Standby) => (
+                leader_lsn.map_or(f64::NAN, |l| l.saturating_sub(state.lsn) as f64),
+                state.replay_lag_ms as f64 / 1000.0,
+            ),
+            _ => (f64::NAN, f64::NAN),
+        };
+        self.lag_bytes.set(bytes);
+        self.lag_seconds.set(seconds);
     }
 
     pub fn connect_result(&self, ok: bool) {
@@ -147,6 +293,53 @@ impl NodeMetrics {
 
     pub fn server_connection(&self) -> GaugeGuard {
         GaugeGuard::new(self.server_connections.clone())
+    }
+}
+
+/// One pool's gauges, set by the control thread's upkeep tick from what the pool keeps anyway.
+pub struct PoolGauges {
+    active: Gauge,
+    idle: Gauge,
+    waiting: Gauge,
+    size_limit: Gauge,
+}
+
+/// What a pool holds at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Leased, or being opened or reset.
+    pub active: usize,
+    pub idle: usize,
+    /// Clients queued for a connection (and still waiting).
+    pub waiting: usize,
+    /// How long the longest-waiting of them has waited.
+    pub longest_wait: Option<std::time::Duration>,
+    pub size_limit: usize,
+}
+
+impl PoolStats {
+    /// Connections counted against the limit: active and idle.
+    pub fn size(&self) -> usize {
+        self.active + self.idle
+    }
+}
+
+impl PoolGauges {
+    pub fn new(node: &str, database: &str, user: &str) -> PoolGauges {
+        let labels = [("node", node.to_string()), ("database", database.to_string()), ("user", user.to_string())];
+        PoolGauges {
+            active: gauge!(POOL_ACTIVE, &labels),
+            idle: gauge!(POOL_IDLE, &labels),
+            waiting: gauge!(POOL_WAITING, &labels),
+            size_limit: gauge!(POOL_SIZE_LIMIT, &labels),
+        }
+    }
+
+    pub fn publish(&self, stats: PoolStats) {
+        self.active.set(stats.active as f64);
+        self.idle.set(stats.idle as f64);
+        self.waiting.set(stats.waiting as f64);
+        self.size_limit.set(stats.size_limit as f64);
     }
 }
 
@@ -163,5 +356,18 @@ impl GaugeGuard {
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registered_retry_reason_is_one_the_session_retries_on() {
+        for reason in RETRY_REASONS.iter().filter(|r| **r != "connection_lost") {
+            let code: [u8; 5] = reason.as_bytes().try_into().expect("a SQLSTATE");
+            assert!(crate::frontend::placement::retry_on(&code).is_some(), "{reason}");
+        }
     }
 }

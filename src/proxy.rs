@@ -9,7 +9,7 @@ use crate::topology::balance::Balancer;
 use crate::topology::{catalog, monitor, LagLimits, Topology};
 use anyhow::Context;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -22,15 +22,15 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Binds the client listener and the metrics exporter, and starts the node monitors.
-    /// Binds the listeners and starts the background work; `config_path` is where RELOAD and
-    /// SIGHUP read the configuration again (None: it cannot be reloaded).
+    /// Binds the client listener and the metrics/health listener, and starts the background
+    /// work; `config_path` is where RELOAD and SIGHUP read the configuration again (None: it
+    /// cannot be reloaded).
     pub async fn bind(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<Proxy> {
-        if !config.metrics.listen.is_empty() {
-            let addr: SocketAddr = config.metrics.listen.parse()?;
-            crate::metrics::install_exporter(addr)
-                .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
-        }
+        // Before any metric handle is made: handles made without a recorder count nowhere.
+        let metrics = match config.metrics.listen.is_empty() {
+            true => None,
+            false => Some((config.metrics.listen.parse::<SocketAddr>()?, crate::metrics::install_recorder()?)),
+        };
         let listen = config.proxy.listen;
         let listener =
             TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (proxy.listen)"))?;
@@ -43,6 +43,11 @@ impl Proxy {
         };
         let positions = Arc::new(Positions::new(config.nodes.len()));
         let mut background = crate::control::Tasks::default();
+        let accepting = Arc::new(AtomicBool::new(false));
+        if let Some((addr, handle)) = metrics {
+            let endpoints = crate::http::Endpoints::new(handle, topology.clone(), accepting.clone());
+            background.add(crate::http::serve(addr, endpoints)?);
+        }
         positions.spawn_pollers(&config, &topology, config.consistency.poll_interval, &mut background);
         let classifier = Arc::new(Classifier::new(10_000, Arc::new(FunctionCatalog::with_overrides(&overrides))));
         catalog::spawn(Arc::new(config.clone()), topology.clone(), Arc::downgrade(&classifier), &mut background);
@@ -55,6 +60,7 @@ impl Proxy {
             positions: positions.clone(),
             config,
             config_path,
+            accepting,
         }));
         let weak = Arc::downgrade(&shared);
         monitor::spawn_all(
@@ -77,6 +83,11 @@ impl Proxy {
                 match reaper.upgrade() {
                     Some(shared) => {
                         shared.pools.reap_idle();
+                        shared.pools.publish_stats();
+                        crate::metrics::nodes(
+                            &shared.topology.snapshot(),
+                            shared.pools.nodes.iter().map(|n| &*n.metrics),
+                        );
                         crate::metrics::classifier(&shared.classifier.stats());
                     }
                     None => return,
@@ -99,6 +110,7 @@ impl Proxy {
         let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
         let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
         tracing::info!(listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "accepting clients");
+        self.shared.accepting.store(true, Ordering::Release);
         let cause = loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
@@ -132,6 +144,7 @@ impl Proxy {
             });
         };
         let Proxy { shared, listener, _background } = self;
+        shared.accepting.store(false, Ordering::Release); // /ready says so from here on
         drop(listener); // new connections are refused from here on
         let stop = async {
             tokio::select! {

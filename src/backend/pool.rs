@@ -7,7 +7,7 @@
 
 use super::conn::{BackendError, Login, ServerConn};
 use super::failures::{Failure, FailureLog, Target};
-use crate::metrics::NodeMetrics;
+use crate::metrics::{NodeMetrics, PoolGauges, PoolStats};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -60,6 +60,8 @@ pub struct PoolConfig {
     pub connect_timeout: Duration,
     pub reset_query: String,
     pub metrics: Arc<NodeMetrics>,
+    /// This pool's own gauges (node, database, user), set by `publish_stats`.
+    pub gauges: PoolGauges,
     pub clock: Arc<CoarseClock>,
 }
 
@@ -76,18 +78,6 @@ struct Inner {
     /// Connect failures, logged once per change, naming `target`.
     failures: FailureLog,
     target: Target,
-}
-
-/// One pool's counts, for the admin console.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolStats {
-    /// Connections counted against the size: idle, leased, or being opened or reset.
-    pub size: usize,
-    pub idle: usize,
-    pub waiting: usize,
-    /// How long the longest-waiting session has waited.
-    pub longest_wait: Option<Duration>,
-    pub max_size: usize,
 }
 
 #[derive(Default)]
@@ -138,17 +128,6 @@ impl Pool {
     /// The database and user this pool logs in as.
     pub fn database_and_user(&self) -> (&str, &str) {
         (&self.0.config.login.database, &self.0.config.login.user)
-    }
-
-    pub fn stats(&self) -> PoolStats {
-        let state = self.state();
-        PoolStats {
-            size: state.size,
-            idle: state.idle.len(),
-            waiting: state.waiters.len(),
-            longest_wait: state.waiters.front().map(|(since, _)| since.elapsed()),
-            max_size: self.0.max_size.load(Ordering::Relaxed),
-        }
     }
 
     /// The idle connections: (server pid, age).
@@ -312,6 +291,24 @@ impl Pool {
             }
         }
         state.size -= 1;
+    }
+
+    /// What the pool holds now; one lock, no socket or clock.
+    pub fn stats(&self) -> PoolStats {
+        let state = self.state();
+        let waiting = state.waiters.iter().filter(|(_, w)| !w.is_closed());
+        PoolStats {
+            active: state.size - state.idle.len(),
+            idle: state.idle.len(),
+            longest_wait: waiting.clone().next().map(|(since, _)| since.elapsed()),
+            waiting: waiting.count(),
+            size_limit: self.0.max_size.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sets this pool's gauges from `stats` (run by the upkeep tick, off the data path).
+    pub fn publish_stats(&self) {
+        self.0.config.gauges.publish(self.stats());
     }
 
     /// Closes the idle connections `keep` (given each one and how long it has idled) refuses.

@@ -29,7 +29,7 @@ impl NodePools {
 
     /// Server connections open (or opening) to this node, over all its pools.
     pub fn connections(&self) -> usize {
-        self.all().iter().map(|p| p.stats().size).sum()
+        self.all().iter().map(|p| p.stats().size()).sum()
     }
 
     /// A unit of work was leased a connection here.
@@ -97,6 +97,7 @@ impl Pools {
                 connect_timeout: self.connect_timeout,
                 reset_query: self.reset_query.clone(),
                 metrics: n.metrics.clone(),
+                gauges: crate::metrics::PoolGauges::new(&n.name, database, user),
                 clock: self.clock.clone(),
             })
         });
@@ -137,6 +138,11 @@ impl Pools {
                 pool.reconfigure(config.pool.size, &u.password);
             }
         }
+    }
+
+    /// Publishes every pool's gauges (active, idle, waiting, size limit); run with `reap_idle`.
+    pub fn publish_stats(&self) {
+        self.nodes.iter().flat_map(NodePools::all).for_each(|pool| pool.publish_stats());
     }
 
     /// Closes every idle connection to a node (it went down or changed role).

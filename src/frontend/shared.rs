@@ -13,7 +13,7 @@ use crate::topology::Topology;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 /// Everything sessions share; built once at start, changed afterwards only through atomics and
@@ -34,6 +34,9 @@ pub struct Shared {
     pub clients: Clients,
     /// Paused, stopping: what operators steer.
     pub lifecycle: Lifecycle,
+    /// True while the accept loop takes new clients (`/ready` says so): set by `Proxy::run` when
+    /// it starts; graceful shutdown sets it false before it stops accepting.
+    pub accepting: Arc<AtomicBool>,
     /// SQL classification shared by all sessions (fingerprint-keyed cache).
     pub classifier: Arc<Classifier>,
     /// Picks the follower for each read unit.
@@ -61,6 +64,7 @@ impl Shared {
             connections: AtomicUsize::new(0),
             clients: Clients::default(),
             lifecycle: Lifecycle::default(),
+            accepting: parts.accepting,
             classifier: parts.classifier,
             balancer: parts.balancer,
             positions: parts.positions,
@@ -105,6 +109,7 @@ pub struct SharedParts {
     pub classifier: Arc<Classifier>,
     pub balancer: Balancer,
     pub positions: Arc<Positions>,
+    pub accepting: Arc<AtomicBool>,
 }
 
 fn scram_secrets(config: &Config) -> HashMap<String, ScramSecret> {

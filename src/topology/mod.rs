@@ -109,8 +109,9 @@ impl Snapshot {
 pub struct Topology {
     current: ArcSwap<Snapshot>,
     limits: LagLimits,
-    /// Serialises monitor updates; sessions never take it.
-    write: Mutex<()>,
+    /// Serialises monitor updates (sessions never take it); holds the last leader known, so a
+    /// leader that went down and came back is not counted as a change.
+    write: Mutex<Option<usize>>,
     changed: Notify,
     /// Per node: failures of the control-plane connections (monitor and position probes), so
     /// that the two tasks probing a node log a failure once between them.
@@ -127,7 +128,7 @@ impl Topology {
         Topology {
             current: ArcSwap::from_pointee(snapshot),
             limits,
-            write: Mutex::new(()),
+            write: Mutex::new(None),
             changed: Notify::new(),
             control_failures: (0..nodes).map(|_| FailureLog::default()).collect(),
             names,
@@ -145,7 +146,7 @@ impl Topology {
 
     /// Records a probe result; returns the previous state of that node.
     pub fn update(&self, node: usize, state: NodeState) -> NodeState {
-        let _guard = self.write.lock().expect("topology lock poisoned");
+        let mut last_leader = self.write.lock().expect("topology lock poisoned");
         let current = self.current.load();
         let previous = current.nodes[node].clone();
         if previous == state {
@@ -161,6 +162,11 @@ impl Topology {
         if next.leader != current.leader {
             let (from, to) = (self.list(current.leader.as_slice()), self.list(next.leader.as_slice()));
             tracing::info!(%from, %to, "leader changed");
+        }
+        if let Some(leader) = next.leader {
+            if last_leader.replace(leader).is_some_and(|last| last != leader) {
+                metrics::counter!(crate::metrics::LEADER_CHANGES).increment(1);
+            }
         }
         self.current.store(Arc::new(next));
         self.changed.notify_waiters();

@@ -315,10 +315,7 @@ impl Drop for ProxyProcess {
     fn drop(&mut self) {
         if std::thread::panicking() {
             // The proxy's own account of a failed test, before its directory goes away.
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- pgcausal log (last {} lines)", tail.len());
-            tail.iter().rev().for_each(|l| eprintln!("{l}"));
+            eprint_log_tail("pgcausal", &self.log(), 40);
         }
         if let Ok(Some(_)) = self.child.try_wait() {
             return; // exited (and reaped) already: its pid may belong to another process now
@@ -334,6 +331,13 @@ impl Drop for ProxyProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Prints the last `lines` lines of a server's log to stderr (for a failed test).
+pub fn eprint_log_tail(what: &str, log: &str, lines: usize) {
+    let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+    eprintln!("--- {what} log (last {} lines)", tail.len());
+    tail.iter().rev().for_each(|l| eprintln!("{l}"));
 }
 
 /// A PostgreSQL client program from the same installation as the servers.

@@ -25,12 +25,12 @@ pub fn show_pools(shared: &Shared) -> Table {
                 Some(node.name.clone()),
                 Some(database.to_string()),
                 Some(user.to_string()),
-                Some((stats.size - stats.idle).to_string()),
+                Some(stats.active.to_string()),
                 Some(stats.idle.to_string()),
                 Some(stats.waiting.to_string()),
                 Some(format!("{:.3}", stats.longest_wait.unwrap_or_default().as_secs_f64())),
-                Some(stats.size.to_string()),
-                Some(stats.max_size.to_string()),
+                Some(stats.size().to_string()),
+                Some(stats.size_limit.to_string()),
             ]);
         }
     }

@@ -80,6 +80,9 @@ impl Session<'_> {
         let wrote = self.unit.wrote;
         self.floor.unit_ended(leased.node, leased.follower, leased.incarnation, wrote);
         self.entry.unit_ended(self.floor.level as u8, self.floor.timeline(), self.floor.lsn());
+        if let Some(started) = self.unit.started {
+            self.shared.pools.nodes[leased.node].metrics.unit_latency(leased.follower).record(started.elapsed());
+        }
         self.pools.affinity.last = Some((leased.node, leased.lease.pid));
         if wrote && !leased.follower {
             self.pools.affinity.sequences = self.pools.affinity.last;
