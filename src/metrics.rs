@@ -358,16 +358,3 @@ impl Drop for GaugeGuard {
         self.0.decrement(1.0);
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_registered_retry_reason_is_one_the_session_retries_on() {
-        for reason in RETRY_REASONS.iter().filter(|r| **r != "connection_lost") {
-            let code: [u8; 5] = reason.as_bytes().try_into().expect("a SQLSTATE");
-            assert!(crate::frontend::placement::retry_on(&code).is_some(), "{reason}");
-        }
-    }
-}

@@ -425,4 +425,12 @@ mod tests {
         assert_eq!(retry_on(b"08006"), Some(false));
         assert_eq!(retry_on(b"23505"), None);
     }
+
+    #[test]
+    fn every_registered_retry_reason_is_one_the_session_retries_on() {
+        for reason in crate::metrics::RETRY_REASONS.iter().filter(|r| **r != "connection_lost") {
+            let code: [u8; 5] = reason.as_bytes().try_into().expect("a SQLSTATE");
+            assert!(retry_on(&code).is_some(), "{reason}");
+        }
+    }
 }
