@@ -192,6 +192,7 @@ mod tests {
             include_str!("fallback.rs"),
             include_str!("cache.rs"),
             include_str!("token_ends.rs"),
+            include_str!("../lexical.rs"),
         ];
         let strings: Vec<String> = sources.iter().flat_map(|s| string_literals(s)).collect();
         assert!(strings.len() > 300, "only {} strings found", strings.len());

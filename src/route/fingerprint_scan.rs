@@ -1,5 +1,6 @@
 //! The fingerprint's single pass: tokens are recognized straight off the bytes by the [`Lexer`](super::lexer)'s rules, never built, and mixed into the hash.
 
+use crate::lexical::{has, operator_end, IDENT_START, OPERATOR_CHAR, WHITESPACE};
 use crate::route::byte_classes::{lowered_at, Lowered, Window};
 use crate::route::fingerprint::{Fingerprint, Keyword};
 use crate::route::fingerprint_hash::{
@@ -8,8 +9,8 @@ use crate::route::fingerprint_hash::{
 };
 use crate::route::lexer::parse_hint;
 use crate::route::token_ends::{
-    block_comment_end, dollar_quote_end, has, line_comment_end, number_at, number_end, operator_end, param_end,
-    prefixed, quoted_end, word_end, Prefixed, OPERATOR_CHAR,
+    block_comment_end, dollar_quote_end, line_comment_end, number_at, number_end, param_end, prefixed, quoted_end,
+    word_end, Prefixed,
 };
 use crate::route::Hint;
 
@@ -52,9 +53,10 @@ static STARTS: [u8; 256] = {
     let mut table = [OTHER; 256];
     let mut b = 0;
     while b < 256 {
-        table[b] = match b as u8 {
-            b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => SPACE,
-            b'a'..=b'z' | b'A'..=b'Z' | b'_' | 0x80..=0xff => WORD,
+        let c = b as u8;
+        table[b] = match c {
+            _ if has(c, WHITESPACE) => SPACE,
+            _ if has(c, IDENT_START) => WORD,
             b'0'..=b'9' => DIGIT,
             b'.' => DOT,
             b'(' | b'[' | b',' => OPEN,
@@ -66,9 +68,7 @@ static STARTS: [u8; 256] = {
             b'$' => DOLLAR,
             b'-' => MINUS,
             b'/' => SLASH,
-            b'+' | b'*' | b'<' | b'>' | b'=' | b'~' | b'!' | b'@' | b'#' | b'%' | b'^' | b'&' | b'|' | b'`' | b'?' => {
-                OPERATOR
-            }
+            _ if has(c, OPERATOR_CHAR) => OPERATOR,
             _ => OTHER,
         };
         b += 1;
