@@ -1,4 +1,4 @@
-//! Zero-allocation PostgreSQL tokenizer shared by the fingerprint and the statement scanner.
+//! Zero-allocation PostgreSQL tokenizer by [`lexical`](crate::lexical)'s rules, for the statement scanner, the side readers of PREPARE/EXECUTE names and DDL targets, and the fingerprint's test oracle.
 //!
 //! It follows the server's lexical rules closely enough to never mistake the
 //! inside of a literal or comment for code (which is what routing safety needs),
@@ -181,7 +181,7 @@ impl<'a> Lexer<'a> {
         true
     }
 
-    fn number(&mut self) {
+    fn number(&mut self) -> TokenKind {
         let mut seen_dot = false;
         while self.pos < self.src.len() {
             let b = self.src[self.pos];
@@ -198,60 +198,34 @@ impl<'a> Lexer<'a> {
                 break;
             }
         }
+        TokenKind::Number
     }
 
     /// By the server's rule, [`operator_end`].
-    fn operator(&mut self) {
+    fn operator(&mut self) -> TokenKind {
         self.pos = operator_end(self.src, self.pos);
+        TokenKind::Operator
     }
 
-    #[inline]
-    pub fn next_token(&mut self) -> Option<Token<'a>> {
-        self.skip_trivia();
-        let start = self.pos;
-        let b = *self.src.get(start)?;
+    /// A one-byte token.
+    fn single(&mut self, kind: TokenKind) -> TokenKind {
+        self.pos += 1;
+        kind
+    }
+
+    /// `$1`-style parameter (a digit follows the `$`).
+    fn param(&mut self) -> TokenKind {
+        self.pos += 1;
+        while self.peek(0).is_ascii_digit() {
+            self.pos += 1;
+        }
+        TokenKind::Param
+    }
+
+    /// A word, or a literal that a one-letter word prefixes: `E'..'`, `B'..'`, `X'..'`, `N'..'`, `U&'..'`, `U&".."`.
+    fn word(&mut self) -> TokenKind {
         let next = self.peek(1);
-        let kind = match b {
-            b'\'' => {
-                self.quoted(b'\'', false);
-                TokenKind::String
-            }
-            b'"' => {
-                self.quoted(b'"', false);
-                TokenKind::QuotedIdent
-            }
-            b'$' if next.is_ascii_digit() => {
-                self.pos += 1;
-                while self.peek(0).is_ascii_digit() {
-                    self.pos += 1;
-                }
-                TokenKind::Param
-            }
-            b'$' if self.dollar_quoted() => TokenKind::String,
-            b'0'..=b'9' => {
-                self.number();
-                TokenKind::Number
-            }
-            b'.' if next.is_ascii_digit() => {
-                self.number();
-                TokenKind::Number
-            }
-            b'(' | b')' | b',' | b'[' | b']' | b'.' => {
-                self.pos += 1;
-                TokenKind::Punct
-            }
-            b':' if next == b':' => {
-                self.pos += 2;
-                TokenKind::Operator
-            }
-            b':' => {
-                self.pos += 1;
-                TokenKind::Punct
-            }
-            b';' => {
-                self.pos += 1;
-                TokenKind::Semicolon
-            }
+        match self.peek(0) {
             b'e' | b'E' if next == b'\'' => {
                 self.pos += 1;
                 self.quoted(b'\'', true);
@@ -272,21 +246,45 @@ impl<'a> Lexer<'a> {
                     TokenKind::QuotedIdent
                 }
             }
-            b if is_ident_start(b) => {
+            _ => {
                 while self.src.get(self.pos).is_some_and(|&b| is_ident_char(b)) {
                     self.pos += 1;
                 }
                 TokenKind::Word
             }
-            b if has(b, OPERATOR_CHAR) => {
-                self.operator();
+        }
+    }
+
+    #[inline]
+    pub fn next_token(&mut self) -> Option<Token<'a>> {
+        self.skip_trivia();
+        let start = self.pos;
+        let b = *self.src.get(start)?;
+        let next = self.peek(1);
+        let kind = match b {
+            b'\'' => {
+                self.quoted(b'\'', false);
+                TokenKind::String
+            }
+            b'"' => {
+                self.quoted(b'"', false);
+                TokenKind::QuotedIdent
+            }
+            b'$' if next.is_ascii_digit() => self.param(),
+            b'$' if self.dollar_quoted() => TokenKind::String,
+            b'0'..=b'9' => self.number(),
+            b'.' if next.is_ascii_digit() => self.number(),
+            b'(' | b')' | b',' | b'[' | b']' | b'.' => self.single(TokenKind::Punct),
+            b':' if next == b':' => {
+                self.pos += 2;
                 TokenKind::Operator
             }
-            _ => {
-                // Anything else (stray `$`, `\`, `{`...) stands alone; the server will reject it.
-                self.pos += 1;
-                TokenKind::Operator
-            }
+            b':' => self.single(TokenKind::Punct),
+            b';' => self.single(TokenKind::Semicolon),
+            b if is_ident_start(b) => self.word(),
+            b if has(b, OPERATOR_CHAR) => self.operator(),
+            // Anything else (stray `$`, `\`, `{`...) stands alone; the server will reject it.
+            _ => self.single(TokenKind::Operator),
         };
         self.seen_token = true;
         Some(Token { kind, text: &self.src[start..self.pos], start })
