@@ -1,4 +1,4 @@
-//! PostgreSQL's lexical rules: byte classes, where an operator ends, identifier quoting; a leaf module (it imports nothing from the crate) because backend/ quotes setting names with it and must not import route/.
+//! PostgreSQL's lexical rules: byte classes, where an operator ends, quoting; a leaf module (it imports nothing from the crate) because backend/ quotes setting names with it and must not import route/.
 //!
 //! The route's [`Lexer`](crate::route) and the fingerprint's single-pass scanner both read
 //! their bytes through [`BYTE_CLASSES`] and end operators with [`operator_end`], so the two
@@ -79,17 +79,23 @@ pub fn operator_end(src: &[u8], start: usize) -> usize {
     at
 }
 
-/// True if `sql` starts with the word `word` (lowercase) in any case, after whitespace.
+/// True if `sql` starts with the word `word` (lowercase) in any case, after whitespace
+/// (not after comments: a cheap test for SQL that may not be UTF-8).
 pub fn starts_with_word(sql: &[u8], word: &[u8]) -> bool {
-    let sql = sql.trim_ascii_start();
+    let sql = &sql[sql.iter().position(|&b| !has(b, WHITESPACE)).unwrap_or(sql.len())..];
     sql.len() >= word.len()
         && sql[..word.len()].eq_ignore_ascii_case(word)
-        && sql.get(word.len()).is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'_')
+        && sql.get(word.len()).is_none_or(|&b| !has(b, IDENT_CHAR))
 }
 
 /// One identifier in double quotes (a `"` doubled), which PostgreSQL reads back exactly (no lowercasing).
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A string literal in single quotes (a `'` doubled), for servers with standard_conforming_strings on.
+pub fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
 }
 
 /// A dotted name with each part quoted by [`quote_ident`]: a custom setting `myapp.x` stays two parts.
@@ -106,5 +112,14 @@ mod tests {
         assert_eq!(operator_end(b"=-1", 0), 1);
         assert_eq!(operator_end(b"->>'k'", 0), 3);
         assert_eq!(operator_end(b"<--x", 0), 1);
+    }
+
+    #[test]
+    fn quoting_and_leading_words() {
+        assert_eq!(quote_ident("my.x\""), "\"my.x\"\"\"");
+        assert_eq!(quote_qualified("myapp.x"), "\"myapp\".\"x\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert!(starts_with_word(b"\x0b DROP TABLE t", b"drop"));
+        assert!(!starts_with_word(b"drop$x", b"drop"));
     }
 }

@@ -26,6 +26,7 @@ pub use cache::{CacheStats, Classifier};
 pub use classify::classify;
 pub use fingerprint::{fingerprint, fingerprint_bytes, Fingerprint, Keyword};
 pub use functions::{FunctionCatalog, FunctionOverrides};
+pub(crate) use lexer::{Lexer, Token, TokenKind};
 
 /// Where a statement may run. Inside an open transaction the caller keeps
 /// using the transaction's server; the target matters when a transaction (or

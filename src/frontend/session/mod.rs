@@ -669,8 +669,8 @@ fn startup_settings(params: &[(String, String)]) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
-    use super::restore::starts_with_word;
     use super::*;
+    use crate::lexical::starts_with_word;
 
     #[test]
     fn startup_options_expand_to_settings() {
