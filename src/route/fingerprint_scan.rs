@@ -1,18 +1,28 @@
-//! The fingerprint's single pass: tokens are recognized straight off the bytes by the [`Lexer`](super::lexer)'s rules, never built, and mixed into the hash.
+//! The fingerprint's single pass: tokens are recognized straight off the bytes by [`lexical`](crate::lexical)'s rules and the [`Lexer`](super::lexer)'s token kinds, never built, and mixed into the hash.
 
 use crate::lexical::{has, operator_end, IDENT_START, OPERATOR_CHAR, WHITESPACE};
 use crate::route::byte_classes::{lowered_at, Lowered, Window};
-use crate::route::fingerprint::{Fingerprint, Keyword};
 use crate::route::fingerprint_hash::{
     long_header, short_header, Hasher, TAG_HINT_FOLLOWER, TAG_HINT_LEADER, TAG_LITERAL, TAG_OPERATOR, TAG_PARAM,
     TAG_PUNCT, TAG_QUOTED, TAG_SEMICOLON, TAG_WORD,
 };
+use crate::route::keyword::Keyword;
 use crate::route::lexer::parse_hint;
 use crate::route::token_ends::{
     block_comment_end, dollar_quote_end, line_comment_end, number_at, number_end, param_end, prefixed, quoted_end,
     word_end, Prefixed,
 };
 use crate::route::Hint;
+
+/// Result of [`fingerprint`](super::fingerprint()), which this scan computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub hash: u64,
+    pub hint: Option<Hint>,
+    pub first_keyword: Keyword,
+    /// A `;` followed by more tokens.
+    pub multi_statement: bool,
+}
 
 // Scan flags, one register. The first three are rare and tested with one branch per token.
 /// No token yet: the next one sets the first keyword.
@@ -293,7 +303,7 @@ fn slow_word(scan: &mut Scan, src: &[u8], start: usize) -> usize {
     }
 }
 
-/// See [`fingerprint`](super::fingerprint).
+/// See [`fingerprint`](super::fingerprint()). Long where its length is its speed: one loop, one dispatch a token, state in registers.
 pub(crate) fn scan(src: &[u8]) -> Fingerprint {
     let mut scan = Scan { src, hasher: Hasher::new(), flags: FIRST, first_keyword: Keyword::None, hint: None };
     let mut lowered: Lowered = [0; 80];

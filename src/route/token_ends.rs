@@ -1,4 +1,4 @@
-//! Where a token or comment that starts at a given byte ends, by the [`Lexer`](super::lexer)'s rules, without building tokens.
+//! Where a token or comment that starts at a given byte ends, by the [`Lexer`](super::lexer)'s rules, without building tokens (the Lexer scans byte by byte; these skip bodies with memchr, and the oracle test compares the two).
 //!
 //! The fingerprint's scanner calls these for every token but the words its
 //! window holds and one-byte punctuation. Each returns an end offset no greater

@@ -1,4 +1,4 @@
-//! Test harness: real PostgreSQL clusters (src/cluster.rs) and a real `pgcausal` process in front.
+//! Test harness: real PostgreSQL clusters (src/cluster/) and a real `pgcausal` process in front.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
 use pgcausal::cluster::{Cluster, ClusterSpec, PasswordEncryption, UserSpec};
