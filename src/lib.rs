@@ -9,7 +9,7 @@ pub mod control;
 pub mod demo;
 pub mod error;
 pub mod frontend;
-pub mod lexical;
+pub(crate) mod lexical;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;
