@@ -10,6 +10,7 @@ pub mod demo;
 pub mod error;
 pub mod frontend;
 pub mod http;
+pub(crate) mod lexical;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;

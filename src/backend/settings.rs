@@ -1,6 +1,8 @@
 //! Session settings beyond the server defaults (SET, set_config, startup options), as statements
 //! that reproduce them; a client carries its own, a server connection carries what it last got.
 
+use crate::lexical::{quote_literal, quote_qualified};
+
 /// Settings in the order they were made (SET SESSION AUTHORIZATION before SET ROLE matters).
 /// Identity follows PostgreSQL: setting or resetting SESSION AUTHORIZATION also resets ROLE.
 #[derive(Clone, Default, PartialEq, Eq, Debug)]
@@ -16,13 +18,8 @@ fn reset_sql(name: &str) -> String {
     match name {
         "role" => "RESET ROLE".into(),
         "session_authorization" => "RESET SESSION AUTHORIZATION".into(),
-        other => format!("RESET {}", quote_ident(other)),
+        other => format!("RESET {}", quote_qualified(other)),
     }
-}
-
-/// A setting name as an identifier; dotted custom names keep their parts.
-fn quote_ident(name: &str) -> String {
-    name.split('.').map(|p| format!("\"{}\"", p.replace('"', "\"\""))).collect::<Vec<_>>().join(".")
 }
 
 /// Whether a DateStyle SET names both the output style and the field order (German implies DMY),
@@ -51,10 +48,6 @@ fn canonical(name: String) -> String {
     }
 }
 
-fn quote_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 impl Settings {
     pub fn unknown() -> Settings {
         Settings { entries: Vec::new(), unknown: true }
@@ -70,7 +63,7 @@ impl Settings {
         let sql = match name.as_str() {
             "role" => format!("SET ROLE {value_sql}"),
             "session_authorization" => format!("SET SESSION AUTHORIZATION {value_sql}"),
-            _ => format!("SET {} TO {value_sql}", quote_ident(&name)),
+            _ => format!("SET {} TO {value_sql}", quote_qualified(&name)),
         };
         self.put(name, sql);
     }

@@ -2,6 +2,8 @@
 //! from being shared after it, and which relations it touched, so a statement over one of them
 //! fails like PostgreSQL's plan cache (0A000) instead of changing its row shape under the client.
 
+use crate::lexical::{has, IDENT_CHAR};
+use crate::route::{Lexer, Token, TokenKind};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -75,32 +77,39 @@ fn targets(sql: &str) -> Vec<String> {
         "foreign",
         "domain",
     ];
-    let words: Vec<String> = sql
-        .split(|c: char| c.is_whitespace() || c == '(' || c == ';')
-        .filter(|w| !w.is_empty())
-        .take(12)
-        .map(|w| w.to_ascii_lowercase())
-        .collect();
+    let mut tokens = Lexer::new(sql).skip_while(|t| SKIP.iter().any(|kw| t.is_word(kw))).peekable();
     let mut names = Vec::new();
-    for w in words.iter().skip_while(|w| SKIP.contains(&w.as_str())) {
-        for part in w.split(',').filter(|p| !p.is_empty()) {
-            let name = part.rsplit('.').next().unwrap_or(part).trim_matches('"');
-            if !name.is_empty() {
-                names.push(name.to_string());
+    // Names separated by `,`, each possibly qualified: the last part of each.
+    while let Some(first) = tokens.next_if(is_name) {
+        let mut last = first;
+        while tokens.next_if(|t| t.is_punct(b'.')).is_some() {
+            match tokens.next_if(is_name) {
+                Some(part) => last = part,
+                None => break,
             }
         }
-        if !w.ends_with(',') {
+        let name = String::from_utf8_lossy(last.text).to_ascii_lowercase();
+        let name = name.trim_matches('"');
+        if !name.is_empty() {
+            names.push(name.to_string());
+        }
+        if tokens.next_if(|t| t.is_punct(b',')).is_none() {
             break;
         }
     }
     names
 }
 
+fn is_name(token: &Token) -> bool {
+    matches!(token.kind, TokenKind::Word | TokenKind::QuotedIdent)
+}
+
 /// True if `name` appears in `text` as a whole word.
 fn mentions(text: &str, name: &str) -> bool {
-    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let word = |b: Option<&u8>| b.is_some_and(|&b| has(b, IDENT_CHAR));
+    let bytes = text.as_bytes();
     text.match_indices(name)
-        .any(|(at, _)| !word(text[..at].chars().last()) && !word(text[at + name.len()..].chars().next()))
+        .any(|(at, _)| !word(at.checked_sub(1).and_then(|i| bytes.get(i))) && !word(bytes.get(at + name.len())))
 }
 
 #[cfg(test)]

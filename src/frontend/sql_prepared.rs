@@ -4,6 +4,8 @@
 
 use crate::backend::sql_statements::ServerSqlStatements;
 use crate::error::ProxyError;
+use crate::lexical::quote_ident;
+use crate::route::{Lexer, Token, TokenKind};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
@@ -40,17 +42,17 @@ impl SqlPrepare<'_> {
 
 /// Reads the first keywords; strings starting with PREPARE, EXECUTE, EXPLAIN or DEALLOCATE are scanned to their end.
 pub fn inspect(sql: &str) -> SqlPrepare<'_> {
-    let text = |(a, b): (usize, usize)| &sql[a..b];
-    let mut tokens = Tokens { s: sql.as_bytes(), pos: 0 }.skip_while(|&t| text(t) == ";");
+    let semicolon = |t: &Token| t.kind == TokenKind::Semicolon;
+    let mut tokens = Lexer::new(sql).skip_while(semicolon);
     let Some(first) = tokens.next() else { return SqlPrepare::Other };
     let kinds = ["prepare", "execute", "explain", "deallocate"];
-    let Some(kind) = kinds.into_iter().find(|k| text(first).eq_ignore_ascii_case(k)) else { return SqlPrepare::Other };
-    let rest: Vec<(usize, usize)> = tokens.by_ref().take_while(|&t| text(t) != ";").collect();
-    if tokens.any(|t| text(t) != ";") {
+    let Some(kind) = kinds.into_iter().find(|k| first.is_word(k)) else { return SqlPrepare::Other };
+    let rest: Vec<Token> = tokens.by_ref().take_while(|t| !semicolon(t)).collect();
+    if tokens.any(|t| !semicolon(&t)) {
         return SqlPrepare::Other; // several statements
     }
-    let is = |i: usize, kw: &str| rest.get(i).is_some_and(|&t| text(t).eq_ignore_ascii_case(kw));
-    let name = |i: usize| rest.get(i).and_then(|&t| ident(text(t)));
+    let is = |i: usize, kw: &str| rest.get(i).is_some_and(|t| t.text.eq_ignore_ascii_case(kw.as_bytes()));
+    let name = |i: usize| rest.get(i).and_then(|t| ident(sql, t));
     let query = match kind {
         // `(` or AS must follow the name: rules out PREPARE TRANSACTION 'gid' ("transaction" is a valid name).
         "prepare" => {
@@ -59,7 +61,7 @@ pub fn inspect(sql: &str) -> SqlPrepare<'_> {
         "execute" => name(0).map(|name| SqlPrepare::Execute { name }),
         "explain" => {
             // Skip the parenthesized options, if any (they contain no parentheses).
-            let close = rest.iter().position(|&t| text(t) == ")");
+            let close = rest.iter().position(|t| t.is_punct(b')'));
             let mut i = if is(0, "(") { close.map_or(rest.len(), |j| j + 1) } else { 0 };
             while is(i, "analyze") || is(i, "analyse") || is(i, "verbose") {
                 i += 1;
@@ -80,12 +82,12 @@ pub fn inspect(sql: &str) -> SqlPrepare<'_> {
 }
 
 /// A statement name as PostgreSQL reads it: unquoted lowercased, quoted kept, truncated to 63 bytes.
-fn ident(token: &str) -> Option<String> {
-    let mut name = match token.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-        Some(quoted) if !quoted.is_empty() => quoted.replace("\"\"", "\""),
-        None if token.bytes().next().is_some_and(ident_start) && token.bytes().all(ident_cont) => {
-            token.to_ascii_lowercase()
-        }
+fn ident(sql: &str, token: &Token) -> Option<String> {
+    // Every token ends at an ASCII byte or the end, so its span slices the `str`.
+    let text = &sql[token.start..token.end()];
+    let mut name = match (token.kind, text.strip_prefix('"').and_then(|t| t.strip_suffix('"'))) {
+        (TokenKind::QuotedIdent, Some(quoted)) if !quoted.is_empty() => quoted.replace("\"\"", "\""),
+        (TokenKind::Word, _) => text.to_ascii_lowercase(),
         _ => return None, // "", U&"...", a number, an operator
     };
     let mut n = name.len().min(63);
@@ -94,88 +96,6 @@ fn ident(token: &str) -> Option<String> {
     }
     name.truncate(n);
     Some(name)
-}
-
-fn ident_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
-}
-
-fn ident_cont(b: u8) -> bool {
-    ident_start(b) || b.is_ascii_digit() || b == b'$'
-}
-
-fn find(s: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
-    s.get(from..)?.windows(needle.len()).position(|w| w == needle).map(|i| from + i)
-}
-
-/// Index after the closing `q` of a token whose body starts at `i` (doubled quotes, and backslashes if `escapes`).
-fn after_quote(s: &[u8], mut i: usize, q: u8, escapes: bool) -> usize {
-    while i < s.len() {
-        match s[i] {
-            b'\\' if escapes => i += 2,
-            c if c == q && s.get(i + 1) == Some(&q) => i += 2,
-            c if c == q => return i + 1,
-            _ => i += 1,
-        }
-    }
-    s.len()
-}
-
-/// Token spans, skipping whitespace and comments; knows strings, quoted identifiers and dollar quotes.
-/// Every span ends at an ASCII byte or the end, so it slices the `str` safely.
-struct Tokens<'a> {
-    s: &'a [u8],
-    pos: usize,
-}
-
-impl Iterator for Tokens<'_> {
-    type Item = (usize, usize);
-
-    fn next(&mut self) -> Option<(usize, usize)> {
-        let (s, mut i) = (self.s, self.pos);
-        while i < s.len() {
-            if s[i].is_ascii_whitespace() || s[i] == 0x0b {
-                i += 1;
-            } else if s[i..].starts_with(b"--") {
-                i = find(s, i, b"\n").unwrap_or(s.len());
-            } else if s[i..].starts_with(b"/*") {
-                let mut depth = 0; // block comments nest in PostgreSQL
-                while i < s.len() {
-                    let two = &s[i..(i + 2).min(s.len())];
-                    let nest = i32::from(two == b"/*") - i32::from(two == b"*/");
-                    (depth, i) = (depth + nest, i + 1 + usize::from(nest != 0));
-                    if depth == 0 {
-                        break;
-                    }
-                }
-            } else {
-                break;
-            }
-        }
-        let b = *s.get(i)?;
-        let end = if b == b'\'' || b == b'"' {
-            after_quote(s, i + 1, b, false)
-        } else if b == b'$' && !s.get(i + 1).is_some_and(u8::is_ascii_digit) {
-            // $tag$ ... $tag$, where the tag is an identifier without `$` (or empty).
-            let tag = s[i + 1..].iter().position(|&c| !ident_cont(c) || c == b'$').map(|n| &s[i..i + n + 2]);
-            match tag.filter(|t| t.last() == Some(&b'$')) {
-                Some(tag) => find(s, i + tag.len(), tag).map_or(s.len(), |j| j + tag.len()),
-                None => i + 1,
-            }
-        } else if ident_cont(b) {
-            let j = s[i..].iter().position(|&c| !ident_cont(c)).map_or(s.len(), |n| i + n);
-            // E'...' has backslash escapes; U&'...' and U&"..." are one token.
-            match (&s[i..j], s.get(j), s.get(j + 1)) {
-                (b"e" | b"E", Some(b'\''), _) => after_quote(s, j + 1, b'\'', true),
-                (b"u" | b"U", Some(b'&'), Some(&q @ (b'\'' | b'"'))) => after_quote(s, j + 2, q, false),
-                _ => j,
-            }
-        } else {
-            i + 1
-        };
-        self.pos = end;
-        Some((i, end))
-    }
 }
 
 /// The client's SQL-level statements: name -> (hash, PREPARE text).
@@ -264,11 +184,6 @@ pub enum Plan {
     /// Answer with an error like PostgreSQL's (a duplicate name, or one that does not exist) +
     /// ReadyForQuery: the SQLSTATE and text of a ProxyError.
     Error { code: String, message: String },
-}
-
-/// The identifier in double quotes, which PostgreSQL reads back exactly (no lowercasing).
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 fn error(e: ProxyError) -> Plan {

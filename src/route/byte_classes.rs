@@ -181,9 +181,11 @@ pub(crate) fn find_byte(src: &[u8], from: usize, needle: u8) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lexical::{has, IDENT_CHAR};
 
+    /// The shared byte table's identifier class, which the SIMD and SWAR classes must match.
     fn is_ident(b: u8) -> bool {
-        b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
+        has(b, IDENT_CHAR)
     }
 
     #[test]

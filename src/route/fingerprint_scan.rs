@@ -1,17 +1,28 @@
-//! The fingerprint's single pass: tokens are recognized straight off the bytes by the [`Lexer`](super::lexer)'s rules, never built, and mixed into the hash.
+//! The fingerprint's single pass: tokens are recognized straight off the bytes by [`lexical`](crate::lexical)'s rules and the [`Lexer`](super::lexer)'s token kinds, never built, and mixed into the hash.
 
+use crate::lexical::{has, operator_end, IDENT_START, OPERATOR_CHAR, WHITESPACE};
 use crate::route::byte_classes::{lowered_at, Lowered, Window};
-use crate::route::fingerprint::{Fingerprint, Keyword};
 use crate::route::fingerprint_hash::{
     long_header, short_header, Hasher, TAG_HINT_FOLLOWER, TAG_HINT_LEADER, TAG_LITERAL, TAG_OPERATOR, TAG_PARAM,
     TAG_PUNCT, TAG_QUOTED, TAG_SEMICOLON, TAG_WORD,
 };
+use crate::route::keyword::Keyword;
 use crate::route::lexer::parse_hint;
 use crate::route::token_ends::{
-    block_comment_end, dollar_quote_end, has, line_comment_end, number_at, number_end, operator_end, param_end,
-    prefixed, quoted_end, word_end, Prefixed, OPERATOR_CHAR,
+    block_comment_end, dollar_quote_end, line_comment_end, number_at, number_end, param_end, prefixed, quoted_end,
+    word_end, Prefixed,
 };
 use crate::route::Hint;
+
+/// Result of [`fingerprint`](super::fingerprint()), which this scan computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub hash: u64,
+    pub hint: Option<Hint>,
+    pub first_keyword: Keyword,
+    /// A `;` followed by more tokens.
+    pub multi_statement: bool,
+}
 
 // Scan flags, one register. The first three are rare and tested with one branch per token.
 /// No token yet: the next one sets the first keyword.
@@ -52,9 +63,10 @@ static STARTS: [u8; 256] = {
     let mut table = [OTHER; 256];
     let mut b = 0;
     while b < 256 {
-        table[b] = match b as u8 {
-            b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => SPACE,
-            b'a'..=b'z' | b'A'..=b'Z' | b'_' | 0x80..=0xff => WORD,
+        let c = b as u8;
+        table[b] = match c {
+            _ if has(c, WHITESPACE) => SPACE,
+            _ if has(c, IDENT_START) => WORD,
             b'0'..=b'9' => DIGIT,
             b'.' => DOT,
             b'(' | b'[' | b',' => OPEN,
@@ -66,9 +78,7 @@ static STARTS: [u8; 256] = {
             b'$' => DOLLAR,
             b'-' => MINUS,
             b'/' => SLASH,
-            b'+' | b'*' | b'<' | b'>' | b'=' | b'~' | b'!' | b'@' | b'#' | b'%' | b'^' | b'&' | b'|' | b'`' | b'?' => {
-                OPERATOR
-            }
+            _ if has(c, OPERATOR_CHAR) => OPERATOR,
             _ => OTHER,
         };
         b += 1;
@@ -293,7 +303,7 @@ fn slow_word(scan: &mut Scan, src: &[u8], start: usize) -> usize {
     }
 }
 
-/// See [`fingerprint`](super::fingerprint).
+/// See [`fingerprint`](super::fingerprint()). Long where its length is its speed: one loop, one dispatch a token, state in registers.
 pub(crate) fn scan(src: &[u8]) -> Fingerprint {
     let mut scan = Scan { src, hasher: Hasher::new(), flags: FIRST, first_keyword: Keyword::None, hint: None };
     let mut lowered: Lowered = [0; 80];

@@ -1,9 +1,10 @@
-//! Zero-allocation PostgreSQL tokenizer shared by the fingerprint and the statement scanner.
+//! Zero-allocation PostgreSQL tokenizer by [`lexical`](crate::lexical)'s rules, for the statement scanner, the side readers of PREPARE/EXECUTE names and DDL targets, and the fingerprint's test oracle.
 //!
 //! It follows the server's lexical rules closely enough to never mistake the
 //! inside of a literal or comment for code (which is what routing safety needs),
 //! and never fails: unterminated literals and comments run to the end of input.
 
+use crate::lexical::{has, operator_end, IDENT_CHAR, IDENT_START, NUMBER_CHAR, OPERATOR_CHAR, WHITESPACE};
 use crate::route::Hint;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,52 +62,14 @@ pub(crate) struct Lexer<'a> {
     hint: Option<Hint>,
 }
 
-// Byte classes, looked up in one table so the hot loops test a single bit.
-const WS: u8 = 1;
-const IDENT_START: u8 = 2;
-const IDENT_CHAR: u8 = 4;
-const OPERATOR: u8 = 8;
-
-const fn byte_classes() -> [u8; 256] {
-    const fn mark(mut table: [u8; 256], chars: &[u8], class: u8) -> [u8; 256] {
-        let mut i = 0;
-        while i < chars.len() {
-            table[chars[i] as usize] |= class;
-            i += 1;
-        }
-        table
-    }
-    let mut table = [0u8; 256];
-    let mut b = 0;
-    while b < 256 {
-        // Letters, `_` and every non-ASCII byte may start an identifier.
-        if (b as u8).is_ascii_alphabetic() || b == b'_' as usize || b >= 0x80 {
-            table[b] = IDENT_START | IDENT_CHAR;
-        }
-        b += 1;
-    }
-    table = mark(table, b"0123456789$", IDENT_CHAR);
-    table = mark(table, b" \t\n\r\x0b\x0c", WS);
-    mark(table, b"+-*/<>=~!@#%^&|`?", OPERATOR)
+#[inline(always)]
+fn is_ident_start(b: u8) -> bool {
+    has(b, IDENT_START)
 }
-
-static CLASSES: [u8; 256] = byte_classes();
 
 #[inline(always)]
-fn has_class(b: u8, class: u8) -> bool {
-    CLASSES[b as usize] & class != 0
-}
-
-fn is_ident_start(b: u8) -> bool {
-    has_class(b, IDENT_START)
-}
-
 fn is_ident_char(b: u8) -> bool {
-    has_class(b, IDENT_CHAR)
-}
-
-fn is_operator_char(b: u8) -> bool {
-    has_class(b, OPERATOR)
+    has(b, IDENT_CHAR)
 }
 
 /// Recognizes `pgcausal:leader` / `pgcausal:follower` as a comment body.
@@ -139,7 +102,7 @@ impl<'a> Lexer<'a> {
     fn skip_trivia(&mut self) {
         while let Some(&b) = self.src.get(self.pos) {
             match b {
-                b if has_class(b, WS) => self.pos += 1,
+                b if has(b, WHITESPACE) => self.pos += 1,
                 b'-' if self.peek(1) == b'-' => {
                     self.pos = match self.src[self.pos..].iter().position(|&b| b == b'\n') {
                         Some(n) => self.pos + n + 1,
@@ -218,11 +181,11 @@ impl<'a> Lexer<'a> {
         true
     }
 
-    fn number(&mut self) {
+    fn number(&mut self) -> TokenKind {
         let mut seen_dot = false;
         while self.pos < self.src.len() {
             let b = self.src[self.pos];
-            if b.is_ascii_alphanumeric() || b == b'_' {
+            if has(b, NUMBER_CHAR) {
                 // Exponent sign: 1e-5.
                 if (b == b'e' || b == b'E') && matches!(self.peek(1), b'+' | b'-') {
                     self.pos += 1;
@@ -235,77 +198,34 @@ impl<'a> Lexer<'a> {
                 break;
             }
         }
+        TokenKind::Number
     }
 
-    /// Operators follow the server's rule: a multi-character operator may not end
-    /// in `+` or `-` unless it contains one of `~!@#%^&|`?` (so `=-1` is `=`, `-`, `1`).
-    fn operator(&mut self) {
-        let start = self.pos;
-        while self.pos < self.src.len() && is_operator_char(self.src[self.pos]) {
-            let b = self.src[self.pos];
-            let next = self.peek(1);
-            if self.pos > start && ((b == b'-' && next == b'-') || (b == b'/' && next == b'*')) {
-                break; // a comment starts here
-            }
+    /// By the server's rule, [`operator_end`].
+    fn operator(&mut self) -> TokenKind {
+        self.pos = operator_end(self.src, self.pos);
+        TokenKind::Operator
+    }
+
+    /// A one-byte token.
+    fn single(&mut self, kind: TokenKind) -> TokenKind {
+        self.pos += 1;
+        kind
+    }
+
+    /// `$1`-style parameter (a digit follows the `$`).
+    fn param(&mut self) -> TokenKind {
+        self.pos += 1;
+        while self.peek(0).is_ascii_digit() {
             self.pos += 1;
         }
-        let op = &self.src[start..self.pos];
-        if op.len() > 1 && !op.iter().any(|b| b"~!@#%^&|`?".contains(b)) {
-            let mut len = op.len();
-            while len > 1 && matches!(op[len - 1], b'+' | b'-') {
-                len -= 1;
-            }
-            self.pos = start + len;
-        }
+        TokenKind::Param
     }
 
-    #[inline]
-    pub fn next_token(&mut self) -> Option<Token<'a>> {
-        self.skip_trivia();
-        let start = self.pos;
-        let b = *self.src.get(start)?;
+    /// A word, or a literal that a one-letter word prefixes: `E'..'`, `B'..'`, `X'..'`, `N'..'`, `U&'..'`, `U&".."`.
+    fn word(&mut self) -> TokenKind {
         let next = self.peek(1);
-        let kind = match b {
-            b'\'' => {
-                self.quoted(b'\'', false);
-                TokenKind::String
-            }
-            b'"' => {
-                self.quoted(b'"', false);
-                TokenKind::QuotedIdent
-            }
-            b'$' if next.is_ascii_digit() => {
-                self.pos += 1;
-                while self.peek(0).is_ascii_digit() {
-                    self.pos += 1;
-                }
-                TokenKind::Param
-            }
-            b'$' if self.dollar_quoted() => TokenKind::String,
-            b'0'..=b'9' => {
-                self.number();
-                TokenKind::Number
-            }
-            b'.' if next.is_ascii_digit() => {
-                self.number();
-                TokenKind::Number
-            }
-            b'(' | b')' | b',' | b'[' | b']' | b'.' => {
-                self.pos += 1;
-                TokenKind::Punct
-            }
-            b':' if next == b':' => {
-                self.pos += 2;
-                TokenKind::Operator
-            }
-            b':' => {
-                self.pos += 1;
-                TokenKind::Punct
-            }
-            b';' => {
-                self.pos += 1;
-                TokenKind::Semicolon
-            }
+        match self.peek(0) {
             b'e' | b'E' if next == b'\'' => {
                 self.pos += 1;
                 self.quoted(b'\'', true);
@@ -326,21 +246,45 @@ impl<'a> Lexer<'a> {
                     TokenKind::QuotedIdent
                 }
             }
-            b if is_ident_start(b) => {
+            _ => {
                 while self.src.get(self.pos).is_some_and(|&b| is_ident_char(b)) {
                     self.pos += 1;
                 }
                 TokenKind::Word
             }
-            b if is_operator_char(b) => {
-                self.operator();
+        }
+    }
+
+    #[inline]
+    pub fn next_token(&mut self) -> Option<Token<'a>> {
+        self.skip_trivia();
+        let start = self.pos;
+        let b = *self.src.get(start)?;
+        let next = self.peek(1);
+        let kind = match b {
+            b'\'' => {
+                self.quoted(b'\'', false);
+                TokenKind::String
+            }
+            b'"' => {
+                self.quoted(b'"', false);
+                TokenKind::QuotedIdent
+            }
+            b'$' if next.is_ascii_digit() => self.param(),
+            b'$' if self.dollar_quoted() => TokenKind::String,
+            b'0'..=b'9' => self.number(),
+            b'.' if next.is_ascii_digit() => self.number(),
+            b'(' | b')' | b',' | b'[' | b']' | b'.' => self.single(TokenKind::Punct),
+            b':' if next == b':' => {
+                self.pos += 2;
                 TokenKind::Operator
             }
-            _ => {
-                // Anything else (stray `$`, `\`, `{`...) stands alone; the server will reject it.
-                self.pos += 1;
-                TokenKind::Operator
-            }
+            b':' => self.single(TokenKind::Punct),
+            b';' => self.single(TokenKind::Semicolon),
+            b if is_ident_start(b) => self.word(),
+            b if has(b, OPERATOR_CHAR) => self.operator(),
+            // Anything else (stray `$`, `\`, `{`...) stands alone; the server will reject it.
+            _ => self.single(TokenKind::Operator),
         };
         self.seen_token = true;
         Some(Token { kind, text: &self.src[start..self.pos], start })

@@ -11,9 +11,10 @@ mod fallback;
 mod fingerprint;
 mod fingerprint_hash;
 #[cfg(test)]
-mod fingerprint_reference;
+mod fingerprint_oracle;
 mod fingerprint_scan;
 mod functions;
+mod keyword;
 mod lexer;
 mod scan;
 mod session_statements;
@@ -24,8 +25,10 @@ mod tests;
 
 pub use cache::{CacheStats, Classifier};
 pub use classify::classify;
-pub use fingerprint::{fingerprint, fingerprint_bytes, Fingerprint, Keyword};
+pub use fingerprint::{fingerprint, fingerprint_bytes, Fingerprint};
 pub use functions::{FunctionCatalog, FunctionOverrides};
+pub use keyword::Keyword;
+pub(crate) use lexer::{Lexer, Token, TokenKind};
 
 /// Where a statement may run. Inside an open transaction the caller keeps
 /// using the transaction's server; the target matters when a transaction (or

@@ -1,4 +1,4 @@
-//! Where a token or comment that starts at a given byte ends, by the [`Lexer`](super::lexer)'s rules, without building tokens.
+//! Where a token or comment that starts at a given byte ends, by the [`Lexer`](super::lexer)'s rules, without building tokens (the Lexer scans byte by byte; these skip bodies with memchr, and the oracle test compares the two).
 //!
 //! The fingerprint's scanner calls these for every token but the words its
 //! window holds and one-byte punctuation. Each returns an end offset no greater
@@ -6,49 +6,8 @@
 
 use memchr::{memchr, memchr2, memmem};
 
+use crate::lexical::{has, IDENT_CHAR, IDENT_START, NUMBER_CHAR};
 use crate::route::byte_classes::{find_byte, load_at, non_digit_bytes, non_ident_bytes};
-
-/// Byte classes for the scanners, one table lookup per byte.
-pub(crate) const IDENT_START: u8 = 1;
-/// Continues an unquoted identifier: letters, digits, `_`, `$`, non-ASCII.
-pub(crate) const IDENT_CHAR: u8 = 2;
-pub(crate) const OPERATOR_CHAR: u8 = 4;
-/// Continues a number: ASCII letters, digits and `_`.
-pub(crate) const NUMBER_CHAR: u8 = 8;
-
-const fn byte_flags() -> [u8; 256] {
-    let mut table = [0u8; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
-            table[b] |= IDENT_START | IDENT_CHAR;
-        }
-        if c.is_ascii_digit() || c == b'$' {
-            table[b] |= IDENT_CHAR;
-        }
-        if c.is_ascii_alphanumeric() || c == b'_' {
-            table[b] |= NUMBER_CHAR;
-        }
-        let operators = b"+-*/<>=~!@#%^&|`?";
-        let mut i = 0;
-        while i < operators.len() {
-            if operators[i] == c {
-                table[b] |= OPERATOR_CHAR;
-            }
-            i += 1;
-        }
-        b += 1;
-    }
-    table
-}
-
-pub(crate) static FLAGS: [u8; 256] = byte_flags();
-
-#[inline(always)]
-pub(crate) fn has(b: u8, flag: u8) -> bool {
-    FLAGS[b as usize] & flag != 0
-}
 
 /// `'...'` or `"..."` opened at `open`; a doubled quote stays inside.
 #[inline(always)]
@@ -122,32 +81,6 @@ pub(crate) fn number_end(src: &[u8], start: usize) -> usize {
         } else {
             break;
         }
-    }
-    at
-}
-
-/// An operator at `start`, by the server's rule: a multi-character operator may
-/// not end in `+` or `-` unless it contains one of `~!@#%^&|`?`, and a `--` or
-/// `/*` inside it starts a comment.
-pub(crate) fn operator_end(src: &[u8], start: usize) -> usize {
-    let mut at = start;
-    while let Some(&b) = src.get(at) {
-        if !has(b, OPERATOR_CHAR) {
-            break;
-        }
-        let next = src.get(at + 1).copied();
-        if at > start && ((b == b'-' && next == Some(b'-')) || (b == b'/' && next == Some(b'*'))) {
-            break;
-        }
-        at += 1;
-    }
-    let op = &src[start..at];
-    if op.len() > 1 && !op.iter().any(|b| b"~!@#%^&|`?".contains(b)) {
-        let mut len = op.len();
-        while len > 1 && matches!(op[len - 1], b'+' | b'-') {
-            len -= 1;
-        }
-        at = start + len;
     }
     at
 }
@@ -253,9 +186,6 @@ mod tests {
         assert_eq!(dollar_quote_end(b"$a", 0), None);
         assert_eq!(number_end(b"1.5e-3+1", 0), 6);
         assert_eq!(number_end(b"1..2", 0), 1);
-        assert_eq!(operator_end(b"=-1", 0), 1);
-        assert_eq!(operator_end(b"->>'k'", 0), 3);
-        assert_eq!(operator_end(b"<--x", 0), 1);
         assert_eq!(block_comment_end(b"/* a /* b */ c */x", 0), (17, 15));
         assert_eq!(block_comment_end(b"/*/", 0), (3, 3));
         assert_eq!(line_comment_end(b"-- a\nb", 0), 5);

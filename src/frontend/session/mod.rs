@@ -697,8 +697,8 @@ fn sql_text(sql: &[u8]) -> std::borrow::Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
-    use super::restore::starts_with_word;
     use super::*;
+    use crate::lexical::starts_with_word;
 
     #[test]
     fn statements_start_with_whole_words() {

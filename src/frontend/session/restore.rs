@@ -2,6 +2,7 @@
 //! sequences, temp objects) when it differs: entered only then, off the usual query's path.
 
 use super::*;
+use crate::lexical::starts_with_word;
 
 impl Session<'_> {
     /// SQL-level PREPARE/EXECUTE/DEALLOCATE: prepares the statement on this connection first
@@ -268,11 +269,3 @@ const TEMP_CHECK: &str = "SELECT CASE WHEN pg_catalog.pg_my_temp_schema() = 0 TH
     OR EXISTS (SELECT 1 FROM pg_catalog.pg_statistic_ext WHERE stxnamespace = pg_catalog.pg_my_temp_schema()) \
     OR EXISTS (SELECT 1 FROM pg_catalog.pg_operator WHERE oprnamespace = pg_catalog.pg_my_temp_schema()) \
     OR EXISTS (SELECT 1 FROM pg_catalog.pg_collation WHERE collnamespace = pg_catalog.pg_my_temp_schema()) END";
-
-/// True if `sql` starts with `word` (case-insensitive), after whitespace.
-pub(super) fn starts_with_word(sql: &[u8], word: &[u8]) -> bool {
-    let sql = sql.trim_ascii_start();
-    sql.len() >= word.len()
-        && sql[..word.len()].eq_ignore_ascii_case(word)
-        && sql.get(word.len()).is_none_or(|b| !b.is_ascii_alphanumeric() && *b != b'_')
-}

@@ -1,12 +1,13 @@
-//! The Lexer-based fingerprint the fast scanner replaced, kept for tests as the reference it must match.
+//! The test oracle for the fingerprint: the Lexer-based fingerprint the fast scanner replaced, which the scanner must match.
 
-use crate::route::fingerprint::{Fingerprint, Keyword};
+use crate::route::fingerprint::Fingerprint;
 use crate::route::fingerprint_hash::*;
+use crate::route::keyword::Keyword;
 use crate::route::lexer::{Lexer, TokenKind};
 use crate::route::Hint;
 
 /// The former `fingerprint()`, token by token through the shared [`Lexer`].
-pub(crate) fn fingerprint_reference(sql: &str) -> Fingerprint {
+pub(crate) fn fingerprint_oracle(sql: &str) -> Fingerprint {
     let mut lexer = Lexer::new(sql);
     let mut hasher = Hasher::new();
     let mut first_keyword = Keyword::None;
@@ -77,19 +78,19 @@ pub(crate) fn fingerprint_reference(sql: &str) -> Fingerprint {
     Fingerprint { hash: hasher.finish(), hint, first_keyword, multi_statement }
 }
 
-/// Differential tests: the fast scanner against the reference, on the crate's own
+/// Differential tests: the fast scanner against the oracle, on the crate's own
 /// test SQL, on generated fragment soups and byte noise, and on same-shape pairs.
 mod tests {
-    use super::fingerprint_reference;
+    use super::fingerprint_oracle;
     use crate::route::fingerprint::fingerprint;
 
     /// Asserts both implementations agree on `sql`, and on each of its prefixes if asked.
     fn check(sql: &str, prefixes: bool) {
-        assert_eq!(fingerprint(sql), fingerprint_reference(sql), "{sql:?}");
+        assert_eq!(fingerprint(sql), fingerprint_oracle(sql), "{sql:?}");
         if prefixes {
             for (end, _) in sql.char_indices() {
                 let prefix = &sql[..end];
-                assert_eq!(fingerprint(prefix), fingerprint_reference(prefix), "{prefix:?}");
+                assert_eq!(fingerprint(prefix), fingerprint_oracle(prefix), "{prefix:?}");
             }
         }
     }
@@ -192,6 +193,7 @@ mod tests {
             include_str!("fallback.rs"),
             include_str!("cache.rs"),
             include_str!("token_ends.rs"),
+            include_str!("../lexical.rs"),
         ];
         let strings: Vec<String> = sources.iter().flat_map(|s| string_literals(s)).collect();
         assert!(strings.len() > 300, "only {} strings found", strings.len());
@@ -349,7 +351,7 @@ mod tests {
             for _ in 0..300 {
                 let twin = render(shape, &mut rng);
                 assert_eq!(fingerprint(&twin).hash, fingerprint(&base).hash, "{base:?} vs {twin:?}");
-                assert_eq!(fingerprint_reference(&twin), fingerprint(&twin), "{twin:?}");
+                assert_eq!(fingerprint_oracle(&twin), fingerprint(&twin), "{twin:?}");
             }
             // Changing a word, a quoted name, an operator or the statement count changes the shape.
             let changed = [
@@ -362,7 +364,7 @@ mod tests {
             ];
             for other in changed.iter().filter(|o| **o != base) {
                 assert_ne!(fingerprint(other).hash, fingerprint(&base).hash, "{base:?} vs {other:?}");
-                assert_eq!(fingerprint_reference(other), fingerprint(other), "{other:?}");
+                assert_eq!(fingerprint_oracle(other), fingerprint(other), "{other:?}");
             }
         }
     }
