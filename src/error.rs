@@ -44,6 +44,11 @@ pub mod sqlstate {
     }
 }
 
+/// The SQLSTATE of an ErrorResponse body, or XX000 if it has none.
+pub fn sqlstate_of(body: &[u8]) -> [u8; 5] {
+    messages::code_field(body).unwrap_or(sqlstate::bytes(sqlstate::INTERNAL_ERROR))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("{0}")]
@@ -182,7 +187,7 @@ mod tests {
     fn the_error_response_carries_the_code_and_text() {
         let e = ProxyError::UnknownStatement("p".into());
         let m = e.error_response(Severity::Error);
-        assert_eq!(&messages::sqlstate_of(&m[5..]), b"26000");
+        assert_eq!(&crate::error::sqlstate_of(&m[5..]), b"26000");
         assert_eq!(messages::message_of(&m[5..]), "prepared statement \"p\" does not exist");
         let plan = ProxyError::CachedPlanChanged.error_response(Severity::Error);
         assert!(messages::fields(&plan[5..]).any(|f| f == (field::ROUTINE, b"RevalidateCachedQuery".as_slice())));

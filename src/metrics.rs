@@ -1,7 +1,6 @@
 //! Every metric name in one place, the series that exist from the start, per-node metric
 //! handles, and the Prometheus recorder (its page is served by src/http.rs).
 
-use crate::topology::{NodeState, Role};
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -208,15 +207,6 @@ pub fn error(sqlstate: &[u8], source: &'static str) {
     counter!(ERRORS, "class" => class, "source" => source).increment(1);
 }
 
-/// Publishes every node's position, timeline and lag from one topology snapshot (`nodes` in
-/// config order, like the snapshot's).
-pub fn nodes<'a>(snapshot: &crate::topology::Snapshot, nodes: impl Iterator<Item = &'a NodeMetrics>) {
-    let leader_lsn = snapshot.leader.map(|l| snapshot.nodes[l].lsn);
-    for (state, node) in snapshot.nodes.iter().zip(nodes) {
-        node.node_state(state, leader_lsn);
-    }
-}
-
 /// Handles registered once per node, so the data path only does atomic adds.
 pub struct NodeMetrics {
     pub queries: Counter,
@@ -267,24 +257,18 @@ impl NodeMetrics {
         }
     }
 
-    /// Publishes what the monitor last saw of this node; `leader_lsn` is the leader's position,
-    /// if one is known. Position and timeline keep their last value while the node is down.
-    pub fn node_state(&self, state: &NodeState, leader_lsn: Option<u64>) {
-        if state.up {
-            self.wal_position.set(state.lsn as f64);
-            // The probe reads a primary's timeline only.
-            self.timeline.set(if state.role == Role::Primary { state.timeline as f64 } else { f64::NAN });
+    /// Publishes what the monitor last saw of this node: its WAL position and timeline (None:
+    /// unknown, the gauges keep their last value), and its lag behind the leader in bytes and
+    /// seconds (NaN: not measurable now).
+    pub fn node_state(&self, position: Option<u64>, timeline: Option<u32>, lag_bytes: f64, lag_seconds: f64) {
+        if let Some(position) = position {
+            self.wal_position.set(position as f64);
         }
-        let (bytes, seconds) = match (state.up, state.role) {
-            (true, Role::Primary) => (0.0, 0.0),
-            (true, Role::Standby) => (
-                leader_lsn.map_or(f64::NAN, |l| l.saturating_sub(state.lsn) as f64),
-                state.replay_lag_ms as f64 / 1000.0,
-            ),
-            _ => (f64::NAN, f64::NAN),
-        };
-        self.lag_bytes.set(bytes);
-        self.lag_seconds.set(seconds);
+        if let Some(timeline) = timeline {
+            self.timeline.set(f64::from(timeline));
+        }
+        self.lag_bytes.set(lag_bytes);
+        self.lag_seconds.set(lag_seconds);
     }
 
     pub fn connect_result(&self, ok: bool) {

@@ -46,7 +46,10 @@ impl Proxy {
         let accepting = Arc::new(AtomicBool::new(false));
         if let Some((addr, handle)) = metrics {
             let endpoints = crate::http::Endpoints::new(handle, topology.clone(), accepting.clone());
-            background.add(crate::http::serve(addr, endpoints)?);
+            background.add(
+                crate::http::serve(addr, endpoints)
+                    .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?,
+            );
         }
         positions.spawn_pollers(&config, &topology, config.consistency.poll_interval, &mut background);
         let classifier = Arc::new(Classifier::new(10_000, Arc::new(FunctionCatalog::with_overrides(&overrides))));
@@ -84,10 +87,7 @@ impl Proxy {
                     Some(shared) => {
                         shared.pools.reap_idle();
                         shared.pools.publish_stats();
-                        crate::metrics::nodes(
-                            &shared.topology.snapshot(),
-                            shared.pools.nodes.iter().map(|n| &*n.metrics),
-                        );
+                        shared.topology.snapshot().publish_metrics(shared.pools.nodes.iter().map(|n| &*n.metrics));
                         crate::metrics::classifier(&shared.classifier.stats());
                     }
                     None => return,

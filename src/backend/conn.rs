@@ -293,7 +293,7 @@ fn first_column(body: &[u8]) -> Option<String> {
 
 fn server_error(body: &[u8]) -> BackendError {
     BackendError::Server {
-        code: String::from_utf8_lossy(&messages::sqlstate_of(body)).into_owned(),
+        code: String::from_utf8_lossy(&crate::error::sqlstate_of(body)).into_owned(),
         message: messages::message_of(body),
     }
 }

@@ -35,7 +35,7 @@ impl Refused {
     /// Counts it in the errors metric under the class it is sent with (read back from the
     /// ErrorResponse it holds, so the count cannot disagree with what the client sees).
     pub fn count(&self) {
-        crate::metrics::error(&messages::sqlstate_of(self.0.get(5..).unwrap_or_default()), "proxy");
+        crate::metrics::error(&crate::error::sqlstate_of(self.0.get(5..).unwrap_or_default()), "proxy");
     }
 }
 
@@ -209,7 +209,7 @@ mod tests {
     #[test]
     fn a_refusal_holds_the_code_it_is_counted_under() {
         let refused = duplicate(b"s1");
-        assert_eq!(&messages::sqlstate_of(&refused.0[5..]), b"42P05");
+        assert_eq!(&crate::error::sqlstate_of(&refused.0[5..]), b"42P05");
         refused.count();
     }
 }

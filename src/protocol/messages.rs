@@ -306,12 +306,10 @@ pub fn fields(body: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
     })
 }
 
-/// The SQLSTATE ('C' field) of an ErrorResponse body, or XX000 if missing.
-pub fn sqlstate_of(body: &[u8]) -> [u8; 5] {
-    fields(body)
-        .find(|(k, v)| *k == field::CODE && v.len() == 5)
-        .map(|(_, v)| [v[0], v[1], v[2], v[3], v[4]])
-        .unwrap_or(crate::error::sqlstate::bytes(crate::error::sqlstate::INTERNAL_ERROR))
+/// The SQLSTATE ('C' field) of an ErrorResponse body, if it has one (`error::sqlstate_of`
+/// reads a missing one as XX000).
+pub fn code_field(body: &[u8]) -> Option<[u8; 5]> {
+    fields(body).find(|(k, v)| *k == field::CODE && v.len() == 5).map(|(_, v)| [v[0], v[1], v[2], v[3], v[4]])
 }
 
 /// The human message ('M' field) of an ErrorResponse body.
@@ -364,7 +362,7 @@ mod tests {
         let m = error_response("FATAL", "08P01", "bad\0 thing");
         assert_eq!(m[0], b'E');
         assert_eq!(i32::from_be_bytes([m[1], m[2], m[3], m[4]]) as usize, m.len() - 1);
-        assert_eq!(&sqlstate_of(&m[5..]), b"08P01");
+        assert_eq!(&code_field(&m[5..]).unwrap(), b"08P01");
         assert_eq!(message_of(&m[5..]), "bad thing");
     }
 

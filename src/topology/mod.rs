@@ -106,6 +106,27 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// Publishes every node's position, timeline and lag (`metrics` in config order, like the
+    /// snapshot's nodes). A down node keeps its last position and timeline; its lag is NaN.
+    pub fn publish_metrics<'a>(&self, metrics: impl Iterator<Item = &'a crate::metrics::NodeMetrics>) {
+        let leader_lsn = self.leader.map(|l| self.nodes[l].lsn);
+        for (state, node) in self.nodes.iter().zip(metrics) {
+            let known = |v: u64| Some(v).filter(|_| state.up);
+            let timeline = known(u64::from(state.timeline)).filter(|&t| t > 0).map(|t| t as u32);
+            let (bytes, seconds) = match (state.up, state.role) {
+                (true, Role::Primary) => (0.0, 0.0),
+                (true, Role::Standby) => (
+                    leader_lsn.map_or(f64::NAN, |l| l.saturating_sub(state.lsn) as f64),
+                    state.replay_lag_ms as f64 / 1000.0,
+                ),
+                _ => (f64::NAN, f64::NAN),
+            };
+            node.node_state(known(state.lsn), timeline, bytes, seconds);
+        }
+    }
+}
+
 pub struct Topology {
     current: ArcSwap<Snapshot>,
     limits: LagLimits,

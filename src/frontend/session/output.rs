@@ -328,8 +328,8 @@ impl ServerMessages for ServerSide<'_> {
         }
         if self.holding && self.hold_event.is_none() {
             self.hold_event = match tag {
-                be::ERROR_RESPONSE => Some(match unit::retry_on(&messages::sqlstate_of(&msg[5..])) {
-                    Some(leader) => HoldEvent::Retry { leader, code: messages::sqlstate_of(&msg[5..]) },
+                be::ERROR_RESPONSE => Some(match unit::retry_on(&crate::error::sqlstate_of(&msg[5..])) {
+                    Some(leader) => HoldEvent::Retry { leader, code: crate::error::sqlstate_of(&msg[5..]) },
                     None => HoldEvent::Release,
                 }),
                 // Rows, completion, COPY, or the end of the unit: the read has gone through.
@@ -351,7 +351,7 @@ impl ServerMessages for ServerSide<'_> {
                 self.transaction_ended = true;
             }
             be::ERROR_RESPONSE => {
-                let code = messages::sqlstate_of(&msg[5..]);
+                let code = crate::error::sqlstate_of(&msg[5..]);
                 crate::metrics::error(&code, "server");
                 self.first_error.get_or_insert(code);
                 self.settings.transaction_failed();
