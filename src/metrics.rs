@@ -39,6 +39,7 @@ pub const POOL_WAITING: &str = "pgcausal_pool_waiting_clients";
 pub const POOL_SIZE_LIMIT: &str = "pgcausal_pool_size_limit";
 pub const UNIT_SECONDS: &str = "pgcausal_unit_seconds";
 pub const CONFIG_RELOADS: &str = "pgcausal_config_reloads_total";
+pub const CLIENTS: &str = "pgcausal_clients";
 pub const BUILD_INFO: &str = "pgcausal_build_info";
 
 /// SQLSTATE classes clients commonly get, from servers and from the proxy itself (connection
@@ -134,6 +135,7 @@ pub fn describe() {
     );
     describe_histogram!(UNIT_SECONDS, "Duration of units of work, by node and target (leader, follower)");
     describe_counter!(CONFIG_RELOADS, "Configuration reloads by result");
+    describe_gauge!(CLIENTS, "Logged-in clients by state (idle, waiting for a server connection or RESUME, active)");
     describe_gauge!(BUILD_INFO, "Always 1; the version label says which pgcausal runs");
 }
 

@@ -87,6 +87,7 @@ impl Proxy {
                     Some(shared) => {
                         shared.pools.reap_idle();
                         shared.pools.publish_stats();
+                        shared.clients.publish_states();
                         shared.topology.snapshot().publish_metrics(shared.pools.nodes.iter().map(|n| &*n.metrics));
                         crate::metrics::classifier(&shared.classifier.stats());
                     }

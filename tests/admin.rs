@@ -100,6 +100,8 @@ fn every_show_command_answers_a_table_matching_the_state() {
     let units_on_followers: f64 = stats.iter().find(|r| r[0] == "units_on_followers").unwrap()[1].parse().unwrap();
     assert!(units_on_followers >= 10.0, "{stats:?}");
 
+    let states = || p.metrics().lines().filter(|l| l.starts_with("pgcausal_clients{")).count();
+    wait_until("the client states gauge", Duration::from_secs(10), || states() == 3);
     assert!(p.admin("SHOW VERSION")[1][0].starts_with("pgcausal "));
     let help = p.admin("SHOW HELP");
     assert!(help.iter().any(|r| r[0] == "KILL <client id>"), "{help:?}");

@@ -212,6 +212,17 @@ impl Clients {
         self.map().is_empty()
     }
 
+    /// Publishes how many clients are in each state (run by the upkeep tick).
+    pub fn publish_states(&self) {
+        let mut counts = [0usize; 3];
+        for entry in self.list() {
+            counts[entry.status() as usize] += 1;
+        }
+        for status in [ClientStatus::Idle, ClientStatus::Waiting, ClientStatus::Active] {
+            metrics::gauge!(crate::metrics::CLIENTS, "state" => status.name()).set(counts[status as usize] as f64);
+        }
+    }
+
     /// Sends a signal to every client.
     pub fn signal_all(&self, bits: u8) {
         for entry in self.list() {

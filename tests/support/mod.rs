@@ -441,3 +441,11 @@ pub fn startup_packet(version: u32, params: &[(&str, &str)]) -> Vec<u8> {
     body.push(0);
     [((body.len() + 4) as u32).to_be_bytes().to_vec(), body].concat()
 }
+
+/// The sum of the samples in a /metrics page whose series (name and labels) contains `series`.
+pub fn metric_sum(page: &str, series: &str) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#') && l.contains(series))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.trim().parse::<f64>().ok()))
+        .sum()
+}
