@@ -2,10 +2,10 @@
 
 use crate::backend::Pools;
 use crate::config::Config;
+use crate::consistency::floor::Balancer;
 use crate::consistency::Positions;
 use crate::frontend::shared::{Shared, SharedParts};
 use crate::route::{Classifier, FunctionCatalog, FunctionOverrides};
-use crate::topology::balance::Balancer;
 use crate::topology::{catalog, monitor, LagLimits, Topology};
 use anyhow::Context;
 use std::net::SocketAddr;

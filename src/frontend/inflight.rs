@@ -5,8 +5,8 @@
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 
-use crate::protocol::be;
 use crate::protocol::framing::Verdict;
+use crate::protocol::{be, fe};
 
 /// One request sent to the server (or answered by the proxy) whose answer is still to come.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +39,21 @@ pub enum Request {
 }
 
 impl Request {
+    /// The request a client message that names no statement is, forwarded as it is (None:
+    /// Flush, COPY data and unknown types have no answer of their own). Messages that name
+    /// statements (Parse, Bind, Describe, a statement's Close) go through `requests::Outbound`.
+    pub fn of_message(tag: u8) -> Option<Request> {
+        match tag {
+            fe::CLOSE => Some(Request::Close { swallow: false }),
+            fe::EXECUTE => Some(Request::Execute),
+            fe::SYNC => Some(Request::Sync),
+            fe::QUERY => Some(Request::Query { swallow: false }),
+            fe::FUNCTION_CALL => Some(Request::FunctionCall),
+            fe::COPY_DONE | fe::COPY_FAIL => Some(Request::CopyEnd),
+            _ => None,
+        }
+    }
+
     /// Requests that end with a ReadyForQuery.
     fn is_sync_point(&self) -> bool {
         matches!(self, Request::Sync | Request::InjectedSync | Request::Query { .. } | Request::FunctionCall)

@@ -110,13 +110,7 @@ impl Outbound<'_> {
                 self.inflight.push(Request::Reply(Bytes::from_static(CLOSE_COMPLETE)), self.to_client);
                 return Ok(Ok(()));
             }
-            fe::CLOSE => Some(Request::Close { swallow: false }),
-            fe::EXECUTE => Some(Request::Execute),
-            fe::SYNC => Some(Request::Sync),
-            fe::QUERY => Some(Request::Query { swallow: false }),
-            fe::FUNCTION_CALL => Some(Request::FunctionCall),
-            fe::COPY_DONE | fe::COPY_FAIL => Some(Request::CopyEnd),
-            _ => None, // Flush, COPY data and unknown types: no answer of their own
+            _ => Request::of_message(tag),
         };
         self.to_server.extend_from_slice(msg);
         if let Some(r) = request {

@@ -1,7 +1,6 @@
 //! Node roles, health and WAL positions as the monitors see them, published as a lock-free
 //! snapshot for sessions (which followers may serve reads, which node is the leader).
 
-pub mod balance;
 pub mod catalog;
 pub mod monitor;
 

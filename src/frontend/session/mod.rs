@@ -28,6 +28,7 @@ use crate::backend::statements::ServerStatements;
 use crate::backend::BackendError;
 use crate::backend::{Lease, LeaseError, Pool};
 use crate::config::{Config, LeaderReads, PoolMode};
+use crate::consistency::floor::Outstanding;
 use crate::consistency::Floor;
 use crate::error::ProxyError;
 use crate::frontend::shared::Shared;
@@ -35,7 +36,6 @@ use crate::protocol::framing::{self, BackendScanner, ServerMessages, Verdict};
 use crate::protocol::messages::{self, Severity};
 use crate::protocol::{be, fe, target, TxStatus};
 use crate::route::{Classification, SessionEffect, TxControl};
-use crate::topology::balance::Outstanding;
 use bytes::{Buf, Bytes, BytesMut};
 use std::io;
 use std::sync::Arc;
@@ -489,21 +489,32 @@ impl Session<'_> {
         if let Some(hold) = self.unit.hold.as_mut() {
             hold.replay.extend_from_slice(&self.cbuf[..total]);
         }
-        let leased = self.server.as_mut().expect("leased above");
-        let mut outbound = Outbound {
-            to_server: &mut self.to_server,
-            to_client: match self.unit.hold.as_mut() {
-                Some(h) => &mut h.held,
-                None => &mut self.to_client,
-            },
-            inflight: &mut self.inflight,
-            server: &mut leased.lease.statements,
-            client: &mut self.state.statements,
-            replaying: self.replaying > 0,
-            schema: self.shared.ddl.generation(),
-            ddl: &self.shared.ddl,
+        let to_client = match self.unit.hold.as_mut() {
+            Some(h) => &mut h.held,
+            None => &mut self.to_client,
         };
-        let result = outbound.message(tag, &self.cbuf[..total]);
+        let result = if matches!(tag, fe::PARSE | fe::BIND | fe::DESCRIBE | fe::CLOSE) {
+            // Messages that name statements: client names become server names.
+            let leased = self.server.as_mut().expect("leased above");
+            let mut outbound = Outbound {
+                to_server: &mut self.to_server,
+                to_client,
+                inflight: &mut self.inflight,
+                server: &mut leased.lease.statements,
+                client: &mut self.state.statements,
+                replaying: self.replaying > 0,
+                schema: self.shared.ddl.generation(),
+                ddl: &self.shared.ddl,
+            };
+            outbound.message(tag, &self.cbuf[..total])
+        } else {
+            // A Query, Execute, Sync, ...: forwarded as it is, its answer awaited in order.
+            self.to_server.extend_from_slice(&self.cbuf[..total]);
+            if let Some(request) = Request::of_message(tag) {
+                self.inflight.push(request, to_client);
+            }
+            Ok(Ok(()))
+        };
         if let Some(ddl) = ddl {
             self.shared.ddl.record(&String::from_utf8_lossy(&ddl));
         }
