@@ -371,13 +371,21 @@ impl Session<'_> {
                 continue;
             }
             let class = self.classify_message(tag, total);
-            if self.answered_by_proxy(tag, total, class.as_ref()).await {
+            // The async steps are entered only when they may have work: most messages take the
+            // synchronous path, with no future built for them.
+            let maybe_proxy =
+                class.as_ref().is_some_and(|c| c.has_proxy_command()) || !self.state.proxy_statements.is_empty();
+            if maybe_proxy && self.answered_by_proxy(tag, total, class.as_ref()).await {
                 continue;
             }
             if self.server.is_none() && self.answered_without_server(tag, total, class.as_deref())? {
                 continue;
             }
-            match self.find_server(class.as_deref()).await {
+            let flow = match self.server.as_ref() {
+                Some(leased) if !leased.resync_due => Ok(self.flow_on_held_server(class.as_deref())),
+                _ => self.find_server(class.as_deref()).await,
+            };
+            match flow {
                 Ok(Flow::Next) => {}
                 Ok(Flow::Pause) => break,
                 Err(e) => {
@@ -385,9 +393,23 @@ impl Session<'_> {
                     continue;
                 }
             }
-            self.forward(tag, total, class.as_deref()).await?;
+            let ddl = self.forward_first(tag, total, class.as_deref());
+            if tag == fe::QUERY && names_sql_statements(class.as_deref()) && !self.plan_sql_prepare(total).await {
+                self.consume(total);
+                continue;
+            }
+            self.forward_rest(tag, total, class.as_deref(), ddl)?;
         }
         Ok(())
+    }
+
+    /// A message for the unit on the held connection: on it, or pause until the unit ends.
+    fn flow_on_held_server(&mut self, class: Option<&Classification>) -> Flow {
+        if self.must_wait_for_another_node(class) {
+            Flow::Pause
+        } else {
+            Flow::Next
+        }
     }
 
     /// `pgcausal.*` commands, simple or prepared, which the proxy answers itself (consumed).
@@ -420,7 +442,7 @@ impl Session<'_> {
             self.prepare_server_if_needed().await?;
         }
         if self.server.is_some() {
-            return Ok(if self.must_wait_for_another_node(class) { Flow::Pause } else { Flow::Next });
+            return Ok(self.flow_on_held_server(class));
         }
         let want = self.want(class);
         let needs = Needs {
@@ -461,8 +483,10 @@ impl Session<'_> {
     }
 
     /// Sends one message of the unit to its server connection, tracking the session state it
-    /// changes and the requests whose answers are due.
-    async fn forward(&mut self, tag: u8, total: usize, class: Option<&Classification>) -> Result<(), ProxyError> {
+    /// changes and the requests whose answers are due: first the bookkeeping (it returns the
+    /// DDL to record once the message has gone), then, after a SQL-level PREPARE/EXECUTE had
+    /// its statements made (`plan_sql_prepare`), `forward_rest`.
+    fn forward_first(&mut self, tag: u8, total: usize, class: Option<&Classification>) -> Option<Vec<u8>> {
         self.discard_until_sync = false;
         self.account(tag);
         let observe = self.observed(tag, total, class);
@@ -481,10 +505,17 @@ impl Session<'_> {
             // The client now waits for what was answered so far: nothing may be held back.
             self.release_hold();
         }
-        if tag == fe::QUERY && names_sql_statements(class) && !self.plan_sql_prepare(total).await {
-            self.consume(total);
-            return Ok(());
-        }
+        ddl
+    }
+
+    /// The message goes to the server (see `forward_first`).
+    fn forward_rest(
+        &mut self,
+        tag: u8,
+        total: usize,
+        class: Option<&Classification>,
+        ddl: Option<Vec<u8>>,
+    ) -> Result<(), ProxyError> {
         self.track_unnamed(tag, total);
         if let Some(hold) = self.unit.hold.as_mut() {
             hold.replay.extend_from_slice(&self.cbuf[..total]);
@@ -518,7 +549,7 @@ impl Session<'_> {
         if let Some(ddl) = ddl {
             self.shared.ddl.record(&String::from_utf8_lossy(&ddl));
         }
-        if let Some(c) = observe.filter(|_| tag == fe::BIND) {
+        if let Some(c) = self.observed(tag, total, class).filter(|_| tag == fe::BIND) {
             // After the Bind went out: a statement like DISCARD ALL may drop the client's statements.
             self.observe_sql(c);
         }
