@@ -117,9 +117,8 @@ struct Unit {
     force_leader: bool,
     /// Nodes not to use for the next lease (they just failed the unit).
     exclude: Vec<usize>,
-    /// When it first leased a connection (for the unit latency histogram; the TSC clock reads
-    /// in a few instructions what the system clock takes a hundred for).
-    started: Option<quanta::Instant>,
+    /// When it first leased a connection (for the unit latency histogram).
+    started: Option<Instant>,
 }
 
 /// This client's pools (its database and user) on each node, and the connections it prefers.

@@ -81,8 +81,7 @@ impl Session<'_> {
         self.floor.unit_ended(leased.node, leased.follower, leased.incarnation, wrote);
         self.entry.unit_ended(self.floor.level as u8, self.floor.timeline(), self.floor.lsn());
         if let Some(started) = self.unit.started {
-            let elapsed = quanta::Instant::now().duration_since(started);
-            self.shared.pools.nodes[leased.node].metrics.unit_latency(leased.follower).record(elapsed);
+            self.shared.pools.nodes[leased.node].metrics.unit_latency(leased.follower).record(started.elapsed());
         }
         self.pools.affinity.last = Some((leased.node, leased.lease.pid));
         if wrote && !leased.follower {

@@ -309,7 +309,7 @@ impl Session<'_> {
         lease.sequences.leased_by(self.entry.id);
         self.key.target.set(node, lease.pid, lease.secret);
         self.entry.set_status(ClientStatus::Active);
-        self.unit.started.get_or_insert_with(quanta::Instant::now);
+        self.unit.started.get_or_insert_with(Instant::now);
         self.entry.set_server(Some((node, lease.pid, lease.created_unix_ms)));
         let outstanding = shared.balancer.lease(node);
         let incarnation = shared.positions.nodes[node].sample().incarnation;
