@@ -6,7 +6,6 @@
 //! synchronous `try_write` that lets the session write straight through without a wakeup.
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -35,12 +34,6 @@ impl ClientStream {
         let _ = stream.set_nodelay(true);
         let (reader, writer) = stream.into_split();
         ClientStream { reader: ClientReader::Plain(reader), writer: ClientWriter::Plain(writer) }
-    }
-
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        match &self.reader {
-            ClientReader::Plain(r) => r.peer_addr(),
-        }
     }
 }
 

@@ -204,14 +204,6 @@ impl Clients {
         self.map().get(&id).cloned()
     }
 
-    pub fn len(&self) -> usize {
-        self.map().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map().is_empty()
-    }
-
     /// Publishes how many clients are in each state (run by the upkeep tick).
     pub fn publish_states(&self) {
         let mut counts = [0usize; 3];
@@ -253,7 +245,7 @@ mod tests {
         let peer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let a = clients.register(peer, "app", "db");
         let b = clients.register(peer, "app", "db");
-        assert_eq!((a.entry.id, b.entry.id, clients.len()), (1, 2, 2));
+        assert_eq!((a.entry.id, b.entry.id, clients.list().len()), (1, 2, 2));
         let entry = a.entry.clone();
         let waiter = tokio::spawn(async move { entry.signalled(signal::KILL).await });
         tokio::task::yield_now().await;

@@ -33,18 +33,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A console command's result: a table of text columns (NULL as None).
 pub struct Table {
     set: ResultSet,
-    rows: usize,
 }
 
 impl Table {
     pub fn new(columns: &[&str]) -> Table {
-        Table { set: ResultSet::new(columns), rows: 0 }
+        Table { set: ResultSet::new(columns) }
     }
 
     pub fn row(&mut self, values: Vec<Option<String>>) {
         let values: Vec<Option<&str>> = values.iter().map(Option::as_deref).collect();
         self.set.row(&values);
-        self.rows += 1;
     }
 
     fn write(&self, out: &mut BytesMut) {
