@@ -33,6 +33,8 @@ pub struct Config {
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
+    pub failover: FailoverConfig,
+    #[serde(default)]
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -44,6 +46,59 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub users: Vec<String>,
+}
+
+/// Who drives a failover when the leader dies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverMode {
+    /// pgcausal confirms the leader is dead, promotes the most advanced follower and repoints the rest.
+    Auto,
+    /// pgcausal detects and reports; the operator runs `PROMOTE [node]` on the admin console.
+    Manual,
+    /// pgcausal only follows promotions made by others (timeline-safe).
+    Off,
+}
+
+/// Failover: detection bounds, the hold of units that need the leader, and the logins used to
+/// promote, repoint and fence nodes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    pub mode: FailoverMode,
+    /// Continuous leader failure before it is confirmed dead (and only if no follower still
+    /// receives from it).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Units that need the leader wait this long while none is known, then fail with 57P03.
+    #[serde(with = "humantime_serde")]
+    pub hold_timeout: Duration,
+    /// How long a repointed follower has to stream from the new leader before it is reported
+    /// as needing a rejoin.
+    #[serde(with = "humantime_serde")]
+    pub repoint_timeout: Duration,
+    /// Login for pg_promote, ALTER SYSTEM, pg_reload_conf and pg_terminate_backend; defaults to
+    /// the monitor login.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// Login repointed followers stream with (their primary_conninfo); defaults to the failover login.
+    pub replication_user: Option<String>,
+    pub replication_password: Option<String>,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        Self {
+            mode: FailoverMode::Auto,
+            timeout: Duration::from_secs(2),
+            hold_timeout: Duration::from_secs(15),
+            repoint_timeout: Duration::from_secs(10),
+            user: None,
+            password: None,
+            replication_user: None,
+            replication_password: None,
+        }
+    }
 }
 
 /// The database name that opens the admin console instead of a server database.
@@ -70,9 +125,6 @@ pub struct ProxyConfig {
     /// How long a new client may take to start up and authenticate.
     #[serde(with = "humantime_serde")]
     pub client_login_timeout: Duration,
-    /// How long statements wait for a leader to be known before failing.
-    #[serde(with = "humantime_serde")]
-    pub leader_wait_timeout: Duration,
     /// Worker threads. 1 (default) runs everything on one thread, like PgBouncer: no cross-thread
     /// wakeups, ~20% less CPU per query than a multi-threaded runtime on a 2-core host. 0 means
     /// one per CPU (a dedicated many-core proxy host).
@@ -91,7 +143,6 @@ impl Default for ProxyConfig {
             max_client_connections: 10_000,
             max_message_size: 256 * 1024 * 1024,
             client_login_timeout: Duration::from_secs(15),
-            leader_wait_timeout: Duration::from_secs(10),
             threads: 1,
             shutdown_timeout: Duration::from_secs(30),
         }
@@ -285,6 +336,13 @@ pub struct NodeConfig {
     pub name: String,
     pub host: String,
     pub port: u16,
+    /// Failover preference among followers at the same WAL position (higher first); 0 = never promote.
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+}
+
+fn default_priority() -> u32 {
+    100
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -385,6 +443,18 @@ impl Config {
         if self.monitor.user.is_some() != self.monitor.password.is_some() {
             return bad("monitor.password".into(), "monitor.user and monitor.password must be set together");
         }
+        if self.failover.user.is_some() != self.failover.password.is_some() {
+            return bad("failover.password".into(), "failover.user and failover.password must be set together");
+        }
+        if self.failover.replication_user.is_some() != self.failover.replication_password.is_some() {
+            return bad(
+                "failover.replication_password".into(),
+                "failover.replication_user and failover.replication_password must be set together",
+            );
+        }
+        if self.failover.timeout.is_zero() {
+            return bad("failover.timeout".into(), "must be greater than zero");
+        }
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
             return bad("metrics.listen".into(), "not an address like 127.0.0.1:9930");
         }
@@ -400,6 +470,22 @@ impl Config {
         match (&self.monitor.user, &self.monitor.password) {
             (Some(u), Some(p)) => (u, p),
             _ => (&self.users[0].name, &self.users[0].password),
+        }
+    }
+
+    /// The login that promotes, repoints and fences nodes: `[failover]` or the monitor login.
+    pub fn failover_login(&self) -> (&str, &str) {
+        match (&self.failover.user, &self.failover.password) {
+            (Some(u), Some(p)) => (u, p),
+            _ => self.monitor_login(),
+        }
+    }
+
+    /// The login repointed followers stream with: `[failover] replication_*` or the failover login.
+    pub fn replication_login(&self) -> (&str, &str) {
+        match (&self.failover.replication_user, &self.failover.replication_password) {
+            (Some(u), Some(p)) => (u, p),
+            _ => self.failover_login(),
         }
     }
 }
@@ -452,6 +538,9 @@ auth = "md5"
             (GOOD.replace("[pool]", "[pool]\nsise = 3"), "pool"),
             (format!("{GOOD}\n[monitor]\ntimeouts_to_down = 0\n"), "monitor.timeouts_to_down"),
             (format!("{GOOD}\n[admin]\nusers = [\"app\", \"ops\"]\n"), "admin.users[1]"),
+            (format!("{GOOD}\n[failover]\nmode = \"sometimes\"\n"), "failover.mode"),
+            (format!("{GOOD}\n[failover]\nuser = \"ops\"\n"), "failover.password"),
+            (format!("{GOOD}\n[failover]\ntimeout = \"0s\"\n"), "failover.timeout"),
         ];
         for (text, key) in cases {
             let err = parse(&text).unwrap_err().to_string();

@@ -223,7 +223,7 @@ impl Session<'_> {
         }
         // Read the clock only once there is a wait: most leases need none.
         let mut started: Option<Instant> = None;
-        let leader_wait = self.config.proxy.leader_wait_timeout;
+        let leader_wait = self.config.failover.hold_timeout;
         let mut deadline = || *started.get_or_insert_with(Instant::now) + leader_wait;
         let mut tried = std::mem::take(&mut self.unit.exclude);
         loop {
