@@ -341,9 +341,12 @@ impl Driver {
         let old_position = snapshot.nodes[old].lsn.max(shared.positions.nodes[old].sample().lsn);
         let lost = old_position.saturating_sub(self.switch_lsn);
         record.lost_wal_bytes = Some(lost);
-        if lost > 0 {
-            metrics::counter_by(metrics::LOST_WAL_BYTES, lost);
-            tracing::error!(old_leader = %record.old_leader, new_leader = %name, lost_wal_bytes = lost, switch = %crate::consistency::format_lsn(self.switch_lsn), "the old leader had WAL the new leader lacks: it is lost");
+        let at_risk = shared.positions.nodes[old].acks.at_risk(self.switch_lsn, crate::consistency::acks::total());
+        record.acked_at_risk = Some(at_risk);
+        metrics::counter_by(metrics::LOST_WAL_BYTES, lost);
+        metrics::counter_by(metrics::ACKED_AT_RISK, at_risk);
+        if lost > 0 || at_risk > 0 {
+            tracing::error!(old_leader = %record.old_leader, new_leader = %name, lost_wal_bytes = lost, acked_commits_at_risk = at_risk, switch = %crate::consistency::format_lsn(self.switch_lsn), "the old leader had WAL the new leader lacks: it is lost (and acknowledged write units may be among it)");
         }
         tracing::warn!(new_leader = %name, timeline, promote_ms = took.as_millis() as u64, "promoted");
         self.failovers.upsert(record);
