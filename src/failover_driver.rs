@@ -499,9 +499,20 @@ impl Driver {
             let user = config.failover_login().0;
             let checked = async {
                 let session = NodeSession::open(config, &config.nodes[i], config.monitor.timeout).await?;
-                session.missing_permissions().await
+                Ok::<_, crate::topology::actions::ActionError>((
+                    session.missing_permissions().await?,
+                    session.wal_sender_timeout().await?,
+                ))
             };
-            match checked.await {
+            let checked = checked.await.map(|(missing, sender_timeout)| {
+                let vouches = !sender_timeout.is_zero() && sender_timeout <= config.failover.timeout;
+                if !vouches {
+                    let (sender, failover) = (humantime::format_duration(sender_timeout), humantime::format_duration(config.failover.timeout));
+                    tracing::warn!(%node, wal_sender_timeout = %sender, failover_timeout = %failover, "wal_sender_timeout is above failover.timeout: an idle leader pings its followers too rarely for them to vouch for it, so a pgcausal cut off from a healthy leader may fail over; set wal_sender_timeout <= failover.timeout");
+                }
+                missing
+            });
+            match checked {
                 Ok(missing) if missing.is_empty() => {
                     tracing::debug!(%node, %user, "failover login may promote, repoint and fence")
                 }
