@@ -5,7 +5,7 @@
 use crate::config::{Config, FailoverMode};
 use crate::frontend::shared::Shared;
 use crate::metrics;
-use crate::topology::actions::NodeSession;
+use crate::topology::actions::{action_timeout, NodeLogins};
 use crate::topology::failover::{self, Candidate, Event, Failovers, NoCandidate, Order, Outcome, Phase, Record};
 use crate::topology::{NodeState, Role, Snapshot, Topology};
 use std::sync::{Arc, Weak};
@@ -26,6 +26,7 @@ pub fn spawn(shared: &Arc<Shared>, orders: mpsc::UnboundedReceiver<Order>, tasks
         shared: Arc::downgrade(shared),
         topology: shared.topology.clone(),
         failovers: shared.failovers.clone(),
+        logins: Arc::new(NodeLogins::new(&shared.config())),
         orders,
         phase: Phase::Healthy,
         record: None,
@@ -48,6 +49,8 @@ struct Driver {
     shared: Weak<Shared>,
     topology: Arc<Topology>,
     failovers: Arc<Failovers>,
+    /// Connections as the failover login, one pool per node.
+    logins: Arc<NodeLogins>,
     orders: mpsc::UnboundedReceiver<Order>,
     phase: Phase,
     /// The attempt under way (from the leader's first failure).
@@ -194,10 +197,10 @@ impl Driver {
 
     /// Confirms the leader dead from the followers' side too: none still hears from it.
     async fn confirm(&mut self, shared: &Shared, config: &Config, snapshot: &Snapshot, leader: usize, now: Instant) {
-        let timeout = config.monitor.timeout;
+        let logins = &*self.logins.clone();
         let standbys: Vec<usize> = standbys(snapshot).filter(|&i| i != leader).collect();
         let reads = standbys.iter().map(|&i| async move {
-            let session = NodeSession::open(config, &config.nodes[i], timeout).await?;
+            let session = logins.open(i, action_timeout(config)).await?;
             session.receiver(i, &config.nodes).await
         });
         let receivers: Vec<_> =
@@ -239,9 +242,9 @@ impl Driver {
     }
 
     async fn freeze_and_elect(&mut self, config: &Config, snapshot: &Snapshot, leader: usize, now: Instant) {
-        let timeout = config.monitor.timeout;
+        let logins = &*self.logins.clone();
         let frozen = standbys(snapshot).filter(|&i| i != leader && !snapshot.fenced(i)).map(|i| async move {
-            let session = NodeSession::open(config, &config.nodes[i], timeout).await?;
+            let session = logins.open(i, action_timeout(config)).await?;
             session.freeze().await.map(|position| (i, position))
         });
         let mut candidates = Vec::new();
@@ -308,8 +311,9 @@ impl Driver {
     }
 
     async fn promote(&mut self, shared: &Shared, config: &Config, snapshot: &Snapshot, old: usize, now: Instant) {
+        let logins = &*self.logins.clone();
         let node = self.target.expect("a target while promoting");
-        let session = NodeSession::open(config, &config.nodes[node], config.monitor.timeout).await;
+        let session = logins.open(node, action_timeout(config)).await;
         let promoted = match session {
             Ok(session) => session.promote(PROMOTE_WAIT).await,
             Err(e) => Err(e),
@@ -345,8 +349,11 @@ impl Driver {
         record.acked_at_risk = Some(at_risk);
         metrics::counter_by(metrics::LOST_WAL_BYTES, lost);
         metrics::counter_by(metrics::ACKED_AT_RISK, at_risk);
-        if lost > 0 || at_risk > 0 {
-            tracing::error!(old_leader = %record.old_leader, new_leader = %name, lost_wal_bytes = lost, acked_commits_at_risk = at_risk, switch = %crate::consistency::format_lsn(self.switch_lsn), "the old leader had WAL the new leader lacks: it is lost (and acknowledged write units may be among it)");
+        let switch = crate::consistency::format_lsn(self.switch_lsn);
+        if lost > 0 {
+            tracing::error!(old_leader = %record.old_leader, new_leader = %name, lost_wal_bytes = lost, acked_commits_at_risk = at_risk, %switch, "the old leader had flushed WAL the new leader lacks: it is lost, and acknowledged write units may be among it");
+        } else if at_risk > 0 {
+            tracing::warn!(old_leader = %record.old_leader, new_leader = %name, acked_commits_at_risk = at_risk, %switch, "acknowledged write units after the old leader's last position sample at or below the switch point: they may be lost (an upper bound; no flushed WAL past the switch point was seen)");
         }
         tracing::warn!(new_leader = %name, timeline, promote_ms = took.as_millis() as u64, "promoted");
         self.failovers.upsert(record);
@@ -369,13 +376,14 @@ impl Driver {
 
     /// Points every other follower at the target and waits (bounded) until each streams from it.
     async fn repoint(&mut self, config: &Config, snapshot: &Snapshot, now: Instant) {
+        let logins = &*self.logins.clone();
         let target = self.target.expect("a target while repointing");
         let timeline =
             snapshot.nodes[target].timeline.max(self.record.as_ref().and_then(|r| r.new_timeline).unwrap_or(0));
         let others: Vec<usize> = standbys(snapshot).filter(|&i| i != target && !snapshot.fenced(i)).collect();
         let deadline = Instant::now() + config.failover.repoint_timeout;
         let jobs = others.iter().map(|&i| async move {
-            let session = NodeSession::open(config, &config.nodes[i], config.monitor.timeout).await?;
+            let session = logins.open(i, action_timeout(config)).await?;
             session.repoint(config, &config.nodes[target]).await?;
             while !session.streams_on(timeline).await? {
                 if Instant::now() >= deadline {
@@ -433,6 +441,7 @@ impl Driver {
     /// An up primary that is fenced is made read-only (once per incarnation) and its client
     /// backends ended: it must not take writes even from clients that bypass pgcausal.
     async fn keep_fenced_read_only(&mut self, shared: &Shared, config: &Config, snapshot: &Snapshot) {
+        let logins = &*self.logins.clone();
         for (i, n) in snapshot.nodes.iter().enumerate() {
             if !(n.up && n.role == Role::Primary && snapshot.fenced(i)) || self.fenced_done[i] == n.incarnation {
                 continue;
@@ -440,7 +449,7 @@ impl Driver {
             shared.pools.drain_node(i);
             let node = &config.nodes[i].name;
             let fenced = async {
-                let session = NodeSession::open(config, &config.nodes[i], config.monitor.timeout).await?;
+                let session = logins.open(i, action_timeout(config)).await?;
                 session.fence().await
             };
             match fenced.await {
@@ -462,6 +471,7 @@ impl Driver {
     /// leader, once per incarnation and epoch (a node whose history forked will not stream and
     /// stays out of rotation).
     async fn repoint_strays(&mut self, config: &Config, snapshot: &Snapshot) {
+        let logins = &*self.logins.clone();
         let Some(leader) = snapshot.leader else { return };
         for (i, n) in snapshot.nodes.iter().enumerate() {
             let stray = matches!(snapshot.idle.get(i), Some(Some(crate::topology::Idle::Forked)));
@@ -471,7 +481,7 @@ impl Driver {
             }
             self.repointed[i] = key;
             let repointed = async {
-                let session = NodeSession::open(config, &config.nodes[i], config.monitor.timeout).await?;
+                let session = logins.open(i, action_timeout(config)).await?;
                 session.repoint(config, &config.nodes[leader]).await
             };
             let node = &config.nodes[i].name;
@@ -490,6 +500,7 @@ impl Driver {
 
     /// Checks once per node, at its first answer, that the failover login may do its work.
     async fn check_permissions(&mut self, config: &Config, snapshot: &Snapshot) {
+        let logins = &*self.logins.clone();
         for (i, n) in snapshot.nodes.iter().enumerate() {
             if self.checked[i] || !n.up {
                 continue;
@@ -498,7 +509,7 @@ impl Driver {
             let node = &config.nodes[i].name;
             let user = config.failover_login().0;
             let checked = async {
-                let session = NodeSession::open(config, &config.nodes[i], config.monitor.timeout).await?;
+                let session = logins.open(i, action_timeout(config)).await?;
                 Ok::<_, crate::topology::actions::ActionError>((
                     session.missing_permissions().await?,
                     session.wal_sender_timeout().await?,

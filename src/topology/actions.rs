@@ -4,8 +4,9 @@
 use crate::backend::failures::Failure;
 use crate::config::{Config, NodeConfig};
 use crate::lexical::quote_literal;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use std::time::Duration;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::NoTls;
 
 use super::failover::Receiver;
 use super::monitor::node_at;
@@ -19,35 +20,67 @@ pub struct ActionError {
     pub message: String,
 }
 
+/// One small pool per node of connections as the failover login, opened ahead (the permission
+/// check at start) so that a failover does not pay a login per action.
+pub struct NodeLogins {
+    pools: Vec<(String, Pool)>,
+}
+
+impl NodeLogins {
+    pub fn new(config: &Config) -> NodeLogins {
+        let (user, password) = config.failover_login();
+        let timeout = action_timeout(config);
+        let pools = config
+            .nodes
+            .iter()
+            .map(|node| {
+                let mut pg = tokio_postgres::Config::new();
+                pg.host(&node.host)
+                    .port(node.port)
+                    .user(user)
+                    .password(password)
+                    .dbname(&config.monitor.database)
+                    .application_name("pgcausal-failover")
+                    .connect_timeout(timeout)
+                    .keepalives(true)
+                    .keepalives_idle(Duration::from_secs(5))
+                    .tcp_user_timeout(timeout);
+                let manager =
+                    Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+                let pool = Pool::builder(manager).max_size(1).build().expect("no runtime-dependent timeouts");
+                (node.name.clone(), pool)
+            })
+            .collect();
+        NodeLogins { pools }
+    }
+
+    /// A session on node `i`, every statement bounded by `timeout`.
+    pub async fn open(&self, i: usize, timeout: Duration) -> Result<NodeSession, ActionError> {
+        let (name, pool) = &self.pools[i];
+        let error = |message: String| ActionError { action: "connect", node: name.clone(), message };
+        let client = match tokio::time::timeout(timeout, pool.get()).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => return Err(error(Failure::of_control(&e).message)),
+            Err(_) => return Err(error(format!("no answer within {}", humantime::format_duration(timeout)))),
+        };
+        Ok(NodeSession { client, node: name.clone(), timeout })
+    }
+}
+
+/// How long one action's statement may take: a hung node must not hang the driver, but a
+/// loaded one must not lose its candidacy to one slow login.
+pub fn action_timeout(config: &Config) -> Duration {
+    config.monitor.timeout.max(config.failover.timeout)
+}
+
 /// A connection to one node as the failover login, bounded by `timeout` for every statement.
 pub struct NodeSession {
-    client: Client,
+    client: Object,
     node: String,
     timeout: Duration,
 }
 
 impl NodeSession {
-    pub async fn open(config: &Config, node: &NodeConfig, timeout: Duration) -> Result<NodeSession, ActionError> {
-        let (user, password) = config.failover_login();
-        let mut pg = tokio_postgres::Config::new();
-        pg.host(&node.host)
-            .port(node.port)
-            .user(user)
-            .password(password)
-            .dbname(&config.monitor.database)
-            .application_name("pgcausal-failover")
-            .connect_timeout(timeout)
-            .tcp_user_timeout(timeout);
-        let error = |message: String| ActionError { action: "connect", node: node.name.clone(), message };
-        let (client, connection) = match tokio::time::timeout(timeout, pg.connect(NoTls)).await {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => return Err(error(Failure::of_pg(&e).message)),
-            Err(_) => return Err(error(format!("no answer within {}", humantime::format_duration(timeout)))),
-        };
-        tokio::spawn(connection);
-        Ok(NodeSession { client, node: node.name.clone(), timeout })
-    }
-
     fn fail(&self, action: &'static str, message: String) -> ActionError {
         ActionError { action, node: self.node.clone(), message }
     }
