@@ -25,6 +25,7 @@ pub fn config_text(cluster: &Cluster, port: u16, metrics_listen: &str) -> String
     for node in cluster.nodes() {
         text += &format!("[[nodes]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n\n", node.name, node.port);
     }
+    text += &format!("[admin]\nusers = [\"{DEMO_USER}\"]\n\n");
     text += &format!("[[users]]\nname = \"{DEMO_USER}\"\npassword = \"{DEMO_PASSWORD}\"\n");
     text
 }

@@ -23,6 +23,7 @@ pub mod sqlstate {
     pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const CANNOT_CONNECT_NOW: &str = "57P03";
+    pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
     pub const INTERNAL_ERROR: &str = "XX000";
 
     /// Sent to clients closed by KILL or a shutdown, and read from servers that close.
@@ -108,6 +109,9 @@ pub enum ProxyError {
     /// KILL of a client id that is not connected.
     #[error("no client with id {0} is connected (see SHOW CLIENTS)")]
     UnknownClient(u64),
+    /// PROMOTE refused or failed (the leader is up, no such node, the node is behind...).
+    #[error("PROMOTE: {0}")]
+    Promote(String),
     /// The session was closed from the admin console (KILL) or by a shutdown.
     #[error("terminating connection due to administrator command")]
     AdminShutdown,
@@ -146,6 +150,7 @@ impl ProxyError {
             ProxyError::Reload(_) => CONFIG_FILE_ERROR,
             ProxyError::UnknownClient(_) => UNDEFINED_OBJECT,
             ProxyError::AdminShutdown => ADMIN_SHUTDOWN,
+            ProxyError::Promote(_) => OBJECT_NOT_IN_PREREQUISITE_STATE,
         })
     }
 

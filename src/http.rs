@@ -57,10 +57,13 @@ impl Endpoints {
 }
 
 /// Why clients (`writes`: clients that write) cannot be served now, or None when they can: the
-/// proxy accepts clients, and a leader is known (for reads, an up follower in rotation will do).
+/// proxy accepts clients, and a leader is known and no failover runs (for reads, an up follower
+/// in rotation will do).
 pub fn not_ready(accepting: bool, snapshot: &Snapshot, writes: bool) -> Option<&'static str> {
     if !accepting {
         Some("not accepting clients")
+    } else if writes && snapshot.phase.running() {
+        Some("a failover is running")
     } else if snapshot.leader.is_some() {
         None
     } else if writes {

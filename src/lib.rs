@@ -8,6 +8,7 @@ pub mod consistency;
 pub mod control;
 pub mod demo;
 pub mod error;
+pub mod failover_driver;
 pub mod frontend;
 pub mod http;
 pub(crate) mod lexical;

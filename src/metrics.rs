@@ -41,6 +41,13 @@ pub const UNIT_SECONDS: &str = "pgcausal_unit_seconds";
 pub const CONFIG_RELOADS: &str = "pgcausal_config_reloads_total";
 pub const CLIENTS: &str = "pgcausal_clients";
 pub const BUILD_INFO: &str = "pgcausal_build_info";
+pub const FAILOVERS: &str = "pgcausal_failovers_total";
+pub const FAILOVER_VETOES: &str = "pgcausal_failover_vetoes_total";
+pub const FAILOVER_PHASE_SECONDS: &str = "pgcausal_failover_phase_seconds";
+pub const LOST_WAL_BYTES: &str = "pgcausal_lost_wal_bytes_total";
+pub const SPLIT_BRAIN: &str = "pgcausal_split_brain";
+pub const NODE_FENCED: &str = "pgcausal_node_fenced";
+pub const FAILOVER_ACTIONS: &str = "pgcausal_failover_actions_total";
 
 /// SQLSTATE classes clients commonly get, from servers and from the proxy itself (connection
 /// exceptions, feature not supported, data, integrity, transaction state, auth, unknown database,
@@ -137,6 +144,23 @@ pub fn describe() {
     describe_counter!(CONFIG_RELOADS, "Configuration reloads by result");
     describe_gauge!(CLIENTS, "Logged-in clients by state (idle, waiting for a server connection or RESUME, active)");
     describe_gauge!(BUILD_INFO, "Always 1; the version label says which pgcausal runs");
+    describe_counter!(
+        FAILOVERS,
+        "Failover attempts by result (promoted, vetoed: a follower still heard the leader, recovered: the leader \
+         answered again first, no_candidate, failed)"
+    );
+    describe_counter!(FAILOVER_VETOES, "Confirmations refused because a follower still received WAL from the leader");
+    describe_histogram!(
+        FAILOVER_PHASE_SECONDS,
+        "Duration of failover phases (detect, confirm, freeze, promote, repoint)"
+    );
+    describe_counter!(LOST_WAL_BYTES, "WAL an old leader had flushed past the new leader's switch point");
+    describe_gauge!(SPLIT_BRAIN, "1 while more than one primary is up (only the leader is routed to)");
+    describe_gauge!(NODE_FENCED, "1 while the node is fenced: never routed to until it rejoins as a follower");
+    describe_counter!(
+        FAILOVER_ACTIONS,
+        "Actions the failover driver ran on nodes, by action (freeze, promote, repoint, fence) and result"
+    );
 }
 
 /// Creates the series whose labels are known in advance, at 0, so a rate or increase over
@@ -163,7 +187,16 @@ pub fn register_known() {
     for result in ["hit", "miss"] {
         counter!(CLASSIFIER_CACHE, "result" => result).absolute(0);
     }
-    for name in [UNPARSED, FLOOR_CLAMPS, LEADER_CHANGES] {
+    for outcome in crate::topology::failover::Outcome::COUNTED {
+        counter!(FAILOVERS, "result" => outcome.label()).absolute(0);
+    }
+    for action in ["freeze", "promote", "repoint", "fence"] {
+        for result in ["ok", "error"] {
+            counter!(FAILOVER_ACTIONS, "action" => action, "result" => result).absolute(0);
+        }
+    }
+    gauge!(SPLIT_BRAIN).set(0.0);
+    for name in [UNPARSED, FLOOR_CLAMPS, LEADER_CHANGES, FAILOVER_VETOES, LOST_WAL_BYTES] {
         counter!(name).absolute(0);
     }
     gauge!(CLIENT_CONNECTIONS).increment(0.0);
@@ -203,6 +236,29 @@ pub fn classifier(stats: &crate::route::CacheStats) {
     counter!(UNPARSED).absolute(stats.unparsed);
 }
 
+/// Records one failover phase's duration.
+pub fn histogram(name: &'static str, phase: &'static str, took: std::time::Duration) {
+    histogram!(name, "phase" => phase).record(took.as_secs_f64());
+}
+
+pub fn counter(name: &'static str) {
+    counter!(name).increment(1);
+}
+
+pub fn counter_by(name: &'static str, by: u64) {
+    counter!(name).increment(by);
+}
+
+/// Counts one ended failover attempt.
+pub fn failover(outcome: crate::topology::failover::Outcome) {
+    counter!(FAILOVERS, "result" => outcome.label()).increment(1);
+}
+
+/// Counts one action the failover driver ran on a node.
+pub fn action(action: &'static str, ok: bool) {
+    counter!(FAILOVER_ACTIONS, "action" => action, "result" => if ok { "ok" } else { "error" }).increment(1);
+}
+
 /// Counts one error sent to a client.
 pub fn error(sqlstate: &[u8], source: &'static str) {
     let class = String::from_utf8_lossy(&sqlstate[..2.min(sqlstate.len())]).into_owned();
@@ -226,6 +282,7 @@ pub struct NodeMetrics {
     timeline: Gauge,
     lag_bytes: Gauge,
     lag_seconds: Gauge,
+    fenced: Gauge,
 }
 
 impl NodeMetrics {
@@ -245,7 +302,8 @@ impl NodeMetrics {
             wal_position: gauge!(NODE_WAL_POSITION, "node" => node.clone()),
             timeline: gauge!(NODE_TIMELINE, "node" => node.clone()),
             lag_bytes: gauge!(REPLICATION_LAG_BYTES, "node" => node.clone()),
-            lag_seconds: gauge!(REPLICATION_LAG_SECONDS, "node" => node),
+            lag_seconds: gauge!(REPLICATION_LAG_SECONDS, "node" => node.clone()),
+            fenced: gauge!(NODE_FENCED, "node" => node),
         }
     }
 
@@ -271,6 +329,10 @@ impl NodeMetrics {
         }
         self.lag_bytes.set(lag_bytes);
         self.lag_seconds.set(lag_seconds);
+    }
+
+    pub fn fenced(&self, fenced: bool) {
+        self.fenced.set(if fenced { 1.0 } else { 0.0 });
     }
 
     pub fn connect_result(&self, ok: bool) {

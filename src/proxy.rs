@@ -55,6 +55,7 @@ impl Proxy {
         let classifier = Arc::new(Classifier::new(10_000, Arc::new(FunctionCatalog::with_overrides(&overrides))));
         catalog::spawn(Arc::new(config.clone()), topology.clone(), Arc::downgrade(&classifier), &mut background);
         crate::frontend::admin::start_counting();
+        let (failovers, orders) = crate::topology::failover::Failovers::new();
         let shared = Arc::new(Shared::new(SharedParts {
             pools: Pools::new(&config),
             topology: topology.clone(),
@@ -64,6 +65,7 @@ impl Proxy {
             config,
             config_path,
             accepting,
+            failovers: Arc::new(failovers),
         }));
         let weak = Arc::downgrade(&shared);
         monitor::spawn_all(
@@ -78,6 +80,7 @@ impl Proxy {
             }),
             &mut background,
         );
+        crate::failover_driver::spawn(&shared, orders, &mut background);
         let reaper = Arc::downgrade(&shared);
         background.add(crate::control::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));

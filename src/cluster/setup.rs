@@ -30,6 +30,11 @@ const BASE_SETTINGS: &[(&str, &str)] = &[
     ("hot_standby", "on"),
     ("hot_standby_feedback", "on"),
     ("wal_log_hints", "on"),
+    // An idle leader pings its followers every second (half of this), so a follower's last
+    // message time vouches for it when pgcausal confirms a failure (failover.timeout 2s).
+    ("wal_sender_timeout", "2s"),
+    // A follower whose sender went away retries quickly (a repoint restarts it at once anyway).
+    ("wal_retrieve_retry_interval", "200ms"),
     ("logging_collector", "off"),
 ];
 

@@ -433,6 +433,7 @@ mod tests {
             nodes: vec![node(Role::Primary, 1), node(Role::Standby, 0), node(Role::Standby, 0)],
             leader: Some(0),
             followers: vec![1, 2],
+            ..Snapshot::default()
         }
     }
 

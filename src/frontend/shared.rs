@@ -47,6 +47,8 @@ pub struct Shared {
     pub ddl: super::ddl::DdlLog,
     /// Reads sent to the leader for consistency, by reason.
     pub fallbacks: crate::consistency::floor::FallbackMetrics,
+    /// Failover attempts (SHOW FAILOVERS) and the way PROMOTE reaches the driver.
+    pub failovers: Arc<crate::topology::failover::Failovers>,
 }
 
 impl Shared {
@@ -70,6 +72,7 @@ impl Shared {
             positions: parts.positions,
             ddl: Default::default(),
             fallbacks: crate::consistency::floor::FallbackMetrics::new(),
+            failovers: parts.failovers,
         }
     }
 
@@ -110,6 +113,7 @@ pub struct SharedParts {
     pub balancer: Balancer,
     pub positions: Arc<Positions>,
     pub accepting: Arc<AtomicBool>,
+    pub failovers: Arc<crate::topology::failover::Failovers>,
 }
 
 fn scram_secrets(config: &Config) -> HashMap<String, ScramSecret> {

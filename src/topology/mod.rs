@@ -1,8 +1,14 @@
 //! Node roles, health and WAL positions as the monitors see them, published as a lock-free
 //! snapshot for sessions (which followers may serve reads, which node is the leader).
 
+pub mod actions;
 pub mod catalog;
+pub mod election;
+pub mod failover;
 pub mod monitor;
+
+pub use election::{Idle, Intent};
+pub use failover::Phase;
 
 use crate::backend::failures::FailureLog;
 use arc_swap::ArcSwap;
@@ -31,36 +37,75 @@ impl Role {
     }
 }
 
-/// What the last probe learned about one node.
+/// What the last probe learned about one node. A node that stops answering keeps its last
+/// role, timeline and position with `up = false`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeState {
     pub up: bool,
     pub role: Role,
-    /// Timeline of a primary's current WAL (primaries on older timelines are fenced), or of the
-    /// WAL a standby last received (`pg_stat_wal_receiver.received_tli`); 0 when unknown (a
-    /// standby without a WAL receiver, or a monitor role that may not read its details).
+    /// Timeline of a primary's current WAL, or of the WAL a standby last received
+    /// (`pg_stat_wal_receiver.received_tli`, kept while its receiver reconnects); 0 when unknown
+    /// (never seen, or a monitor role without pg_read_all_stats).
     pub timeline: u32,
     /// A primary's current WAL position, a standby's replay position.
     pub lsn: u64,
+    /// A standby's received (flushed) position; 0 for a primary.
+    pub receive_lsn: u64,
     /// How long a standby has had received WAL it has not replayed (0 when caught up).
     pub replay_lag_ms: u64,
     /// pg_postmaster_start_time in microseconds: a restart is a new incarnation.
     pub incarnation: i64,
+    /// A standby's WAL receiver is streaming now.
+    pub streaming: bool,
+    /// The configured node a standby streams from (by sender host and port), kept while its
+    /// receiver reconnects; None when its sender is no configured address (a relay, a VIP).
+    pub upstream: Option<usize>,
 }
 
 impl Default for NodeState {
     fn default() -> Self {
-        NodeState { up: false, role: Role::Unknown, timeline: 0, lsn: 0, replay_lag_ms: 0, incarnation: 0 }
+        NodeState {
+            up: false,
+            role: Role::Unknown,
+            timeline: 0,
+            lsn: 0,
+            receive_lsn: 0,
+            replay_lag_ms: 0,
+            incarnation: 0,
+            streaming: false,
+            upstream: None,
+        }
     }
 }
 
 impl NodeState {
-    /// Role or reachability differ (WAL positions move all the time and are not a change).
+    /// Role, reachability, timeline or upstream differ (WAL positions move all the time and are
+    /// not a change).
     pub fn changed_from(&self, other: &NodeState) -> bool {
         self.up != other.up
             || self.role != other.role
             || self.timeline != other.timeline
             || self.incarnation != other.incarnation
+            || self.upstream != other.upstream
+    }
+
+    /// Fills in what this probe could not see from the node's previous state: a down node keeps
+    /// its last role, timeline and position; a standby between WAL receivers keeps its timeline
+    /// and upstream (same incarnation only: a restarted node starts afresh).
+    fn carry_from(&mut self, previous: &NodeState) {
+        if !self.up {
+            let up = false;
+            *self = NodeState { up, streaming: false, ..previous.clone() };
+            return;
+        }
+        if self.role == Role::Standby && previous.role == Role::Standby && self.incarnation == previous.incarnation {
+            if self.timeline == 0 {
+                self.timeline = previous.timeline;
+            }
+            if !self.streaming && self.upstream.is_none() {
+                self.upstream = previous.upstream;
+            }
+        }
     }
 }
 
@@ -75,33 +120,37 @@ pub struct LagLimits {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub nodes: Vec<NodeState>,
-    /// The node writes go to: an up primary on the newest timeline.
+    /// The node writes go to: an up, unfenced primary on the newest timeline.
     pub leader: Option<usize>,
-    /// Followers that may serve reads now: up, streaming, within the lag limits.
+    /// Followers that may serve reads now: up, replaying the leader's history, within the lag limits.
     pub followers: Vec<usize>,
+    /// Per node, why it takes no work (None for the leader and followers in rotation).
+    pub idle: Vec<Option<Idle>>,
+    /// Epoch, the leader of the epoch, the current timeline and fenced nodes.
+    pub intent: Intent,
+    /// More than one primary is up.
+    pub split_brain: bool,
+    /// The failover driver's phase.
+    pub phase: Phase,
 }
 
 impl Snapshot {
-    fn elect(nodes: Vec<NodeState>, previous: Option<usize>, limits: LagLimits) -> Snapshot {
-        let primaries = || nodes.iter().enumerate().filter(|(_, n)| n.up && n.role == Role::Primary);
-        let newest = primaries().map(|(_, n)| n.timeline).max();
-        // Keep the current leader when it still qualifies, so two primaries never flap.
-        let leader = newest.and_then(|tl| {
-            previous
-                .filter(|&p| nodes.get(p).is_some_and(|n| n.up && n.role == Role::Primary && n.timeline == tl))
-                .or_else(|| primaries().find(|(_, n)| n.timeline == tl).map(|(i, _)| i))
-        });
-        // Without a known leader (it is down) byte lag cannot be measured: reads keep going on
-        // followers that replay what they receive.
-        let leader_lsn = leader.map(|l| nodes[l].lsn);
-        let followers = nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.up && n.role == Role::Standby && n.replay_lag_ms <= limits.max_ms)
-            .filter(|(_, n)| leader_lsn.is_none_or(|l| l.saturating_sub(n.lsn) <= limits.max_bytes))
-            .map(|(i, _)| i)
-            .collect();
-        Snapshot { nodes, leader, followers }
+    fn elect(nodes: Vec<NodeState>, previous: &Intent, phase: Phase, limits: LagLimits) -> Snapshot {
+        let e = election::elect(&nodes, previous, limits);
+        Snapshot {
+            nodes,
+            leader: e.leader,
+            followers: e.followers,
+            idle: e.idle,
+            intent: e.intent,
+            split_brain: e.split_brain,
+            phase,
+        }
+    }
+
+    /// True while `node` is fenced (never routed to until it rejoins).
+    pub fn fenced(&self, node: usize) -> bool {
+        self.intent.fenced.get(node).copied().unwrap_or(false)
     }
 }
 
@@ -110,7 +159,7 @@ impl Snapshot {
     /// snapshot's nodes). A down node keeps its last position and timeline; its lag is NaN.
     pub fn publish_metrics<'a>(&self, metrics: impl Iterator<Item = &'a crate::metrics::NodeMetrics>) {
         let leader_lsn = self.leader.map(|l| self.nodes[l].lsn);
-        for (state, node) in self.nodes.iter().zip(metrics) {
+        for (i, (state, node)) in self.nodes.iter().zip(metrics).enumerate() {
             let known = |v: u64| Some(v).filter(|_| state.up);
             let timeline = known(u64::from(state.timeline)).filter(|&t| t > 0).map(|t| t as u32);
             let (bytes, seconds) = match (state.up, state.role) {
@@ -122,16 +171,17 @@ impl Snapshot {
                 _ => (f64::NAN, f64::NAN),
             };
             node.node_state(known(state.lsn), timeline, bytes, seconds);
+            node.fenced(self.fenced(i));
         }
+        metrics::gauge!(crate::metrics::SPLIT_BRAIN).set(if self.split_brain { 1.0 } else { 0.0 });
     }
 }
 
 pub struct Topology {
     current: ArcSwap<Snapshot>,
     limits: LagLimits,
-    /// Serialises monitor updates (sessions never take it); holds the last leader known, so a
-    /// leader that went down and came back is not counted as a change.
-    write: Mutex<Option<usize>>,
+    /// Serialises updates from the monitors and the failover driver (sessions never take it).
+    write: Mutex<()>,
     changed: Notify,
     /// Per node: failures of the control-plane connections (monitor and position probes), so
     /// that the two tasks probing a node log a failure once between them.
@@ -144,11 +194,16 @@ impl Topology {
     /// A topology of the nodes named `names` (indexed like `config.nodes`), none probed yet.
     pub fn new(names: Vec<String>, limits: LagLimits) -> Topology {
         let nodes = names.len();
-        let snapshot = Snapshot { nodes: vec![NodeState::default(); nodes], leader: None, followers: Vec::new() };
+        let snapshot = Snapshot {
+            nodes: vec![NodeState::default(); nodes],
+            idle: vec![Some(Idle::NeverProbed); nodes],
+            intent: Intent { fenced: vec![false; nodes], ..Intent::default() },
+            ..Snapshot::default()
+        };
         Topology {
             current: ArcSwap::from_pointee(snapshot),
             limits,
-            write: Mutex::new(None),
+            write: Mutex::new(()),
             changed: Notify::new(),
             control_failures: (0..nodes).map(|_| FailureLog::default()).collect(),
             names,
@@ -165,32 +220,71 @@ impl Topology {
     }
 
     /// Records a probe result; returns the previous state of that node.
-    pub fn update(&self, node: usize, state: NodeState) -> NodeState {
-        let mut last_leader = self.write.lock().expect("topology lock poisoned");
-        let current = self.current.load();
+    pub fn update(&self, node: usize, mut state: NodeState) -> NodeState {
+        let _serial = self.write.lock().expect("topology lock poisoned");
+        let current = self.current.load_full();
         let previous = current.nodes[node].clone();
+        state.carry_from(&previous);
         if previous == state {
             return previous;
         }
         let mut nodes = current.nodes.clone();
         nodes[node] = state;
-        let next = Snapshot::elect(nodes, current.leader, self.limits);
+        self.publish(&current, Snapshot::elect(nodes, &current.intent, current.phase, self.limits));
+        previous
+    }
+
+    /// Applies a decision of the failover driver to the intent and elects again.
+    pub fn decide(&self, decision: impl FnOnce(&mut Intent, &mut Phase)) {
+        let _serial = self.write.lock().expect("topology lock poisoned");
+        let current = self.current.load_full();
+        let (mut intent, mut phase) = (current.intent.clone(), current.phase);
+        decision(&mut intent, &mut phase);
+        self.publish(&current, Snapshot::elect(current.nodes.clone(), &intent, phase, self.limits));
+    }
+
+    /// Logs what changed between two snapshots, counts leader changes, and swaps the new one in.
+    fn publish(&self, current: &Snapshot, next: Snapshot) {
         if next.followers != current.followers {
             let followers = self.list(&next.followers);
             tracing::info!(followers = %followers, "followers in rotation changed");
         }
         if next.leader != current.leader {
             let (from, to) = (self.list(current.leader.as_slice()), self.list(next.leader.as_slice()));
-            tracing::info!(%from, %to, "leader changed");
+            tracing::info!(%from, %to, epoch = next.intent.epoch, "leader changed");
         }
-        if let Some(leader) = next.leader {
-            if last_leader.replace(leader).is_some_and(|last| last != leader) {
-                metrics::counter!(crate::metrics::LEADER_CHANGES).increment(1);
+        if next.intent.epoch > current.intent.epoch && current.intent.epoch > 0 {
+            metrics::counter!(crate::metrics::LEADER_CHANGES).increment(1);
+        }
+        for (i, (&now, &before)) in next.intent.fenced.iter().zip(&current.intent.fenced).enumerate() {
+            if now != before {
+                let node = &self.names[i];
+                if now {
+                    tracing::warn!(%node, "node fenced: no unit is routed to it until it rejoins as a follower of the leader");
+                } else {
+                    tracing::info!(%node, "fenced node rejoined as a follower of the leader");
+                }
             }
+        }
+        if next.split_brain && !current.split_brain {
+            let primaries: Vec<usize> =
+                (0..next.nodes.len()).filter(|&i| next.nodes[i].up && next.nodes[i].role == Role::Primary).collect();
+            tracing::error!(primaries = %self.list(&primaries), leader = %self.list(next.leader.as_slice()), "two primaries are up (split brain): only the leader is routed to; the others are fenced");
+        } else if current.split_brain && !next.split_brain {
+            tracing::info!("split brain over: one primary is up");
         }
         self.current.store(Arc::new(next));
         self.changed.notify_waiters();
-        previous
+    }
+
+    /// Waits until the snapshot changes (or a caller-side timeout fires).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// The node's name.
+    pub fn name(&self, node: usize) -> &str {
+        &self.names[node]
     }
 
     /// Node names separated by commas, "none" for no node.
@@ -220,36 +314,31 @@ impl Topology {
 mod tests {
     use super::*;
 
-    const LIMITS: LagLimits = LagLimits { max_bytes: 1000, max_ms: 500 };
-
-    fn primary(timeline: u32) -> NodeState {
-        NodeState { up: true, role: Role::Primary, timeline, lsn: 10_000, ..Default::default() }
-    }
-
-    fn standby(lsn: u64, replay_lag_ms: u64) -> NodeState {
-        NodeState { up: true, role: Role::Standby, lsn, replay_lag_ms, ..Default::default() }
-    }
-
     #[test]
-    fn elects_the_newest_timeline_and_keeps_a_qualifying_leader() {
-        let s = Snapshot::elect(vec![primary(1), standby(10_000, 0), primary(2)], None, LIMITS);
-        assert_eq!(s.leader, Some(2));
-        let s = Snapshot::elect(vec![primary(2), standby(10_000, 0), primary(2)], Some(2), LIMITS);
-        assert_eq!(s.leader, Some(2));
-        let down = NodeState { up: false, ..primary(3) };
-        let s = Snapshot::elect(vec![down, standby(10_000, 0), primary(2)], Some(0), LIMITS);
-        assert_eq!(s.leader, Some(2));
-        assert_eq!(Snapshot::elect(vec![standby(0, 0)], None, LIMITS).leader, None);
-    }
-
-    #[test]
-    fn followers_in_rotation_are_up_standbys_within_lag_limits() {
-        let down = NodeState { up: false, ..standby(10_000, 0) };
-        let nodes = vec![primary(1), standby(9_500, 0), standby(8_000, 0), standby(10_000, 900), down];
-        assert_eq!(Snapshot::elect(nodes.clone(), None, LIMITS).followers, vec![1]);
-        // With the leader gone, byte lag is unknown: time lag alone decides.
-        let mut leaderless = nodes;
-        leaderless[0].up = false;
-        assert_eq!(Snapshot::elect(leaderless, None, LIMITS).followers, vec![1, 2]);
+    fn a_down_node_keeps_its_last_state_and_a_reconnecting_standby_its_timeline() {
+        let topology = Topology::new(vec!["a".into(), "b".into()], LagLimits { max_bytes: 1000, max_ms: 1000 });
+        let primary =
+            NodeState { up: true, role: Role::Primary, timeline: 3, lsn: 100, incarnation: 7, ..Default::default() };
+        topology.update(0, primary.clone());
+        topology.update(0, NodeState::default());
+        let kept = &topology.snapshot().nodes[0];
+        assert_eq!((kept.up, kept.role, kept.timeline, kept.incarnation), (false, Role::Primary, 3, 7));
+        let streaming = NodeState {
+            up: true,
+            role: Role::Standby,
+            timeline: 3,
+            streaming: true,
+            upstream: Some(0),
+            incarnation: 9,
+            ..Default::default()
+        };
+        topology.update(1, streaming.clone());
+        let between = NodeState { timeline: 0, streaming: false, upstream: None, ..streaming.clone() };
+        topology.update(1, between.clone());
+        let s = topology.snapshot();
+        assert_eq!((s.nodes[1].timeline, s.nodes[1].upstream), (3, Some(0)));
+        // A restart is a new incarnation: nothing is carried.
+        topology.update(1, NodeState { incarnation: 10, ..between });
+        assert_eq!(topology.snapshot().nodes[1].timeline, 0);
     }
 }

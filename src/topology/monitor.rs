@@ -11,16 +11,25 @@ use std::time::{Duration, Instant};
 /// Called when a node's state changes: (node index, before, after).
 pub type OnChange = Arc<dyn Fn(usize, &NodeState, &NodeState) + Send + Sync>;
 
-/// One round trip: role, timeline, WAL position, replay lag, incarnation. A standby's timeline
-/// is that of the WAL it last received (NULL, so 0, without a WAL receiver or for a role
-/// without pg_read_all_stats).
+/// One round trip: role, timeline, WAL position, replay lag, incarnation, and a standby's WAL
+/// receiver (received position, streaming or not, sender). A standby's timeline is that of the
+/// WAL it last received (NULL, so 0, without a WAL receiver or for a role without
+/// pg_read_all_stats).
 const PROBE_SQL: &str = "SELECT r, \
-     CASE WHEN r THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), 0) ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
+     CASE WHEN r THEN coalesce(w.received_tli, 0) ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
      ((CASE WHEN r THEN coalesce(pg_last_wal_replay_lsn(), '0/0') ELSE pg_current_wal_lsn() END) - '0/0'::pg_lsn)::int8, \
      CASE WHEN NOT r OR pg_last_wal_receive_lsn() IS NULL OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0 \
      ELSE coalesce((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::int8, 0) END, \
-     (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::int8 \
-     FROM pg_is_in_recovery() AS r";
+     (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::int8, \
+     (coalesce(pg_last_wal_receive_lsn(), '0/0') - '0/0'::pg_lsn)::int8, \
+     coalesce(w.status = 'streaming', false), w.sender_host, w.sender_port \
+     FROM pg_is_in_recovery() AS r LEFT JOIN pg_stat_wal_receiver w ON true";
+
+/// The configured node a WAL receiver's sender address names.
+pub fn node_at(nodes: &[NodeConfig], host: Option<&str>, port: Option<i32>) -> Option<usize> {
+    let (host, port) = (host?, port?);
+    nodes.iter().position(|n| n.host == host && i32::from(n.port) == port)
+}
 
 pub fn control_pool(config: &Config, node: &NodeConfig) -> Pool {
     let (user, password) = config.monitor_login();
@@ -51,7 +60,7 @@ pub fn control_target(config: &Config, node: &NodeConfig) -> Target {
     }
 }
 
-async fn probe(pool: &Pool) -> Result<NodeState, Failure> {
+async fn probe(pool: &Pool, nodes: &[NodeConfig]) -> Result<NodeState, Failure> {
     let client = pool.get().await.map_err(|e| Failure::of_control(&e))?;
     // Prepared once per connection: a text query was parsed, described and closed every probe.
     let statement = client.prepare_cached(PROBE_SQL).await.map_err(|e| Failure::of_pg(&e))?;
@@ -64,6 +73,9 @@ async fn probe(pool: &Pool) -> Result<NodeState, Failure> {
         lsn: row.get::<_, i64>(2).max(0) as u64,
         replay_lag_ms: row.get::<_, i64>(3).max(0) as u64,
         incarnation: row.get(4),
+        receive_lsn: row.get::<_, i64>(5).max(0) as u64,
+        streaming: row.get(6),
+        upstream: node_at(nodes, row.get(7), row.get(8)),
     })
 }
 
@@ -75,6 +87,7 @@ pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange, 
         let timeouts_to_down = config.monitor.timeouts_to_down;
         let (topology, on_change, name) = (topology.clone(), on_change.clone(), node.name.clone());
         let target = control_target(config, node);
+        let nodes = config.nodes.clone();
         let up = metrics::gauge!(crate::metrics::NODE_UP, "node" => name.clone());
         let leader = metrics::gauge!(crate::metrics::NODE_IS_LEADER, "node" => name.clone());
         let probe_time = metrics::histogram!(crate::metrics::NODE_PROBE_SECONDS, "node" => name.clone());
@@ -85,7 +98,7 @@ pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange, 
             loop {
                 ticker.tick().await;
                 let started = Instant::now();
-                let probed = tokio::time::timeout(timeout, probe(&pool)).await;
+                let probed = tokio::time::timeout(timeout, probe(&pool, &nodes)).await;
                 probe_time.record(started.elapsed().as_secs_f64());
                 let failures = topology.control_failures(i);
                 let state = match probed {
@@ -112,11 +125,14 @@ pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange, 
                 };
                 timeouts.answered();
                 up.set(if state.up { 1.0 } else { 0.0 });
-                let before = topology.update(i, state.clone());
-                leader.set(if topology.snapshot().leader == Some(i) { 1.0 } else { 0.0 });
+                let before = topology.update(i, state);
+                let snapshot = topology.snapshot();
+                leader.set(if snapshot.leader == Some(i) { 1.0 } else { 0.0 });
+                // Compared as stored: what a probe could not see was carried from before.
+                let state = &snapshot.nodes[i];
                 if state.changed_from(&before) {
-                    log_change(&name, &before, &state);
-                    on_change(i, &before, &state);
+                    log_change(&name, &before, state, &nodes);
+                    on_change(i, &before, state);
                 }
             }
         }));
@@ -125,7 +141,7 @@ pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange, 
 
 /// One line per node state change, as fields: role, timeline (when known), WAL position as
 /// PostgreSQL writes it, lag (standbys), and what the node was before.
-fn log_change(node: &str, before: &NodeState, after: &NodeState) {
+fn log_change(node: &str, before: &NodeState, after: &NodeState, nodes: &[NodeConfig]) {
     let was = if before.up { before.role.name() } else { "down" };
     if !after.up {
         tracing::info!(%node, up = false, %was, "node state changed");
@@ -139,6 +155,7 @@ fn log_change(node: &str, before: &NodeState, after: &NodeState) {
         timeline = (after.timeline != 0).then_some(after.timeline),
         lsn = %format_lsn(after.lsn),
         lag_ms = (after.role == Role::Standby).then_some(after.replay_lag_ms),
+        streams_from = after.upstream.map(|u| nodes[u].name.as_str()),
         %was,
         restarted = restarted.then_some(true),
         "node state changed"

@@ -11,6 +11,7 @@ pub enum Show {
     Config,
     Version,
     Help,
+    Failovers,
 }
 
 /// One console command.
@@ -22,6 +23,11 @@ pub enum Command {
     Resume,
     Shutdown,
     Kill(u64),
+    /// PROMOTE [node] [FORCE]: the node by name (None: the election's choice).
+    Promote {
+        node: Option<String>,
+        force: bool,
+    },
 }
 
 /// Every command with what it does, for SHOW HELP and the error an unknown command gets.
@@ -32,6 +38,10 @@ pub const HELP: &[(&str, &str)] = &[
     ("SHOW SERVERS", "each server connection: node, database, user, state, client, age"),
     ("SHOW STATS", "totals and per-second rates since start"),
     ("SHOW CONFIG", "the running configuration (secrets masked)"),
+    (
+        "SHOW FAILOVERS",
+        "each failover attempt: start, end, result, old and new leader, timelines, phase durations, lost WAL",
+    ),
     ("SHOW VERSION", "pgcausal's version"),
     ("SHOW HELP", "this list"),
     ("RELOAD", "read the config file again and apply what can change live"),
@@ -39,6 +49,10 @@ pub const HELP: &[(&str, &str)] = &[
     ("RESUME", "serve held and new units again"),
     ("SHUTDOWN", "stop accepting, let units finish, close clients, exit"),
     ("KILL <client id>", "close one client's connection (its unit in flight is rolled back)"),
+    (
+        "PROMOTE [node] [FORCE]",
+        "once the leader is confirmed dead: promote the election's choice or this node (FORCE: even if behind)",
+    ),
 ];
 
 /// Why a query is not a command.
@@ -78,6 +92,7 @@ pub fn parse(sql: &str) -> Result<Option<Command>, CommandError> {
             "CONFIG" => Show::Config,
             "VERSION" => Show::Version,
             "HELP" => Show::Help,
+            "FAILOVERS" => Show::Failovers,
             _ => return Err(CommandError::Unknown(sql.to_string())),
         }),
         ["RELOAD"] => Command::Reload,
@@ -87,6 +102,16 @@ pub fn parse(sql: &str) -> Result<Option<Command>, CommandError> {
         ["KILL", _] => {
             let id = sql.split_whitespace().nth(1).unwrap_or_default();
             Command::Kill(id.parse().map_err(|_| CommandError::BadClientId(id.to_string()))?)
+        }
+        ["PROMOTE", rest @ ..] if rest.len() <= 2 => {
+            let original: Vec<&str> = sql.split_whitespace().skip(1).collect();
+            let force = rest.last() == Some(&"FORCE");
+            let named = if force { &original[..original.len() - 1] } else { &original[..] };
+            match named {
+                [] => Command::Promote { node: None, force },
+                [node] => Command::Promote { node: Some(node.to_string()), force },
+                _ => return Err(CommandError::Unknown(sql.to_string())),
+            }
         }
         _ => return Err(CommandError::Unknown(sql.to_string())),
     };
@@ -103,6 +128,13 @@ mod tests {
         assert_eq!(parse("  SHOW   Nodes ;  "), Ok(Some(Command::Show(Show::Nodes))));
         assert_eq!(parse("reload;"), Ok(Some(Command::Reload)));
         assert_eq!(parse("KILL 42"), Ok(Some(Command::Kill(42))));
+        assert_eq!(parse("promote"), Ok(Some(Command::Promote { node: None, force: false })));
+        assert_eq!(parse("PROMOTE Node2"), Ok(Some(Command::Promote { node: Some("Node2".into()), force: false })));
+        assert_eq!(
+            parse("PROMOTE node2 force"),
+            Ok(Some(Command::Promote { node: Some("node2".into()), force: true }))
+        );
+        assert_eq!(parse("SHOW FAILOVERS"), Ok(Some(Command::Show(Show::Failovers))));
         assert_eq!(parse(" ; "), Ok(None));
         assert_eq!(parse(""), Ok(None));
     }

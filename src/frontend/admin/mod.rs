@@ -5,9 +5,11 @@
 pub mod command;
 mod kill;
 mod pause;
+mod promote;
 pub mod reload;
 mod show_clients;
 mod show_config;
+mod show_failovers;
 mod show_nodes;
 mod show_pools;
 mod show_servers;
@@ -166,11 +168,13 @@ async fn execute(command: Command, shared: &Shared) -> Result<Answer, ProxyError
             Show::Config => show_config::show_config(shared),
             Show::Version => show_version::show_version(),
             Show::Help => show_version::show_help(),
+            Show::Failovers => show_failovers::show_failovers(shared),
         }),
         Command::Reload => reload::reload(shared).map(|_| Answer::Done("RELOAD"))?,
         Command::Pause => pause::pause(shared).await,
         Command::Resume => pause::resume(shared),
         Command::Shutdown => shutdown::shutdown(shared),
         Command::Kill(id) => kill::kill(shared, id)?,
+        Command::Promote { node, force } => promote::promote(shared, node, force).await?,
     })
 }

@@ -1,5 +1,6 @@
 //! SHOW NODES: each node's role, timeline, health, rotation (and why not), WAL position, lag,
-//! incarnation, server connections and units routed, from the topology snapshot and pools.
+//! incarnation, fencing, upstream, the failover phase and epoch, server connections and units
+//! routed, from the topology snapshot and pools.
 
 use super::Table;
 use crate::consistency::format_lsn;
@@ -21,11 +22,17 @@ pub fn show_nodes(shared: &Shared) -> Table {
         "lag_bytes",
         "lag_seconds",
         "incarnation",
+        "fenced",
+        "streams_from",
+        "failover_phase",
+        "epoch",
+        "priority",
         "server_connections",
         "units_routed",
     ]);
     let leader_lsn = snapshot.leader.map(|l| snapshot.nodes[l].lsn);
-    for (i, node) in shared.config().nodes.iter().enumerate() {
+    let config = shared.config();
+    for (i, node) in config.nodes.iter().enumerate() {
         let state = &snapshot.nodes[i];
         let pools = &shared.pools.nodes[i];
         let standby = state.role == Role::Standby;
@@ -43,6 +50,11 @@ pub fn show_nodes(shared: &Shared) -> Table {
             lag_bytes.map(|b| b.to_string()),
             Some(state.replay_lag_ms).filter(|_| standby && state.up).map(|ms| format!("{:.3}", ms as f64 / 1000.0)),
             Some(state.incarnation).filter(|&i| i != 0).map(|i| i.to_string()),
+            Some(snapshot.fenced(i).to_string()),
+            state.upstream.filter(|_| standby).and_then(|u| config.nodes.get(u)).map(|n| n.name.clone()),
+            Some(snapshot.phase.name().to_string()),
+            Some(snapshot.intent.epoch.to_string()),
+            Some(node.priority.to_string()),
             Some(pools.connections().to_string()),
             Some(pools.units_routed().to_string()),
         ]);
@@ -54,6 +66,7 @@ fn role_name(snapshot: &Snapshot, node: usize) -> &'static str {
     let state = &snapshot.nodes[node];
     match state.role {
         Role::Primary if snapshot.leader == Some(node) => "leader",
+        Role::Primary if snapshot.fenced(node) => "primary (fenced)",
         Role::Primary => "primary (not leader)",
         Role::Standby => "follower",
         Role::Unknown => "unknown",
@@ -65,16 +78,7 @@ fn in_rotation(snapshot: &Snapshot, node: usize) -> bool {
     snapshot.leader == Some(node) || snapshot.followers.contains(&node)
 }
 
-/// Why a node takes no work, from what the snapshot's election saw.
+/// Why a node takes no work, as the snapshot's election decided.
 fn why_not(snapshot: &Snapshot, node: usize) -> Option<&'static str> {
-    if in_rotation(snapshot, node) {
-        return None;
-    }
-    let state = &snapshot.nodes[node];
-    Some(match state.role {
-        _ if !state.up => "down",
-        Role::Unknown => "never probed",
-        Role::Primary => "a primary on an older timeline, or not the elected leader",
-        Role::Standby => "lagging beyond routing limits",
-    })
+    snapshot.idle.get(node).copied().flatten().map(|idle| idle.reason())
 }

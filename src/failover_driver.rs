@@ -1,0 +1,533 @@
+//! The failover driver on the control thread: watches the topology, walks the state machine of
+//! `topology::failover` and performs each phase's I/O on the nodes (`topology::actions`), then
+//! feeds the outcome back. Also keeps fenced primaries read-only and repoints stray followers.
+
+use crate::config::{Config, FailoverMode};
+use crate::frontend::shared::Shared;
+use crate::metrics;
+use crate::topology::actions::NodeSession;
+use crate::topology::failover::{self, Candidate, Event, Failovers, NoCandidate, Order, Outcome, Phase, Record};
+use crate::topology::{NodeState, Role, Snapshot, Topology};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// How often the driver looks again without a topology change (timeouts, retries).
+const TICK: Duration = Duration::from_millis(100);
+/// Wait between attempts after no follower qualified or a promotion failed.
+const RETRY: Duration = Duration::from_secs(1);
+/// Longest wait for pg_promote(wait => true).
+const PROMOTE_WAIT: Duration = Duration::from_secs(30);
+
+/// Starts the driver; it ends when the proxy (its `Shared`) is gone.
+pub fn spawn(shared: &Arc<Shared>, orders: mpsc::UnboundedReceiver<Order>, tasks: &mut crate::control::Tasks) {
+    let nodes = shared.config().nodes.len();
+    let driver = Driver {
+        shared: Arc::downgrade(shared),
+        topology: shared.topology.clone(),
+        failovers: shared.failovers.clone(),
+        orders,
+        phase: Phase::Healthy,
+        record: None,
+        suspect_since: Instant::now(),
+        next_check: Instant::now(),
+        last_seen_up: vec![Instant::now(); nodes],
+        order: None,
+        target: None,
+        switch_lsn: 0,
+        counted: false,
+        fenced_done: vec![0; nodes],
+        repointed: vec![(0, 0); nodes],
+        checked: vec![false; nodes],
+        waiting_logged: false,
+    };
+    tasks.add(crate::control::spawn(driver.run()));
+}
+
+struct Driver {
+    shared: Weak<Shared>,
+    topology: Arc<Topology>,
+    failovers: Arc<Failovers>,
+    orders: mpsc::UnboundedReceiver<Order>,
+    phase: Phase,
+    /// The attempt under way (from the leader's first failure).
+    record: Option<Record>,
+    suspect_since: Instant,
+    /// No new confirmation, election or promotion attempt before this.
+    next_check: Instant,
+    /// Per node: when a probe last found it up (detection time starts there).
+    last_seen_up: Vec<Instant>,
+    /// The operator's PROMOTE, waiting for its outcome.
+    order: Option<Order>,
+    /// The node being promoted, then the leader followers are pointed at.
+    target: Option<usize>,
+    /// The promoted node's position when frozen: the new timeline's switch point.
+    switch_lsn: u64,
+    /// The attempt's non-final outcome (veto, no candidate) was counted already.
+    counted: bool,
+    /// Per node: the incarnation last made read-only as a fenced primary.
+    fenced_done: Vec<i64>,
+    /// Per node: the (incarnation, epoch) it was last repointed in, so a stray is repointed once.
+    repointed: Vec<(i64, u64)>,
+    /// Per node: the failover login's permissions were checked.
+    checked: Vec<bool>,
+    waiting_logged: bool,
+}
+
+impl Driver {
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                _ = self.topology.changed() => {}
+                _ = tokio::time::sleep(TICK) => {}
+                order = self.orders.recv() => match order {
+                    Some(order) => self.take_order(order),
+                    None => return,
+                },
+            }
+            let Some(shared) = self.shared.upgrade() else { return };
+            let config = shared.config();
+            let snapshot = self.topology.snapshot();
+            let now = Instant::now();
+            for (i, n) in snapshot.nodes.iter().enumerate() {
+                if n.up {
+                    self.last_seen_up[i] = now;
+                }
+            }
+            if config.failover.mode == FailoverMode::Off {
+                continue; // promotions made by others are followed by the election alone
+            }
+            self.check_permissions(&config, &snapshot).await;
+            self.step(&shared, &config, &snapshot, now).await;
+            if self.phase == Phase::Healthy {
+                self.keep_fenced_read_only(&shared, &config, &snapshot).await;
+                self.repoint_strays(&config, &snapshot).await;
+            }
+        }
+    }
+
+    /// Moves the machine by `event`, publishing the phase (SHOW NODES, /ready/writes).
+    fn transition(&mut self, event: Event) {
+        let Some(next) = self.phase.on(event) else {
+            tracing::error!(phase = self.phase.name(), ?event, "failover event ignored: not valid in this phase");
+            return;
+        };
+        if next != self.phase {
+            tracing::info!(from = self.phase.name(), to = next.name(), ?event, "failover phase");
+        }
+        self.phase = next;
+        self.topology.decide(|_, phase| *phase = next);
+    }
+
+    async fn step(&mut self, shared: &Shared, config: &Config, snapshot: &Snapshot, now: Instant) {
+        let Some(leader) = snapshot.intent.leader else { return };
+        let leader_up = snapshot.nodes[leader].up && snapshot.nodes[leader].role == Role::Primary;
+        match self.phase {
+            Phase::Healthy if !leader_up && snapshot.leader.is_none() => self.suspect(config, snapshot, leader, now),
+            Phase::Healthy => {}
+            Phase::Suspect if leader_up => self.leader_answered(leader, now),
+            Phase::Suspect => {
+                if now.duration_since(self.suspect_since) >= config.failover.timeout && now >= self.next_check {
+                    self.confirm(shared, config, snapshot, leader, now).await;
+                }
+            }
+            Phase::Confirmed if leader_up && self.target.is_none() && self.order.is_none() => {
+                // Back before anything was promoted: it stays leader; followers frozen by a
+                // failed election are pointed back at it.
+                self.topology.decide(|intent, _| {
+                    if let Some(f) = intent.fenced.get_mut(leader) {
+                        *f = false;
+                    }
+                });
+                self.target = Some(leader);
+                self.transition(Event::LeaderAnswered);
+            }
+            Phase::Confirmed => {
+                let ordered = self.order.is_some() || config.failover.mode == FailoverMode::Auto;
+                if !ordered {
+                    if !self.waiting_logged {
+                        tracing::warn!(leader = %self.topology.name(leader), "leader confirmed dead; failover.mode = manual: waiting for PROMOTE [node] on the admin console");
+                        self.waiting_logged = true;
+                    }
+                } else if now >= self.next_check {
+                    self.transition(Event::PromoteOrdered);
+                }
+            }
+            Phase::Freezing => self.freeze_and_elect(config, snapshot, leader, now).await,
+            Phase::Promoting => self.promote(shared, config, snapshot, leader, now).await,
+            Phase::Repointing => self.repoint(config, snapshot, now).await,
+        }
+    }
+
+    fn suspect(&mut self, config: &Config, snapshot: &Snapshot, leader: usize, now: Instant) {
+        let id = self.failovers.next_id();
+        let name = config.nodes[leader].name.clone();
+        let record = Record::new(id, name.clone(), snapshot.intent.timeline, self.last_seen_up[leader], now);
+        let detect = record.phases[0].unwrap_or_default();
+        metrics::histogram(metrics::FAILOVER_PHASE_SECONDS, "detect", detect);
+        tracing::warn!(leader = %name, detect_ms = detect.as_millis() as u64, timeout = %humantime::format_duration(config.failover.timeout), "leader suspect: it fails its probes");
+        self.failovers.upsert(&record);
+        self.record = Some(record);
+        self.suspect_since = now;
+        self.next_check = now;
+        self.counted = false;
+        self.waiting_logged = false;
+        self.target = None;
+        self.transition(Event::LeaderFailed);
+    }
+
+    fn leader_answered(&mut self, leader: usize, now: Instant) {
+        let name = self.topology.name(leader).to_string();
+        if let Some(mut record) = self.record.take() {
+            if record.outcome == Outcome::Vetoed {
+                // Kept: an operator should see that pgcausal was cut off.
+                record.end(Outcome::Vetoed, record.reason.clone(), now);
+                metrics::failover(Outcome::Vetoed);
+                self.failovers.upsert(&record);
+            } else {
+                self.failovers.forget(record.id); // one late probe is not a failover attempt
+            }
+        }
+        tracing::info!(leader = %name, "leader answers again; no failover");
+        self.transition(Event::LeaderAnswered);
+    }
+
+    /// Confirms the leader dead from the followers' side too: none still hears from it.
+    async fn confirm(&mut self, shared: &Shared, config: &Config, snapshot: &Snapshot, leader: usize, now: Instant) {
+        let timeout = config.monitor.timeout;
+        let standbys: Vec<usize> = standbys(snapshot).filter(|&i| i != leader).collect();
+        let reads = standbys.iter().map(|&i| async move {
+            let session = NodeSession::open(config, &config.nodes[i], timeout).await?;
+            session.receiver(i, &config.nodes).await
+        });
+        let receivers: Vec<_> =
+            futures_util::future::join_all(reads).await.into_iter().filter_map(Result::ok).collect();
+        let now_after = Instant::now();
+        let record = self.record.as_mut().expect("a record while suspect");
+        if let Some(witness) = failover::veto(&receivers, leader, config.failover.timeout) {
+            let (leader, witness) = (self.topology.name(leader).to_string(), self.topology.name(witness).to_string());
+            if !self.counted {
+                tracing::warn!(%leader, %witness, "failover vetoed: a follower still receives WAL from the leader, so pgcausal is the one cut off");
+                metrics::counter(metrics::FAILOVER_VETOES);
+                record.outcome = Outcome::Vetoed;
+                record.reason = format!("vetoed: {witness} still receives WAL from {leader}");
+                self.failovers.upsert(record);
+                self.counted = true;
+            }
+            self.next_check = now_after + config.failover.timeout / 4;
+            self.transition(Event::Vetoed);
+            return;
+        }
+        let took = record.phase_done(1, now_after);
+        metrics::histogram(metrics::FAILOVER_PHASE_SECONDS, "confirm", took);
+        record.outcome = Outcome::Running;
+        record.reason.clear();
+        self.counted = false;
+        self.failovers.upsert(record);
+        let name = self.topology.name(leader).to_string();
+        let asked = standbys.len();
+        tracing::warn!(leader = %name, followers_asked = asked, followers_answered = receivers.len(), confirm_ms = took.as_millis() as u64, "leader confirmed dead: fenced, no unit is routed to it");
+        // Fence first, then route: the old leader is never elected again until it rejoins.
+        self.topology.decide(|intent, _| {
+            if let Some(f) = intent.fenced.get_mut(leader) {
+                *f = true;
+            }
+        });
+        shared.pools.drain_node(leader);
+        self.transition(Event::Confirmed);
+        let _ = now;
+    }
+
+    async fn freeze_and_elect(&mut self, config: &Config, snapshot: &Snapshot, leader: usize, now: Instant) {
+        let timeout = config.monitor.timeout;
+        let frozen = standbys(snapshot).filter(|&i| i != leader && !snapshot.fenced(i)).map(|i| async move {
+            let session = NodeSession::open(config, &config.nodes[i], timeout).await?;
+            session.freeze().await.map(|position| (i, position))
+        });
+        let mut candidates = Vec::new();
+        for result in futures_util::future::join_all(frozen).await {
+            match result {
+                Ok((i, position)) => {
+                    metrics::action("freeze", true);
+                    let (node, timeline) = (&config.nodes[i], snapshot.nodes[i].timeline);
+                    let (name, priority) = (node.name.clone(), node.priority);
+                    candidates.push(Candidate { node: i, name, priority, timeline, position });
+                }
+                Err(e) => {
+                    metrics::action("freeze", false);
+                    tracing::warn!(error = %e, "could not freeze a follower; it is not a candidate");
+                }
+            }
+        }
+        let timeline = snapshot.intent.timeline;
+        let chosen = self.order.as_ref().and_then(|o| o.node);
+        let force = self.order.as_ref().is_some_and(|o| o.force);
+        let elected = failover::elect(&candidates, timeline, chosen).and_then(|c| {
+            let best = failover::elect(&candidates, timeline, None).ok();
+            let ahead = best.and_then(|b| candidates.iter().find(|x| x.node == b)).map_or(0, |b| b.position);
+            let mine = candidates.iter().find(|x| x.node == c).map_or(0, |x| x.position);
+            match (chosen, force) {
+                (Some(_), false) if ahead > mine => {
+                    Err(NoCandidate::Behind(config.nodes[c].name.clone(), ahead - mine))
+                }
+                _ => Ok(c),
+            }
+        });
+        let record = self.record.as_mut().expect("a record while freezing");
+        match elected {
+            Ok(node) => {
+                let took = record.phase_done(2, Instant::now());
+                metrics::histogram(metrics::FAILOVER_PHASE_SECONDS, "freeze", took);
+                let position = candidates.iter().find(|c| c.node == node).map_or(0, |c| c.position);
+                self.switch_lsn = position;
+                self.target = Some(node);
+                let list: Vec<String> = candidates
+                    .iter()
+                    .map(|c| format!("{}@{}", c.name, crate::consistency::format_lsn(c.position)))
+                    .collect();
+                tracing::warn!(elected = %config.nodes[node].name, candidates = %list.join(","), freeze_ms = took.as_millis() as u64, "followers frozen; promoting the most advanced");
+                self.failovers.upsert(record);
+                self.transition(Event::Elected);
+            }
+            Err(why) => {
+                if !self.counted {
+                    tracing::error!(reason = %why, "no follower can be promoted; retrying");
+                    metrics::failover(Outcome::NoCandidate);
+                    self.counted = true;
+                }
+                record.outcome = Outcome::NoCandidate;
+                record.reason = why.to_string();
+                self.failovers.upsert(record);
+                if let Some(order) = self.order.take() {
+                    let _ = order.reply.send(Err(why.to_string()));
+                }
+                self.next_check = now + RETRY;
+                self.transition(Event::NoCandidate);
+            }
+        }
+    }
+
+    async fn promote(&mut self, shared: &Shared, config: &Config, snapshot: &Snapshot, old: usize, now: Instant) {
+        let node = self.target.expect("a target while promoting");
+        let session = NodeSession::open(config, &config.nodes[node], config.monitor.timeout).await;
+        let promoted = match session {
+            Ok(session) => session.promote(PROMOTE_WAIT).await,
+            Err(e) => Err(e),
+        };
+        let record = self.record.as_mut().expect("a record while promoting");
+        let timeline = match promoted {
+            Ok(timeline) => timeline,
+            Err(e) => {
+                metrics::action("promote", false);
+                tracing::error!(error = %e, "promotion failed; electing again");
+                record.reason = e.to_string();
+                self.failovers.upsert(record);
+                if let Some(order) = self.order.take() {
+                    let _ = order.reply.send(Err(e.to_string()));
+                }
+                self.target = None;
+                self.next_check = now + RETRY;
+                self.transition(Event::PromoteFailed);
+                return;
+            }
+        };
+        metrics::action("promote", true);
+        let took = record.phase_done(3, Instant::now());
+        metrics::histogram(metrics::FAILOVER_PHASE_SECONDS, "promote", took);
+        let name = config.nodes[node].name.clone();
+        record.new_leader = Some(name.clone());
+        record.new_timeline = Some(timeline);
+        // What the old leader had flushed past the switch point is lost to the new timeline.
+        let old_position = snapshot.nodes[old].lsn.max(shared.positions.nodes[old].sample().lsn);
+        let lost = old_position.saturating_sub(self.switch_lsn);
+        record.lost_wal_bytes = Some(lost);
+        if lost > 0 {
+            metrics::counter_by(metrics::LOST_WAL_BYTES, lost);
+            tracing::error!(old_leader = %record.old_leader, new_leader = %name, lost_wal_bytes = lost, switch = %crate::consistency::format_lsn(self.switch_lsn), "the old leader had WAL the new leader lacks: it is lost");
+        }
+        tracing::warn!(new_leader = %name, timeline, promote_ms = took.as_millis() as u64, "promoted");
+        self.failovers.upsert(record);
+        // Elect it now rather than at its next probe: writes resume at once.
+        let current = &snapshot.nodes[node];
+        let state = NodeState {
+            up: true,
+            role: Role::Primary,
+            timeline,
+            lsn: self.switch_lsn,
+            incarnation: current.incarnation,
+            ..NodeState::default()
+        };
+        self.topology.update(node, state);
+        if let Some(order) = self.order.take() {
+            let _ = order.reply.send(Ok(format!("{name} promoted on timeline {timeline}")));
+        }
+        self.transition(Event::Promoted);
+    }
+
+    /// Points every other follower at the target and waits (bounded) until each streams from it.
+    async fn repoint(&mut self, config: &Config, snapshot: &Snapshot, now: Instant) {
+        let target = self.target.expect("a target while repointing");
+        let timeline =
+            snapshot.nodes[target].timeline.max(self.record.as_ref().and_then(|r| r.new_timeline).unwrap_or(0));
+        let others: Vec<usize> = standbys(snapshot).filter(|&i| i != target && !snapshot.fenced(i)).collect();
+        let deadline = Instant::now() + config.failover.repoint_timeout;
+        let jobs = others.iter().map(|&i| async move {
+            let session = NodeSession::open(config, &config.nodes[i], config.monitor.timeout).await?;
+            session.repoint(config, &config.nodes[target]).await?;
+            while !session.streams_on(timeline).await? {
+                if Instant::now() >= deadline {
+                    return Ok((i, false));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok::<_, crate::topology::actions::ActionError>((i, true))
+        });
+        let mut stragglers = Vec::new();
+        for result in futures_util::future::join_all(jobs).await {
+            match result {
+                Ok((i, true)) => {
+                    metrics::action("repoint", true);
+                    self.repointed[i] = (snapshot.nodes[i].incarnation, snapshot.intent.epoch);
+                }
+                Ok((i, false)) => {
+                    metrics::action("repoint", false);
+                    stragglers.push(config.nodes[i].name.clone());
+                }
+                Err(e) => {
+                    metrics::action("repoint", false);
+                    tracing::warn!(error = %e, "could not repoint a follower");
+                    stragglers.push(e.node.clone());
+                }
+            }
+        }
+        let after = Instant::now();
+        let mut record = self.record.take().expect("a record while repointing");
+        let took = record.phase_done(4, after);
+        metrics::histogram(metrics::FAILOVER_PHASE_SECONDS, "repoint", took);
+        let reason = match stragglers.is_empty() {
+            true => String::new(),
+            false => format!("needs rejoin (not streaming from the new leader): {}", stragglers.join(",")),
+        };
+        if !stragglers.is_empty() {
+            tracing::error!(nodes = %stragglers.join(","), "followers not streaming from the new leader: they stay out of rotation and need a rejoin");
+        }
+        let outcome = if record.new_leader.is_some() { Outcome::Promoted } else { Outcome::Recovered };
+        record.end(outcome, reason, after);
+        metrics::failover(outcome);
+        let total = record.total.unwrap_or_default();
+        tracing::warn!(
+            result = outcome.label(),
+            repoint_ms = took.as_millis() as u64,
+            total_ms = total.as_millis() as u64,
+            "failover over"
+        );
+        self.failovers.upsert(&record);
+        self.target = None;
+        self.transition(Event::Repointed);
+        let _ = now;
+    }
+
+    /// An up primary that is fenced is made read-only (once per incarnation) and its client
+    /// backends ended: it must not take writes even from clients that bypass pgcausal.
+    async fn keep_fenced_read_only(&mut self, shared: &Shared, config: &Config, snapshot: &Snapshot) {
+        for (i, n) in snapshot.nodes.iter().enumerate() {
+            if !(n.up && n.role == Role::Primary && snapshot.fenced(i)) || self.fenced_done[i] == n.incarnation {
+                continue;
+            }
+            shared.pools.drain_node(i);
+            let node = &config.nodes[i].name;
+            let fenced = async {
+                let session = NodeSession::open(config, &config.nodes[i], config.monitor.timeout).await?;
+                session.fence().await
+            };
+            match fenced.await {
+                Ok(ended) => {
+                    metrics::action("fence", true);
+                    self.fenced_done[i] = n.incarnation;
+                    tracing::error!(%node, timeline = n.timeline, client_backends_ended = ended, "a fenced old leader is up as a primary: made read-only; it must rejoin as a follower of the leader");
+                }
+                Err(e) => {
+                    metrics::action("fence", false);
+                    tracing::error!(%node, error = %e, "could not make a fenced primary read-only; it is still never routed to");
+                    self.fenced_done[i] = n.incarnation; // retried at its next incarnation, not every tick
+                }
+            }
+        }
+    }
+
+    /// A follower that came back after a failover still pointing elsewhere is pointed at the
+    /// leader, once per incarnation and epoch (a node whose history forked will not stream and
+    /// stays out of rotation).
+    async fn repoint_strays(&mut self, config: &Config, snapshot: &Snapshot) {
+        let Some(leader) = snapshot.leader else { return };
+        for (i, n) in snapshot.nodes.iter().enumerate() {
+            let stray = matches!(snapshot.idle.get(i), Some(Some(crate::topology::Idle::Forked)));
+            let key = (n.incarnation, snapshot.intent.epoch);
+            if !stray || snapshot.fenced(i) || self.repointed[i] == key {
+                continue;
+            }
+            self.repointed[i] = key;
+            let repointed = async {
+                let session = NodeSession::open(config, &config.nodes[i], config.monitor.timeout).await?;
+                session.repoint(config, &config.nodes[leader]).await
+            };
+            let node = &config.nodes[i].name;
+            match repointed.await {
+                Ok(()) => {
+                    metrics::action("repoint", true);
+                    tracing::warn!(%node, leader = %config.nodes[leader].name, "a follower of another primary or timeline was pointed at the leader");
+                }
+                Err(e) => {
+                    metrics::action("repoint", false);
+                    tracing::warn!(%node, error = %e, "could not point a stray follower at the leader");
+                }
+            }
+        }
+    }
+
+    /// Checks once per node, at its first answer, that the failover login may do its work.
+    async fn check_permissions(&mut self, config: &Config, snapshot: &Snapshot) {
+        for (i, n) in snapshot.nodes.iter().enumerate() {
+            if self.checked[i] || !n.up {
+                continue;
+            }
+            self.checked[i] = true;
+            let node = &config.nodes[i].name;
+            let user = config.failover_login().0;
+            let checked = async {
+                let session = NodeSession::open(config, &config.nodes[i], config.monitor.timeout).await?;
+                session.missing_permissions().await
+            };
+            match checked.await {
+                Ok(missing) if missing.is_empty() => {
+                    tracing::debug!(%node, %user, "failover login may promote, repoint and fence")
+                }
+                Ok(missing) => {
+                    tracing::error!(%node, %user, missing = %missing.join("; "), "the failover login lacks permissions a failover needs (see the README's grants)")
+                }
+                Err(e) => tracing::error!(%node, %user, error = %e, "could not check the failover login's permissions"),
+            }
+        }
+    }
+
+    /// PROMOTE from the admin console: taken only once the leader is confirmed dead.
+    fn take_order(&mut self, order: Order) {
+        let refuse = |order: Order, why: &str| {
+            let _ = order.reply.send(Err(why.to_string()));
+        };
+        match self.phase {
+            Phase::Confirmed if self.order.is_none() => {
+                self.next_check = Instant::now();
+                self.order = Some(order);
+            }
+            Phase::Healthy => refuse(order, "the leader is up: nothing to fail over (a planned switchover is SWITCHOVER, not PROMOTE)"),
+            Phase::Suspect => refuse(order, "the leader is suspect but not confirmed dead yet (failover.timeout, and no follower may still receive from it)"),
+            _ => refuse(order, "a failover is already under way"),
+        }
+    }
+}
+
+/// Up standbys, in config order.
+fn standbys(snapshot: &Snapshot) -> impl Iterator<Item = usize> + '_ {
+    (0..snapshot.nodes.len()).filter(|&i| snapshot.nodes[i].up && snapshot.nodes[i].role == Role::Standby)
+}

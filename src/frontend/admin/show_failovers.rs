@@ -1,0 +1,46 @@
+//! SHOW FAILOVERS: every failover attempt kept (oldest first): when, how it ended, the old and
+//! new leader and timelines, each phase's duration, the WAL lost, and why it ended so.
+
+use super::{unix_time, Table};
+use crate::frontend::shared::Shared;
+use std::time::Duration;
+
+pub fn show_failovers(shared: &Shared) -> Table {
+    let mut table = Table::new(&[
+        "id",
+        "started",
+        "ended",
+        "result",
+        "old_leader",
+        "new_leader",
+        "old_timeline",
+        "new_timeline",
+        "detect_ms",
+        "confirm_ms",
+        "freeze_ms",
+        "promote_ms",
+        "repoint_ms",
+        "total_ms",
+        "lost_wal_bytes",
+        "reason",
+    ]);
+    let ms = |d: Option<Duration>| d.map(|d| d.as_millis().to_string());
+    for r in shared.failovers.records() {
+        let mut row = vec![
+            Some(r.id.to_string()),
+            Some(unix_time(r.started)),
+            r.ended.map(unix_time),
+            Some(r.outcome.label().to_string()),
+            Some(r.old_leader.clone()),
+            r.new_leader.clone(),
+            Some(r.old_timeline).filter(|&t| t > 0).map(|t| t.to_string()),
+            r.new_timeline.map(|t| t.to_string()),
+        ];
+        row.extend(r.phases.iter().map(|&p| ms(p)));
+        row.push(ms(r.total));
+        row.push(r.lost_wal_bytes.map(|b| b.to_string()));
+        row.push(Some(r.reason.clone()).filter(|s| !s.is_empty()));
+        table.row(row);
+    }
+    table
+}

@@ -1,0 +1,227 @@
+//! What the failover driver does to a node, one SQL conversation each: read its WAL receiver,
+//! freeze it, promote it, repoint it, fence it, and check the failover login may do all that.
+
+use crate::backend::failures::Failure;
+use crate::config::{Config, NodeConfig};
+use crate::lexical::quote_literal;
+use std::time::Duration;
+use tokio_postgres::{Client, NoTls};
+
+use super::failover::Receiver;
+use super::monitor::node_at;
+
+/// A failed action: which, on which node, and PostgreSQL's own message.
+#[derive(Debug, thiserror::Error)]
+#[error("{action} on {node}: {message}")]
+pub struct ActionError {
+    pub action: &'static str,
+    pub node: String,
+    pub message: String,
+}
+
+/// A connection to one node as the failover login, bounded by `timeout` for every statement.
+pub struct NodeSession {
+    client: Client,
+    node: String,
+    timeout: Duration,
+}
+
+impl NodeSession {
+    pub async fn open(config: &Config, node: &NodeConfig, timeout: Duration) -> Result<NodeSession, ActionError> {
+        let (user, password) = config.failover_login();
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&node.host)
+            .port(node.port)
+            .user(user)
+            .password(password)
+            .dbname(&config.monitor.database)
+            .application_name("pgcausal-failover")
+            .connect_timeout(timeout)
+            .tcp_user_timeout(timeout);
+        let error = |message: String| ActionError { action: "connect", node: node.name.clone(), message };
+        let (client, connection) = match tokio::time::timeout(timeout, pg.connect(NoTls)).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => return Err(error(Failure::of_pg(&e).message)),
+            Err(_) => return Err(error(format!("no answer within {}", humantime::format_duration(timeout)))),
+        };
+        tokio::spawn(connection);
+        Ok(NodeSession { client, node: node.name.clone(), timeout })
+    }
+
+    fn fail(&self, action: &'static str, message: String) -> ActionError {
+        ActionError { action, node: self.node.clone(), message }
+    }
+
+    /// Runs one statement and returns its rows, bounded by the session's timeout.
+    async fn query(&self, action: &'static str, sql: &str) -> Result<Vec<tokio_postgres::Row>, ActionError> {
+        self.query_within(action, sql, self.timeout).await
+    }
+
+    async fn query_within(
+        &self,
+        action: &'static str,
+        sql: &str,
+        timeout: Duration,
+    ) -> Result<Vec<tokio_postgres::Row>, ActionError> {
+        match tokio::time::timeout(timeout, self.client.query(sql, &[])).await {
+            Ok(Ok(rows)) => Ok(rows),
+            Ok(Err(e)) => Err(self.fail(action, Failure::of_pg(&e).message)),
+            Err(_) => Err(self.fail(action, format!("no answer within {}", humantime::format_duration(timeout)))),
+        }
+    }
+
+    /// ALTER SYSTEM then pg_reload_conf(), as separate statements (ALTER SYSTEM runs alone).
+    async fn set_and_reload(&self, action: &'static str, setting: &str) -> Result<(), ActionError> {
+        self.query(action, &format!("ALTER SYSTEM {setting}")).await?;
+        self.query(action, "SELECT pg_reload_conf()").await.map(drop)
+    }
+
+    /// The node's WAL receiver now (None: it has none, e.g. its sender is gone).
+    pub async fn receiver(&self, node: usize, nodes: &[NodeConfig]) -> Result<Receiver, ActionError> {
+        let rows = self
+            .query(
+                "read the WAL receiver",
+                "SELECT status = 'streaming', (extract(epoch FROM now() - last_msg_receipt_time) * 1000)::int8, \
+                 sender_host, sender_port, received_tli FROM pg_stat_wal_receiver",
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(Receiver { node, streaming: false, last_message: None, upstream: None });
+        };
+        let age: Option<i64> = row.get(1);
+        Ok(Receiver {
+            node,
+            streaming: row.get::<_, Option<bool>>(0).unwrap_or(false),
+            last_message: age.map(|ms| Duration::from_millis(ms.max(0) as u64)),
+            upstream: node_at(nodes, row.get(2), row.get(3)),
+        })
+    }
+
+    /// Stops the node from (re-)attaching to any sender, so its position stops moving; returns
+    /// max(received, replayed) position afterwards.
+    pub async fn freeze(&self) -> Result<u64, ActionError> {
+        self.set_and_reload("freeze", "SET primary_conninfo = ''").await?;
+        let rows = self
+            .query(
+                "freeze",
+                "SELECT pg_is_in_recovery(), (greatest(coalesce(pg_last_wal_receive_lsn(), '0/0'), \
+                 coalesce(pg_last_wal_replay_lsn(), '0/0')) - '0/0'::pg_lsn)::int8",
+            )
+            .await?;
+        let row = rows.first().ok_or_else(|| self.fail("freeze", "no row".into()))?;
+        if !row.get::<_, bool>(0) {
+            return Err(self.fail("freeze", "the node is not in recovery (a primary)".into()));
+        }
+        Ok(row.get::<_, i64>(1).max(0) as u64)
+    }
+
+    /// Promotes the node and waits for it; returns its new timeline. A node fenced earlier had
+    /// default_transaction_read_only set: a new leader must take writes, so it is reset.
+    pub async fn promote(&self, wait: Duration) -> Result<u32, ActionError> {
+        let seconds = wait.as_secs().clamp(1, i32::MAX as u64);
+        let rows =
+            self.query_within("promote", &format!("SELECT pg_promote(true, {seconds})"), wait + self.timeout).await?;
+        if !rows.first().is_some_and(|r| r.get::<_, bool>(0)) {
+            return Err(self.fail("promote", format!("pg_promote did not finish within {seconds} s")));
+        }
+        let rows = self
+            .query(
+                "promote",
+                "SELECT pg_is_in_recovery(), ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int",
+            )
+            .await?;
+        let row = rows.first().ok_or_else(|| self.fail("promote", "no row".into()))?;
+        if row.get::<_, bool>(0) {
+            return Err(self.fail("promote", "still in recovery after pg_promote".into()));
+        }
+        self.set_and_reload("promote", "RESET default_transaction_read_only").await?;
+        Ok(row.get::<_, i32>(1) as u32)
+    }
+
+    /// Points the node's WAL receiver at `leader` (application_name = the node's own name, which
+    /// synchronous_standby_names uses).
+    pub async fn repoint(&self, config: &Config, leader: &NodeConfig) -> Result<(), ActionError> {
+        let conninfo = conninfo(config, leader, &self.node);
+        self.set_and_reload("repoint", &format!("SET primary_conninfo = {}", quote_literal(&conninfo))).await
+    }
+
+    /// True once the node streams on `timeline` (from whichever address it reports).
+    pub async fn streams_on(&self, timeline: u32) -> Result<bool, ActionError> {
+        let sql = format!("SELECT status = 'streaming' AND received_tli >= {timeline} FROM pg_stat_wal_receiver");
+        let rows = self.query("check streaming", &sql).await?;
+        Ok(rows.first().and_then(|r| r.get::<_, Option<bool>>(0)).unwrap_or(false))
+    }
+
+    /// Makes a primary that must not write read-only for new transactions and ends its client
+    /// backends (their open transactions could still write); returns how many were ended.
+    pub async fn fence(&self) -> Result<u64, ActionError> {
+        self.set_and_reload("fence", "SET default_transaction_read_only = on").await?;
+        let rows = self
+            .query(
+                "fence",
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid() \
+                 AND application_name NOT LIKE 'pgcausal-%'",
+            )
+            .await?;
+        Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))
+    }
+
+    /// What the failover login lacks to promote, repoint and fence this node (empty: nothing).
+    pub async fn missing_permissions(&self) -> Result<Vec<&'static str>, ActionError> {
+        let rows = self
+            .query(
+                "check permissions",
+                "SELECT rolsuper, \
+                 has_function_privilege('pg_promote(boolean, integer)', 'EXECUTE'), \
+                 has_function_privilege('pg_reload_conf()', 'EXECUTE'), \
+                 pg_has_role(current_user, 'pg_signal_backend', 'MEMBER'), \
+                 pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER'), \
+                 has_parameter_privilege('primary_conninfo', 'ALTER SYSTEM'), \
+                 has_parameter_privilege('default_transaction_read_only', 'ALTER SYSTEM') \
+                 FROM pg_roles WHERE rolname = current_user",
+            )
+            .await?;
+        let row = rows.first().ok_or_else(|| self.fail("check permissions", "the login has no pg_roles row".into()))?;
+        if row.get::<_, bool>(0) {
+            return Ok(Vec::new());
+        }
+        let needs = [
+            "EXECUTE on pg_promote(boolean, integer)",
+            "EXECUTE on pg_reload_conf()",
+            "membership in pg_signal_backend",
+            "membership in pg_read_all_stats",
+            "ALTER SYSTEM on PARAMETER primary_conninfo",
+            "ALTER SYSTEM on PARAMETER default_transaction_read_only",
+        ];
+        Ok(needs.iter().enumerate().filter(|(i, _)| !row.get::<_, bool>(i + 1)).map(|(_, n)| *n).collect())
+    }
+}
+
+/// The primary_conninfo of a follower of `leader`: libpq keyword values, single-quoted.
+pub fn conninfo(config: &Config, leader: &NodeConfig, application_name: &str) -> String {
+    let (user, password) = config.replication_login();
+    let value = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
+    format!(
+        "host={} port={} user={} password={} application_name={}",
+        value(&leader.host),
+        leader.port,
+        value(user),
+        value(password),
+        value(application_name)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conninfo_quotes_every_value() {
+        let text =
+            "[[nodes]]\nname = \"a\"\nhost = \"db'1\"\nport = 5\n[[users]]\nname = \"u\"\npassword = \"p\\\\q'r\"\n";
+        let config = Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+        let info = conninfo(&config, &config.nodes[0], "node 2");
+        assert_eq!(info, r"host='db\'1' port=5 user='u' password='p\\q\'r' application_name='node 2'");
+    }
+}
