@@ -239,9 +239,30 @@ fn proxy_lost(proxy: &ProxyProcess, row: &BTreeMap<String, String>) -> (Option<f
     (ms(row, "lost_wal_bytes"), metric(&proxy.metrics(), "pgcausal_lost_wal_bytes_total", ""))
 }
 
-/// Lines of the proxy log mentioning lost writes, for the report.
+/// Lines of the proxy log reporting lost WAL or writes, for the report.
 fn lost_log_lines(proxy: &ProxyProcess) -> Vec<String> {
-    proxy.log().lines().filter(|l| l.contains("lost")).map(|l| l.chars().take(400).collect()).collect()
+    proxy
+        .log()
+        .lines()
+        .filter(|l| l.contains("lost_wal") || l.contains("it is lost"))
+        .map(|l| l.chars().take(400).collect())
+        .collect()
+}
+
+/// Acknowledged writes the new leader lacks must show in what the proxy reports as lost
+/// (SHOW FAILOVERS' lost_wal_bytes or pgcausal_lost_wal_bytes_total).
+fn assert_loss_reported(what: &str, lost: &Lost, proxy: &ProxyProcess, row: &BTreeMap<String, String>) {
+    let (bytes, metric) = proxy_lost(proxy, row);
+    println!("{what}: {} acknowledged writes lost by id; the proxy reports lost_wal_bytes {bytes:?}, pgcausal_lost_wal_bytes_total {metric:?}, log {:?}", lost.lost.len(), lost_log_lines(proxy));
+    if !lost.lost.is_empty() {
+        assert!(
+            bytes.unwrap_or(0.0) > 0.0 || metric.unwrap_or(0.0) > 0.0,
+            "{what}: {} acknowledged writes (ids {:?}) are missing on the new leader, yet the proxy reports no lost WAL \
+             (lost_wal_bytes {bytes:?}, pgcausal_lost_wal_bytes_total {metric:?})",
+            lost.lost.len(),
+            &lost.lost[..lost.lost.len().min(10)]
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -354,11 +375,12 @@ fn kill_leader_run(
     let (lost_bytes, lost_metric) = proxy_lost(proxy, &row);
     let failed_logins: Vec<&Login> = logins.iter().filter(|l| l.result.is_err()).collect();
     let slowest_login = logins.iter().map(|l| l.took).max().unwrap_or_default();
+    let median_login = median(&mut logins.iter().map(|l| l.took.as_secs_f64() * 1000.0).collect::<Vec<_>>());
     println!(
         "run {run}: node{leader} killed ({loaded:?} after the run began), node{new_leader} promoted; SHOW FAILOVERS: {row:?}\n  \
          first write after the kill acknowledged after {write_back:?}; writers: {lost}; write errors by kind {:?}, {} \
          reconnects\n  proxy: lost_wal_bytes {lost_bytes:?}, pgcausal_lost_wal_bytes_total {lost_metric:?}; log: {:?}\n  \
-         logins: {} ({} failed), slowest {slowest_login:?}\n  checker: {verdict}\n{report}",
+         logins: {} ({} failed), median {median_login:.0} ms, slowest {slowest_login:?}\n  checker: {verdict}\n{report}",
         log.failure_kinds(),
         log.reconnects,
         lost_log_lines(proxy),
@@ -375,7 +397,22 @@ fn kill_leader_run(
         failed_logins.len(),
         logins.len()
     );
-    assert!(slowest_login < Duration::from_secs(2), "run {run}: a login took {slowest_login:?}");
+    let slow: Vec<String> = logins
+        .iter()
+        .filter(|l| l.took >= Duration::from_secs(1))
+        .map(|l| {
+            let at = l
+                .started
+                .checked_duration_since(t0)
+                .map_or_else(|| format!("-{:?}", t0 - l.started), |d| format!("+{d:?}"));
+            format!("started kill{at}, took {:?}", l.took)
+        })
+        .collect();
+    assert!(
+        slowest_login < Duration::from_secs(2),
+        "run {run}: logins (and their SELECT 1) were held while no leader was known: {slow:?} (the first write after \
+         the kill was acknowledged at kill+{write_back:?})"
+    );
     assert!(
         logins.iter().any(|l| l.started > t0 && l.started < t0 + write_back),
         "run {run}: no login was tried during the failover"
@@ -390,13 +427,7 @@ fn kill_leader_run(
         t.ryw_reads >= 50 && t.monotonic_reads >= 50 && t.prefix_checks >= 10,
         "run {run}: the checker did too little\n{report}"
     );
-    if !lost.lost.is_empty() {
-        assert!(
-            lost_bytes.unwrap_or(0.0) > 0.0 || lost_metric.unwrap_or(0.0) > 0.0,
-            "run {run}: {} acknowledged writes are missing on the new leader, the proxy reports no lost WAL ({lost_bytes:?}, {lost_metric:?})",
-            lost.lost.len()
-        );
-    }
+    assert_loss_reported(&format!("run {run}"), &lost, proxy, &row);
     let promoted = failovers(proxy, "promoted").unwrap();
     assert_eq!(promoted.len(), run, "run {run}: {promoted:?}");
 
@@ -489,10 +520,10 @@ fn a_restarted_old_leader_is_fenced_and_its_fork_never_read() {
     // The old leader comes back, a primary on timeline 1.
     lock(&tc).start_node(0).unwrap();
     killed.restored();
-    let nodes = until("node0 fenced in SHOW NODES", Duration::from_secs(10), || {
+    let nodes = until("node0 up, a primary and fenced in SHOW NODES", Duration::from_secs(10), || {
         let nodes = show(&proxy, "SHOW NODES")?;
-        match nodes.value("name", "node0", "fenced") {
-            Some("true") => Ok(nodes),
+        match (nodes.value("name", "node0", "up"), nodes.value("name", "node0", "fenced")) {
+            (Some("true"), Some("true")) => Ok(nodes),
             _ => Err(nodes.describe()),
         }
     });
@@ -548,6 +579,7 @@ fn a_restarted_old_leader_is_fenced_and_its_fork_never_read() {
         checks.by_port.iter().chain(&checks.fresh_by_port).filter(|(p, _)| forked.contains(p)).map(|(_, n)| n).sum();
     assert_eq!(on_fork, 0, "reads answered by node0 or node{other} (ports {forked:?}): {checks:?}");
     assert_eq!(units_routed(&proxy, "node0"), routed_to_old, "units were routed to the fenced node0");
+    assert_loss_reported("the failover before node0's restart", &lost, &proxy, &row);
     assert_eq!(
         units_routed(&proxy, &format!("node{other}")),
         routed_to_other,
@@ -613,15 +645,27 @@ fn a_frozen_leader_fails_over_once_and_wakes_up_fenced() {
     let lost = rt.block_on(count_lost(new_port, db, &log)).unwrap();
     let all = show(&proxy, "SHOW FAILOVERS").unwrap();
     let late: Vec<&Ack> = log.acks.iter().filter(|a| a.port == tc.ports[0] && a.acked >= woke).collect();
+    let lost_acks: Vec<&Ack> = log.acks.iter().filter(|a| lost.lost.contains(&a.id)).collect();
+    let lost_before = lost_acks.iter().filter(|a| a.acked < stopped_at).count();
     println!(
-        "node0 frozen {:?}; SHOW FAILOVERS:\n{}\nwriters: {lost}; errors by kind {:?}; acknowledged by node0 after waking: {}",
+        "node0 frozen {:?}; SHOW FAILOVERS:\n{}\nwriters: {lost}; errors by kind {:?}; acknowledged by node0 after \
+         waking: {} (sent {:?} before the freeze); lost: {lost_before} acknowledged before the freeze, {} after waking",
         woke - stopped_at,
         all.describe(),
         log.failure_kinds(),
-        late.len()
+        late.len(),
+        late.iter().map(|a| stopped_at.saturating_duration_since(a.started)).max(),
+        lost_acks.len() - lost_before,
     );
     assert_eq!(all.rows.len(), 1, "exactly one failover attempt:\n{}", all.describe());
-    assert!(late.is_empty(), "the woken old leader acknowledged writes: {late:?}");
+    assert!(
+        late.is_empty(),
+        "the woken old leader acknowledged {} writes (in flight on it when it froze, held through the failover instead \
+         of failing with class 08; {} of them are lost): {late:?}",
+        late.len(),
+        late.iter().filter(|a| lost.lost.contains(&a.id)).count()
+    );
+    assert_loss_reported("the frozen leader's failover", &lost, &proxy, &row);
     assert_eq!(node_value(&rt, new_port, "SELECT pg_is_in_recovery()").unwrap().as_deref(), Some("f"));
 }
 
@@ -792,7 +836,9 @@ fn three_failovers_in_a_row_with_rebuilt_nodes() {
         log.failure_kinds(),
         metric(&proxy.metrics(), "pgcausal_lost_wal_bytes_total", "")
     );
-    assert_eq!(failovers(&proxy, "promoted").unwrap().len(), 3);
+    let promoted = failovers(&proxy, "promoted").unwrap();
+    assert_eq!(promoted.len(), 3);
+    assert_loss_reported("three failovers", &lost, &proxy, &promoted[2]);
 }
 
 // ---------------------------------------------------------------------------------------------
