@@ -341,9 +341,12 @@ impl Driver {
         let old_position = snapshot.nodes[old].lsn.max(shared.positions.nodes[old].sample().lsn);
         let lost = old_position.saturating_sub(self.switch_lsn);
         record.lost_wal_bytes = Some(lost);
-        if lost > 0 {
-            metrics::counter_by(metrics::LOST_WAL_BYTES, lost);
-            tracing::error!(old_leader = %record.old_leader, new_leader = %name, lost_wal_bytes = lost, switch = %crate::consistency::format_lsn(self.switch_lsn), "the old leader had WAL the new leader lacks: it is lost");
+        let at_risk = shared.positions.nodes[old].acks.at_risk(self.switch_lsn, crate::consistency::acks::total());
+        record.acked_at_risk = Some(at_risk);
+        metrics::counter_by(metrics::LOST_WAL_BYTES, lost);
+        metrics::counter_by(metrics::ACKED_AT_RISK, at_risk);
+        if lost > 0 || at_risk > 0 {
+            tracing::error!(old_leader = %record.old_leader, new_leader = %name, lost_wal_bytes = lost, acked_commits_at_risk = at_risk, switch = %crate::consistency::format_lsn(self.switch_lsn), "the old leader had WAL the new leader lacks: it is lost (and acknowledged write units may be among it)");
         }
         tracing::warn!(new_leader = %name, timeline, promote_ms = took.as_millis() as u64, "promoted");
         self.failovers.upsert(record);
@@ -496,9 +499,20 @@ impl Driver {
             let user = config.failover_login().0;
             let checked = async {
                 let session = NodeSession::open(config, &config.nodes[i], config.monitor.timeout).await?;
-                session.missing_permissions().await
+                Ok::<_, crate::topology::actions::ActionError>((
+                    session.missing_permissions().await?,
+                    session.wal_sender_timeout().await?,
+                ))
             };
-            match checked.await {
+            let checked = checked.await.map(|(missing, sender_timeout)| {
+                let vouches = !sender_timeout.is_zero() && sender_timeout <= config.failover.timeout;
+                if !vouches {
+                    let (sender, failover) = (humantime::format_duration(sender_timeout), humantime::format_duration(config.failover.timeout));
+                    tracing::warn!(%node, wal_sender_timeout = %sender, failover_timeout = %failover, "wal_sender_timeout is above failover.timeout: an idle leader pings its followers too rarely for them to vouch for it, so a pgcausal cut off from a healthy leader may fail over; set wal_sender_timeout <= failover.timeout");
+                }
+                missing
+            });
+            match checked {
                 Ok(missing) if missing.is_empty() => {
                     tracing::debug!(%node, %user, "failover login may promote, repoint and fence")
                 }

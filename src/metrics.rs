@@ -45,6 +45,7 @@ pub const FAILOVERS: &str = "pgcausal_failovers_total";
 pub const FAILOVER_VETOES: &str = "pgcausal_failover_vetoes_total";
 pub const FAILOVER_PHASE_SECONDS: &str = "pgcausal_failover_phase_seconds";
 pub const LOST_WAL_BYTES: &str = "pgcausal_lost_wal_bytes_total";
+pub const ACKED_AT_RISK: &str = "pgcausal_acknowledged_commits_at_risk_total";
 pub const SPLIT_BRAIN: &str = "pgcausal_split_brain";
 pub const NODE_FENCED: &str = "pgcausal_node_fenced";
 pub const FAILOVER_ACTIONS: &str = "pgcausal_failover_actions_total";
@@ -155,6 +156,10 @@ pub fn describe() {
         "Duration of failover phases (detect, confirm, freeze, promote, repoint)"
     );
     describe_counter!(LOST_WAL_BYTES, "WAL an old leader had flushed past the new leader's switch point");
+    describe_counter!(
+        ACKED_AT_RISK,
+        "Write units pgcausal acknowledged that may lie above a new timeline's switch point (an upper bound)"
+    );
     describe_gauge!(SPLIT_BRAIN, "1 while more than one primary is up (only the leader is routed to)");
     describe_gauge!(NODE_FENCED, "1 while the node is fenced: never routed to until it rejoins as a follower");
     describe_counter!(
@@ -196,7 +201,7 @@ pub fn register_known() {
         }
     }
     gauge!(SPLIT_BRAIN).set(0.0);
-    for name in [UNPARSED, FLOOR_CLAMPS, LEADER_CHANGES, FAILOVER_VETOES, LOST_WAL_BYTES] {
+    for name in [UNPARSED, FLOOR_CLAMPS, LEADER_CHANGES, FAILOVER_VETOES, LOST_WAL_BYTES, ACKED_AT_RISK] {
         counter!(name).absolute(0);
     }
     gauge!(CLIENT_CONNECTIONS).increment(0.0);

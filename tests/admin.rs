@@ -50,6 +50,11 @@ fn every_show_command_answers_a_table_matching_the_state() {
             "lag_bytes",
             "lag_seconds",
             "incarnation",
+            "fenced",
+            "streams_from",
+            "failover_phase",
+            "epoch",
+            "priority",
             "server_connections",
             "units_routed"
         ]
@@ -61,7 +66,17 @@ fn every_show_command_answers_a_table_matching_the_state() {
         assert_eq!(column(&nodes, row, "up"), "true");
         assert_eq!(column(&nodes, row, "in_rotation"), "true");
         assert!(column(&nodes, row, "wal_position").contains('/'), "{row:?}");
+        assert_eq!(column(&nodes, row, "fenced"), "false");
+        assert_eq!(column(&nodes, row, "failover_phase"), "healthy");
+        assert_eq!(column(&nodes, row, "epoch"), "1", "one leader seen since start");
     }
+    let streams: Vec<&str> = nodes[1..].iter().map(|r| column(&nodes, r, "streams_from")).collect();
+    assert_eq!(streams, ["", "node0", "node0"], "followers name the leader they stream from");
+    let failovers = p.admin("SHOW FAILOVERS");
+    assert_eq!(failovers[0][..4], ["id", "started", "ended", "result"]);
+    assert_eq!(failovers.len(), 1, "no failover happened: {failovers:?}");
+    let promote = p.admin_as(USER, PASSWORD, "PROMOTE node1").unwrap_err();
+    assert!(promote.contains("the leader is up"), "PROMOTE refused while the leader lives: {promote}");
 
     // Ten reads in one session: all of them on followers.
     let reads = "SELECT 1;\n".repeat(10);

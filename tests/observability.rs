@@ -251,7 +251,9 @@ impl Drop for RestartLeader<'_> {
 #[test]
 fn health_and_readiness_follow_the_leader_and_known_counters_start_at_zero() {
     let cluster = TestCluster::start(1, |_| {});
-    let p = ProxyProcess::start(&cluster, ProxyOptions::default());
+    // Readiness follows the leader as the monitors see it: no failover may replace it here.
+    let options = ProxyOptions { extra: "[failover]\nmode = \"off\"\n".into(), ..ProxyOptions::default() };
+    let p = ProxyProcess::start(&cluster, options);
     let metrics = p.metrics();
     let zero = [
         "pgcausal_errors_total{class=\"40\",source=\"server\"} 0",
@@ -271,6 +273,9 @@ fn health_and_readiness_follow_the_leader_and_known_counters_start_at_zero() {
         "pgcausal_config_reloads_total{result=\"error\"} 0",
         "pgcausal_floor_clamps_total 0",
         "pgcausal_leader_changes_total 0",
+        "pgcausal_failovers_total{result=\"promoted\"} 0",
+        "pgcausal_failover_vetoes_total 0",
+        "pgcausal_split_brain 0",
     ];
     let missing: Vec<&str> = zero.iter().copied().filter(|line| !metrics.lines().any(|l| l == *line)).collect();
     assert!(missing.is_empty(), "not at 0 from the start: {missing:?}\n{metrics}");

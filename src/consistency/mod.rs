@@ -1,6 +1,7 @@
 //! Session consistency: per-session LSN floors over every node's known WAL position, so a session
 //! reads its own writes, never goes back in time, and sees a consistent prefix of history.
 
+pub mod acks;
 pub mod floor;
 pub mod positions;
 

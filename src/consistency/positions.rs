@@ -37,6 +37,8 @@ pub struct NodePosition {
     wanted: Notify,
     /// Signalled after every sample.
     sampled: Notify,
+    /// While a primary: its samples against the write units acknowledged before each.
+    pub acks: super::acks::AckLog,
 }
 
 /// A consistent-enough view of one sample.
@@ -170,6 +172,7 @@ impl Positions {
                 let mut cause = &ticks;
                 loop {
                     cause.increment(1);
+                    let acknowledged_before = super::acks::total();
                     let sent_at = next_probe();
                     let probe = async {
                         let client = pool.get().await.map_err(|e| Failure::of_control(&e))?;
@@ -181,7 +184,11 @@ impl Positions {
                         Ok(Ok(row)) => {
                             timeouts.answered();
                             failures.succeeded(&target, "positions");
-                            position.record(row.get::<_, i64>(0).max(0) as u64, row.get(1), row.get(2), sent_at);
+                            let (lsn, standby) = (row.get::<_, i64>(0).max(0) as u64, row.get(2));
+                            position.record(lsn, row.get(1), standby, sent_at);
+                            if !standby {
+                                position.acks.record(lsn, acknowledged_before);
+                            }
                         }
                         // A late answer keeps the last sample: it is still a lower bound of this
                         // incarnation's position (a restart resets the connection: an error).

@@ -167,6 +167,14 @@ impl NodeSession {
         Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))
     }
 
+    /// The node's wal_sender_timeout (0: disabled).
+    pub async fn wal_sender_timeout(&self) -> Result<Duration, ActionError> {
+        let rows = self
+            .query("read wal_sender_timeout", "SELECT setting::int8 FROM pg_settings WHERE name = 'wal_sender_timeout'")
+            .await?;
+        Ok(Duration::from_millis(rows.first().map_or(0, |r| r.get::<_, i64>(0).max(0) as u64)))
+    }
+
     /// What the failover login lacks to promote, repoint and fence this node (empty: nothing).
     pub async fn missing_permissions(&self) -> Result<Vec<&'static str>, ActionError> {
         let rows = self

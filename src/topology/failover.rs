@@ -211,6 +211,8 @@ pub struct Record {
     pub phases: [Option<Duration>; 5],
     /// WAL the old leader had flushed past the new timeline's switch point (a lower bound of what was lost).
     pub lost_wal_bytes: Option<u64>,
+    /// Write units pgcausal acknowledged that may lie above the switch point (an upper bound).
+    pub acked_at_risk: Option<u64>,
     pub reason: String,
     /// From the leader's last answer to the end.
     pub total: Option<Duration>,
@@ -233,6 +235,7 @@ impl Record {
             new_timeline: None,
             phases: [None; 5],
             lost_wal_bytes: None,
+            acked_at_risk: None,
             reason: String::new(),
             total: None,
             phase_started: now,

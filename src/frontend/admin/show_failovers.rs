@@ -22,6 +22,7 @@ pub fn show_failovers(shared: &Shared) -> Table {
         "repoint_ms",
         "total_ms",
         "lost_wal_bytes",
+        "acked_commits_at_risk",
         "reason",
     ]);
     let ms = |d: Option<Duration>| d.map(|d| d.as_millis().to_string());
@@ -39,6 +40,7 @@ pub fn show_failovers(shared: &Shared) -> Table {
         row.extend(r.phases.iter().map(|&p| ms(p)));
         row.push(ms(r.total));
         row.push(r.lost_wal_bytes.map(|b| b.to_string()));
+        row.push(r.acked_at_risk.map(|n| n.to_string()));
         row.push(Some(r.reason.clone()).filter(|s| !s.is_empty()));
         table.row(row);
     }

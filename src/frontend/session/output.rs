@@ -86,6 +86,7 @@ impl Session<'_> {
         self.pools.affinity.last = Some((leased.node, leased.lease.pid));
         if wrote && !leased.follower {
             self.pools.affinity.sequences = self.pools.affinity.last;
+            crate::consistency::acks::acknowledged();
         }
         let same_connection = self.config.consistency.write_lsn == WriteLsn::SameConnection;
         if wrote && !leased.follower && same_connection && self.floor.level.read_your_writes() {
