@@ -234,11 +234,6 @@ fn max(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::NAN, f64::max)
 }
 
-/// Lost writes as the proxy reports them: SHOW FAILOVERS' lost_wal_bytes and the metric.
-fn proxy_lost(proxy: &ProxyProcess, row: &BTreeMap<String, String>) -> (Option<f64>, Option<f64>) {
-    (ms(row, "lost_wal_bytes"), metric(&proxy.metrics(), "pgcausal_lost_wal_bytes_total", ""))
-}
-
 /// Lines of the proxy log reporting lost WAL or writes, for the report.
 fn lost_log_lines(proxy: &ProxyProcess) -> Vec<String> {
     proxy
@@ -249,20 +244,38 @@ fn lost_log_lines(proxy: &ProxyProcess) -> Vec<String> {
         .collect()
 }
 
-/// Acknowledged writes the new leader lacks must show in what the proxy reports as lost
-/// (SHOW FAILOVERS' lost_wal_bytes or pgcausal_lost_wal_bytes_total).
-fn assert_loss_reported(what: &str, lost: &Lost, proxy: &ProxyProcess, row: &BTreeMap<String, String>) {
-    let (bytes, metric) = proxy_lost(proxy, row);
-    println!("{what}: {} acknowledged writes lost by id; the proxy reports lost_wal_bytes {bytes:?}, pgcausal_lost_wal_bytes_total {metric:?}, log {:?}", lost.lost.len(), lost_log_lines(proxy));
-    if !lost.lost.is_empty() {
-        assert!(
-            bytes.unwrap_or(0.0) > 0.0 || metric.unwrap_or(0.0) > 0.0,
-            "{what}: {} acknowledged writes (ids {:?}) are missing on the new leader, yet the proxy reports no lost WAL \
-             (lost_wal_bytes {bytes:?}, pgcausal_lost_wal_bytes_total {metric:?})",
-            lost.lost.len(),
-            &lost.lost[..lost.lost.len().min(10)]
-        );
+/// Acknowledged writes the new leader lacks must show in what the proxy reports for the
+/// failovers in `rows` (SHOW FAILOVERS): lost_wal_bytes above 0, and acked_commits_at_risk (an
+/// upper bound over all write units, the checker's too) at least the writes counted lost by id.
+fn assert_loss_reported(what: &str, lost: &Lost, proxy: &ProxyProcess, rows: &[&BTreeMap<String, String>]) {
+    let sum = |c: &str| rows.iter().filter_map(|r| ms(r, c)).reduce(|a, b| a + b);
+    let (bytes, at_risk) = (sum("lost_wal_bytes"), sum("acked_commits_at_risk"));
+    let page = proxy.metrics();
+    println!(
+        "{what}: {} acknowledged writes lost by id; SHOW FAILOVERS: lost_wal_bytes {bytes:?}, acked_commits_at_risk \
+         {at_risk:?}; metrics (all failovers so far): pgcausal_lost_wal_bytes_total {:?}, \
+         pgcausal_acknowledged_commits_at_risk_total {:?}; log {:?}",
+        lost.lost.len(),
+        metric(&page, "pgcausal_lost_wal_bytes_total", ""),
+        metric(&page, "pgcausal_acknowledged_commits_at_risk_total", ""),
+        lost_log_lines(proxy)
+    );
+    if lost.lost.is_empty() {
+        return;
     }
+    let ids = &lost.lost[..lost.lost.len().min(10)];
+    assert!(
+        at_risk.unwrap_or(0.0) >= lost.lost.len() as f64,
+        "{what}: {} acknowledged writes (ids {ids:?}) are missing on the new leader, yet the proxy reports \
+         acked_commits_at_risk {at_risk:?}",
+        lost.lost.len()
+    );
+    assert!(
+        bytes.unwrap_or(0.0) > 0.0,
+        "{what}: {} acknowledged writes (ids {ids:?}) are missing on the new leader, yet the proxy reports \
+         lost_wal_bytes {bytes:?}",
+        lost.lost.len()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -372,18 +385,16 @@ fn kill_leader_run(
     let lost = rt.block_on(count_lost(new_port, db, &log)).unwrap();
     let survivors = rt.block_on(Survivors::read(new_port, db)).unwrap();
     let verdict = report.judge(&survivors);
-    let (lost_bytes, lost_metric) = proxy_lost(proxy, &row);
     let failed_logins: Vec<&Login> = logins.iter().filter(|l| l.result.is_err()).collect();
     let slowest_login = logins.iter().map(|l| l.took).max().unwrap_or_default();
     let median_login = median(&mut logins.iter().map(|l| l.took.as_secs_f64() * 1000.0).collect::<Vec<_>>());
     println!(
         "run {run}: node{leader} killed ({loaded:?} after the run began), node{new_leader} promoted; SHOW FAILOVERS: {row:?}\n  \
          first write after the kill acknowledged after {write_back:?}; writers: {lost}; write errors by kind {:?}, {} \
-         reconnects\n  proxy: lost_wal_bytes {lost_bytes:?}, pgcausal_lost_wal_bytes_total {lost_metric:?}; log: {:?}\n  \
+         reconnects\n  \
          logins: {} ({} failed), median {median_login:.0} ms, slowest {slowest_login:?}\n  checker: {verdict}\n{report}",
         log.failure_kinds(),
         log.reconnects,
-        lost_log_lines(proxy),
         logins.len(),
         failed_logins.len(),
     );
@@ -427,7 +438,7 @@ fn kill_leader_run(
         t.ryw_reads >= 50 && t.monotonic_reads >= 50 && t.prefix_checks >= 10,
         "run {run}: the checker did too little\n{report}"
     );
-    assert_loss_reported(&format!("run {run}"), &lost, proxy, &row);
+    assert_loss_reported(&format!("run {run}"), &lost, proxy, &[&row]);
     let promoted = failovers(proxy, "promoted").unwrap();
     assert_eq!(promoted.len(), run, "run {run}: {promoted:?}");
 
@@ -579,7 +590,7 @@ fn a_restarted_old_leader_is_fenced_and_its_fork_never_read() {
         checks.by_port.iter().chain(&checks.fresh_by_port).filter(|(p, _)| forked.contains(p)).map(|(_, n)| n).sum();
     assert_eq!(on_fork, 0, "reads answered by node0 or node{other} (ports {forked:?}): {checks:?}");
     assert_eq!(units_routed(&proxy, "node0"), routed_to_old, "units were routed to the fenced node0");
-    assert_loss_reported("the failover before node0's restart", &lost, &proxy, &row);
+    assert_loss_reported("the failover before node0's restart", &lost, &proxy, &[&row]);
     assert_eq!(
         units_routed(&proxy, &format!("node{other}")),
         routed_to_other,
@@ -665,7 +676,7 @@ fn a_frozen_leader_fails_over_once_and_wakes_up_fenced() {
         late.len(),
         late.iter().filter(|a| lost.lost.contains(&a.id)).count()
     );
-    assert_loss_reported("the frozen leader's failover", &lost, &proxy, &row);
+    assert_loss_reported("the frozen leader's failover", &lost, &proxy, &[&row]);
     assert_eq!(node_value(&rt, new_port, "SELECT pg_is_in_recovery()").unwrap().as_deref(), Some("f"));
 }
 
@@ -838,7 +849,7 @@ fn three_failovers_in_a_row_with_rebuilt_nodes() {
     );
     let promoted = failovers(&proxy, "promoted").unwrap();
     assert_eq!(promoted.len(), 3);
-    assert_loss_reported("three failovers", &lost, &proxy, &promoted[2]);
+    assert_loss_reported("three failovers", &lost, &proxy, &promoted.iter().collect::<Vec<_>>());
 }
 
 // ---------------------------------------------------------------------------------------------
