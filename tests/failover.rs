@@ -430,8 +430,8 @@ fn kill_leader_run(
         format!("{} of {} logins failed: {failed_logins:?}", failed_logins.len(), logins.len()),
     );
     // While no leader is known (from the kill to the first write acknowledged by the new one),
-    // logins and their read go on: one started in that window (with a second to spare) must be
-    // done before the window closes, not held until a leader is back.
+    // logins and their read go on: one under way in that window (started a second or more
+    // before it closes) must be done before it closes, not held until a leader is back.
     let back = t0 + write_back;
     let describe = |l: &Login| {
         let at = l
@@ -441,9 +441,9 @@ fn kill_leader_run(
         format!("started at kill{at}, took {:?}", l.took)
     };
     let in_window: Vec<&Login> =
-        logins.iter().filter(|l| l.started >= t0 && l.started + Duration::from_secs(1) < back).collect();
+        logins.iter().filter(|l| l.started + l.took > t0 && l.started + Duration::from_secs(1) < back).collect();
     let held: Vec<String> = in_window.iter().filter(|l| l.started + l.took >= back).map(|l| describe(l)).collect();
-    check(!in_window.is_empty(), "no login was tried while no leader was known".into());
+    check(!in_window.is_empty(), "no login was under way while no leader was known".into());
     check(
         held.is_empty(),
         format!("logins (and their SELECT 1) were held while no leader was known, until kill+{write_back:?}: {held:?}"),
