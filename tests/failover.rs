@@ -296,9 +296,9 @@ fn loss_reported(
 // 1. kill -9 of the leader under load
 // ---------------------------------------------------------------------------------------------
 
-/// Per run: (detect, confirm, promote, repoint, total ms from SHOW FAILOVERS; first write after
-/// the kill, ms).
-type Timings = [f64; 6];
+/// Per run: (detect, confirm, freeze, promote, repoint, total ms from SHOW FAILOVERS; first
+/// write after the kill, ms).
+type Timings = [f64; 7];
 
 /// Waits until every node but `leader` has replayed `leader`'s current WAL position.
 fn wait_replayed(rt: &tokio::runtime::Runtime, tc: &TestCluster, leader: usize) {
@@ -481,6 +481,7 @@ fn kill_leader_run(
         [
             ms("detect_ms"),
             ms("confirm_ms"),
+            ms("freeze_ms"),
             ms("promote_ms"),
             ms("repoint_ms"),
             ms("total_ms"),
@@ -512,7 +513,8 @@ fn kill_9_of_the_leader_fails_over_under_load() {
         runs.push(timings);
     }
     let column = |i: usize| runs.iter().map(|r| r[i]).collect::<Vec<f64>>();
-    let names = ["detect_ms", "confirm_ms", "promote_ms", "repoint_ms", "total_ms", "first write after kill ms"];
+    let names =
+        ["detect_ms", "confirm_ms", "freeze_ms", "promote_ms", "repoint_ms", "total_ms", "first write after kill ms"];
     let summary: Vec<String> = names
         .iter()
         .enumerate()
