@@ -526,6 +526,8 @@ pub fn show(proxy: &ProxyProcess, command: &str) -> Result<Table, String> {
 pub struct Watchdog {
     done: Option<std::sync::mpsc::Sender<()>>,
     log: Arc<Mutex<Option<PathBuf>>>,
+    test: &'static str,
+    started: Instant,
 }
 
 impl Watchdog {
@@ -544,7 +546,7 @@ impl Watchdog {
                 std::process::exit(101);
             }
         });
-        Watchdog { done: Some(done), log }
+        Watchdog { done: Some(done), log, test, started: Instant::now() }
     }
 
     /// The proxy whose log to print.
@@ -568,7 +570,14 @@ pub fn eprint_proxy_log(lines: usize) {
 }
 
 impl Drop for Watchdog {
+    /// Stops watching and prints the test's wall time.
     fn drop(&mut self) {
         self.done.take();
+        eprintln!(
+            "{}: {:.1?}{}",
+            self.test,
+            self.started.elapsed(),
+            if std::thread::panicking() { " (failed)" } else { "" }
+        );
     }
 }
