@@ -7,16 +7,19 @@
 //! The rest of the module, by concern: `error` (the error type), `os` (PostgreSQL binaries, the
 //! unprivileged OS user and file ownership), `process` (spawning postmasters, readiness, signals,
 //! the atexit PID registry), `setup` (initdb, pg_hba, roles, pg_basebackup, conf files), `state`
-//! (cluster.state, ports, reusing an existing cluster) and `command` (running the client tools).
+//! (cluster.state, ports, reusing an existing cluster), `command` (running the client tools) and
+//! `faults` (killing or freezing a node's whole process tree, for failover tests).
 
 mod command;
 mod error;
+mod faults;
 mod os;
 mod process;
 mod setup;
 mod state;
 
 pub use error::ClusterError;
+pub use faults::thaw;
 pub use os::find_pg_bindir;
 
 use std::fs;

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
 
 use tracing::info;
 
@@ -94,17 +95,51 @@ impl Cluster {
 
     fn init_follower(&mut self, i: usize, extra: &[(String, String)]) -> Result<()> {
         self.make_node_dirs(i)?;
+        self.basebackup_follower(i, 0, extra)
+    }
+
+    /// Replaces node `i`'s data directory with a base backup of node `leader` (pg_basebackup -R)
+    /// and starts it as that node's streaming follower: how a failed node rejoins the cluster
+    /// without pg_rewind. Node `i` must be stopped; its port and name stay.
+    pub fn rebuild_as_follower(&mut self, i: usize, leader: usize) -> Result<()> {
+        self.node(leader)?;
+        if self.node(i)?.child.is_some() || i == leader {
+            return Err(ClusterError::Setup(format!(
+                "{} must be stopped (and not the source) to rebuild",
+                self.nodes[i].name
+            )));
+        }
+        let data = self.nodes[i].data.clone();
+        if data.exists() {
+            fs::remove_dir_all(&data).map_err(io_err(format!("cannot remove {}", data.display())))?;
+        }
+        fs::DirBuilder::new().mode(0o700).create(&data).map_err(io_err(format!("cannot create {}", data.display())))?;
+        self.chown(&data)?;
+        self.basebackup_follower(i, leader, &[])?;
+        info!(node = %self.nodes[i].name, leader = %self.nodes[leader].name, "rebuilt as a follower");
+        Ok(())
+    }
+
+    /// The conninfo node `name` streams from node `leader` with (the superuser's login).
+    pub fn primary_conninfo(&self, leader: usize, name: &str) -> Result<String> {
+        Ok(format!(
+            "host=127.0.0.1 port={} user={SUPERUSER} sslmode=disable gssencmode=disable application_name={} password={}",
+            self.node(leader)?.port,
+            conninfo_quote(name),
+            conninfo_quote(&self.password)
+        ))
+    }
+
+    /// pg_basebackup of node `leader` into node `i`'s (empty) data directory, its pgcausal.conf
+    /// with `extra`, then starts it.
+    fn basebackup_follower(&mut self, i: usize, leader: usize, extra: &[(String, String)]) -> Result<()> {
         let data = self.nodes[i].data.clone();
         // The password goes into the conninfo so that -R records it in primary_conninfo.
-        let conninfo = format!(
-            "host=127.0.0.1 port={} user={SUPERUSER} sslmode=disable gssencmode=disable password={}",
-            self.nodes[0].port,
-            conninfo_quote(&self.password)
-        );
+        let conninfo = self.primary_conninfo(leader, &self.nodes[i].name)?;
         let mut cmd = self.server_command("pg_basebackup");
         cmd.arg("-d").arg(conninfo).arg("-D").arg(&data);
         cmd.args(["-X", "stream", "-R", "-c", "fast", "--no-sync"]).env("PGPASSWORD", &self.password);
-        self.run(cmd, Some(0))?;
+        self.run(cmd, Some(leader))?;
         if !data.join("standby.signal").exists() {
             return Err(ClusterError::Setup(format!("pg_basebackup -R wrote no standby.signal in {}", data.display())));
         }

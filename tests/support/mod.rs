@@ -1,6 +1,9 @@
 //! Test harness: real PostgreSQL clusters (src/cluster/) and a real `pgcausal` process in front.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod chaos;
+pub mod checker;
+
 use pgcausal::cluster::{Cluster, ClusterSpec, PasswordEncryption, UserSpec};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -81,6 +84,9 @@ pub struct ProxyOptions {
     pub pool_section: String,
     /// Extra TOML appended verbatim.
     pub extra: String,
+    /// The port the config names for each node (e.g. a relay's in front of one); default the
+    /// cluster's own ports.
+    pub node_ports: Option<Vec<u16>>,
 }
 
 impl Default for ProxyOptions {
@@ -91,6 +97,7 @@ impl Default for ProxyOptions {
             proxy_section: String::new(),
             pool_section: String::new(),
             extra: String::new(),
+            node_ports: None,
         }
     }
 }
@@ -121,7 +128,7 @@ impl ProxyProcess {
              [monitor]\ninterval = \"100ms\"\n",
             options.pool_mode, options.proxy_section, options.pool_size
         );
-        for (i, p) in cluster.ports.iter().enumerate() {
+        for (i, p) in options.node_ports.as_ref().unwrap_or(&cluster.ports).iter().enumerate() {
             config += &format!("[[nodes]]\nname = \"node{i}\"\nhost = \"127.0.0.1\"\nport = {p}\n");
         }
         config += &format!(
@@ -166,7 +173,11 @@ impl ProxyProcess {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("pgcausal.log")).unwrap_or_default()
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self._dir.path().join("pgcausal.log")
     }
 
     /// psql through the proxy as the main test user, with -X -v ON_ERROR_STOP=1 -At.
@@ -220,8 +231,14 @@ impl ProxyProcess {
     }
 
     pub fn psql_as(&self, user: &str, password: &str, db: &str, args: &[&str], stdin: Option<&str>) -> Output {
-        use std::io::Write;
         self.wait_for_followers();
+        self.psql_as_now(user, password, db, args, stdin)
+    }
+
+    /// `psql_as` without waiting for the followers first (for tests whose nodes are down,
+    /// frozen or forked on purpose).
+    pub fn psql_as_now(&self, user: &str, password: &str, db: &str, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write;
         let mut child = Command::new(pg_bin("psql"))
             .args([
                 "-X",
@@ -276,7 +293,13 @@ impl ProxyProcess {
     /// A console command through psql as `user` (an admin), with the column names as the first
     /// row; each row's values split on `|`.
     pub fn admin_as(&self, user: &str, password: &str, command: &str) -> Result<Vec<Vec<String>>, String> {
-        let out = self.psql_as(
+        self.wait_for_followers();
+        self.admin_as_now(user, password, command)
+    }
+
+    /// `admin_as` without waiting for the followers first.
+    pub fn admin_as_now(&self, user: &str, password: &str, command: &str) -> Result<Vec<Vec<String>>, String> {
+        let out = self.psql_as_now(
             user,
             password,
             "pgcausal",
@@ -295,9 +318,20 @@ impl ProxyProcess {
         self.admin_as(USER, PASSWORD, command).unwrap_or_else(|e| panic!("{command}: {e}\n{}", self.log()))
     }
 
+    /// A console command as the main test user, without waiting for the followers first.
+    pub fn admin_now(&self, command: &str) -> Result<Vec<Vec<String>>, String> {
+        self.admin_as_now(USER, PASSWORD, command)
+    }
+
     /// A libpq/tokio-postgres connection string through the proxy.
     pub fn conn_str(&self, db: &str) -> String {
         format!("host=127.0.0.1 port={} user={USER} password={PASSWORD} dbname={db}", self.port)
+    }
+
+    /// A connection string through the proxy as the trust user (`auth = "trust"` in the proxy:
+    /// no SCRAM exchange, which costs a debug build ~0.1 s of CPU on each side per login).
+    pub fn trust_conn_str(&self, db: &str) -> String {
+        format!("host=127.0.0.1 port={} user={TRUST_USER} dbname={db}", self.port)
     }
 
     /// The /metrics page.
