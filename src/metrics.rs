@@ -41,6 +41,7 @@ pub const UNIT_SECONDS: &str = "pgcausal_unit_seconds";
 pub const CONFIG_RELOADS: &str = "pgcausal_config_reloads_total";
 pub const CLIENTS: &str = "pgcausal_clients";
 pub const BUILD_INFO: &str = "pgcausal_build_info";
+pub const SERVER_CONNECTIONS_CUT: &str = "pgcausal_server_connections_cut_total";
 
 /// SQLSTATE classes clients commonly get, from servers and from the proxy itself (connection
 /// exceptions, feature not supported, data, integrity, transaction state, auth, unknown database,
@@ -137,6 +138,10 @@ pub fn describe() {
     describe_counter!(CONFIG_RELOADS, "Configuration reloads by result");
     describe_gauge!(CLIENTS, "Logged-in clients by state (idle, waiting for a server connection or RESUME, active)");
     describe_gauge!(BUILD_INFO, "Always 1; the version label says which pgcausal runs");
+    describe_counter!(
+        SERVER_CONNECTIONS_CUT,
+        "Server connections cut because their node went down or was fenced, by node"
+    );
 }
 
 /// Creates the series whose labels are known in advance, at 0, so a rate or increase over
