@@ -213,7 +213,9 @@ fn reads_in_flight_on_a_frozen_follower_finish_on_the_other_without_errors() {
         .map(|reader| {
             let (log, stop, conn_str) = (log.clone(), stop.clone(), p.conn_str("postgres"));
             rt.spawn(async move {
-                let client = match try_connect(&conn_str).await {
+                // Each reader with settings of its own: a connection another reader used is
+                // brought to its state before its read (a replay that may meet the freeze too).
+                let client = match try_connect(&format!("{conn_str} application_name=reader{reader}")).await {
                     Ok(c) => c,
                     Err(e) => {
                         let now = Instant::now();

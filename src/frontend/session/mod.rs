@@ -457,18 +457,8 @@ impl Session<'_> {
             node_local: class.is_some_and(|c| c.reason == crate::route::Reason::NodeLocal),
         };
         self.acquire(want, needs).await?;
-        loop {
-            let (node, follower) = self.server.as_ref().map(|l| (l.node, l.follower)).expect("acquired");
-            match self.prepare_server_if_needed().await {
-                Err(ProxyError::StateReplay(e)) if follower && unit::unreachable(&e) && self.unit.retries < 3 => {
-                    // The follower failed (died, cut) before the unit sent it anything: elsewhere.
-                    self.unit.retries += 1;
-                    self.unit.exclude.push(node);
-                    metrics::counter!(crate::metrics::ROUTE_RETRIES, "reason" => "connection_lost").increment(1);
-                    self.acquire(want, needs).await?;
-                }
-                prepared => break prepared?,
-            }
+        if let Err(e) = self.prepare_server_if_needed().await {
+            Box::pin(self.prepare_on_another_node(e, want, needs)).await?;
         }
         self.send_deferred_begin();
         Ok(Flow::Next)
