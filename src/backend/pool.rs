@@ -200,16 +200,16 @@ impl Pool {
                 None => {
                     let since = *waiting_since.get_or_insert_with(Instant::now);
                     match crate::control::timeout_at(since + wait_limit, self.wait(since)).await {
+                        Ok(Handoff::Aborted(reason)) => {
+                            let cut = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, reason.to_string());
+                            return (Err(LeaseError::Backend(cut.into())), Some(since.elapsed()));
+                        }
                         Ok(next) => next,
                         Err(_) => return (Err(LeaseError::Timeout(wait_limit)), Some(since.elapsed())),
                     }
                 }
             };
             let waited = waiting_since.map(|since| since.elapsed());
-            if let Handoff::Aborted(reason) = next {
-                let cut = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, reason.to_string());
-                return (Err(LeaseError::Backend(cut.into())), waited);
-            }
             // From here this lease holds one unit of `size`; the guard gives it back on failure or
             // if the caller goes away mid-connect or mid-reset.
             let room = Room(Some(self));
@@ -223,7 +223,7 @@ impl Pool {
                     Ok(conn) => return (Ok(room.into_lease(conn)), waited),
                     Err(e) => return (Err(e.into()), waited),
                 },
-                Handoff::Aborted(_) => unreachable!("returned above"),
+                Handoff::Aborted(_) => unreachable!("only a waiter is sent it, and returns"),
             }
         }
     }
