@@ -435,3 +435,54 @@ impl Drop for Lease {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(max_size: usize) -> Pool {
+        let login = Login {
+            host: "127.0.0.1".into(),
+            port: 1,
+            user: "app".into(),
+            password: String::new(),
+            database: "db".into(),
+        };
+        Pool::new(PoolConfig {
+            node: "node1".into(),
+            login,
+            max_size,
+            connect_timeout: Duration::from_secs(1),
+            reset_query: String::new(),
+            metrics: Arc::new(NodeMetrics::new("node1")),
+            gauges: PoolGauges::new("node1", "db", "app"),
+            clock: Arc::default(),
+            sockets: Arc::default(),
+        })
+    }
+
+    #[test]
+    fn a_waiter_is_sent_away_when_its_node_is_cut() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+        runtime.block_on(async {
+            let pool = pool(0); // full from the start: every lease waits
+            let waiting = pool.clone();
+            let lease = tokio::spawn(async move { waiting.lease(Duration::from_secs(30), None).await });
+            while pool.stats().waiting == 0 {
+                tokio::task::yield_now().await;
+            }
+            pool.abort_waiters(&Arc::from("node1 went down"));
+            let (result, waited) = lease.await.unwrap();
+            match result {
+                Err(LeaseError::Backend(BackendError::Io(e))) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionAborted);
+                    assert_eq!(e.to_string(), "node1 went down");
+                }
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("leased from a pool of size 0"),
+            }
+            assert!(waited.is_some());
+            assert_eq!(pool.stats().waiting, 0);
+        });
+    }
+}
