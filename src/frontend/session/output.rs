@@ -234,7 +234,7 @@ impl Session<'_> {
     /// error): a held read that sent the client nothing runs again on another node; otherwise
     /// what was pending fails with 08006 naming the node and why. The client keeps its session
     /// unless it was inside a transaction (which is gone: it must not go on as if it were open),
-    /// in session mode, or holds part of a message.
+    /// in session mode or pinned (its session state is gone too), or holds part of a message.
     pub(super) fn server_lost(&mut self, error: io::Error) -> Result<(), ProxyError> {
         if self.unit.hold.is_some() && self.unit.retries < 3 {
             self.retry_unit(false, "connection_lost");
@@ -248,7 +248,9 @@ impl Session<'_> {
         let node = self.shared.pools.nodes[node].name.clone();
         tracing::warn!(%node, %reason, in_transaction, "server connection lost");
         let lost = ProxyError::ServerLost { node, reason, mid_message };
-        if mid_message || in_transaction || self.config.proxy.pool_mode == PoolMode::Session {
+        // Session mode and pins (LISTEN, temp tables, ...): the state the client counts on is gone.
+        let session_state = self.config.proxy.pool_mode == PoolMode::Session || self.state.pins.is_pinned();
+        if mid_message || in_transaction || session_state {
             return Err(lost);
         }
         let sync_points = self.inflight.sync_points();
