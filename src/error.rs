@@ -68,6 +68,14 @@ pub enum ProxyError {
     PoolTimeout { node: String, waited: Duration },
     #[error("no leader is known: {0}")]
     NoLeader(String),
+    /// The leader refused connections for all of `failover.hold_timeout`.
+    #[error("the leader {node} accepted no connection within {waited:?} (failover.hold_timeout): {error}")]
+    LeaderUnreachable { node: String, waited: Duration, error: String },
+    /// The server connection of the client's unit failed (its node died, froze or was cut off).
+    /// `mid_message`: part of a message already reached the client, which could not parse
+    /// anything written after it: the connection is closed without an error message.
+    #[error("lost the server connection to node {node}: {reason}")]
+    ServerLost { node: String, reason: String, mid_message: bool },
     #[error("{0}")]
     FloorTimeout(String),
     #[error("no follower is eligible for reads and routing.leader_reads = \"never\"")]
@@ -137,7 +145,11 @@ impl ProxyError {
             ProxyError::AuthFailed(_) => INVALID_PASSWORD,
             ProxyError::LoginTimeout => CONNECTION_FAILURE,
             ProxyError::TooManyClients | ProxyError::PoolTimeout { .. } => TOO_MANY_CONNECTIONS,
-            ProxyError::NoLeader(_) | ProxyError::NoFollower | ProxyError::FloorTimeout(_) => CANNOT_CONNECT_NOW,
+            ProxyError::NoLeader(_)
+            | ProxyError::LeaderUnreachable { .. }
+            | ProxyError::NoFollower
+            | ProxyError::FloorTimeout(_) => CANNOT_CONNECT_NOW,
+            ProxyError::ServerLost { .. } => CONNECTION_FAILURE,
             ProxyError::Backend(_) | ProxyError::StateReplay(_) => return None,
             ProxyError::ProxyCommandNotAlone | ProxyError::CachedPlanChanged => FEATURE_NOT_SUPPORTED,
             ProxyError::ClientIo(_) => CONNECTION_FAILURE,
@@ -183,9 +195,15 @@ mod tests {
             ProxyError::Startup(StartupError::UnsupportedVersion(4, 0)),
             ProxyError::Frame(FrameError::BadLength(1)),
             ProxyError::Backend(BackendError::Timeout("connect".into())),
+            ProxyError::ServerLost { node: "node1".into(), reason: "it went down".into(), mid_message: false },
+            ProxyError::LeaderUnreachable {
+                node: "node0".into(),
+                waited: Duration::from_secs(15),
+                error: "refused".into(),
+            },
         ];
         let codes: Vec<&str> = errors.iter().map(|e| e.sqlstate()).collect();
-        assert_eq!(codes, ["08P01", "28P01", "53300", "0A000", "08P01", "08006"]);
+        assert_eq!(codes, ["08P01", "28P01", "53300", "0A000", "08P01", "08006", "08006", "57P03"]);
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub fn spawn(shared: &Arc<Shared>, orders: mpsc::UnboundedReceiver<Order>, tasks
         fenced_done: vec![0; nodes],
         repointed: vec![(0, 0); nodes],
         checked: vec![false; nodes],
+        was_fenced: vec![false; nodes],
         waiting_logged: false,
     };
     tasks.add(crate::control::spawn(driver.run()));
@@ -74,6 +75,8 @@ struct Driver {
     repointed: Vec<(i64, u64)>,
     /// Per node: the failover login's permissions were checked.
     checked: Vec<bool>,
+    /// Per node: fenced at the last look (its connections are cut when it becomes fenced).
+    was_fenced: Vec<bool>,
     waiting_logged: bool,
 }
 
@@ -97,13 +100,14 @@ impl Driver {
                     self.last_seen_up[i] = now;
                 }
             }
+            self.cut_newly_fenced(&shared, &snapshot);
             if config.failover.mode == FailoverMode::Off {
                 continue; // promotions made by others are followed by the election alone
             }
             self.check_permissions(&config, &snapshot).await;
             self.step(&shared, &config, &snapshot, now).await;
             if self.phase == Phase::Healthy {
-                self.keep_fenced_read_only(&shared, &config, &snapshot).await;
+                self.keep_fenced_read_only(&config, &snapshot).await;
                 self.repoint_strays(&config, &snapshot).await;
             }
         }
@@ -236,7 +240,7 @@ impl Driver {
                 *f = true;
             }
         });
-        shared.pools.drain_node(leader);
+        self.cut_newly_fenced(shared, &self.topology.snapshot());
         self.transition(Event::Confirmed);
         let _ = now;
     }
@@ -440,13 +444,12 @@ impl Driver {
 
     /// An up primary that is fenced is made read-only (once per incarnation) and its client
     /// backends ended: it must not take writes even from clients that bypass pgcausal.
-    async fn keep_fenced_read_only(&mut self, shared: &Shared, config: &Config, snapshot: &Snapshot) {
+    async fn keep_fenced_read_only(&mut self, config: &Config, snapshot: &Snapshot) {
         let logins = &*self.logins.clone();
         for (i, n) in snapshot.nodes.iter().enumerate() {
             if !(n.up && n.role == Role::Primary && snapshot.fenced(i)) || self.fenced_done[i] == n.incarnation {
                 continue;
             }
-            shared.pools.drain_node(i);
             let node = &config.nodes[i].name;
             let fenced = async {
                 let session = logins.open(i, action_timeout(config)).await?;
@@ -495,6 +498,21 @@ impl Driver {
                     tracing::warn!(%node, error = %e, "could not point a stray follower at the leader");
                 }
             }
+        }
+    }
+
+    /// A node fenced since the last look (confirmed dead, or a primary beside the leader) loses
+    /// every server connection at once: a unit in flight on it gets class 08, never an
+    /// acknowledgement from a node that must not write.
+    fn cut_newly_fenced(&mut self, shared: &Shared, snapshot: &Snapshot) {
+        for i in 0..self.was_fenced.len() {
+            let fenced = snapshot.fenced(i);
+            if fenced && !self.was_fenced[i] {
+                shared
+                    .pools
+                    .abort_node(i, "it was fenced (a failover replaced it as leader, or it is a second primary)");
+            }
+            self.was_fenced[i] = fenced;
         }
     }
 

@@ -49,6 +49,7 @@ pub const ACKED_AT_RISK: &str = "pgcausal_acknowledged_commits_at_risk_total";
 pub const SPLIT_BRAIN: &str = "pgcausal_split_brain";
 pub const NODE_FENCED: &str = "pgcausal_node_fenced";
 pub const FAILOVER_ACTIONS: &str = "pgcausal_failover_actions_total";
+pub const SERVER_CONNECTIONS_CUT: &str = "pgcausal_server_connections_cut_total";
 
 /// SQLSTATE classes clients commonly get, from servers and from the proxy itself (connection
 /// exceptions, feature not supported, data, integrity, transaction state, auth, unknown database,
@@ -165,6 +166,10 @@ pub fn describe() {
     describe_counter!(
         FAILOVER_ACTIONS,
         "Actions the failover driver ran on nodes, by action (freeze, promote, repoint, fence) and result"
+    );
+    describe_counter!(
+        SERVER_CONNECTIONS_CUT,
+        "Server connections cut because their node went down or was fenced, by node"
     );
 }
 

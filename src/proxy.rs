@@ -13,6 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
+/// Why the connections of a node the monitor found down were cut (clients see it in the error).
+const NODE_DOWN: &str = "the node went down (its health probes failed or timed out)";
+
 /// A bound, not yet serving proxy.
 pub struct Proxy {
     shared: Arc<Shared>,
@@ -71,10 +74,13 @@ impl Proxy {
         monitor::spawn_all(
             &shared.config(),
             topology,
-            Arc::new(move |node, _before, after| {
-                // A node that went down or changed role must not hand out its old connections.
-                if let Some(shared) = weak.upgrade() {
-                    let _ = after;
+            Arc::new(move |node, before, after| {
+                let Some(shared) = weak.upgrade() else { return };
+                if before.up && !after.up {
+                    // Units in flight there would wait on a dead or frozen server: cut them now.
+                    shared.pools.abort_node(node, NODE_DOWN);
+                } else {
+                    // A node that changed role must not hand out its old connections.
                     shared.pools.drain_node(node);
                 }
             }),

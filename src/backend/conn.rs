@@ -1,10 +1,13 @@
 //! One server connection: TCP connect, startup, authentication (SCRAM-SHA-256, md5, password, trust).
 
+use super::abort::{NodeSockets, Registration};
 use crate::error::sqlstate;
 use crate::protocol::{be, framing, messages};
 use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::authentication::{self, sasl};
 use postgres_protocol::message::frontend;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -47,6 +50,9 @@ pub struct Login {
 }
 
 pub struct ServerConn {
+    /// Its socket in its node's registry, for `Pools::abort_node`. Declared first, so it is
+    /// dropped (deregistered) before the socket closes.
+    registration: Option<Registration>,
     pub reader: OwnedReadHalf,
     pub writer: OwnedWriteHalf,
     /// Bytes read from the server and not yet passed on.
@@ -101,17 +107,25 @@ impl SequenceUse {
 }
 
 impl ServerConn {
-    pub async fn connect(login: &Login, timeout: Duration) -> Result<ServerConn, BackendError> {
-        crate::control::timeout(timeout, Self::connect_inner(login))
+    /// Opens and logs in a connection; with `sockets`, its socket is registered there from the
+    /// TCP connect on (a cut ends a login stuck on a frozen server too).
+    pub async fn connect(
+        login: &Login,
+        timeout: Duration,
+        sockets: Option<&Arc<NodeSockets>>,
+    ) -> Result<ServerConn, BackendError> {
+        crate::control::timeout(timeout, Self::connect_inner(login, sockets))
             .await
             .map_err(|_| BackendError::Timeout(format!("{}:{} connect", login.host, login.port)))?
     }
 
-    async fn connect_inner(login: &Login) -> Result<ServerConn, BackendError> {
+    async fn connect_inner(login: &Login, sockets: Option<&Arc<NodeSockets>>) -> Result<ServerConn, BackendError> {
         let stream = TcpStream::connect((login.host.as_str(), login.port)).await?;
+        let registration = sockets.map(|s| s.register(stream.as_raw_fd()));
         stream.set_nodelay(true)?;
         let (reader, writer) = stream.into_split();
         let mut conn = ServerConn {
+            registration,
             reader,
             writer,
             rbuf: BytesMut::with_capacity(16 * 1024),
@@ -263,6 +277,11 @@ impl ServerConn {
                 _ => {}
             }
         }
+    }
+
+    /// Why `Pools::abort_node` cut this connection, if it did.
+    pub fn cut_reason(&self) -> Option<&str> {
+        self.registration.as_ref().and_then(Registration::cut_reason)
     }
 
     /// True if the server has sent something unsolicited (or closed) while idle in the pool.

@@ -1,5 +1,6 @@
 //! The server side: connections to PostgreSQL nodes and their pools.
 
+pub mod abort;
 pub mod conn;
 pub mod failures;
 pub mod pool;

@@ -5,6 +5,7 @@
 //! one uncontended lock, a pop and a check of the socket, with no semaphore, clock read or
 //! per-object metrics. A returned connection goes straight to the longest waiter.
 
+use super::abort::NodeSockets;
 use super::conn::{BackendError, Login, ServerConn};
 use super::failures::{Failure, FailureLog, Target};
 use crate::metrics::{NodeMetrics, PoolGauges, PoolStats};
@@ -63,6 +64,8 @@ pub struct PoolConfig {
     /// This pool's own gauges (node, database, user), set by `publish_stats`.
     pub gauges: PoolGauges,
     pub clock: Arc<CoarseClock>,
+    /// The node's socket registry every connection of this pool joins.
+    pub sockets: Arc<NodeSockets>,
 }
 
 #[derive(Clone)]
@@ -103,10 +106,12 @@ struct Idle {
     since_ms: u64,
 }
 
-/// What a lease starts from: a connection, or room under `max_size` to open one.
+/// What a lease starts from: a connection, or room under `max_size` to open one; or word
+/// that the node's connections were cut (`abort_waiters`), with why.
 enum Handoff {
     Conn(Box<ServerConn>),
     Room,
+    Aborted(Arc<str>),
 }
 
 impl Pool {
@@ -195,6 +200,10 @@ impl Pool {
                 None => {
                     let since = *waiting_since.get_or_insert_with(Instant::now);
                     match crate::control::timeout_at(since + wait_limit, self.wait(since)).await {
+                        Ok(Handoff::Aborted(reason)) => {
+                            let cut = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, reason.to_string());
+                            return (Err(LeaseError::Backend(cut.into())), Some(since.elapsed()));
+                        }
                         Ok(next) => next,
                         Err(_) => return (Err(LeaseError::Timeout(wait_limit)), Some(since.elapsed())),
                     }
@@ -214,6 +223,7 @@ impl Pool {
                     Ok(conn) => return (Ok(room.into_lease(conn)), waited),
                     Err(e) => return (Err(e.into()), waited),
                 },
+                Handoff::Aborted(_) => unreachable!("only a waiter is sent it, and returns"),
             }
         }
     }
@@ -252,7 +262,7 @@ impl Pool {
         // Boxed: a connect's state is large and rare; inline it would sit in every session's future.
         let mut login = config.login.clone();
         login.password.clone_from(&self.0.password.lock().expect("pool password poisoned"));
-        let result = Box::pin(ServerConn::connect(&login, config.connect_timeout)).await;
+        let result = Box::pin(ServerConn::connect(&login, config.connect_timeout, Some(&config.sockets))).await;
         config.metrics.connect_result(result.is_ok());
         match &result {
             Ok(_) => self.0.failures.succeeded(&self.0.target, "pool"),
@@ -270,7 +280,7 @@ impl Pool {
             match waiter.send(Handoff::Conn(conn)) {
                 Ok(()) => return,
                 Err(Handoff::Conn(back)) => conn = back, // that waiter gave up
-                Err(Handoff::Room) => unreachable!("sent a connection"),
+                Err(_) => unreachable!("sent a connection"),
             }
         }
         if state.size > self.0.max_size.load(Ordering::Relaxed) {
@@ -291,6 +301,15 @@ impl Pool {
             }
         }
         state.size -= 1;
+    }
+
+    /// Sends every session waiting for a connection away with `reason` (the node's connections
+    /// are being cut: one freed now would only open a connection to a node that left).
+    pub fn abort_waiters(&self, reason: &Arc<str>) {
+        let waiters = std::mem::take(&mut self.state().waiters);
+        for (_, waiter) in waiters {
+            let _ = waiter.send(Handoff::Aborted(reason.clone()));
+        }
     }
 
     /// What the pool holds now; one lock, no socket or clock.
@@ -377,7 +396,7 @@ impl Drop for Waiter<'_> {
         match self.rx.try_recv() {
             Ok(Handoff::Conn(conn)) => self.pool.put_back(conn),
             Ok(Handoff::Room) => self.pool.free_room(),
-            Err(_) => {}
+            Ok(Handoff::Aborted(_)) | Err(_) => {}
         }
     }
 }
@@ -414,5 +433,56 @@ impl Drop for Lease {
             Some(conn) => self.pool.put_back(conn),
             None => self.pool.free_room(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(max_size: usize) -> Pool {
+        let login = Login {
+            host: "127.0.0.1".into(),
+            port: 1,
+            user: "app".into(),
+            password: String::new(),
+            database: "db".into(),
+        };
+        Pool::new(PoolConfig {
+            node: "node1".into(),
+            login,
+            max_size,
+            connect_timeout: Duration::from_secs(1),
+            reset_query: String::new(),
+            metrics: Arc::new(NodeMetrics::new("node1")),
+            gauges: PoolGauges::new("node1", "db", "app"),
+            clock: Arc::default(),
+            sockets: Arc::default(),
+        })
+    }
+
+    #[test]
+    fn a_waiter_is_sent_away_when_its_node_is_cut() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().unwrap();
+        runtime.block_on(async {
+            let pool = pool(0); // full from the start: every lease waits
+            let waiting = pool.clone();
+            let lease = tokio::spawn(async move { waiting.lease(Duration::from_secs(30), None).await });
+            while pool.stats().waiting == 0 {
+                tokio::task::yield_now().await;
+            }
+            pool.abort_waiters(&Arc::from("node1 went down"));
+            let (result, waited) = lease.await.unwrap();
+            match result {
+                Err(LeaseError::Backend(BackendError::Io(e))) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionAborted);
+                    assert_eq!(e.to_string(), "node1 went down");
+                }
+                Err(e) => panic!("{e}"),
+                Ok(_) => panic!("leased from a pool of size 0"),
+            }
+            assert!(waited.is_some());
+            assert_eq!(pool.stats().waiting, 0);
+        });
     }
 }

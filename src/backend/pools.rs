@@ -1,6 +1,8 @@
 //! Every node's connection pools, one per (database, user) made on first use, and their upkeep:
-//! closing idle and old connections, and draining a node that went down or changed role.
+//! closing idle and old connections, draining a node that changed role, and cutting every
+//! connection of a node that went down or is fenced.
 
+use super::abort::NodeSockets;
 use super::conn::Login;
 use super::pool::{CoarseClock, Pool, PoolConfig};
 use crate::config::Config;
@@ -19,6 +21,8 @@ pub struct NodePools {
     pools: Mutex<HashMap<(String, String), Pool>>,
     /// Units of work leased here (read by the admin console; Prometheus has its own counter).
     units: AtomicU64,
+    /// The sockets of every open connection to this node, for `Pools::abort_node`.
+    sockets: Arc<NodeSockets>,
 }
 
 impl NodePools {
@@ -65,6 +69,7 @@ impl Pools {
                 metrics: Arc::new(NodeMetrics::new(&n.name)),
                 pools: Mutex::new(HashMap::new()),
                 units: AtomicU64::new(0),
+                sockets: Arc::default(),
             })
             .collect();
         Pools {
@@ -99,6 +104,7 @@ impl Pools {
                 metrics: n.metrics.clone(),
                 gauges: crate::metrics::PoolGauges::new(&n.name, database, user),
                 clock: self.clock.clone(),
+                sockets: n.sockets.clone(),
             })
         });
         pool.clone()
@@ -150,6 +156,24 @@ impl Pools {
         for pool in self.nodes[node].all() {
             pool.close_idle(|_, _| false);
         }
+    }
+
+    /// Cuts every connection to a node at once (it went down, or is fenced): idle ones close,
+    /// sessions waiting for one are sent away, and each leased one is shut down under its
+    /// session, which sees the end of the stream at its next read (even from a frozen server)
+    /// and re-runs its read elsewhere or fails its unit with class 08 naming `reason`.
+    /// Returns how many connections were cut.
+    pub fn abort_node(&self, node: usize, reason: &str) -> usize {
+        self.drain_node(node);
+        let n = &self.nodes[node];
+        let why: Arc<str> = reason.into();
+        n.all().iter().for_each(|pool| pool.abort_waiters(&why));
+        let cut = n.sockets.cut_all(reason);
+        if cut > 0 {
+            tracing::info!(node = %n.name, connections = cut, reason, "cut the server connections of a node");
+            metrics::counter!(crate::metrics::SERVER_CONNECTIONS_CUT, "node" => n.name.clone()).increment(cut as u64);
+        }
+        cut
     }
 }
 

@@ -85,6 +85,11 @@ pub async fn fail(stream: &mut (impl AsyncWrite + Unpin), e: &ProxyError) {
     if matches!(e, ProxyError::ClientIo(_)) {
         return;
     }
+    if matches!(e, ProxyError::ServerLost { mid_message: true, .. }) {
+        // The client holds part of a message: an ErrorResponse now would read as its rest.
+        let _ = stream.shutdown().await;
+        return;
+    }
     let msg = e.error_response(Severity::Fatal);
     let _ = crate::control::timeout(std::time::Duration::from_secs(1), stream.write_all(&msg)).await;
     let _ = stream.shutdown().await;

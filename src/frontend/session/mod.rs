@@ -42,6 +42,9 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// Why a server connection ended when the server closed it (its backend exited or was killed).
+const SERVER_CLOSED: &str = "the server closed the connection";
+
 /// Stop reading a side while this much is queued for the other.
 const HIGH_WATER: usize = 256 * 1024;
 
@@ -242,7 +245,7 @@ pub async fn run(
     }
     let result = session.pump().await;
     if let Err(e) = &result {
-        Box::pin(super::fail(&mut session.client.writer, e)).await;
+        Box::pin(session.fail(e)).await;
     }
     session.finish();
     result
@@ -265,7 +268,9 @@ impl Session<'_> {
             }
             match self.next_event().await? {
                 Event::ClientRead(0) => self.closing = true,
-                Event::ServerRead(0) => self.server_lost(io::ErrorKind::UnexpectedEof.into())?,
+                Event::ServerRead(0) => {
+                    self.server_lost(io::Error::new(io::ErrorKind::UnexpectedEof, SERVER_CLOSED))?
+                }
                 Event::ServerFailed(e) => self.server_lost(e)?,
                 Event::ServerRead(_) => self.process_server()?,
                 Event::Signalled => return Err(ProxyError::AdminShutdown),
@@ -452,7 +457,9 @@ impl Session<'_> {
             node_local: class.is_some_and(|c| c.reason == crate::route::Reason::NodeLocal),
         };
         self.acquire(want, needs).await?;
-        self.prepare_server_if_needed().await?;
+        if let Err(e) = self.prepare_server_if_needed().await {
+            Box::pin(self.prepare_on_another_node(e, want, needs)).await?;
+        }
         self.send_deferred_begin();
         Ok(Flow::Next)
     }
@@ -679,6 +686,16 @@ impl Session<'_> {
     fn refuse(&mut self, e: &ProxyError) {
         e.count();
         self.push_reply(e.error_response(Severity::Error).freeze());
+    }
+
+    /// Ends the session with `e`: what is queued for the client goes first (answers that came
+    /// before the failure, or the rest of a message begun), then the FATAL.
+    async fn fail(&mut self, e: &ProxyError) {
+        if !self.to_client.is_empty() && !matches!(e, ProxyError::ClientIo(_)) {
+            let flush = self.client.writer.write_all(&self.to_client);
+            let _ = crate::control::timeout(std::time::Duration::from_secs(1), flush).await;
+        }
+        super::fail(&mut self.client.writer, e).await;
     }
 
     /// Returns a clean server to its pool (reset first in session mode); closes any other.

@@ -231,24 +231,33 @@ impl Session<'_> {
         false
     }
 
-    /// The server connection failed under us: fail what was pending, keep the client if we can.
+    /// The server connection failed under us (its node died, froze and was cut, or a network
+    /// error): a held read that sent the client nothing runs again on another node; otherwise
+    /// what was pending fails with 08006 naming the node and why. The client keeps its session
+    /// unless it was inside a transaction (which is gone: it must not go on as if it were open),
+    /// in session mode or pinned (its session state is gone too), or holds part of a message.
     pub(super) fn server_lost(&mut self, error: io::Error) -> Result<(), ProxyError> {
         if self.unit.hold.is_some() && self.unit.retries < 3 {
             self.retry_unit(false, "connection_lost");
             return Ok(());
         }
         self.release_hold();
+        let leased = self.server.as_ref().expect("a held server");
+        let reason = leased.lease.cut_reason().map_or_else(|| error.to_string(), str::to_string);
+        let in_transaction = self.tx_status != TxStatus::Idle;
         let (node, mid_message) = self.discard_server();
-        let node = &self.shared.pools.nodes[node].name;
-        tracing::warn!(%node, %error, "server connection lost");
-        if mid_message || self.config.proxy.pool_mode == PoolMode::Session {
-            // Part of a message already reached the client, or session state is gone: it must reconnect.
-            return Err(ProxyError::Backend(error.into()));
+        let node = self.shared.pools.nodes[node].name.clone();
+        tracing::warn!(%node, %reason, in_transaction, "server connection lost");
+        let lost = ProxyError::ServerLost { node, reason, mid_message };
+        // Session mode and pins (LISTEN, temp tables, ...): the state the client counts on is gone.
+        let session_state = self.config.proxy.pool_mode == PoolMode::Session || self.state.pins.is_pinned();
+        if mid_message || in_transaction || session_state {
+            return Err(lost);
         }
         let sync_points = self.inflight.sync_points();
         self.inflight.clear();
         if sync_points > 0 || self.unsynced {
-            self.refuse(&ProxyError::Backend(error.into()));
+            self.refuse(&lost);
             for _ in 0..sync_points {
                 self.to_client.extend_from_slice(&messages::ready_for_query(TxStatus::Idle));
             }

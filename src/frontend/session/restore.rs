@@ -247,11 +247,39 @@ impl Session<'_> {
         }
     }
 
+    /// The state replay before a unit failed (`e`): when its follower failed under it (died,
+    /// cut; `replay_failed` excluded it), nothing of the unit was sent, so it moves to another
+    /// node; any other failure is the unit's answer.
+    pub(super) async fn prepare_on_another_node(
+        &mut self,
+        mut e: ProxyError,
+        want: Want,
+        needs: Needs,
+    ) -> Result<(), ProxyError> {
+        loop {
+            let follower_failed = matches!(&e, ProxyError::StateReplay(b) if unit::unreachable(b));
+            if !follower_failed || self.unit.exclude.is_empty() || self.unit.retries >= 3 {
+                return Err(e);
+            }
+            self.unit.retries += 1;
+            metrics::counter!(crate::metrics::ROUTE_RETRIES, "reason" => "connection_lost").increment(1);
+            self.acquire(want, needs).await?;
+            match self.prepare_server_if_needed().await {
+                Ok(()) => return Ok(()),
+                Err(next) => e = next,
+            }
+        }
+    }
+
     /// The replay of the client's state failed: that connection is closed (its state is not
     /// the client's), the failure logged and counted; the error is the client's answer.
     fn replay_failed(&mut self, e: BackendError) -> ProxyError {
         self.release_hold();
+        let follower = self.server.as_ref().is_some_and(|l| l.follower);
         let (node, _) = self.discard_server();
+        if follower && unit::unreachable(&e) {
+            self.unit.exclude.push(node); // the follower failed, not the replay: see prepare_on_another_node
+        }
         let node = &self.shared.pools.nodes[node].name;
         tracing::warn!(%node, error = %e, "replaying a client's session state failed; closing that server connection");
         metrics::counter!(crate::metrics::STATE_REPLAY_FAILURES, "kind" => "settings").increment(1);

@@ -218,8 +218,7 @@ impl Session<'_> {
     pub(super) async fn acquire(&mut self, want: Want, needs: Needs) -> Result<(), ProxyError> {
         let shared = self.shared;
         if shared.lifecycle.is_paused() {
-            self.entry.set_status(ClientStatus::Waiting);
-            shared.lifecycle.gate().await; // PAUSE: new units wait here for RESUME
+            self.wait_for_resume().await;
         }
         // Read the clock only once there is a wait: most leases need none.
         let mut started: Option<Instant> = None;
@@ -255,9 +254,19 @@ impl Session<'_> {
                 Err(ProxyError::Backend(e)) if unreachable(&e) && Instant::now() < deadline() => {
                     crate::control::sleep(self.config.monitor.interval).await;
                 }
+                Err(ProxyError::Backend(e)) if unreachable(&e) => {
+                    let node = shared.pools.nodes[node].name.clone();
+                    return Err(ProxyError::LeaderUnreachable { node, waited: leader_wait, error: e.to_string() });
+                }
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// PAUSE: new units (and logins) wait here for RESUME.
+    pub(super) async fn wait_for_resume(&mut self) {
+        self.entry.set_status(ClientStatus::Waiting);
+        self.shared.lifecycle.gate().await;
     }
 
     /// `prepare_server`, entered only when the connection's state differs from the client's
@@ -340,7 +349,7 @@ impl Session<'_> {
 }
 
 /// A connection failure that says nothing about the client's request: try elsewhere or later.
-fn unreachable(e: &BackendError) -> bool {
+pub(super) fn unreachable(e: &BackendError) -> bool {
     match e {
         BackendError::Io(_) | BackendError::Timeout(_) => true,
         BackendError::Server { code, .. } => {
