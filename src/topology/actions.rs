@@ -4,12 +4,11 @@
 use crate::backend::failures::Failure;
 use crate::config::{Config, NodeConfig};
 use crate::lexical::quote_literal;
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use deadpool_postgres::{Object, Pool};
 use std::time::Duration;
-use tokio_postgres::NoTls;
 
 use super::failover::Receiver;
-use super::monitor::node_at;
+use super::monitor::{login_pool, node_at};
 
 /// A failed action: which, on which node, and PostgreSQL's own message.
 #[derive(Debug, thiserror::Error)]
@@ -28,28 +27,12 @@ pub struct NodeLogins {
 
 impl NodeLogins {
     pub fn new(config: &Config) -> NodeLogins {
-        let (user, password) = config.failover_login();
         let timeout = action_timeout(config);
+        let login = config.failover_login();
         let pools = config
             .nodes
             .iter()
-            .map(|node| {
-                let mut pg = tokio_postgres::Config::new();
-                pg.host(&node.host)
-                    .port(node.port)
-                    .user(user)
-                    .password(password)
-                    .dbname(&config.monitor.database)
-                    .application_name("pgcausal-failover")
-                    .connect_timeout(timeout)
-                    .keepalives(true)
-                    .keepalives_idle(Duration::from_secs(5))
-                    .tcp_user_timeout(timeout);
-                let manager =
-                    Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-                let pool = Pool::builder(manager).max_size(1).build().expect("no runtime-dependent timeouts");
-                (node.name.clone(), pool)
-            })
+            .map(|node| (node.name.clone(), login_pool(config, node, login, "pgcausal-failover", timeout)))
             .collect();
         NodeLogins { pools }
     }

@@ -33,17 +33,23 @@ pub fn node_at(nodes: &[NodeConfig], host: Option<&str>, port: Option<i32>) -> O
 
 pub fn control_pool(config: &Config, node: &NodeConfig) -> Pool {
     let (user, password) = config.monitor_login();
+    login_pool(config, node, (user, password), "pgcausal-monitor", config.monitor.timeout)
+}
+
+/// A one-connection pool to `node` as `login`, in the monitor database, with connect,
+/// keepalive and TCP user timeouts (a hung node must not hang its caller).
+pub fn login_pool(config: &Config, node: &NodeConfig, login: (&str, &str), name: &str, timeout: Duration) -> Pool {
     let mut pg = tokio_postgres::Config::new();
     pg.host(&node.host)
         .port(node.port)
-        .user(user)
-        .password(password)
+        .user(login.0)
+        .password(login.1)
         .dbname(&config.monitor.database)
-        .application_name("pgcausal-monitor")
-        .connect_timeout(config.monitor.timeout)
+        .application_name(name)
+        .connect_timeout(timeout)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(5))
-        .tcp_user_timeout(config.monitor.timeout);
+        .tcp_user_timeout(timeout);
     let manager =
         Manager::from_config(pg, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager).max_size(1).build().expect("no runtime-dependent timeouts")
