@@ -188,8 +188,6 @@ pub struct Topology {
     control_failures: Vec<FailureLog>,
     /// Node names, for log lines.
     names: Vec<String>,
-    /// Per node: the data path saw a connection to it fail; its monitor probes at once.
-    probe_wanted: Vec<Notify>,
 }
 
 impl Topology {
@@ -209,7 +207,6 @@ impl Topology {
             changed: Notify::new(),
             control_failures: (0..nodes).map(|_| FailureLog::default()).collect(),
             names,
-            probe_wanted: (0..nodes).map(|_| Notify::new()).collect(),
         }
     }
 
@@ -283,17 +280,6 @@ impl Topology {
     /// Waits until the snapshot changes (or a caller-side timeout fires).
     pub async fn changed(&self) {
         self.changed.notified().await;
-    }
-
-    /// Asks `node`'s monitor to probe now (a session's connection to it failed), so a dying
-    /// leader is suspected without waiting for the next tick.
-    pub fn probe_now(&self, node: usize) {
-        self.probe_wanted[node].notify_one();
-    }
-
-    /// Resolves when the data path asked `node`'s monitor for a probe.
-    pub async fn probe_wanted(&self, node: usize) {
-        self.probe_wanted[node].notified().await;
     }
 
     /// The node's name.

@@ -101,18 +101,9 @@ pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange, 
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut timeouts = Timeouts::new(timeouts_to_down);
-            let mut last_probe = Instant::now();
             loop {
-                tokio::select! {
-                    _ = ticker.tick() => {}
-                    _ = topology.probe_wanted(i) => {
-                        // Sessions failing in a burst ask many times: at most 4 probes per interval.
-                        let early = (interval / 4).saturating_sub(last_probe.elapsed());
-                        tokio::time::sleep(early).await;
-                    }
-                }
+                ticker.tick().await;
                 let started = Instant::now();
-                last_probe = started;
                 let probed = tokio::time::timeout(timeout, probe(&pool, &nodes)).await;
                 probe_time.record(started.elapsed().as_secs_f64());
                 let failures = topology.control_failures(i);

@@ -243,9 +243,6 @@ impl Session<'_> {
         }
         self.release_hold();
         let leased = self.server.as_ref().expect("a held server");
-        if leased.lease.cut_reason().is_none() {
-            self.shared.topology.probe_now(leased.node); // not our own cut: the node may be failing
-        }
         let reason = leased.lease.cut_reason().map_or_else(|| error.to_string(), str::to_string);
         let in_transaction = self.tx_status != TxStatus::Idle;
         let (node, mid_message) = self.discard_server();

@@ -306,10 +306,7 @@ impl Session<'_> {
                 let waited = waited.unwrap_or_default();
                 return Err(ProxyError::PoolTimeout { node: shared.pools.nodes[node].name.clone(), waited });
             }
-            Err(LeaseError::Backend(e)) => {
-                shared.topology.probe_now(node); // a data-path failure is a reason to suspect the node
-                return Err(e.into());
-            }
+            Err(LeaseError::Backend(e)) => return Err(e.into()),
         };
         // Only leases that waited: the rest are counted by pgcausal_routed_total.
         if let Some(waited) = waited {
