@@ -135,7 +135,7 @@ impl Driver {
             Phase::Suspect if leader_up => self.leader_answered(leader, now),
             Phase::Suspect => {
                 if now.duration_since(self.suspect_since) >= config.failover.timeout && now >= self.next_check {
-                    self.confirm(shared, config, snapshot, leader, now).await;
+                    self.confirm(shared, config, snapshot, leader).await;
                 }
             }
             Phase::Confirmed if leader_up && self.target.is_none() && self.order.is_none() => {
@@ -162,7 +162,7 @@ impl Driver {
             }
             Phase::Freezing => self.freeze_and_elect(config, snapshot, leader, now).await,
             Phase::Promoting => self.promote(shared, config, snapshot, leader, now).await,
-            Phase::Repointing => self.repoint(config, snapshot, now).await,
+            Phase::Repointing => self.repoint(config, snapshot).await,
         }
     }
 
@@ -200,7 +200,7 @@ impl Driver {
     }
 
     /// Confirms the leader dead from the followers' side too: none still hears from it.
-    async fn confirm(&mut self, shared: &Shared, config: &Config, snapshot: &Snapshot, leader: usize, now: Instant) {
+    async fn confirm(&mut self, shared: &Shared, config: &Config, snapshot: &Snapshot, leader: usize) {
         let logins = &*self.logins.clone();
         let standbys: Vec<usize> = standbys(snapshot).filter(|&i| i != leader).collect();
         let reads = standbys.iter().map(|&i| async move {
@@ -242,7 +242,6 @@ impl Driver {
         });
         self.cut_newly_fenced(shared, &self.topology.snapshot());
         self.transition(Event::Confirmed);
-        let _ = now;
     }
 
     async fn freeze_and_elect(&mut self, config: &Config, snapshot: &Snapshot, leader: usize, now: Instant) {
@@ -379,7 +378,7 @@ impl Driver {
     }
 
     /// Points every other follower at the target and waits (bounded) until each streams from it.
-    async fn repoint(&mut self, config: &Config, snapshot: &Snapshot, now: Instant) {
+    async fn repoint(&mut self, config: &Config, snapshot: &Snapshot) {
         let logins = &*self.logins.clone();
         let target = self.target.expect("a target while repointing");
         let timeline =
@@ -439,7 +438,6 @@ impl Driver {
         self.failovers.upsert(&record);
         self.target = None;
         self.transition(Event::Repointed);
-        let _ = now;
     }
 
     /// An up primary that is fenced is made read-only (once per incarnation) and its client
