@@ -330,7 +330,7 @@ impl Default for ConsistencyConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub name: String,
@@ -339,6 +339,16 @@ pub struct NodeConfig {
     /// Failover preference among followers at the same WAL position (higher first); 0 = never promote.
     #[serde(default = "default_priority")]
     pub priority: u32,
+    /// Set in the running config when a reload took the node out: its slot stays (node indexes
+    /// never move while the proxy runs), it is never routed to or probed again.
+    #[serde(skip)]
+    pub removed: bool,
+}
+
+impl NodeConfig {
+    pub fn new(name: &str, host: &str, port: u16) -> NodeConfig {
+        NodeConfig { name: name.into(), host: host.into(), port, priority: default_priority(), removed: false }
+    }
 }
 
 fn default_priority() -> u32 {
@@ -459,6 +469,23 @@ impl Config {
             return bad("metrics.listen".into(), "not an address like 127.0.0.1:9930");
         }
         Ok(())
+    }
+
+    /// The nodes in the config (not removed by a reload), with their indexes.
+    pub fn active_nodes(&self) -> impl Iterator<Item = (usize, &NodeConfig)> {
+        self.nodes.iter().enumerate().filter(|(_, n)| !n.removed)
+    }
+
+    /// The index of the node named `name` (removed ones aside).
+    pub fn node_index(&self, name: &str) -> Option<usize> {
+        self.active_nodes().find(|(_, n)| n.name == name).map(|(i, _)| i)
+    }
+
+    /// This config as its file would say it: removed node slots left out.
+    pub fn as_written(&self) -> Config {
+        let mut written = self.clone();
+        written.nodes.retain(|n| !n.removed);
+        written
     }
 
     pub fn user(&self, name: &str) -> Option<&UserConfig> {

@@ -5,7 +5,7 @@
 use crate::config::{Config, FailoverMode};
 use crate::frontend::shared::Shared;
 use crate::metrics;
-use crate::topology::actions::{action_timeout, NodeLogins};
+use crate::topology::actions::NodeLogins;
 use crate::topology::failover::{self, Candidate, Event, Failovers, NoCandidate, Order, Outcome, Phase, Record};
 use crate::topology::{NodeState, Role, Snapshot, Topology};
 use std::sync::{Arc, Weak};
@@ -21,26 +21,25 @@ const PROMOTE_WAIT: Duration = Duration::from_secs(30);
 
 /// Starts the driver; it ends when the proxy (its `Shared`) is gone.
 pub fn spawn(shared: &Arc<Shared>, orders: mpsc::UnboundedReceiver<Order>, tasks: &mut crate::control::Tasks) {
-    let nodes = shared.config().nodes.len();
     let driver = Driver {
         shared: Arc::downgrade(shared),
         topology: shared.topology.clone(),
         failovers: shared.failovers.clone(),
-        logins: Arc::new(NodeLogins::new(&shared.config())),
+        logins: Arc::new(NodeLogins::default()),
         orders,
         phase: Phase::Healthy,
         record: None,
         suspect_since: Instant::now(),
         next_check: Instant::now(),
-        last_seen_up: vec![Instant::now(); nodes],
+        last_seen_up: Vec::new(),
         order: None,
         target: None,
         switch_lsn: 0,
         counted: false,
-        fenced_done: vec![0; nodes],
-        repointed: vec![(0, 0); nodes],
-        checked: vec![false; nodes],
-        was_fenced: vec![false; nodes],
+        fenced_done: Vec::new(),
+        repointed: Vec::new(),
+        checked: Vec::new(),
+        was_fenced: Vec::new(),
         waiting_logged: false,
     };
     tasks.add(crate::control::spawn(driver.run()));
@@ -95,6 +94,8 @@ impl Driver {
             let config = shared.config();
             let snapshot = self.topology.snapshot();
             let now = Instant::now();
+            self.grow(snapshot.nodes.len(), now);
+            self.logins.forget(|i| snapshot.removed(i));
             for (i, n) in snapshot.nodes.iter().enumerate() {
                 if n.up {
                     self.last_seen_up[i] = now;
@@ -111,6 +112,15 @@ impl Driver {
                 self.repoint_strays(&config, &snapshot).await;
             }
         }
+    }
+
+    /// Per-node memory for nodes a reload added (node slots only ever grow).
+    fn grow(&mut self, nodes: usize, now: Instant) {
+        self.last_seen_up.resize(nodes, now);
+        self.fenced_done.resize(nodes, 0);
+        self.repointed.resize(nodes, (0, 0));
+        self.checked.resize(nodes, false);
+        self.was_fenced.resize(nodes, false);
     }
 
     /// Moves the machine by `event`, publishing the phase (SHOW NODES, /ready/writes).
@@ -204,7 +214,7 @@ impl Driver {
         let logins = &*self.logins.clone();
         let standbys: Vec<usize> = standbys(snapshot).filter(|&i| i != leader).collect();
         let reads = standbys.iter().map(|&i| async move {
-            let session = logins.open(i, action_timeout(config)).await?;
+            let session = logins.open(config, i).await?;
             session.receiver(i, &config.nodes).await
         });
         let receivers: Vec<_> =
@@ -247,7 +257,7 @@ impl Driver {
     async fn freeze_and_elect(&mut self, config: &Config, snapshot: &Snapshot, leader: usize, now: Instant) {
         let logins = &*self.logins.clone();
         let frozen = standbys(snapshot).filter(|&i| i != leader && !snapshot.fenced(i)).map(|i| async move {
-            let session = logins.open(i, action_timeout(config)).await?;
+            let session = logins.open(config, i).await?;
             session.freeze().await.map(|position| (i, position))
         });
         let mut candidates = Vec::new();
@@ -316,7 +326,7 @@ impl Driver {
     async fn promote(&mut self, shared: &Shared, config: &Config, snapshot: &Snapshot, old: usize, now: Instant) {
         let logins = &*self.logins.clone();
         let node = self.target.expect("a target while promoting");
-        let session = logins.open(node, action_timeout(config)).await;
+        let session = logins.open(config, node).await;
         let promoted = match session {
             Ok(session) => session.promote(PROMOTE_WAIT).await,
             Err(e) => Err(e),
@@ -386,7 +396,7 @@ impl Driver {
         let others: Vec<usize> = standbys(snapshot).filter(|&i| i != target && !snapshot.fenced(i)).collect();
         let deadline = Instant::now() + config.failover.repoint_timeout;
         let jobs = others.iter().map(|&i| async move {
-            let session = logins.open(i, action_timeout(config)).await?;
+            let session = logins.open(config, i).await?;
             session.repoint(config, &config.nodes[target]).await?;
             while !session.streams_on(timeline).await? {
                 if Instant::now() >= deadline {
@@ -450,7 +460,7 @@ impl Driver {
             }
             let node = &config.nodes[i].name;
             let fenced = async {
-                let session = logins.open(i, action_timeout(config)).await?;
+                let session = logins.open(config, i).await?;
                 session.fence().await
             };
             match fenced.await {
@@ -482,7 +492,7 @@ impl Driver {
             }
             self.repointed[i] = key;
             let repointed = async {
-                let session = logins.open(i, action_timeout(config)).await?;
+                let session = logins.open(config, i).await?;
                 session.repoint(config, &config.nodes[leader]).await
             };
             let node = &config.nodes[i].name;
@@ -525,7 +535,7 @@ impl Driver {
             let node = &config.nodes[i].name;
             let user = config.failover_login().0;
             let checked = async {
-                let session = logins.open(i, action_timeout(config)).await?;
+                let session = logins.open(config, i).await?;
                 Ok::<_, crate::topology::actions::ActionError>((
                     session.missing_permissions().await?,
                     session.wal_sender_timeout().await?,

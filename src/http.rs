@@ -143,6 +143,7 @@ async fn connection(stream: tokio::net::TcpStream, endpoints: Arc<Endpoints>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::NodeConfig;
     use crate::topology::{LagLimits, NodeState, Role};
 
     fn state(role: Role) -> NodeState {
@@ -151,7 +152,10 @@ mod tests {
 
     #[test]
     fn ready_needs_accepting_and_a_node_for_reads_or_the_leader_for_writes() {
-        let topology = Topology::new(vec!["a".into(), "b".into()], LagLimits { max_bytes: 1000, max_ms: 1000 });
+        let topology = Topology::new(
+            &[NodeConfig::new("a", "127.0.0.1", 1), NodeConfig::new("b", "127.0.0.1", 2)],
+            LagLimits { max_bytes: 1000, max_ms: 1000 },
+        );
         let reasons = |accepting| {
             let s = topology.snapshot();
             (not_ready(accepting, &s, false), not_ready(accepting, &s, true))
@@ -172,7 +176,8 @@ mod tests {
     #[test]
     fn paths_methods_and_bodies() {
         let handle = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder().handle();
-        let topology = Arc::new(Topology::new(vec!["a".into()], LagLimits { max_bytes: 0, max_ms: 0 }));
+        let topology =
+            Arc::new(Topology::new(&[NodeConfig::new("a", "127.0.0.1", 1)], LagLimits { max_bytes: 0, max_ms: 0 }));
         let endpoints = Endpoints::new(handle, topology, Arc::new(AtomicBool::new(true)));
         let status = |method: Method, path: &str| endpoints.respond(&method, path).status();
         assert_eq!(status(Method::GET, "/metrics"), StatusCode::OK);

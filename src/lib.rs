@@ -12,6 +12,7 @@ pub mod failover_driver;
 pub mod frontend;
 pub mod http;
 pub(crate) mod lexical;
+pub mod membership;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;

@@ -293,6 +293,7 @@ pub struct NodeMetrics {
     lag_bytes: Gauge,
     lag_seconds: Gauge,
     fenced: Gauge,
+    node: String,
 }
 
 impl NodeMetrics {
@@ -313,8 +314,22 @@ impl NodeMetrics {
             timeline: gauge!(NODE_TIMELINE, "node" => node.clone()),
             lag_bytes: gauge!(REPLICATION_LAG_BYTES, "node" => node.clone()),
             lag_seconds: gauge!(REPLICATION_LAG_SECONDS, "node" => node.clone()),
-            fenced: gauge!(NODE_FENCED, "node" => node),
+            fenced: gauge!(NODE_FENCED, "node" => node.clone()),
+            node,
         }
+    }
+
+    /// A reload removed the node: its state gauges read NaN (Prometheus keeps a series once
+    /// exported; NaN shows as a gap rather than a frozen last value). A node added again under
+    /// the same name publishes over them.
+    pub fn removed(&self) {
+        self.lag_bytes.set(f64::NAN);
+        self.lag_seconds.set(f64::NAN);
+        self.wal_position.set(f64::NAN);
+        self.timeline.set(f64::NAN);
+        self.fenced.set(0.0);
+        gauge!(NODE_UP, "node" => self.node.clone()).set(f64::NAN);
+        gauge!(NODE_IS_LEADER, "node" => self.node.clone()).set(0.0);
     }
 
     /// Where a finished unit of work's duration goes: `.record(started.elapsed())` once per unit,

@@ -6,15 +6,12 @@ use crate::consistency::floor::Balancer;
 use crate::consistency::Positions;
 use crate::frontend::shared::{Shared, SharedParts};
 use crate::route::{Classifier, FunctionCatalog, FunctionOverrides};
-use crate::topology::{catalog, monitor, LagLimits, Topology};
+use crate::topology::{catalog, LagLimits, Topology};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::net::TcpListener;
-
-/// Why the connections of a node the monitor found down were cut (clients see it in the error).
-const NODE_DOWN: &str = "the node went down (its health probes failed or timed out)";
 
 /// A bound, not yet serving proxy.
 pub struct Proxy {
@@ -39,7 +36,7 @@ impl Proxy {
             TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (proxy.listen)"))?;
         let limits =
             LagLimits { max_bytes: config.routing.max_lag_bytes, max_ms: config.routing.max_lag.as_millis() as u64 };
-        let topology = Arc::new(Topology::new(config.nodes.iter().map(|n| n.name.clone()).collect(), limits));
+        let topology = Arc::new(Topology::new(&config.nodes, limits));
         let overrides = FunctionOverrides {
             write_functions: config.routing.write_functions.clone(),
             read_only_functions: config.routing.read_only_functions.clone(),
@@ -54,7 +51,6 @@ impl Proxy {
                     .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?,
             );
         }
-        positions.spawn_pollers(&config, &topology, config.consistency.poll_interval, &mut background);
         let classifier = Arc::new(Classifier::new(10_000, Arc::new(FunctionCatalog::with_overrides(&overrides))));
         catalog::spawn(Arc::new(config.clone()), topology.clone(), Arc::downgrade(&classifier), &mut background);
         crate::frontend::admin::start_counting();
@@ -70,22 +66,9 @@ impl Proxy {
             accepting,
             failovers: Arc::new(failovers),
         }));
-        let weak = Arc::downgrade(&shared);
-        monitor::spawn_all(
-            &shared.config(),
-            topology,
-            Arc::new(move |node, before, after| {
-                let Some(shared) = weak.upgrade() else { return };
-                if before.up && !after.up {
-                    // Units in flight there would wait on a dead or frozen server: cut them now.
-                    shared.pools.abort_node(node, NODE_DOWN);
-                } else {
-                    // A node that changed role must not hand out its old connections.
-                    shared.pools.drain_node(node);
-                }
-            }),
-            &mut background,
-        );
+        for i in 0..shared.config().nodes.len() {
+            crate::membership::start_node(&shared, i);
+        }
         crate::failover_driver::spawn(&shared, orders, &mut background);
         let reaper = Arc::downgrade(&shared);
         background.add(crate::control::spawn(async move {
@@ -97,7 +80,7 @@ impl Proxy {
                         shared.pools.reap_idle();
                         shared.pools.publish_stats();
                         shared.clients.publish_states();
-                        shared.topology.snapshot().publish_metrics(shared.pools.nodes.iter().map(|n| &*n.metrics));
+                        shared.topology.snapshot().publish_metrics(shared.pools.iter().map(|n| &*n.metrics));
                         crate::metrics::classifier(&shared.classifier.stats());
                     }
                     None => return,

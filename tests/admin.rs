@@ -271,3 +271,124 @@ fn shutdown_from_the_console_exits_zero() {
     let status = p.wait_exit(Duration::from_secs(10)).expect("the proxy exits");
     assert!(status.success(), "exit status {status:?}");
 }
+
+/// Rows of SHOW NODES by node name.
+fn node_row(p: &ProxyProcess, name: &str) -> Option<(Vec<Vec<String>>, usize)> {
+    let nodes = p.admin("SHOW NODES");
+    let i = nodes.iter().skip(1).position(|r| r[0] == name)? + 1;
+    Some((nodes, i))
+}
+
+fn in_rotation_with_units(p: &ProxyProcess, name: &str) -> bool {
+    node_row(p, name).is_some_and(|(nodes, i)| {
+        column(&nodes, &nodes[i], "in_rotation") == "true"
+            && column(&nodes, &nodes[i], "units_routed").parse::<u64>().unwrap_or(0) > 0
+    })
+}
+
+#[test]
+fn reload_adds_and_removes_nodes_and_no_client_notices() {
+    let cluster = shared_cluster();
+    // Its own control login and database, so its connections on a node can be counted apart
+    // from the other tests' proxies.
+    cluster.sql(0, "postgres", "DROP ROLE IF EXISTS members_watch");
+    cluster.sql(0, "postgres", "CREATE ROLE members_watch LOGIN SUPERUSER PASSWORD 'watch'");
+    cluster.create_database("admin_members");
+    cluster.sql(0, "admin_members", "CREATE TABLE t (id int)");
+    let ports = cluster.ports.clone();
+    let p = ProxyProcess::start(
+        cluster,
+        ProxyOptions {
+            monitor_section: "user = \"members_watch\"\npassword = \"watch\"".into(),
+            extra: format!(
+                "[admin]\nusers = [\"{USER}\"]\n[failover]\nuser = \"members_watch\"\npassword = \"watch\"\n"
+            ),
+            node_ports: Some(vec![ports[0], ports[1]]),
+            ..Default::default()
+        },
+    );
+    let node = |i: usize| format!("[[nodes]]\nname = \"node{i}\"\nhost = \"127.0.0.1\"\nport = {}\n", ports[i]);
+    let base = std::fs::read_to_string(&p.config_path).unwrap();
+    assert!(base.contains(&node(0)) && base.contains(&node(1)) && !base.contains(&node(2)), "{base}");
+    let with_nodes = |nodes: &[usize]| {
+        let mut text = base.replace(&node(0), "").replace(&node(1), "");
+        nodes.iter().for_each(|&i| text += &node(i));
+        text
+    };
+    // A client writing and reading throughout: no reload may cost it anything.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let conn_str = p.conn_str("admin_members");
+    let workload = rt.spawn({
+        let stop = stop.clone();
+        async move {
+            let (client, conn) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            let (mut done, mut errors) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                done += 1;
+                if let Err(e) = client.simple_query(&format!("INSERT INTO t VALUES ({done})")).await {
+                    errors.push(format!("insert {done}: {}", pg_error(&e)));
+                }
+                // Read-your-writes: the read sees the insert, on whichever node it runs.
+                match client.simple_query(&format!("SELECT count(*) FROM t WHERE id = {done}")).await {
+                    Ok(m) => match simple_query_rows(&m).first().and_then(|r| r[0].clone()) {
+                        Some(c) if c == "1" => {}
+                        other => errors.push(format!("read {done}: {other:?}")),
+                    },
+                    Err(e) => errors.push(format!("read {done}: {}", pg_error(&e))),
+                }
+            }
+            (done, errors)
+        }
+    });
+    wait_until("node1 serving reads", Duration::from_secs(30), || in_rotation_with_units(&p, "node1"));
+
+    // Added: monitored at once, in rotation once eligible, and the workload's reads reach it.
+    std::fs::write(&p.config_path, with_nodes(&[0, 1, 2])).unwrap();
+    p.admin("RELOAD");
+    wait_until("node2 added and serving reads", Duration::from_secs(30), || in_rotation_with_units(&p, "node2"));
+    let (nodes, i) = node_row(&p, "node2").unwrap();
+    assert_eq!(column(&nodes, &nodes[i], "role"), "follower");
+    assert_eq!(column(&nodes, &nodes[i], "streams_from"), "node0");
+
+    // Removed: out of rotation, then gone from SHOW NODES once drained; nothing of pgcausal's
+    // stays connected to it (pools, monitor, position poller, failover login).
+    std::fs::write(&p.config_path, with_nodes(&[0, 2])).unwrap();
+    p.admin("RELOAD");
+    wait_until("node1 gone from SHOW NODES", Duration::from_secs(30), || node_row(&p, "node1").is_none());
+    let connected_to_node1 = || {
+        cluster.sql(
+            1,
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'members_watch' OR datname = 'admin_members'",
+        )
+    };
+    wait_until("pgcausal's connections to node1 closed", Duration::from_secs(30), || connected_to_node1() == "0");
+    let units = |name: &str| {
+        node_row(&p, name).map(|(nodes, i)| column(&nodes, &nodes[i], "units_routed").parse::<u64>().unwrap())
+    };
+    let before = units("node2").unwrap();
+    wait_until("reads go on on node2", Duration::from_secs(30), || units("node2").unwrap() > before);
+    assert!(p.log().contains("node removed"), "{}", p.log());
+    let metrics = p.metrics();
+    assert!(metrics.contains("pgcausal_node_up{node=\"node1\"} NaN"), "a removed node's gauges read NaN");
+
+    // The leader can be neither removed nor moved: the reload is rejected whole.
+    std::fs::write(&p.config_path, with_nodes(&[2])).unwrap();
+    let error = p.admin_as(USER, PASSWORD, "RELOAD").unwrap_err();
+    assert!(error.contains("\"node0\" is the leader"), "{error}");
+    let (nodes, i) = node_row(&p, "node0").expect("node0 kept");
+    assert_eq!(column(&nodes, &nodes[i], "role"), "leader");
+
+    // A removed node added again gets a new slot and serves again.
+    std::fs::write(&p.config_path, with_nodes(&[0, 1, 2])).unwrap();
+    p.admin("RELOAD");
+    wait_until("node1 back in rotation", Duration::from_secs(30), || in_rotation_with_units(&p, "node1"));
+    assert!(p.metrics().contains("pgcausal_node_up{node=\"node1\"} 1"));
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (done, errors) = rt.block_on(workload).unwrap();
+    assert!(errors.is_empty(), "{} of {done} round trips failed: {errors:?}", errors.len());
+    assert!(done > 20, "the workload ran through the reloads ({done} round trips)");
+}

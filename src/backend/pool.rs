@@ -142,8 +142,13 @@ impl Pool {
 
     /// RELOAD: a new size limit (connections above it close as they come back) and password.
     pub fn reconfigure(&self, max_size: usize, password: &str) {
-        self.0.max_size.store(max_size, Ordering::Relaxed);
+        self.set_max_size(max_size);
         *self.0.password.lock().expect("pool password poisoned") = password.to_string();
+    }
+
+    /// A new size limit: connections above it close as they come back (0: the node drains).
+    pub fn set_max_size(&self, max_size: usize) {
+        self.0.max_size.store(max_size, Ordering::Relaxed);
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

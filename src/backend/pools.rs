@@ -8,7 +8,7 @@ use super::pool::{CoarseClock, Pool, PoolConfig};
 use crate::config::Config;
 use crate::metrics::NodeMetrics;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +23,8 @@ pub struct NodePools {
     units: AtomicU64,
     /// The sockets of every open connection to this node, for `Pools::abort_node`.
     sockets: Arc<NodeSockets>,
+    /// A reload took the node out of the config: its connections close as they come back.
+    removed: AtomicBool,
 }
 
 impl NodePools {
@@ -44,11 +46,30 @@ impl NodePools {
     pub fn units_routed(&self) -> u64 {
         self.units.load(Ordering::Relaxed)
     }
+
+    /// True once a reload removed the node.
+    pub fn removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
+    }
+
+    fn new(node: &crate::config::NodeConfig) -> NodePools {
+        NodePools {
+            name: node.name.clone(),
+            host: node.host.clone(),
+            port: node.port,
+            metrics: Arc::new(NodeMetrics::new(&node.name)),
+            pools: Mutex::new(HashMap::new()),
+            units: AtomicU64::new(0),
+            sockets: Arc::default(),
+            removed: AtomicBool::new(false),
+        }
+    }
 }
 
-/// The pools of every configured node, indexed like `config.nodes`.
+/// The pools of every configured node, indexed like `config.nodes` (append-only: a reload adds
+/// slots and marks removed ones, so a node's index never changes).
 pub struct Pools {
-    pub nodes: Vec<NodePools>,
+    pub nodes: boxcar::Vec<NodePools>,
     /// Size, timeouts and passwords as RELOAD last set them (pools made later start with them).
     live: Mutex<Live>,
     acquire_timeout_ms: AtomicU64,
@@ -59,19 +80,7 @@ pub struct Pools {
 
 impl Pools {
     pub fn new(config: &Config) -> Pools {
-        let nodes = config
-            .nodes
-            .iter()
-            .map(|n| NodePools {
-                name: n.name.clone(),
-                host: n.host.clone(),
-                port: n.port,
-                metrics: Arc::new(NodeMetrics::new(&n.name)),
-                pools: Mutex::new(HashMap::new()),
-                units: AtomicU64::new(0),
-                sockets: Arc::default(),
-            })
-            .collect();
+        let nodes = config.nodes.iter().map(NodePools::new).collect();
         Pools {
             nodes,
             live: Mutex::new(Live::from(config)),
@@ -82,10 +91,33 @@ impl Pools {
         }
     }
 
+    /// A slot for a node a reload added; returns its index.
+    pub fn add(&self, node: &crate::config::NodeConfig) -> usize {
+        self.nodes.push(NodePools::new(node))
+    }
+
+    /// A reload removed `node`: no new connections, idle ones close now, leased ones when their
+    /// unit ends (the size limit drops to 0); nothing in flight is cut.
+    pub fn remove(&self, node: usize) {
+        let n = &self.nodes[node];
+        n.removed.store(true, Ordering::Relaxed);
+        for pool in n.all() {
+            pool.set_max_size(0);
+            pool.close_idle(|_, _| false);
+        }
+        let why: Arc<str> = "the node was removed from the configuration".into();
+        n.all().iter().for_each(|pool| pool.abort_waiters(&why));
+    }
+
+    /// Every node's pools with its index, removed ones included (they drain).
+    pub fn iter(&self) -> impl Iterator<Item = &NodePools> {
+        self.nodes.iter().map(|(_, n)| n)
+    }
+
     /// The pool for (node, database, user); called once per session and node, not per query.
     pub fn pool(&self, node: usize, database: &str, user: &str, password: &str) -> Pool {
         let n = &self.nodes[node];
-        let size = self.live().size;
+        let size = if n.removed() { 0 } else { self.live().size };
         let mut pools = n.pools.lock().expect("pool map poisoned");
         let key = (database.to_string(), user.to_string());
         let pool = pools.entry(key).or_insert_with(|| {
@@ -119,7 +151,7 @@ impl Pools {
             let live = self.live();
             (live.idle_timeout, live.lifetime)
         };
-        for pool in self.nodes.iter().flat_map(NodePools::all) {
+        for pool in self.iter().flat_map(NodePools::all) {
             pool.close_idle(|conn, idle| idle < idle_timeout && conn.created.elapsed() < lifetime);
         }
     }
@@ -138,7 +170,7 @@ impl Pools {
     pub fn reconfigure(&self, config: &Config) {
         *self.live() = Live::from(config);
         self.acquire_timeout_ms.store(config.pool.acquire_timeout.as_millis() as u64, Ordering::Relaxed);
-        for pool in self.nodes.iter().flat_map(NodePools::all) {
+        for pool in self.iter().filter(|n| !n.removed()).flat_map(NodePools::all) {
             let (_, user) = pool.database_and_user();
             if let Some(u) = config.user(user) {
                 pool.reconfigure(config.pool.size, &u.password);
@@ -148,7 +180,7 @@ impl Pools {
 
     /// Publishes every pool's gauges (active, idle, waiting, size limit); run with `reap_idle`.
     pub fn publish_stats(&self) {
-        self.nodes.iter().flat_map(NodePools::all).for_each(|pool| pool.publish_stats());
+        self.iter().flat_map(NodePools::all).for_each(|pool| pool.publish_stats());
     }
 
     /// Closes every idle connection to a node (it went down or changed role).

@@ -343,14 +343,15 @@ impl Default for FallbackMetrics {
 /// round robin, or random. One per proxy; the floor's `plan_read` picks through it.
 pub struct Balancer {
     policy: Balance,
-    /// Server connections currently leased per node (the "outstanding queries" of a node).
-    outstanding: Arc<Vec<AtomicUsize>>,
+    /// Server connections currently leased per node (the "outstanding queries" of a node);
+    /// append-only like every per-node table.
+    outstanding: Arc<boxcar::Vec<AtomicUsize>>,
     next: AtomicUsize,
 }
 
 /// Counts one lease on a node while it lives.
 pub struct Outstanding {
-    counts: Arc<Vec<AtomicUsize>>,
+    counts: Arc<boxcar::Vec<AtomicUsize>>,
     node: usize,
 }
 
@@ -413,6 +414,11 @@ impl Balancer {
                 usable().nth(index)
             }
         }
+    }
+
+    /// A slot for a node a reload added; returns its index.
+    pub fn add(&self) -> usize {
+        self.outstanding.push(AtomicUsize::new(0))
     }
 
     pub fn lease(&self, node: usize) -> Outstanding {

@@ -86,9 +86,9 @@ impl NodePosition {
     }
 }
 
-/// All nodes' positions, indexed like `config.nodes`.
+/// All nodes' positions, indexed like `config.nodes` (append-only: a reload adds slots).
 pub struct Positions {
-    pub nodes: Vec<NodePosition>,
+    pub nodes: boxcar::Vec<NodePosition>,
 }
 
 /// A primary reports its flush position: a commit is flushed before it is acknowledged, and
@@ -100,6 +100,16 @@ const POSITION_SQL: &str = "SELECT (CASE WHEN pg_is_in_recovery() \
 impl Positions {
     pub fn new(nodes: usize) -> Positions {
         Positions { nodes: (0..nodes).map(|_| NodePosition::default()).collect() }
+    }
+
+    /// A slot for a node a reload added; returns its index.
+    pub fn add(&self) -> usize {
+        self.nodes.push(NodePosition::default())
+    }
+
+    /// A reload removed `node` (its poller is stopped): nothing waits on its old samples.
+    pub fn remove(&self, node: usize) {
+        self.nodes[node].mark_down();
     }
 
     /// A sample of `node` asked for after the `after` mark, probing on demand; None on timeout.
@@ -146,77 +156,75 @@ impl Positions {
         }
     }
 
-    /// Starts one poller per node on the control thread: a sample every `interval`, or at once
-    /// when a waiter asks.
-    /// Failures are logged through `topology`'s per-node control-plane log (shared with the monitor).
-    pub fn spawn_pollers(
+    /// Starts the poller of node `i` on the control thread: a sample every
+    /// `consistency.poll_interval`, or at once when a waiter asks; it runs until aborted (the
+    /// proxy stopped, or a reload removed the node). Failures are logged through `topology`'s
+    /// per-node control-plane log (shared with the monitor).
+    pub fn spawn_poller(
         self: &Arc<Self>,
         config: &Config,
+        i: usize,
         topology: &Arc<Topology>,
-        interval: Duration,
-        tasks: &mut crate::control::Tasks,
-    ) {
-        for (i, node) in config.nodes.iter().enumerate() {
-            let pool = crate::topology::monitor::control_pool(config, node);
-            let target = crate::topology::monitor::control_target(config, node);
-            let topology = topology.clone();
-            let positions = self.clone();
-            let timeout = config.monitor.timeout;
-            let mut timeouts = crate::topology::monitor::Timeouts::new(config.monitor.timeouts_to_down);
-            let name = node.name.clone();
-            tasks.add(crate::control::spawn(async move {
-                let position = &positions.nodes[i];
-                let ticks =
-                    metrics::counter!(crate::metrics::POSITION_PROBES, "node" => name.clone(), "cause" => "tick");
-                let wanted = metrics::counter!(crate::metrics::POSITION_PROBES, "node" => name, "cause" => "wanted");
-                let mut cause = &ticks;
-                loop {
-                    cause.increment(1);
-                    let acknowledged_before = super::acks::total();
-                    let sent_at = next_probe();
-                    let probe = async {
-                        let client = pool.get().await.map_err(|e| Failure::of_control(&e))?;
-                        let statement = client.prepare_cached(POSITION_SQL).await.map_err(|e| Failure::of_pg(&e))?;
-                        client.query_one(&statement, &[]).await.map_err(|e| Failure::of_pg(&e))
-                    };
-                    let failures = topology.control_failures(i);
-                    match tokio::time::timeout(timeout, probe).await {
-                        Ok(Ok(row)) => {
-                            timeouts.answered();
-                            failures.succeeded(&target, "positions");
-                            let (lsn, standby) = (row.get::<_, i64>(0).max(0) as u64, row.get(2));
-                            position.record(lsn, row.get(1), standby, sent_at);
-                            if !standby {
-                                position.acks.record(lsn, acknowledged_before);
-                            }
-                        }
-                        // A late answer keeps the last sample: it is still a lower bound of this
-                        // incarnation's position (a restart resets the connection: an error).
-                        Err(_) if timeouts.tolerated() => {}
-                        Err(_) => {
-                            let waited = humantime::format_duration(timeout);
-                            failures.failed(
-                                &target,
-                                "positions",
-                                Failure::timeout(format!("probe timed out after {waited}")),
-                            );
-                            position.mark_down();
-                        }
-                        Ok(Err(failure)) => {
-                            timeouts.answered();
-                            failures.failed(&target, "positions", failure);
-                            position.mark_down();
+    ) -> tokio::task::JoinHandle<()> {
+        let node = &config.nodes[i];
+        let pool = crate::topology::monitor::control_pool(config, node);
+        let target = crate::topology::monitor::control_target(config, node);
+        let topology = topology.clone();
+        let positions = self.clone();
+        let (timeout, interval) = (config.monitor.timeout, config.consistency.poll_interval);
+        let mut timeouts = crate::topology::monitor::Timeouts::new(config.monitor.timeouts_to_down);
+        let name = node.name.clone();
+        crate::control::spawn(async move {
+            let position = &positions.nodes[i];
+            let ticks = metrics::counter!(crate::metrics::POSITION_PROBES, "node" => name.clone(), "cause" => "tick");
+            let wanted = metrics::counter!(crate::metrics::POSITION_PROBES, "node" => name, "cause" => "wanted");
+            let mut cause = &ticks;
+            loop {
+                cause.increment(1);
+                let acknowledged_before = super::acks::total();
+                let sent_at = next_probe();
+                let probe = async {
+                    let client = pool.get().await.map_err(|e| Failure::of_control(&e))?;
+                    let statement = client.prepare_cached(POSITION_SQL).await.map_err(|e| Failure::of_pg(&e))?;
+                    client.query_one(&statement, &[]).await.map_err(|e| Failure::of_pg(&e))
+                };
+                let failures = topology.control_failures(i);
+                match tokio::time::timeout(timeout, probe).await {
+                    Ok(Ok(row)) => {
+                        timeouts.answered();
+                        failures.succeeded(&target, "positions");
+                        let (lsn, standby) = (row.get::<_, i64>(0).max(0) as u64, row.get(2));
+                        position.record(lsn, row.get(1), standby, sent_at);
+                        if !standby {
+                            position.acks.record(lsn, acknowledged_before);
                         }
                     }
-                    // Sleep until the next tick unless someone needs a fresh sample sooner.
-                    let asked = tokio::time::timeout(interval, position.wanted.notified()).await.is_ok();
-                    cause = if asked { &wanted } else { &ticks };
-                    if Arc::strong_count(&positions) == 1 {
-                        return;
+                    // A late answer keeps the last sample: it is still a lower bound of this
+                    // incarnation's position (a restart resets the connection: an error).
+                    Err(_) if timeouts.tolerated() => {}
+                    Err(_) => {
+                        let waited = humantime::format_duration(timeout);
+                        failures.failed(
+                            &target,
+                            "positions",
+                            Failure::timeout(format!("probe timed out after {waited}")),
+                        );
+                        position.mark_down();
+                    }
+                    Ok(Err(failure)) => {
+                        timeouts.answered();
+                        failures.failed(&target, "positions", failure);
+                        position.mark_down();
                     }
                 }
-            }));
-        }
+                // Sleep until the next tick unless someone needs a fresh sample sooner.
+                let asked = tokio::time::timeout(interval, position.wanted.notified()).await.is_ok();
+                cause = if asked { &wanted } else { &ticks };
+                if Arc::strong_count(&positions) == 1 {
+                    return;
+                }
+            }
+        })
     }
 }
 

@@ -23,7 +23,7 @@ pub struct Shared {
     config: ArcSwap<Config>,
     /// The file it was read from (RELOAD reads it again); None when built in code (the demo).
     pub config_path: Option<PathBuf>,
-    pub pools: Pools,
+    pub pools: Arc<Pools>,
     pub topology: Arc<Topology>,
     pub cancels: Arc<CancelRegistry>,
     /// SCRAM secrets per user, derived once per password (4096 PBKDF2 rounds is too slow per login).
@@ -49,6 +49,8 @@ pub struct Shared {
     pub fallbacks: crate::consistency::floor::FallbackMetrics,
     /// Failover attempts (SHOW FAILOVERS) and the way PROMOTE reaches the driver.
     pub failovers: Arc<crate::topology::failover::Failovers>,
+    /// Each node's monitor and position poller (a reload starts and stops them).
+    pub node_tasks: crate::membership::NodeTasks,
 }
 
 impl Shared {
@@ -59,7 +61,7 @@ impl Shared {
         Shared {
             config: ArcSwap::from_pointee(parts.config),
             config_path: parts.config_path,
-            pools: parts.pools,
+            pools: Arc::new(parts.pools),
             topology: parts.topology,
             cancels: Arc::new(CancelRegistry::default()),
             scram: ArcSwap::from_pointee(scram),
@@ -73,6 +75,7 @@ impl Shared {
             ddl: Default::default(),
             fallbacks: crate::consistency::floor::FallbackMetrics::new(),
             failovers: parts.failovers,
+            node_tasks: Default::default(),
         }
     }
 

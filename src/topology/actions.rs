@@ -19,34 +19,46 @@ pub struct ActionError {
     pub message: String,
 }
 
-/// One small pool per node of connections as the failover login, opened ahead (the permission
-/// check at start) so that a failover does not pay a login per action.
+/// One small pool per node of connections as the failover login, made at first use (the
+/// permission check at a node's first contact) so that a failover does not pay a login per
+/// action; made again when RELOAD changed the login or the timeouts.
+#[derive(Default)]
 pub struct NodeLogins {
-    pools: Vec<(String, Pool)>,
+    pools: std::sync::Mutex<std::collections::HashMap<usize, (LoginKey, Pool)>>,
 }
 
+/// What a node's failover pool was made with.
+type LoginKey = (String, String, Duration);
+
 impl NodeLogins {
-    pub fn new(config: &Config) -> NodeLogins {
-        let timeout = action_timeout(config);
-        let login = config.failover_login();
-        let pools = config
-            .nodes
-            .iter()
-            .map(|node| (node.name.clone(), login_pool(config, node, login, "pgcausal-failover", timeout)))
-            .collect();
-        NodeLogins { pools }
+    /// Closes the connections to nodes a reload removed.
+    pub fn forget(&self, removed: impl Fn(usize) -> bool) {
+        self.pools.lock().expect("failover logins poisoned").retain(|&i, _| !removed(i));
     }
 
-    /// A session on node `i`, every statement bounded by `timeout`.
-    pub async fn open(&self, i: usize, timeout: Duration) -> Result<NodeSession, ActionError> {
-        let (name, pool) = &self.pools[i];
-        let error = |message: String| ActionError { action: "connect", node: name.clone(), message };
+    /// A session on node `i` as the failover login, every statement bounded by `action_timeout`.
+    pub async fn open(&self, config: &Config, i: usize) -> Result<NodeSession, ActionError> {
+        let timeout = action_timeout(config);
+        let node = &config.nodes[i];
+        let (user, password) = config.failover_login();
+        let key: LoginKey = (user.to_string(), password.to_string(), timeout);
+        let pool = {
+            let mut pools = self.pools.lock().expect("failover logins poisoned");
+            let made = pools.entry(i).or_insert_with(|| {
+                (key.clone(), login_pool(config, node, (user, password), "pgcausal-failover", timeout))
+            });
+            if made.0 != key {
+                *made = (key, login_pool(config, node, (user, password), "pgcausal-failover", timeout));
+            }
+            made.1.clone()
+        };
+        let error = |message: String| ActionError { action: "connect", node: node.name.clone(), message };
         let client = match tokio::time::timeout(timeout, pool.get()).await {
             Ok(Ok(client)) => client,
             Ok(Err(e)) => return Err(error(Failure::of_control(&e).message)),
             Err(_) => return Err(error(format!("no answer within {}", humantime::format_duration(timeout)))),
         };
-        Ok(NodeSession { client, node: name.clone(), timeout })
+        Ok(NodeSession { client, node: node.name.clone(), timeout })
     }
 }
 

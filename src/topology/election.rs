@@ -17,11 +17,16 @@ pub struct Intent {
     pub timeline: u32,
     /// Nodes never routed to (writes or reads) until they rejoin as a follower of the leader.
     pub fenced: Vec<bool>,
+    /// Nodes taken out of the config by a reload: never elected, fenced or routed to again
+    /// (their slot stays, so node indexes never move).
+    pub removed: Vec<bool>,
 }
 
 /// Why a node takes no work now (SHOW NODES, logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Idle {
+    /// Taken out of the config by a reload (its connections drain).
+    Removed,
     Down,
     NeverProbed,
     /// Was leader of an older epoch or timeline, or a second primary: no writes, no reads.
@@ -38,6 +43,7 @@ pub enum Idle {
 impl Idle {
     pub fn reason(self) -> &'static str {
         match self {
+            Idle::Removed => "removed from the config (draining)",
             Idle::Down => "down",
             Idle::NeverProbed => "never probed",
             Idle::Fenced => "fenced: must rejoin as a follower of the leader",
@@ -65,7 +71,13 @@ pub struct Elected {
 pub fn elect(nodes: &[NodeState], previous: &Intent, limits: LagLimits) -> Elected {
     let mut intent = previous.clone();
     intent.fenced.resize(nodes.len(), false);
-    let primary = |i: usize| nodes[i].up && nodes[i].role == Role::Primary;
+    intent.removed.resize(nodes.len(), false);
+    // A removed node is no one's concern any more: not a writer, not fenced, not a split brain.
+    for (fenced, &removed) in intent.fenced.iter_mut().zip(&intent.removed) {
+        *fenced &= !removed;
+    }
+    let removed = intent.removed.clone();
+    let primary = |i: usize| !removed[i] && nodes[i].up && nodes[i].role == Role::Primary;
     // A primary qualifies when not fenced and not on an older timeline than the current one.
     let qualifies = |i: usize, intent: &Intent| {
         primary(i) && !intent.fenced[i] && (intent.timeline == 0 || nodes[i].timeline >= intent.timeline)
@@ -81,7 +93,7 @@ pub fn elect(nodes: &[NodeState], previous: &Intent, limits: LagLimits) -> Elect
     if let Some(l) = leader {
         if intent.leader != Some(l) {
             intent.epoch += 1;
-            if let Some(old) = intent.leader.filter(|&o| o < nodes.len()) {
+            if let Some(old) = intent.leader.filter(|&o| o < nodes.len() && !removed[o]) {
                 intent.fenced[old] = true; // a leader of an older epoch writes no more
             }
             intent.leader = Some(l);
@@ -106,6 +118,7 @@ pub fn elect(nodes: &[NodeState], previous: &Intent, limits: LagLimits) -> Elect
             let n = &nodes[i];
             match n.role {
                 _ if Some(i) == leader => None,
+                _ if intent.removed[i] => Some(Idle::Removed),
                 _ if !n.up && n.incarnation == 0 && n.role == Role::Unknown => Some(Idle::NeverProbed),
                 _ if !n.up => Some(Idle::Down),
                 _ if intent.fenced[i] => Some(Idle::Fenced),
@@ -226,6 +239,22 @@ mod tests {
         let unknown = standby(0, 10_000, 0);
         let e = elect(&[primary(1), primary(2), unknown], &intent, LIMITS);
         assert_eq!(e.idle[2], Some(Idle::TimelineUnknown));
+    }
+
+    #[test]
+    fn a_removed_node_is_never_elected_fenced_routed_to_or_a_split_brain() {
+        let start = elect(&[primary(1), standby(1, 10_000, 0), primary(1)], &Intent::default(), LIMITS);
+        assert_eq!((start.leader, start.intent.fenced.clone()), (Some(0), vec![false, false, true]));
+        let mut intent = start.intent.clone();
+        intent.removed = vec![false, true, true];
+        let e = elect(&[primary(1), standby(1, 10_000, 0), primary(1)], &intent, LIMITS);
+        assert_eq!((e.leader, e.followers.clone()), (Some(0), vec![]));
+        assert_eq!((e.idle[1], e.idle[2]), (Some(Idle::Removed), Some(Idle::Removed)));
+        assert_eq!(e.intent.fenced, vec![false, false, false], "a removed node is no longer fenced");
+        assert!(!e.split_brain, "a removed primary is not pgcausal's writer");
+        // A node added later (a longer node list) starts neither fenced nor removed.
+        let grown = elect(&[primary(1), standby(1, 10_000, 0), primary(1), standby(1, 10_000, 0)], &e.intent, LIMITS);
+        assert_eq!((grown.followers, grown.intent.removed.len()), (vec![3], 4));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub use election::{Idle, Intent};
 pub use failover::Phase;
 
 use crate::backend::failures::FailureLog;
+use crate::config::NodeConfig;
 use arc_swap::ArcSwap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -148,6 +149,11 @@ impl Snapshot {
         }
     }
 
+    /// True once a reload took `node` out of the config.
+    pub fn removed(&self, node: usize) -> bool {
+        self.intent.removed.get(node).copied().unwrap_or(false)
+    }
+
     /// True while `node` is fenced (never routed to until it rejoins).
     pub fn fenced(&self, node: usize) -> bool {
         self.intent.fenced.get(node).copied().unwrap_or(false)
@@ -160,6 +166,9 @@ impl Snapshot {
     pub fn publish_metrics<'a>(&self, metrics: impl Iterator<Item = &'a crate::metrics::NodeMetrics>) {
         let leader_lsn = self.leader.map(|l| self.nodes[l].lsn);
         for (i, (state, node)) in self.nodes.iter().zip(metrics).enumerate() {
+            if self.removed(i) {
+                continue; // its gauges were set to NaN when it was removed
+            }
             let known = |v: u64| Some(v).filter(|_| state.up);
             let timeline = known(u64::from(state.timeline)).filter(|&t| t > 0).map(|t| t as u32);
             let (bytes, seconds) = match (state.up, state.role) {
@@ -180,34 +189,69 @@ impl Snapshot {
 pub struct Topology {
     current: ArcSwap<Snapshot>,
     limits: LagLimits,
-    /// Serialises updates from the monitors and the failover driver (sessions never take it).
+    /// Serialises updates from the monitors, the failover driver and reloads (sessions never take it).
     write: Mutex<()>,
     changed: Notify,
+    /// Per node (append-only, like every per-node table: a reload adds slots, never moves
+    /// them): name and address as configured when the slot was made.
+    nodes: boxcar::Vec<NodeConfig>,
     /// Per node: failures of the control-plane connections (monitor and position probes), so
     /// that the two tasks probing a node log a failure once between them.
-    control_failures: Vec<FailureLog>,
-    /// Node names, for log lines.
-    names: Vec<String>,
+    control_failures: boxcar::Vec<FailureLog>,
 }
 
 impl Topology {
-    /// A topology of the nodes named `names` (indexed like `config.nodes`), none probed yet.
-    pub fn new(names: Vec<String>, limits: LagLimits) -> Topology {
-        let nodes = names.len();
-        let snapshot = Snapshot {
-            nodes: vec![NodeState::default(); nodes],
-            idle: vec![Some(Idle::NeverProbed); nodes],
-            intent: Intent { fenced: vec![false; nodes], ..Intent::default() },
-            ..Snapshot::default()
-        };
-        Topology {
-            current: ArcSwap::from_pointee(snapshot),
+    /// A topology of `nodes` (indexed like `config.nodes`), none probed yet.
+    pub fn new(nodes: &[NodeConfig], limits: LagLimits) -> Topology {
+        let topology = Topology {
+            current: ArcSwap::from_pointee(Snapshot::default()),
             limits,
             write: Mutex::new(()),
             changed: Notify::new(),
-            control_failures: (0..nodes).map(|_| FailureLog::default()).collect(),
-            names,
-        }
+            nodes: boxcar::Vec::new(),
+            control_failures: boxcar::Vec::new(),
+        };
+        nodes.iter().for_each(|n| {
+            topology.add_node(n);
+        });
+        topology
+    }
+
+    /// A new node slot (a reload added the node), not probed yet; returns its index.
+    pub fn add_node(&self, node: &NodeConfig) -> usize {
+        let _serial = self.write.lock().expect("topology lock poisoned");
+        let index = self.nodes.push(node.clone());
+        self.control_failures.push(FailureLog::default());
+        let current = self.current.load_full();
+        let mut next = (*current).clone();
+        next.nodes.push(NodeState::default());
+        next.idle.push(Some(Idle::NeverProbed));
+        next.intent.fenced.resize(index + 1, false);
+        next.intent.removed.resize(index + 1, false);
+        debug_assert_eq!(next.nodes.len(), index + 1, "node slots and snapshot nodes in step");
+        self.publish(&current, Snapshot::elect(next.nodes, &next.intent, next.phase, self.limits));
+        index
+    }
+
+    /// A reload took `node` out of the config: it leaves rotation for good (its monitors are
+    /// stopped by the caller; a late probe result is ignored).
+    pub fn remove_node(&self, node: usize) {
+        let _serial = self.write.lock().expect("topology lock poisoned");
+        let current = self.current.load_full();
+        let (mut nodes, mut intent) = (current.nodes.clone(), current.intent.clone());
+        nodes[node] = NodeState::default();
+        intent.removed[node] = true;
+        self.publish(&current, Snapshot::elect(nodes, &intent, current.phase, self.limits));
+    }
+
+    /// The configured, not removed node a WAL receiver's sender address names.
+    pub fn node_at(&self, host: Option<&str>, port: Option<i32>) -> Option<usize> {
+        let (host, port) = (host?, port?);
+        let snapshot = self.current.load();
+        self.nodes.iter().find_map(|(i, n)| {
+            let removed = snapshot.intent.removed.get(i).copied().unwrap_or(false);
+            (!removed && n.host == host && i32::from(n.port) == port).then_some(i)
+        })
     }
 
     /// The control-plane connection failures of `node`.
@@ -224,6 +268,9 @@ impl Topology {
         let _serial = self.write.lock().expect("topology lock poisoned");
         let current = self.current.load_full();
         let previous = current.nodes[node].clone();
+        if current.intent.removed[node] {
+            return previous; // a probe that was in flight when its node was removed
+        }
         state.carry_from(&previous);
         if previous == state {
             return previous;
@@ -258,7 +305,7 @@ impl Topology {
         }
         for (i, (&now, &before)) in next.intent.fenced.iter().zip(&current.intent.fenced).enumerate() {
             if now != before {
-                let node = &self.names[i];
+                let node = &self.nodes[i].name;
                 if now {
                     tracing::warn!(%node, "node fenced: no unit is routed to it until it rejoins as a follower of the leader");
                 } else {
@@ -284,7 +331,7 @@ impl Topology {
 
     /// The node's name.
     pub fn name(&self, node: usize) -> &str {
-        &self.names[node]
+        &self.nodes[node].name
     }
 
     /// Node names separated by commas, "none" for no node.
@@ -292,7 +339,7 @@ impl Topology {
         if nodes.is_empty() {
             return "none".into();
         }
-        nodes.iter().map(|&n| self.names[n].as_str()).collect::<Vec<_>>().join(",")
+        nodes.iter().map(|&n| self.nodes[n].name.as_str()).collect::<Vec<_>>().join(",")
     }
 
     /// The leader, waiting up to `timeout` for one to be known.
@@ -316,7 +363,8 @@ mod tests {
 
     #[test]
     fn a_down_node_keeps_its_last_state_and_a_reconnecting_standby_its_timeline() {
-        let topology = Topology::new(vec!["a".into(), "b".into()], LagLimits { max_bytes: 1000, max_ms: 1000 });
+        let nodes = [NodeConfig::new("a", "127.0.0.1", 1), NodeConfig::new("b", "127.0.0.1", 2)];
+        let topology = Topology::new(&nodes, LagLimits { max_bytes: 1000, max_ms: 1000 });
         let primary =
             NodeState { up: true, role: Role::Primary, timeline: 3, lsn: 100, incarnation: 7, ..Default::default() };
         topology.update(0, primary.clone());

@@ -25,10 +25,10 @@ const PROBE_SQL: &str = "SELECT r, \
      coalesce(w.status = 'streaming', false), w.sender_host, w.sender_port \
      FROM pg_is_in_recovery() AS r LEFT JOIN pg_stat_wal_receiver w ON true";
 
-/// The configured node a WAL receiver's sender address names.
+/// The configured (not removed) node a WAL receiver's sender address names.
 pub fn node_at(nodes: &[NodeConfig], host: Option<&str>, port: Option<i32>) -> Option<usize> {
     let (host, port) = (host?, port?);
-    nodes.iter().position(|n| n.host == host && i32::from(n.port) == port)
+    nodes.iter().position(|n| !n.removed && n.host == host && i32::from(n.port) == port)
 }
 
 pub fn control_pool(config: &Config, node: &NodeConfig) -> Pool {
@@ -66,7 +66,7 @@ pub fn control_target(config: &Config, node: &NodeConfig) -> Target {
     }
 }
 
-async fn probe(pool: &Pool, nodes: &[NodeConfig]) -> Result<NodeState, Failure> {
+async fn probe(pool: &Pool, topology: &Topology) -> Result<NodeState, Failure> {
     let client = pool.get().await.map_err(|e| Failure::of_control(&e))?;
     // Prepared once per connection: a text query was parsed, described and closed every probe.
     let statement = client.prepare_cached(PROBE_SQL).await.map_err(|e| Failure::of_pg(&e))?;
@@ -81,73 +81,72 @@ async fn probe(pool: &Pool, nodes: &[NodeConfig]) -> Result<NodeState, Failure> 
         incarnation: row.get(4),
         receive_lsn: row.get::<_, i64>(5).max(0) as u64,
         streaming: row.get(6),
-        upstream: node_at(nodes, row.get(7), row.get(8)),
+        upstream: topology.node_at(row.get(7), row.get(8)),
     })
 }
 
-/// Starts the monitor tasks; they run until the runtime stops.
-pub fn spawn_all(config: &Config, topology: Arc<Topology>, on_change: OnChange, tasks: &mut crate::control::Tasks) {
-    for (i, node) in config.nodes.iter().enumerate() {
-        let pool = control_pool(config, node);
-        let (interval, timeout) = (config.monitor.interval, config.monitor.timeout);
-        let timeouts_to_down = config.monitor.timeouts_to_down;
-        let (topology, on_change, name) = (topology.clone(), on_change.clone(), node.name.clone());
-        let target = control_target(config, node);
-        let nodes = config.nodes.clone();
-        let up = metrics::gauge!(crate::metrics::NODE_UP, "node" => name.clone());
-        let leader = metrics::gauge!(crate::metrics::NODE_IS_LEADER, "node" => name.clone());
-        let probe_time = metrics::histogram!(crate::metrics::NODE_PROBE_SECONDS, "node" => name.clone());
-        tasks.add(crate::control::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut timeouts = Timeouts::new(timeouts_to_down);
-            loop {
-                ticker.tick().await;
-                let started = Instant::now();
-                let probed = tokio::time::timeout(timeout, probe(&pool, &nodes)).await;
-                probe_time.record(started.elapsed().as_secs_f64());
-                let failures = topology.control_failures(i);
-                let state = match probed {
-                    Ok(Ok(state)) => {
-                        failures.succeeded(&target, "monitor");
-                        state
-                    }
-                    Ok(Err(failure)) => {
-                        tracing::debug!(node = %name, sqlstate = failure.sqlstate.as_deref().map(tracing::field::display), error = %failure.message, "probe failed");
-                        failures.failed(&target, "monitor", failure);
-                        NodeState::default()
-                    }
-                    Err(_) if timeouts.tolerated() => {
-                        let timeout = humantime::format_duration(timeout).to_string();
-                        tracing::info!(node = %name, %timeout, "probe timed out; the node keeps its state until the next one");
-                        continue;
-                    }
-                    Err(_) => {
-                        tracing::debug!(node = %name, "probe timed out");
-                        let waited = humantime::format_duration(timeout);
-                        failures.failed(&target, "monitor", Failure::timeout(format!("probe timed out after {waited}")));
-                        NodeState::default()
-                    }
-                };
-                timeouts.answered();
-                up.set(if state.up { 1.0 } else { 0.0 });
-                let before = topology.update(i, state);
-                let snapshot = topology.snapshot();
-                leader.set(if snapshot.leader == Some(i) { 1.0 } else { 0.0 });
-                // Compared as stored: what a probe could not see was carried from before.
-                let state = &snapshot.nodes[i];
-                if state.changed_from(&before) {
-                    log_change(&name, &before, state, &nodes);
-                    on_change(i, &before, state);
+/// Starts the monitor of node `i` on the control thread; it runs until aborted (the proxy
+/// stopped, or a reload removed the node).
+pub fn spawn(config: &Config, i: usize, topology: Arc<Topology>, on_change: OnChange) -> tokio::task::JoinHandle<()> {
+    let node = &config.nodes[i];
+    let pool = control_pool(config, node);
+    let (interval, timeout) = (config.monitor.interval, config.monitor.timeout);
+    let timeouts_to_down = config.monitor.timeouts_to_down;
+    let name = node.name.clone();
+    let target = control_target(config, node);
+    let up = metrics::gauge!(crate::metrics::NODE_UP, "node" => name.clone());
+    let leader = metrics::gauge!(crate::metrics::NODE_IS_LEADER, "node" => name.clone());
+    let probe_time = metrics::histogram!(crate::metrics::NODE_PROBE_SECONDS, "node" => name.clone());
+    crate::control::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut timeouts = Timeouts::new(timeouts_to_down);
+        loop {
+            ticker.tick().await;
+            let started = Instant::now();
+            let probed = tokio::time::timeout(timeout, probe(&pool, &topology)).await;
+            probe_time.record(started.elapsed().as_secs_f64());
+            let failures = topology.control_failures(i);
+            let state = match probed {
+                Ok(Ok(state)) => {
+                    failures.succeeded(&target, "monitor");
+                    state
                 }
+                Ok(Err(failure)) => {
+                    tracing::debug!(node = %name, sqlstate = failure.sqlstate.as_deref().map(tracing::field::display), error = %failure.message, "probe failed");
+                    failures.failed(&target, "monitor", failure);
+                    NodeState::default()
+                }
+                Err(_) if timeouts.tolerated() => {
+                    let timeout = humantime::format_duration(timeout).to_string();
+                    tracing::info!(node = %name, %timeout, "probe timed out; the node keeps its state until the next one");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::debug!(node = %name, "probe timed out");
+                    let waited = humantime::format_duration(timeout);
+                    failures.failed(&target, "monitor", Failure::timeout(format!("probe timed out after {waited}")));
+                    NodeState::default()
+                }
+            };
+            timeouts.answered();
+            up.set(if state.up { 1.0 } else { 0.0 });
+            let before = topology.update(i, state);
+            let snapshot = topology.snapshot();
+            leader.set(if snapshot.leader == Some(i) { 1.0 } else { 0.0 });
+            // Compared as stored: what a probe could not see was carried from before.
+            let state = &snapshot.nodes[i];
+            if state.changed_from(&before) {
+                log_change(&name, &before, state, &topology);
+                on_change(i, &before, state);
             }
-        }));
-    }
+        }
+    })
 }
 
 /// One line per node state change, as fields: role, timeline (when known), WAL position as
 /// PostgreSQL writes it, lag (standbys), and what the node was before.
-fn log_change(node: &str, before: &NodeState, after: &NodeState, nodes: &[NodeConfig]) {
+fn log_change(node: &str, before: &NodeState, after: &NodeState, topology: &Topology) {
     let was = if before.up { before.role.name() } else { "down" };
     if !after.up {
         tracing::info!(%node, up = false, %was, "node state changed");
@@ -161,7 +160,7 @@ fn log_change(node: &str, before: &NodeState, after: &NodeState, nodes: &[NodeCo
         timeline = (after.timeline != 0).then_some(after.timeline),
         lsn = %format_lsn(after.lsn),
         lag_ms = (after.role == Role::Standby).then_some(after.replay_lag_ms),
-        streams_from = after.upstream.map(|u| nodes[u].name.as_str()),
+        streams_from = after.upstream.map(|u| topology.name(u)),
         %was,
         restarted = restarted.then_some(true),
         "node state changed"

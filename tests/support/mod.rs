@@ -82,6 +82,8 @@ pub struct ProxyOptions {
     pub proxy_section: String,
     /// Extra lines for the [pool] table (acquire_timeout defaults to 10s unless set here).
     pub pool_section: String,
+    /// Extra lines for the [monitor] table.
+    pub monitor_section: String,
     /// Extra TOML appended verbatim.
     pub extra: String,
     /// The port the config names for each node (e.g. a relay's in front of one); default the
@@ -96,6 +98,7 @@ impl Default for ProxyOptions {
             pool_size: 4,
             proxy_section: String::new(),
             pool_section: String::new(),
+            monitor_section: String::new(),
             extra: String::new(),
             node_ports: None,
         }
@@ -125,8 +128,8 @@ impl ProxyProcess {
             "[proxy]\nlisten = \"127.0.0.1:{port}\"\npool_mode = \"{}\"\n{}\n\
              [pool]\nsize = {}\n{pool_section}\n\
              [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
-             [monitor]\ninterval = \"100ms\"\n",
-            options.pool_mode, options.proxy_section, options.pool_size
+             [monitor]\ninterval = \"100ms\"\n{}\n",
+            options.pool_mode, options.proxy_section, options.pool_size, options.monitor_section
         );
         for (i, p) in options.node_ports.as_ref().unwrap_or(&cluster.ports).iter().enumerate() {
             config += &format!("[[nodes]]\nname = \"node{i}\"\nhost = \"127.0.0.1\"\nport = {p}\n");

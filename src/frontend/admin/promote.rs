@@ -16,9 +16,7 @@ pub async fn promote(shared: &Shared, node: Option<String>, force: bool) -> Resu
     let node = match node {
         Some(name) => Some(
             config
-                .nodes
-                .iter()
-                .position(|n| n.name == name)
+                .node_index(&name)
                 .ok_or_else(|| ProxyError::Promote(format!("no node named \"{name}\" (see SHOW NODES)")))?,
         ),
         None => None,

@@ -2,12 +2,15 @@
 //! needs a restart is logged as such and left as it runs; an invalid file changes nothing.
 //!
 //! Live: users and passwords (new logins; pools log in with the new password from their next
-//! connection), pool size and timeouts, and the routing, consistency and pool-mode defaults of
-//! sessions that log in from now on (a running session keeps the settings it started with).
+//! connection), pool size and timeouts, the routing, consistency and pool-mode defaults of
+//! sessions that log in from now on (a running session keeps the settings it started with),
+//! `[failover]`, and the nodes: added ones are monitored at once and enter rotation once
+//! eligible, removed ones leave rotation and drain (see `membership`).
 
 use crate::config::Config;
 use crate::error::ProxyError;
 use crate::frontend::shared::Shared;
+use crate::membership;
 
 /// What a reload did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -32,13 +35,23 @@ pub fn reload(shared: &Shared) -> Result<Reloaded, ProxyError> {
 fn read_and_apply(shared: &Shared) -> Result<Reloaded, ProxyError> {
     let path = shared.config_path.as_ref().ok_or_else(|| ProxyError::Reload("started without a config file".into()))?;
     let new = Config::load(path).map_err(|e| ProxyError::Reload(e.to_string()))?;
+    // One reload at a time: node slots are pushed to every per-node table in step.
+    let _one_at_a_time = shared.node_tasks.changing.lock().expect("reload lock poisoned");
     let old = shared.config();
-    let reloaded = compare(&old, &new);
+    let snapshot = shared.topology.snapshot();
+    let rejected = |e: membership::MembershipError| ProxyError::Reload(format!("{}: {e}", path.display()));
+    let merged = membership::merge(&old.nodes, &new.nodes, snapshot.intent.leader).map_err(rejected)?;
+    merged.allowed_in(snapshot.phase).map_err(rejected)?;
+    let reloaded = compare(&old, &new, &merged);
     for key in &reloaded.need_restart {
         tracing::warn!(key = %key, "changed in the config file; takes effect only after a restart");
     }
+    membership::add_slots(shared, &merged);
     shared.pools.reconfigure(&new);
-    shared.swap_config(keep_restart_only(&old, new));
+    let mut running = keep_restart_only(&old, new);
+    running.nodes = merged.nodes.clone();
+    shared.swap_config(running);
+    membership::settle(shared, &merged);
     Ok(reloaded)
 }
 
@@ -48,7 +61,6 @@ fn keep_restart_only(old: &Config, mut new: Config) -> Config {
     new.proxy.listen = old.proxy.listen;
     new.proxy.threads = old.proxy.threads;
     new.metrics = old.metrics.clone();
-    new.nodes = old.nodes.clone();
     new.monitor = old.monitor.clone();
     new.consistency.poll_interval = old.consistency.poll_interval;
     new.routing.catalog_refresh = old.routing.catalog_refresh;
@@ -58,8 +70,9 @@ fn keep_restart_only(old: &Config, mut new: Config) -> Config {
 }
 
 /// Which top-level keys changed, split by whether they apply live.
-fn compare(old: &Config, new: &Config) -> Reloaded {
+fn compare(old: &Config, new: &Config, nodes: &membership::Merged) -> Reloaded {
     let flat = |c: &Config| {
+        let c = Config { nodes: Vec::new(), ..c.clone() }; // nodes are compared by name below
         let value = toml::Value::try_from(c).unwrap_or(toml::Value::Table(Default::default()));
         let mut rows = Vec::new();
         super::show_config::flatten("", &value, &mut rows);
@@ -84,6 +97,14 @@ fn compare(old: &Config, new: &Config) -> Reloaded {
             reloaded.applied.push(format!("users[{i}].password"));
         }
     }
+    let name = |i: usize| &nodes.nodes[i].name;
+    reloaded.applied.extend(nodes.added.iter().map(|&i| format!("nodes.{}: added", name(i))));
+    reloaded.applied.extend(nodes.removed.iter().map(|&i| format!("nodes.{}: removed", name(i))));
+    for (i, kept) in old.active_nodes().filter(|(i, _)| !nodes.removed.contains(i)) {
+        if nodes.nodes[i].priority != kept.priority {
+            reloaded.applied.push(format!("nodes.{}.priority", kept.name));
+        }
+    }
     reloaded
 }
 
@@ -92,7 +113,6 @@ fn needs_restart(key: &str) -> bool {
         "proxy.listen",
         "proxy.threads",
         "metrics.",
-        "nodes",
         "monitor.",
         "consistency.poll_interval",
         "routing.catalog_refresh",
@@ -124,11 +144,17 @@ mod tests {
                 .replace("127.0.0.1:7432", "127.0.0.1:7433")
                 .replace("port = 5432", "port = 5433"),
         );
-        let r = compare(&old, &new);
-        assert_eq!(r.applied, vec!["pool.size".to_string(), "users[0].password".to_string()]);
-        assert_eq!(r.need_restart, vec!["nodes[0].port".to_string(), "proxy.listen".to_string()]);
+        let merged = membership::merge(&old.nodes, &new.nodes, None).unwrap();
+        let r = compare(&old, &new, &merged);
+        assert_eq!(
+            r.applied,
+            vec!["pool.size", "users[0].password", "nodes.pg1: added", "nodes.pg1: removed"],
+            "a node at another address is a new node"
+        );
+        assert_eq!(r.need_restart, vec!["proxy.listen".to_string()]);
         let kept = keep_restart_only(&old, new);
-        assert_eq!((kept.pool.size, kept.nodes[0].port, kept.proxy.listen.port()), (9, 5432, 7432));
-        assert_eq!(compare(&old, &old), Reloaded::default());
+        assert_eq!((kept.pool.size, kept.proxy.listen.port()), (9, 7432));
+        let same = membership::merge(&old.nodes, &old.nodes, None).unwrap();
+        assert_eq!(compare(&old, &old, &same), Reloaded::default());
     }
 }

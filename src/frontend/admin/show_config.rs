@@ -5,7 +5,7 @@ use crate::frontend::shared::Shared;
 
 pub fn show_config(shared: &Shared) -> Table {
     let mut table = Table::new(&["key", "value"]);
-    let value = toml::Value::try_from(&*shared.config()).unwrap_or(toml::Value::Table(Default::default()));
+    let value = toml::Value::try_from(shared.config().as_written()).unwrap_or(toml::Value::Table(Default::default()));
     let mut rows = Vec::new();
     flatten("", &value, &mut rows);
     for (key, value) in rows {

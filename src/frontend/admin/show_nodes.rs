@@ -33,8 +33,12 @@ pub fn show_nodes(shared: &Shared) -> Table {
     let leader_lsn = snapshot.leader.map(|l| snapshot.nodes[l].lsn);
     let config = shared.config();
     for (i, node) in config.nodes.iter().enumerate() {
-        let state = &snapshot.nodes[i];
         let pools = &shared.pools.nodes[i];
+        // A removed node shows while it drains, then is gone; a node this snapshot predates
+        // (added a moment ago) shows from the next one.
+        let Some(state) = snapshot.nodes.get(i).filter(|_| !node.removed || pools.connections() > 0) else {
+            continue;
+        };
         let standby = state.role == Role::Standby;
         let lag_bytes = leader_lsn.filter(|_| standby && state.up).map(|l| l.saturating_sub(state.lsn));
         table.row(vec![

@@ -17,7 +17,7 @@ pub fn show_pools(shared: &Shared) -> Table {
         "max_size",
     ]);
     let mut rows = Vec::new();
-    for node in &shared.pools.nodes {
+    for node in shared.pools.iter() {
         for pool in node.all() {
             let (database, user) = pool.database_and_user();
             let stats = pool.stats();

@@ -19,7 +19,7 @@ pub fn show_servers(shared: &Shared) -> Table {
             Some(format!("{:.0}", age.as_secs_f64())),
         ]);
     }
-    for node in &shared.pools.nodes {
+    for node in shared.pools.iter() {
         for pool in node.all() {
             let (database, user) = pool.database_and_user();
             for (pid, age) in pool.idle_connections() {

@@ -57,7 +57,7 @@ impl Session<'_> {
         let leased = self.server.as_mut().expect("acquired");
         let conn = &mut *leased.lease;
         let params = as_the_leader_reports(&conn.params, leased.follower);
-        if let Some(pool) = &self.pools.by_node[leased.node] {
+        if let Some(Some(pool)) = self.pools.by_node.get(leased.node) {
             pool.remember_login_params(server_startup, &params);
         }
         self.state.settings = ClientSettings::from_startup(startup);

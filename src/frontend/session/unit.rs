@@ -241,7 +241,10 @@ impl Session<'_> {
                     None => {
                         let wait = deadline().saturating_duration_since(Instant::now());
                         Box::pin(shared.topology.leader(wait)).await.ok_or_else(|| {
-                            ProxyError::NoLeader(format!("none of {} nodes is an up primary", self.config.nodes.len()))
+                            ProxyError::NoLeader(format!(
+                                "none of {} nodes is an up primary",
+                                self.config.active_nodes().count()
+                            ))
                         })?
                     }
                 },
@@ -287,6 +290,9 @@ impl Session<'_> {
     /// This client's pool (database, user) on `node`, looked up once per session.
     pub(super) fn node_pool(&mut self, node: usize) -> &Pool {
         let (shared, login) = (self.shared, &self.login);
+        if node >= self.pools.by_node.len() {
+            self.pools.by_node.resize(node + 1, None); // a node a reload added since login
+        }
         self.pools.by_node[node]
             .get_or_insert_with(|| shared.pools.pool(node, &login.database, &login.user, &login.password))
     }
