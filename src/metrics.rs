@@ -11,6 +11,7 @@ pub const CLIENT_LOGINS: &str = "pgcausal_client_logins_total";
 pub const SERVER_CONNECTIONS: &str = "pgcausal_server_connections";
 pub const SERVER_CONNECTS: &str = "pgcausal_server_connects_total";
 pub const QUERIES: &str = "pgcausal_queries_total";
+pub const CLIENT_BYTES: &str = "pgcausal_client_bytes_total";
 pub const POOL_WAIT: &str = "pgcausal_pool_wait_seconds";
 pub const POOL_TIMEOUTS: &str = "pgcausal_pool_timeouts_total";
 pub const ERRORS: &str = "pgcausal_errors_total";
@@ -59,6 +60,7 @@ pub const ERROR_CLASSES: [&str; 16] =
 pub const ERROR_SOURCES: [&str; 2] = ["server", "proxy"];
 pub const LOGIN_RESULTS: [&str; 2] = ["ok", "auth_failed"];
 pub const CANCEL_RESULTS: [&str; 3] = ["forwarded", "ignored", "failed"];
+pub const BYTE_DIRECTIONS: [&str; 2] = ["received", "sent"];
 pub const PIN_KINDS: [&str; 6] =
     ["listen", "temp_table", "temp_objects", "advisory_lock", "hold_cursor", "untracked_state"];
 /// What `placement::retry_on` re-runs a read for (any 08 code does: PostgreSQL's are listed), and
@@ -88,6 +90,7 @@ pub fn describe() {
     describe_gauge!(SERVER_CONNECTIONS, "Server connections currently open, by node");
     describe_counter!(SERVER_CONNECTS, "Server connection attempts by node and result");
     describe_counter!(QUERIES, "Queries (simple Query or extended Execute) sent, by node");
+    describe_counter!(CLIENT_BYTES, "Bytes received from and sent to clients in their sessions, by direction");
     describe_histogram!(POOL_WAIT, "Time a client waited for a server connection, by node");
     describe_counter!(POOL_TIMEOUTS, "Clients that gave up waiting for a server connection, by node");
     describe_counter!(ERRORS, "Errors sent to clients, by SQLSTATE class and source (server or proxy)");
@@ -181,7 +184,8 @@ pub fn register_known() {
             counter!(ERRORS, "class" => class, "source" => source).absolute(0);
         }
     }
-    let labelled: [(&'static str, &'static str, &[&'static str]); 6] = [
+    let labelled: [(&'static str, &'static str, &[&'static str]); 7] = [
+        (CLIENT_BYTES, "direction", &BYTE_DIRECTIONS),
         (CLIENT_LOGINS, "result", &LOGIN_RESULTS),
         (CANCEL_REQUESTS, "result", &CANCEL_RESULTS),
         (SESSION_PINS, "kind", &PIN_KINDS),
@@ -273,6 +277,25 @@ pub fn action(action: &'static str, ok: bool) {
 pub fn error(sqlstate: &[u8], source: &'static str) {
     let class = String::from_utf8_lossy(&sqlstate[..2.min(sqlstate.len())]).into_owned();
     counter!(ERRORS, "class" => class, "source" => source).increment(1);
+}
+
+/// Bytes a session moved to and from its client, added up in plain integers as it goes and
+/// added to the counters once per unit (and at the session's end): no atomic per read or write.
+#[derive(Default)]
+pub struct ClientTraffic {
+    pub received: u64,
+    pub sent: u64,
+}
+
+impl ClientTraffic {
+    pub fn flush(&mut self) {
+        static COUNTERS: OnceLock<(Counter, Counter)> = OnceLock::new();
+        let (received, sent) = COUNTERS.get_or_init(|| {
+            (counter!(CLIENT_BYTES, "direction" => "received"), counter!(CLIENT_BYTES, "direction" => "sent"))
+        });
+        received.increment(std::mem::take(&mut self.received));
+        sent.increment(std::mem::take(&mut self.sent));
+    }
 }
 
 /// Handles registered once per node, so the data path only does atomic adds.

@@ -112,8 +112,18 @@ fn every_show_command_answers_a_table_matching_the_state() {
 
     let stats = p.admin("SHOW STATS");
     assert_eq!(stats[0], ["stat", "total", "per_second", "per_second_recent"]);
-    let units_on_followers: f64 = stats.iter().find(|r| r[0] == "units_on_followers").unwrap()[1].parse().unwrap();
-    assert!(units_on_followers >= 10.0, "{stats:?}");
+    let stat = |stats: &[Vec<String>], name: &str| -> f64 {
+        stats.iter().find(|r| r[0] == name).unwrap_or_else(|| panic!("no {name} in {stats:?}"))[1].parse().unwrap()
+    };
+    assert!(stat(&stats, "units_on_followers") >= 10.0, "{stats:?}");
+    // Bytes: one 100 kB answer to a 45-byte query, counted once the session ends.
+    let big = "SELECT repeat('x', 100000) AS a_hundred_kb;";
+    ok(p.psql("admin_show", &["-c", big], None));
+    let after = p.admin("SHOW STATS");
+    let sent = stat(&after, "bytes_sent") - stat(&stats, "bytes_sent");
+    let received = stat(&after, "bytes_received") - stat(&stats, "bytes_received");
+    assert!((100_000.0..110_000.0).contains(&sent), "bytes sent for a 100 kB row: {sent}");
+    assert!((big.len() as f64..2_000.0).contains(&received), "bytes received for one query: {received}");
 
     let states = || p.metrics().lines().filter(|l| l.starts_with("pgcausal_clients{")).count();
     wait_until("the client states gauge", Duration::from_secs(10), || states() == 3);

@@ -12,6 +12,8 @@ const STATS: &[(&str, &str, &str)] = &[
     ("units_on_followers", "pgcausal_routed_total", "target=\"follower\""),
     ("units_on_leader", "pgcausal_routed_total", "target=\"leader\""),
     ("queries", "pgcausal_queries_total", ""),
+    ("bytes_received", "pgcausal_client_bytes_total", "direction=\"received\""),
+    ("bytes_sent", "pgcausal_client_bytes_total", "direction=\"sent\""),
     ("pool_waits", "pgcausal_pool_wait_seconds_count", ""),
     ("pool_timeouts", "pgcausal_pool_timeouts_total", ""),
     ("consistency_waits", "pgcausal_consistency_wait_seconds_count", ""),

@@ -154,6 +154,9 @@ struct Needs {
 enum Event {
     ClientRead(usize),
     ServerRead(usize),
+    /// Bytes went to the client.
+    ClientWrote(usize),
+    /// Bytes went to the server.
     Wrote,
     ServerFailed(io::Error),
     /// KILL, or a shutdown at an idle point.
@@ -203,6 +206,8 @@ pub struct Session<'a> {
     unit: Unit,
     /// The buffers of the last hold, kept for the next (no allocation per read unit).
     spare_hold: Hold,
+    /// Bytes from and to the client not yet added to the counters.
+    traffic: crate::metrics::ClientTraffic,
 }
 
 /// Runs a logged-in client to the end of its session.
@@ -234,6 +239,7 @@ pub async fn run(
         floor: Floor::new(config.consistency.level, config.consistency.max_staleness),
         unit: Unit::default(),
         spare_hold: Hold::default(),
+        traffic: Default::default(),
         login,
         shared,
         config,
@@ -248,6 +254,7 @@ pub async fn run(
         Box::pin(session.fail(e)).await;
     }
     session.finish();
+    session.traffic.flush();
     result
 }
 
@@ -274,7 +281,9 @@ impl Session<'_> {
                 Event::ServerFailed(e) => self.server_lost(e)?,
                 Event::ServerRead(_) => self.process_server()?,
                 Event::Signalled => return Err(ProxyError::AdminShutdown),
-                Event::ClientRead(_) | Event::Wrote => {}
+                Event::ClientRead(n) => self.traffic.received += n as u64,
+                Event::ClientWrote(n) => self.traffic.sent += n as u64,
+                Event::Wrote => {}
             }
         }
     }
@@ -302,7 +311,7 @@ impl Session<'_> {
             shrink_if_idle(to_client, 0);
             return tokio::select! {
                 biased; // fixed order, no random draw per wait: output first keeps buffers short
-                r = client_wr.write_buf(to_client), if !to_client.is_empty() => r.map(|_| Event::Wrote),
+                r = client_wr.write_buf(to_client), if !to_client.is_empty() => r.map(Event::ClientWrote),
                 r = client_rd.read_buf(cbuf), if want_client => r.map(Event::ClientRead),
                 _ = entry.signalled(signals) => Ok(Event::Signalled),
             }
@@ -318,7 +327,7 @@ impl Session<'_> {
         }
         tokio::select! {
             biased;
-            r = client_wr.write_buf(to_client), if !to_client.is_empty() => Ok(r.map(|_| Event::Wrote)?),
+            r = client_wr.write_buf(to_client), if !to_client.is_empty() => Ok(r.map(Event::ClientWrote)?),
             r = conn.writer.write_buf(to_server), if !to_server.is_empty() => {
                 Ok(r.map_or_else(Event::ServerFailed, |_| Event::Wrote))
             }

@@ -65,7 +65,10 @@ impl Session<'_> {
         // Write straight through while the client keeps up: one syscall, no select round.
         if was_empty && self.unit.hold.is_none() && !self.to_client.is_empty() {
             match self.client.writer.try_write(&self.to_client) {
-                Ok(w) => self.to_client.advance(w),
+                Ok(w) => {
+                    self.to_client.advance(w);
+                    self.traffic.sent += w as u64;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(ProxyError::ClientIo(e)),
             }
@@ -83,6 +86,7 @@ impl Session<'_> {
         if let Some(started) = self.unit.started {
             self.shared.pools.nodes[leased.node].metrics.unit_latency(leased.follower).record(started.elapsed());
         }
+        self.traffic.flush();
         self.pools.affinity.last = Some((leased.node, leased.lease.pid));
         if wrote && !leased.follower {
             self.pools.affinity.sequences = self.pools.affinity.last;
