@@ -35,6 +35,8 @@ pub struct Config {
     #[serde(default)]
     pub failover: FailoverConfig,
     #[serde(default)]
+    pub replication: ReplicationConfig,
+    #[serde(default)]
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -98,6 +100,45 @@ impl Default for FailoverConfig {
             replication_user: None,
             replication_password: None,
         }
+    }
+}
+
+/// How commits wait for followers: pgcausal keeps the leader's `synchronous_standby_names`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// pgcausal leaves `synchronous_standby_names` as the servers have it.
+    #[default]
+    Off,
+    /// ANY k of the streaming followers; fewer than k streaming: the set shrinks to those that
+    /// do, down to none (writes go on unprotected, logged).
+    On,
+    /// ANY k of every follower, streaming or not: writes wait rather than run unprotected.
+    Strict,
+}
+
+impl SyncMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncMode::Off => "off",
+            SyncMode::On => "on",
+            SyncMode::Strict => "strict",
+        }
+    }
+}
+
+/// Synchronous replication managed by pgcausal.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationConfig {
+    pub synchronous: SyncMode,
+    /// k in `ANY k (...)`: how many followers must have flushed a commit before it is acknowledged.
+    pub synchronous_count: usize,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig { synchronous: SyncMode::Off, synchronous_count: 1 }
     }
 }
 
@@ -461,6 +502,9 @@ impl Config {
                 "failover.replication_password".into(),
                 "failover.replication_user and failover.replication_password must be set together",
             );
+        }
+        if self.replication.synchronous_count == 0 {
+            return bad("replication.synchronous_count".into(), "must be at least 1");
         }
         if self.failover.timeout.is_zero() {
             return bad("failover.timeout".into(), "must be greater than zero");

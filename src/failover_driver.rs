@@ -41,6 +41,8 @@ pub fn spawn(shared: &Arc<Shared>, orders: mpsc::UnboundedReceiver<Order>, tasks
         checked: Vec::new(),
         was_fenced: Vec::new(),
         waiting_logged: false,
+        sync: Default::default(),
+        sync_protected: false,
     };
     tasks.add(crate::control::spawn(driver.run()));
 }
@@ -77,6 +79,10 @@ struct Driver {
     /// Per node: fenced at the last look (its connections are cut when it becomes fenced).
     was_fenced: Vec<bool>,
     waiting_logged: bool,
+    /// The leader's synchronous standbys and the guard elections must respect.
+    sync: crate::sync_keeper::SyncKeeper,
+    /// The elected follower passed the synchronous quorum check: it holds every acknowledged commit.
+    sync_protected: bool,
 }
 
 impl Driver {
@@ -102,6 +108,10 @@ impl Driver {
                 }
             }
             self.cut_newly_fenced(&shared, &snapshot);
+            if self.phase == Phase::Healthy {
+                let logins = self.logins.clone();
+                self.sync.keep(&logins, &config, &snapshot, &self.topology).await;
+            }
             if config.failover.mode == FailoverMode::Off {
                 continue; // promotions made by others are followed by the election alone
             }
@@ -286,6 +296,7 @@ impl Driver {
                 (Some(_), false) if ahead > mine => {
                     Err(NoCandidate::Behind(config.nodes[c].name.clone(), ahead - mine))
                 }
+                (_, false) => self.holds_every_acknowledged_commit(&candidates, timeline, c).map(|()| c),
                 _ => Ok(c),
             }
         });
@@ -296,6 +307,7 @@ impl Driver {
                 metrics::histogram(metrics::FAILOVER_PHASE_SECONDS, "freeze", took);
                 let position = candidates.iter().find(|c| c.node == node).map_or(0, |c| c.position);
                 self.switch_lsn = position;
+                self.sync_protected = !force && self.sync.guard.sets.iter().any(|s| !s.names.is_empty());
                 self.target = Some(node);
                 let list: Vec<String> = candidates
                     .iter()
@@ -320,6 +332,33 @@ impl Driver {
                 self.next_check = now + RETRY;
                 self.transition(Event::NoCandidate);
             }
+        }
+    }
+
+    /// With synchronous replication: promoting `elected` loses no acknowledged commit only if a
+    /// quorum of every synchronous set in force answered the freeze, and no answering follower
+    /// (a priority-0 one) is ahead of it.
+    fn holds_every_acknowledged_commit(
+        &self,
+        candidates: &[Candidate],
+        timeline: u32,
+        elected: usize,
+    ) -> Result<(), NoCandidate> {
+        let on_timeline: Vec<&Candidate> =
+            candidates.iter().filter(|c| timeline == 0 || c.timeline == timeline).collect();
+        let reached: Vec<String> = on_timeline.iter().map(|c| c.name.clone()).collect();
+        self.sync.guard.promotable(&reached).map_err(NoCandidate::Unsafe)?;
+        let mine = on_timeline.iter().find(|c| c.node == elected).map_or(0, |c| c.position);
+        match on_timeline.iter().max_by_key(|c| c.position) {
+            Some(top) if top.position > mine && !self.sync.guard.sets.iter().all(|s| s.names.is_empty()) => {
+                Err(NoCandidate::Unsafe(format!(
+                    "{} (priority {}) is {} bytes ahead of every follower that may be promoted; PROMOTE <node> FORCE accepts losing them",
+                    top.name,
+                    top.priority,
+                    top.position - mine
+                )))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -358,7 +397,12 @@ impl Driver {
         let old_position = snapshot.nodes[old].lsn.max(shared.positions.nodes[old].sample().lsn);
         let lost = old_position.saturating_sub(self.switch_lsn);
         record.lost_wal_bytes = Some(lost);
-        let at_risk = shared.positions.nodes[old].acks.at_risk(self.switch_lsn, crate::consistency::acks::total());
+        // A quorum of the synchronous standbys answered and the most advanced was promoted:
+        // every acknowledged commit is on it, whatever the position samples could tell.
+        let at_risk = match self.sync_protected {
+            true => 0,
+            false => shared.positions.nodes[old].acks.at_risk(self.switch_lsn, crate::consistency::acks::total()),
+        };
         record.acked_at_risk = Some(at_risk);
         metrics::counter_by(metrics::LOST_WAL_BYTES, lost);
         metrics::counter_by(metrics::ACKED_AT_RISK, at_risk);

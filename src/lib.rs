@@ -17,4 +17,5 @@ pub mod metrics;
 pub mod protocol;
 pub mod proxy;
 pub mod route;
+pub mod sync_keeper;
 pub mod topology;

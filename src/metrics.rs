@@ -12,6 +12,8 @@ pub const SERVER_CONNECTIONS: &str = "pgcausal_server_connections";
 pub const SERVER_CONNECTS: &str = "pgcausal_server_connects_total";
 pub const QUERIES: &str = "pgcausal_queries_total";
 pub const CLIENT_BYTES: &str = "pgcausal_client_bytes_total";
+pub const SYNC_STANDBYS: &str = "pgcausal_synchronous_standbys";
+pub const SYNC_UNPROTECTED: &str = "pgcausal_synchronous_unprotected";
 pub const POOL_WAIT: &str = "pgcausal_pool_wait_seconds";
 pub const POOL_TIMEOUTS: &str = "pgcausal_pool_timeouts_total";
 pub const ERRORS: &str = "pgcausal_errors_total";
@@ -90,6 +92,8 @@ pub fn describe() {
     describe_gauge!(SERVER_CONNECTIONS, "Server connections currently open, by node");
     describe_counter!(SERVER_CONNECTS, "Server connection attempts by node and result");
     describe_counter!(QUERIES, "Queries (simple Query or extended Execute) sent, by node");
+    describe_gauge!(SYNC_STANDBYS, "Followers named in the leader's synchronous_standby_names, as pgcausal set it");
+    describe_gauge!(SYNC_UNPROTECTED, "1 while replication.synchronous = on runs with no synchronous standby");
     describe_counter!(CLIENT_BYTES, "Bytes received from and sent to clients in their sessions, by direction");
     describe_histogram!(POOL_WAIT, "Time a client waited for a server connection, by node");
     describe_counter!(POOL_TIMEOUTS, "Clients that gave up waiting for a server connection, by node");
@@ -204,7 +208,9 @@ pub fn register_known() {
     for outcome in crate::topology::failover::Outcome::COUNTED {
         counter!(FAILOVERS, "result" => outcome.label()).absolute(0);
     }
-    for action in ["freeze", "promote", "repoint", "fence"] {
+    gauge!(SYNC_STANDBYS).set(0.0);
+    gauge!(SYNC_UNPROTECTED).set(0.0);
+    for action in ["freeze", "promote", "repoint", "fence", "synchronous"] {
         for result in ["ok", "error"] {
             counter!(FAILOVER_ACTIONS, "action" => action, "result" => result).absolute(0);
         }
@@ -266,6 +272,13 @@ pub fn counter_by(name: &'static str, by: u64) {
 /// Counts one ended failover attempt.
 pub fn failover(outcome: crate::topology::failover::Outcome) {
     counter!(FAILOVERS, "result" => outcome.label()).increment(1);
+}
+
+/// The leader's synchronous standbys as pgcausal set them, and whether synchronous = on runs
+/// with none (commits acknowledged unprotected).
+pub fn synchronous_standbys(members: usize, unprotected: bool) {
+    gauge!(SYNC_STANDBYS).set(members as f64);
+    gauge!(SYNC_UNPROTECTED).set(if unprotected { 1.0 } else { 0.0 });
 }
 
 /// Counts one action the failover driver ran on a node.

@@ -55,6 +55,7 @@ fn every_show_command_answers_a_table_matching_the_state() {
             "failover_phase",
             "epoch",
             "priority",
+            "sync_state",
             "server_connections",
             "units_routed"
         ]

@@ -330,12 +330,24 @@ fn wait_in_rotation(proxy: &ProxyProcess, node: usize, what: &str) {
 
 /// One run of test 1: the current `leader` killed under load; returns the new leader and the
 /// run's timings.
+/// How a run kills the leader, and what it may lose.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kill {
+    /// Every process of the leader frozen, then killed (a lost machine); asynchronous
+    /// replication: writes lost are allowed if counted and reported.
+    Machine,
+    /// The postmaster alone (its backends may still acknowledge); synchronous replication: no
+    /// acknowledged write may be lost.
+    PostmasterSynchronous,
+}
+
 fn kill_leader_run(
     tc: &TestCluster,
     proxy: &ProxyProcess,
     rt: &tokio::runtime::Runtime,
     run: usize,
     leader: usize,
+    how: Kill,
 ) -> (usize, Timings) {
     let db = "fo_kill";
     let begun = Instant::now();
@@ -366,16 +378,24 @@ fn kill_leader_run(
     });
     let loaded = begun.elapsed();
 
-    let killed = kill(tc, leader);
+    let killed = match how {
+        Kill::Machine => kill(tc, leader),
+        Kill::PostmasterSynchronous => kill_postmaster(tc, leader),
+    };
     let t0 = killed.at;
     let row = wait_promoted(proxy, run, t0);
     let new_leader = node_index(&row["new_leader"]);
     let new_port = tc.ports[new_leader];
     let other = (0..3).find(|&i| i != leader && i != new_leader).unwrap();
+    // With the postmaster alone killed, its backends (and WAL senders) live on for moments:
+    // a write sent then may still be acknowledged there (and, synchronous, is on a follower).
     let first = until(
-        &format!("run {run}: a write started after the kill to be acknowledged"),
+        &format!("run {run}: a write started after the kill to be acknowledged by the new leader"),
         Duration::from_secs(15),
-        || writers.first_ack_started_after(t0).ok_or_else(|| "none yet".to_string()),
+        || {
+            let on = (how == Kill::PostmasterSynchronous).then_some(new_port);
+            writers.acked_since(t0, on).into_iter().min_by_key(|a| a.acked).ok_or_else(|| "none yet".to_string())
+        },
     );
     let write_back = first.acked - t0;
     assert_eq!(
@@ -478,6 +498,9 @@ fn kill_leader_run(
     if let Err(e) = loss_reported(&format!("run {run}"), &lost, proxy, &[&row]) {
         check(false, e);
     }
+    if how == Kill::PostmasterSynchronous {
+        check(lost.lost.is_empty(), format!("synchronous replication lost acknowledged writes: {lost}"));
+    }
     assert!(problems.is_empty(), "run {run}: {} problems:\n- {}", problems.len(), problems.join("\n- "));
     let promoted = failovers(proxy, "promoted").unwrap();
     assert_eq!(promoted.len(), run, "run {run}: {promoted:?}");
@@ -519,7 +542,7 @@ fn kill_9_of_the_leader_fails_over_under_load() {
     let mut leader = 0;
     let mut runs: Vec<Timings> = Vec::new();
     for run in 1..=5 {
-        let (next, timings) = kill_leader_run(&tc, &proxy, &rt, run, leader);
+        let (next, timings) = kill_leader_run(&tc, &proxy, &rt, run, leader, Kill::Machine);
         leader = next;
         runs.push(timings);
     }
@@ -545,6 +568,54 @@ fn kill_9_of_the_leader_fails_over_under_load() {
 /// After a failover the old leader restarts as a primary on timeline 1: it is fenced (SHOW NODES,
 /// read-only, split-brain gauge, fenced gauge), never routed to, and neither it nor a follower
 /// streaming from it serves a read, also once its WAL position passes the new leader's.
+/// `[replication] synchronous = "on"` with two followers (`ANY 1`): kill -9 of the leader's
+/// postmaster alone under 8 writers, five runs: every write acknowledged is on the new leader
+/// (counted by id: 0 lost), and writes are back within 5 s.
+#[test]
+fn synchronous_on_loses_no_acknowledged_write_when_the_leader_postmaster_is_killed() {
+    let _serial = serial();
+    let name = "synchronous_on_loses_no_acknowledged_write_when_the_leader_postmaster_is_killed";
+    let watchdog = Watchdog::start(name, Duration::from_secs(150));
+    let tc = TestCluster::start(2, |_| {});
+    checker::prepare_database(&tc, "fo_kill");
+    create_acks_table(&tc, "fo_kill");
+    let extra = format!(
+        "[admin]\nusers = [\"{USER}\"]\n[failover]\ntimeout = \"{TIMEOUT_TEXT}\"\n\
+         [replication]\nsynchronous = \"on\"\nsynchronous_count = 1\n"
+    );
+    let proxy = ProxyProcess::start(&tc, ProxyOptions { extra, pool_size: 8, ..Default::default() });
+    watchdog.watch(&proxy);
+    let rt = runtime();
+    let mut leader = 0;
+    let mut runs: Vec<Timings> = Vec::new();
+    for run in 1..=5 {
+        let others: Vec<String> = (0..3).filter(|&i| i != leader).map(|i| format!("\"node{i}\"")).collect();
+        let setting = format!("ANY 1 ({})", others.join(", "));
+        until(&format!("run {run}: the leader's synchronous standbys"), Duration::from_secs(20), || {
+            let on_leader = node_value(&rt, tc.ports[leader], "SHOW synchronous_standby_names")?;
+            let nodes = proxy.admin_now("SHOW NODES")?;
+            let shown = nodes.iter().find(|r| r[0] == format!("node{leader}")).map(|r| {
+                let i = nodes[0].iter().position(|c| c == "sync_state").unwrap();
+                r[i].clone()
+            });
+            match (on_leader.as_deref(), shown.as_deref()) {
+                (Some(s), Some(t)) if s == setting && t == setting => Ok(()),
+                other => Err(format!("leader has {other:?}, want {setting}")),
+            }
+        });
+        let (next, timings) = kill_leader_run(&tc, &proxy, &rt, run, leader, Kill::PostmasterSynchronous);
+        leader = next;
+        runs.push(timings);
+    }
+    let totals: Vec<f64> = runs.iter().map(|r| r[6]).collect();
+    println!(
+        "SYNCHRONOUS FAILOVERS ({} runs, kill -9 of the postmaster, ANY 1 of 2): first write after the kill ms median {:.0} max {:.0}",
+        runs.len(),
+        median(&mut totals.clone()),
+        max(&totals)
+    );
+}
+
 #[test]
 fn a_restarted_old_leader_is_fenced_and_its_fork_never_read() {
     let _serial = serial();

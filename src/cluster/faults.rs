@@ -1,5 +1,5 @@
 //! Faults for failover tests: a node's postmaster and all its children killed with SIGKILL (a
-//! lost machine) or stopped with SIGSTOP (a frozen one), by PID.
+//! lost machine), its postmaster alone killed, or all stopped with SIGSTOP (a frozen one), by PID.
 
 use std::fs;
 use std::time::{Duration, Instant};
@@ -112,6 +112,36 @@ impl Cluster {
             std::thread::sleep(POLL);
         }
         info!(node = %node.name, %status, processes = pids.len(), "node killed (SIGKILL to the postmaster and its children)");
+        Ok(())
+    }
+
+    /// SIGKILL to node `i`'s postmaster alone: its backends live on until they notice (a commit
+    /// in flight may still be acknowledged by a backend of a dead postmaster, which is the
+    /// hazard synchronous replication closes). Returns once the postmaster is reaped and every
+    /// child has exited on its own; a child still there after 10 s is killed too and reported.
+    pub fn kill_postmaster(&mut self, i: usize) -> Result<()> {
+        let Some(child) = self.node(i)?.child.as_ref() else { return Ok(()) };
+        let pid = child.id();
+        let children = children_of(pid);
+        send_signal(pid, libc::SIGKILL);
+        let node = &mut self.nodes[i];
+        let child = node.child.as_mut().expect("running");
+        let status = wait_exit(child, Duration::from_secs(10)).ok_or_else(|| ClusterError::Timeout {
+            what: format!("{} (pid {pid}) to die of SIGKILL", node.name),
+            waited: Duration::from_secs(10),
+        })?;
+        deregister_pid(pid);
+        node.child = None;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while children.iter().any(|&p| !is_gone(p)) {
+            if Instant::now() >= deadline {
+                let left: Vec<u32> = children.iter().copied().filter(|&p| !is_gone(p)).collect();
+                left.iter().for_each(|&p| send_signal(p, libc::SIGKILL));
+                return Err(ClusterError::Setup(format!("{}: children {left:?} outlived their postmaster by 10 s", node.name)));
+            }
+            std::thread::sleep(POLL);
+        }
+        info!(node = %node.name, %status, children = children.len(), "postmaster killed (SIGKILL); its children exited on their own");
         Ok(())
     }
 }

@@ -195,6 +195,44 @@ impl NodeSession {
         Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))
     }
 
+    /// On the leader: its followers streaming now (application_name, flushed position), its
+    /// synchronous_standby_names in effect, and its WAL position.
+    pub async fn replication(&self) -> Result<Replication, ActionError> {
+        let rows = self
+            .query(
+                "read replication",
+                "SELECT application_name, (coalesce(flush_lsn, '0/0') - '0/0'::pg_lsn)::int8 FROM pg_stat_replication                  WHERE state = 'streaming'",
+            )
+            .await?;
+        let streaming = rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64)).collect();
+        let rows = self
+            .query(
+                "read replication",
+                "SELECT current_setting('synchronous_standby_names'), (pg_current_wal_lsn() - '0/0'::pg_lsn)::int8",
+            )
+            .await?;
+        let row = rows.first().ok_or_else(|| self.fail("read replication", "no row".into()))?;
+        Ok(Replication { streaming, setting: row.get(0), lsn: row.get::<_, i64>(1).max(0) as u64 })
+    }
+
+    /// Sets the leader's synchronous_standby_names and waits (up to the session's timeout)
+    /// until it is in effect; returns the leader's WAL position then.
+    pub async fn set_synchronous(&self, setting: &str) -> Result<u64, ActionError> {
+        let action = "set synchronous_standby_names";
+        self.set_and_reload(action, &format!("SET synchronous_standby_names = {}", quote_literal(setting))).await?;
+        let deadline = std::time::Instant::now() + self.timeout;
+        loop {
+            let now = self.replication().await?;
+            if now.setting == setting {
+                return Ok(now.lsn);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(self.fail(action, format!("still \"{}\" after pg_reload_conf()", now.setting)));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The node's wal_sender_timeout (0: disabled).
     pub async fn wal_sender_timeout(&self) -> Result<Duration, ActionError> {
         let rows = self
@@ -232,6 +270,17 @@ impl NodeSession {
         ];
         Ok(needs.iter().enumerate().filter(|(i, _)| !row.get::<_, bool>(i + 1)).map(|(_, n)| *n).collect())
     }
+}
+
+/// What a leader reports of its replication.
+#[derive(Debug, Clone)]
+pub struct Replication {
+    /// Followers streaming now: application_name and flushed position.
+    pub streaming: Vec<(String, u64)>,
+    /// synchronous_standby_names in effect.
+    pub setting: String,
+    /// pg_current_wal_lsn().
+    pub lsn: u64,
 }
 
 /// The primary_conninfo of a follower of `leader`: libpq keyword values, single-quoted.

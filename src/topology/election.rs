@@ -20,6 +20,8 @@ pub struct Intent {
     /// Nodes taken out of the config by a reload: never elected, fenced or routed to again
     /// (their slot stays, so node indexes never move).
     pub removed: Vec<bool>,
+    /// The synchronous standbys pgcausal set on the leader (None: not managed).
+    pub synchronous: Option<super::sync_standbys::SyncSet>,
 }
 
 /// Why a node takes no work now (SHOW NODES, logs).

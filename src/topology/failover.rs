@@ -138,6 +138,9 @@ pub enum NoCandidate {
     NotACandidate(String),
     #[error("node {0} is {1} bytes of WAL behind the most advanced follower; PROMOTE {0} FORCE accepts losing them")]
     Behind(String, u64),
+    /// Synchronous replication: no answering follower is known to hold every acknowledged commit.
+    #[error("not promoting automatically: {0}")]
+    Unsafe(String),
 }
 
 /// The follower to promote: on the old leader's `timeline`, priority above 0, highest position,

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod election;
 pub mod failover;
 pub mod monitor;
+pub mod sync_standbys;
 
 pub use election::{Idle, Intent};
 pub use failover::Phase;

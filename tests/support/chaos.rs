@@ -105,6 +105,13 @@ pub fn kill(tc: &TestCluster, i: usize) -> Killed<'_> {
     Killed { tc, node: i, at: Instant::now(), armed: true }
 }
 
+/// SIGKILL to node `i`'s postmaster alone (its backends exit on their own); the time is the kill's.
+pub fn kill_postmaster(tc: &TestCluster, i: usize) -> Killed<'_> {
+    let at = Instant::now();
+    lock(tc).kill_postmaster(i).unwrap_or_else(|e| panic!("kill node{i}'s postmaster: {e}"));
+    Killed { tc, node: i, at, armed: true }
+}
+
 impl Killed<'_> {
     /// The test restarted or rebuilt the node: nothing to undo.
     pub fn restored(mut self) {

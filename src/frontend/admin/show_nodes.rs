@@ -1,6 +1,6 @@
 //! SHOW NODES: each node's role, timeline, health, rotation (and why not), WAL position, lag,
-//! incarnation, fencing, upstream, the failover phase and epoch, server connections and units
-//! routed, from the topology snapshot and pools.
+//! incarnation, fencing, upstream, the failover phase and epoch, synchronous standbys, server
+//! connections and units routed, from the topology snapshot and pools.
 
 use super::Table;
 use crate::consistency::format_lsn;
@@ -27,6 +27,7 @@ pub fn show_nodes(shared: &Shared) -> Table {
         "failover_phase",
         "epoch",
         "priority",
+        "sync_state",
         "server_connections",
         "units_routed",
     ]);
@@ -59,11 +60,24 @@ pub fn show_nodes(shared: &Shared) -> Table {
             Some(snapshot.phase.name().to_string()),
             Some(snapshot.intent.epoch.to_string()),
             Some(node.priority.to_string()),
+            sync_state(&snapshot, i, &node.name),
             Some(pools.connections().to_string()),
             Some(pools.units_routed().to_string()),
         ]);
     }
     table
+}
+
+/// With `[replication] synchronous` on or strict: the leader's synchronous_standby_names as
+/// pgcausal set it, and for each other node whether it is one of them (as pg_stat_replication's
+/// sync_state says: quorum or async); empty when pgcausal does not manage it.
+fn sync_state(snapshot: &Snapshot, node: usize, name: &str) -> Option<String> {
+    let set = snapshot.intent.synchronous.as_ref()?;
+    Some(match snapshot.leader {
+        Some(l) if l == node => set.setting(),
+        _ if set.contains(name) => "quorum".into(),
+        _ => "async".into(),
+    })
 }
 
 fn role_name(snapshot: &Snapshot, node: usize) -> &'static str {
