@@ -568,6 +568,40 @@ fn kill_9_of_the_leader_fails_over_under_load() {
 /// After a failover the old leader restarts as a primary on timeline 1: it is fenced (SHOW NODES,
 /// read-only, split-brain gauge, fenced gauge), never routed to, and neither it nor a follower
 /// streaming from it serves a read, also once its WAL position passes the new leader's.
+/// Waits until the leader runs with `ANY 1 (members)` and SHOW NODES shows it.
+fn wait_synchronous(
+    proxy: &ProxyProcess,
+    tc: &TestCluster,
+    rt: &tokio::runtime::Runtime,
+    leader: usize,
+    members: &[usize],
+    what: &str,
+) {
+    let names: Vec<String> = members.iter().map(|i| format!("\"node{i}\"")).collect();
+    let setting = format!("ANY 1 ({})", names.join(", "));
+    until(&format!("{what}: the leader's synchronous standbys {setting}"), Duration::from_secs(20), || {
+        let on_leader = node_value(rt, tc.ports[leader], "SHOW synchronous_standby_names")?;
+        let nodes = proxy.admin_now("SHOW NODES")?;
+        let shown = nodes.iter().find(|r| r[0] == format!("node{leader}")).map(|r| {
+            let i = nodes[0].iter().position(|c| c == "sync_state").unwrap();
+            r[i].clone()
+        });
+        match (on_leader.as_deref(), shown.as_deref()) {
+            (Some(s), Some(t)) if s == setting && t == setting => Ok(()),
+            other => Err(format!("leader has {other:?}")),
+        }
+    });
+}
+
+/// A proxy with `[replication] synchronous = "on"`, ANY 1.
+fn synchronous_proxy(tc: &TestCluster) -> ProxyProcess {
+    let extra = format!(
+        "[admin]\nusers = [\"{USER}\"]\n[failover]\ntimeout = \"{TIMEOUT_TEXT}\"\n\
+         [replication]\nsynchronous = \"on\"\nsynchronous_count = 1\n"
+    );
+    ProxyProcess::start(tc, ProxyOptions { extra, pool_size: 8, ..Default::default() })
+}
+
 /// `[replication] synchronous = "on"` with two followers (`ANY 1`): kill -9 of the leader's
 /// postmaster alone under 8 writers, five runs: every write acknowledged is on the new leader
 /// (counted by id: 0 lost), and writes are back within 5 s.
@@ -579,30 +613,14 @@ fn synchronous_on_loses_no_acknowledged_write_when_the_leader_postmaster_is_kill
     let tc = TestCluster::start(2, |_| {});
     checker::prepare_database(&tc, "fo_kill");
     create_acks_table(&tc, "fo_kill");
-    let extra = format!(
-        "[admin]\nusers = [\"{USER}\"]\n[failover]\ntimeout = \"{TIMEOUT_TEXT}\"\n\
-         [replication]\nsynchronous = \"on\"\nsynchronous_count = 1\n"
-    );
-    let proxy = ProxyProcess::start(&tc, ProxyOptions { extra, pool_size: 8, ..Default::default() });
+    let proxy = synchronous_proxy(&tc);
     watchdog.watch(&proxy);
     let rt = runtime();
     let mut leader = 0;
     let mut runs: Vec<Timings> = Vec::new();
     for run in 1..=5 {
-        let others: Vec<String> = (0..3).filter(|&i| i != leader).map(|i| format!("\"node{i}\"")).collect();
-        let setting = format!("ANY 1 ({})", others.join(", "));
-        until(&format!("run {run}: the leader's synchronous standbys"), Duration::from_secs(20), || {
-            let on_leader = node_value(&rt, tc.ports[leader], "SHOW synchronous_standby_names")?;
-            let nodes = proxy.admin_now("SHOW NODES")?;
-            let shown = nodes.iter().find(|r| r[0] == format!("node{leader}")).map(|r| {
-                let i = nodes[0].iter().position(|c| c == "sync_state").unwrap();
-                r[i].clone()
-            });
-            match (on_leader.as_deref(), shown.as_deref()) {
-                (Some(s), Some(t)) if s == setting && t == setting => Ok(()),
-                other => Err(format!("leader has {other:?}, want {setting}")),
-            }
-        });
+        let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+        wait_synchronous(&proxy, &tc, &rt, leader, &others, &format!("run {run}"));
         let (next, timings) = kill_leader_run(&tc, &proxy, &rt, run, leader, Kill::PostmasterSynchronous);
         leader = next;
         runs.push(timings);
@@ -614,6 +632,102 @@ fn synchronous_on_loses_no_acknowledged_write_when_the_leader_postmaster_is_kill
         median(&mut totals.clone()),
         max(&totals)
     );
+}
+
+/// `synchronous = "on"`, ANY 1 of two followers. A follower killed first: the set shrinks to
+/// the other (logged), and a leader killed after that is failed over with nothing acknowledged
+/// lost. Then, the leader and one follower killed together (the set had no time to shrink):
+/// only one of the two synchronous standbys answers, so nothing is promoted automatically and
+/// SHOW FAILOVERS says why; `PROMOTE <node> FORCE` promotes, and what it lost is counted.
+#[test]
+fn synchronous_on_shrinks_the_set_and_never_promotes_blind() {
+    let _serial = serial();
+    let watchdog = Watchdog::start("synchronous_on_shrinks_the_set_and_never_promotes_blind", Duration::from_secs(150));
+    let tc = TestCluster::start(2, |_| {});
+    let db = "fo_kill";
+    checker::prepare_database(&tc, db);
+    create_acks_table(&tc, db);
+    let proxy = synchronous_proxy(&tc);
+    watchdog.watch(&proxy);
+    let rt = runtime();
+    wait_synchronous(&proxy, &tc, &rt, 0, &[1, 2], "start");
+    let writers = Writers::start(&rt, &proxy.trust_conn_str(db), 8);
+    let more_acked = |writers: &Writers, n: usize, what: &str| {
+        let base = writers.acked();
+        until(what, Duration::from_secs(20), || match writers.acked() {
+            k if k >= base + n => Ok(()),
+            k => Err(format!("{} more writes acknowledged", k - base)),
+        });
+    };
+    more_acked(&writers, 200, "the writers to get going");
+
+    // 1. node2 killed: the set shrinks to node1; then the leader killed: node1 holds everything.
+    let node2 = kill(&tc, 2);
+    wait_synchronous(&proxy, &tc, &rt, 0, &[1], "node2 killed");
+    assert!(proxy.log().contains("synchronous standbys set on the leader"), "the change is logged");
+    more_acked(&writers, 100, "writes going on with ANY 1 (node1)");
+    let node0 = kill_postmaster(&tc, 0);
+    let row = wait_promoted(&proxy, 1, node0.at);
+    assert_eq!(row["new_leader"], "node1", "{row:?}");
+    assert_eq!(row["acked_commits_at_risk"], "0", "a quorum of the synchronous set answered: nothing at risk");
+    until("writes on the new leader", Duration::from_secs(10), || {
+        match writers.acked_since(node0.at, Some(tc.ports[1])).len() {
+            n if n >= 100 => Ok(()),
+            n => Err(format!("{n} writes acknowledged by node1")),
+        }
+    });
+    let log = writers.stop(&rt);
+    let lost = rt.block_on(count_lost(tc.ports[1], db, &log)).unwrap();
+    assert!(lost.lost.is_empty(), "part 1: acknowledged writes lost: {lost}");
+    println!("part 1 (set shrunk to node1, then the leader's postmaster killed): {lost}");
+
+    // Both back as followers of node1: ANY 1 (node0, node2).
+    lock(&tc).rebuild_as_follower(0, 1).unwrap();
+    node0.restored();
+    lock(&tc).rebuild_as_follower(2, 1).unwrap();
+    node2.restored();
+    wait_synchronous(&proxy, &tc, &rt, 1, &[0, 2], "rebuilt");
+    // Writer ids start again: a clean table, so part 2 counts only its own writes.
+    rt.block_on(async { checker::simple_exec(&connect_node(tc.ports[1], db).await?, "TRUNCATE acks").await }).unwrap();
+    wait_replayed(&rt, &tc, 1);
+    let writers = Writers::start(&rt, &proxy.trust_conn_str(db), 8);
+    more_acked(&writers, 200, "the writers again");
+
+    // 2. The leader frozen (it changes nothing more), node2 killed, then the leader killed.
+    let frozen = freeze(&tc, 1);
+    let node2 = kill(&tc, 2);
+    let node1 = kill(&tc, 1);
+    drop(frozen);
+    let refused = until("the failover to refuse a blind promotion", Duration::from_secs(20), || {
+        let rows = failovers(&proxy, "no_candidate")?;
+        match rows.into_iter().find(|r| r["reason"].contains("not promoting automatically")) {
+            Some(row) => Ok(row),
+            None => Err(format!("SHOW FAILOVERS:\n{}", show(&proxy, "SHOW FAILOVERS")?.describe())),
+        }
+    });
+    assert!(
+        refused["reason"].contains(r#"only 1 of the synchronous standbys ANY 1 ("node0", "node2") answered"#),
+        "{refused:?}"
+    );
+    // It stays so: the driver retries and still refuses.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(failovers(&proxy, "promoted").unwrap().len(), 1, "no automatic promotion");
+    proxy.admin_now("PROMOTE node0 FORCE").expect("PROMOTE node0 FORCE");
+    let row = wait_promoted(&proxy, 2, node1.at);
+    assert_eq!(row["new_leader"], "node0", "{row:?}");
+    until("writes on node0", Duration::from_secs(10), || {
+        match writers.acked_since(node1.at, Some(tc.ports[0])).len() {
+            n if n >= 50 => Ok(()),
+            n => Err(format!("{n} writes acknowledged by node0")),
+        }
+    });
+    let log = writers.stop(&rt);
+    let lost = rt.block_on(count_lost(tc.ports[0], db, &log)).unwrap();
+    println!("part 2 (forced): {lost}; SHOW FAILOVERS: {row:?}");
+    if let Err(e) = loss_reported("part 2", &lost, &proxy, &[&row]) {
+        panic!("{e}");
+    }
+    drop((node1, node2));
 }
 
 #[test]

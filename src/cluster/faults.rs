@@ -137,7 +137,10 @@ impl Cluster {
             if Instant::now() >= deadline {
                 let left: Vec<u32> = children.iter().copied().filter(|&p| !is_gone(p)).collect();
                 left.iter().for_each(|&p| send_signal(p, libc::SIGKILL));
-                return Err(ClusterError::Setup(format!("{}: children {left:?} outlived their postmaster by 10 s", node.name)));
+                return Err(ClusterError::Setup(format!(
+                    "{}: children {left:?} outlived their postmaster by 10 s",
+                    node.name
+                )));
             }
             std::thread::sleep(POLL);
         }

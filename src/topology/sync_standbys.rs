@@ -84,10 +84,8 @@ impl Guard {
     /// only on the members of the sets before it.
     pub fn progress(&mut self, flushed: &[(String, u64)]) {
         let Some(newest) = self.sets.last().filter(|s| !s.names.is_empty()) else { return };
-        let caught_up = newest
-            .names
-            .iter()
-            .all(|name| flushed.iter().any(|(n, lsn)| n == name && *lsn >= self.settled_at));
+        let caught_up =
+            newest.names.iter().all(|name| flushed.iter().any(|(n, lsn)| n == name && *lsn >= self.settled_at));
         if caught_up && self.sets.len() > 1 {
             self.sets.drain(..self.sets.len() - 1);
         }
