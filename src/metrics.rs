@@ -61,7 +61,7 @@ pub const ERROR_CLASSES: [&str; 16] =
     ["08", "0A", "22", "23", "25", "26", "28", "3D", "40", "42", "53", "54", "55", "57", "58", "XX"];
 pub const ERROR_SOURCES: [&str; 2] = ["server", "proxy"];
 pub const LOGIN_RESULTS: [&str; 2] = ["ok", "auth_failed"];
-pub const CANCEL_RESULTS: [&str; 3] = ["forwarded", "ignored", "failed"];
+pub const CANCEL_RESULTS: [&str; 4] = ["forwarded", "ignored", "failed", "synchronous_commit"];
 pub const BYTE_DIRECTIONS: [&str; 2] = ["received", "sent"];
 pub const PIN_KINDS: [&str; 6] =
     ["listen", "temp_table", "temp_objects", "advisory_lock", "hold_cursor", "untracked_state"];

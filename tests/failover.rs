@@ -577,8 +577,20 @@ fn wait_synchronous(
     members: &[usize],
     what: &str,
 ) {
+    wait_synchronous_any(proxy, tc, rt, (leader, 1), members, what)
+}
+
+/// Waits until the leader runs with `ANY count (members)` and SHOW NODES shows it.
+fn wait_synchronous_any(
+    proxy: &ProxyProcess,
+    tc: &TestCluster,
+    rt: &tokio::runtime::Runtime,
+    (leader, count): (usize, usize),
+    members: &[usize],
+    what: &str,
+) {
     let names: Vec<String> = members.iter().map(|i| format!("\"node{i}\"")).collect();
-    let setting = format!("ANY 1 ({})", names.join(", "));
+    let setting = format!("ANY {count} ({})", names.join(", "));
     until(&format!("{what}: the leader's synchronous standbys {setting}"), Duration::from_secs(20), || {
         let on_leader = node_value(rt, tc.ports[leader], "SHOW synchronous_standby_names")?;
         let nodes = proxy.admin_now("SHOW NODES")?;
@@ -595,9 +607,13 @@ fn wait_synchronous(
 
 /// A proxy with `[replication] synchronous = "on"`, ANY 1.
 fn synchronous_proxy(tc: &TestCluster) -> ProxyProcess {
+    synchronous_proxy_with(tc, "on", 1)
+}
+
+fn synchronous_proxy_with(tc: &TestCluster, mode: &str, count: usize) -> ProxyProcess {
     let extra = format!(
         "[admin]\nusers = [\"{USER}\"]\n[failover]\ntimeout = \"{TIMEOUT_TEXT}\"\n\
-         [replication]\nsynchronous = \"on\"\nsynchronous_count = 1\n"
+         [replication]\nsynchronous = \"{mode}\"\nsynchronous_count = {count}\n"
     );
     ProxyProcess::start(tc, ProxyOptions { extra, pool_size: 8, ..Default::default() })
 }
@@ -728,6 +744,73 @@ fn synchronous_on_shrinks_the_set_and_never_promotes_blind() {
         panic!("{e}");
     }
     drop((node1, node2));
+}
+
+/// `synchronous = "strict"`, ANY 2 of 2 followers, one of them frozen: a commit waits for it.
+/// A cancel for that client is not forwarded (cancelling the wait would acknowledge a commit no
+/// follower holds) and is counted; the commit completes once the follower is back. A cancel of
+/// a running query is forwarded as ever.
+#[test]
+fn a_cancel_never_cuts_a_commit_waiting_for_the_synchronous_standbys() {
+    let _serial = serial();
+    let name = "a_cancel_never_cuts_a_commit_waiting_for_the_synchronous_standbys";
+    let watchdog = Watchdog::start(name, Duration::from_secs(90));
+    let tc = TestCluster::start(2, |_| {});
+    tc.sql(0, "postgres", "CREATE TABLE synced (x int)");
+    let proxy = synchronous_proxy_with(&tc, "strict", 2);
+    watchdog.watch(&proxy);
+    let rt = runtime();
+    wait_synchronous_any(&proxy, &tc, &rt, (0, 2), &[1, 2], "start");
+    let waiting_commits =
+        || node_value(&rt, tc.ports[0], "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'");
+    let client = std::sync::Arc::new(rt.block_on(connect_node(proxy.port, "postgres")).unwrap());
+    let frozen = freeze(&tc, 2);
+    let insert = rt.spawn({
+        let client = client.clone();
+        async move { client.simple_query("INSERT INTO synced VALUES (1)").await.map_err(|e| pg_error(&e)) }
+    });
+    until("the commit to wait for node2", Duration::from_secs(10), || match waiting_commits()?.as_deref() {
+        Some("1") => Ok(()),
+        other => Err(format!("{other:?} backends wait for SyncRep")),
+    });
+    rt.block_on(client.cancel_token().cancel_query(tokio_postgres::NoTls)).unwrap();
+    until("the cancel to be refused", Duration::from_secs(10), || {
+        match metric(&proxy.metrics(), "pgcausal_cancel_requests_total", "result=\"synchronous_commit\"") {
+            Some(n) if n >= 1.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert_eq!(waiting_commits().unwrap().as_deref(), Some("1"), "the commit still waits for node2");
+    assert!(!insert.is_finished(), "the client has no answer yet");
+    drop(frozen);
+    let answer = rt.block_on(insert).unwrap();
+    assert!(answer.is_ok(), "the commit completes once node2 is back: {answer:?}");
+    until("the row on node2", Duration::from_secs(10), || {
+        match node_value(&rt, tc.ports[2], "SELECT count(*) FROM synced")?.as_deref() {
+            Some("1") => Ok(()),
+            other => Err(format!("{other:?} rows")),
+        }
+    });
+    // Any other cancel goes through.
+    let sleep = rt.spawn({
+        let client = client.clone();
+        async move { client.simple_query("SELECT pg_sleep(30)").await.map_err(|e| pg_error(&e)) }
+    });
+    until("pg_sleep to run", Duration::from_secs(10), || {
+        let sql = "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'";
+        let running: u32 =
+            (0..3).filter_map(|i| node_value(&rt, tc.ports[i], sql).ok().flatten()?.parse::<u32>().ok()).sum();
+        if running == 1 {
+            Ok(())
+        } else {
+            Err(format!("{running} running"))
+        }
+    });
+    let started = Instant::now();
+    rt.block_on(client.cancel_token().cancel_query(tokio_postgres::NoTls)).unwrap();
+    let cancelled = rt.block_on(sleep).unwrap();
+    assert!(cancelled.as_ref().is_err_and(|e| e.contains("57014")), "{cancelled:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "cancelled after {:?}", started.elapsed());
 }
 
 #[test]

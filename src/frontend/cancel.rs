@@ -79,6 +79,28 @@ impl CancelRegistry {
     }
 }
 
+/// With synchronous replication: whether server backend `pid` on node `node` is waiting for its
+/// commit to reach the synchronous standbys (`wait_event = 'SyncRep'`). Cancelling that wait
+/// would make the commit visible on the leader and acknowledged (with a warning) although no
+/// follower holds it, so such a cancel is not forwarded. Asked over a fresh control-plane
+/// connection (cancels are rare); unknown (no answer within `monitor.timeout`) counts as not
+/// waiting. A commit that starts waiting just after the answer is still cancelled: the window
+/// is the round trip of this check.
+pub async fn commit_waits_for_standbys(config: Arc<crate::config::Config>, node: usize, pid: u32) -> bool {
+    // On the control thread: the connection's timeouts need a timer, which sessions' runtime lacks.
+    let check = crate::control::spawn(async move {
+        let pool = crate::topology::monitor::control_pool(&config, &config.nodes[node]);
+        let ask = async {
+            let client = pool.get().await.ok()?;
+            let sql = "SELECT wait_event = 'SyncRep' FROM pg_stat_activity WHERE pid = $1";
+            let row = client.query_opt(sql, &[&(pid as i32)]).await.ok()??;
+            row.get::<_, Option<bool>>(0)
+        };
+        tokio::time::timeout(config.monitor.timeout, ask).await.ok().flatten().unwrap_or(false)
+    });
+    check.await.unwrap_or(false)
+}
+
 /// Sends a CancelRequest for (pid, secret) to a server, as a new connection does.
 pub async fn send_cancel(host: &str, port: u16, pid: u32, secret: u32) -> std::io::Result<()> {
     let mut msg = Vec::with_capacity(16);

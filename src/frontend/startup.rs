@@ -52,6 +52,13 @@ async fn forward_cancel(shared: &Shared, pid: u32, secret: u32) {
     let result = match shared.cancels.lookup(pid, secret) {
         Some((node, spid, ssecret)) => {
             let n = &shared.pools.nodes[node];
+            let config = shared.config();
+            let synchronous = config.replication.synchronous != crate::config::SyncMode::Off;
+            if synchronous && super::cancel::commit_waits_for_standbys(config.clone(), node, spid).await {
+                tracing::warn!(node = %n.name, "cancel not forwarded: the client's commit waits for the synchronous standbys (cancelling the wait would acknowledge a commit no follower holds)");
+                metrics::counter!(crate::metrics::CANCEL_REQUESTS, "result" => "synchronous_commit").increment(1);
+                return;
+            }
             match super::cancel::send_cancel(&n.host, n.port, spid, ssecret).await {
                 Ok(()) => "forwarded",
                 Err(e) => {
