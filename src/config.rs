@@ -86,6 +86,12 @@ pub struct FailoverConfig {
     /// Login repointed followers stream with (their primary_conninfo); defaults to the failover login.
     pub replication_user: Option<String>,
     pub replication_password: Option<String>,
+    /// Shell command run to make a fenced or diverged node a follower of the leader (see
+    /// deploy/rejoin-local.sh); None: such nodes wait for an operator.
+    pub rejoin_command: Option<String>,
+    /// How long one run of `rejoin_command` may take before it is killed.
+    #[serde(with = "humantime_serde")]
+    pub rejoin_timeout: Duration,
 }
 
 impl Default for FailoverConfig {
@@ -99,6 +105,8 @@ impl Default for FailoverConfig {
             password: None,
             replication_user: None,
             replication_password: None,
+            rejoin_command: None,
+            rejoin_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -380,6 +388,9 @@ pub struct NodeConfig {
     /// Failover preference among followers at the same WAL position (higher first); 0 = never promote.
     #[serde(default = "default_priority")]
     pub priority: u32,
+    /// The node's data directory, for the rejoin command when it runs on the node's host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<String>,
     /// Set in the running config when a reload took the node out: its slot stays (node indexes
     /// never move while the proxy runs), it is never routed to or probed again.
     #[serde(skip)]
@@ -388,7 +399,14 @@ pub struct NodeConfig {
 
 impl NodeConfig {
     pub fn new(name: &str, host: &str, port: u16) -> NodeConfig {
-        NodeConfig { name: name.into(), host: host.into(), port, priority: default_priority(), removed: false }
+        NodeConfig {
+            name: name.into(),
+            host: host.into(),
+            port,
+            priority: default_priority(),
+            data_dir: None,
+            removed: false,
+        }
     }
 }
 

@@ -43,6 +43,7 @@ pub fn spawn(shared: &Arc<Shared>, orders: mpsc::UnboundedReceiver<Order>, tasks
         waiting_logged: false,
         sync: Default::default(),
         sync_protected: false,
+        rejoins: Default::default(),
     };
     tasks.add(crate::control::spawn(driver.run()));
 }
@@ -83,6 +84,8 @@ struct Driver {
     sync: crate::sync_keeper::SyncKeeper,
     /// The elected follower passed the synchronous quorum check: it holds every acknowledged commit.
     sync_protected: bool,
+    /// Runs of failover.rejoin_command.
+    rejoins: crate::rejoin::Rejoins,
 }
 
 impl Driver {
@@ -120,6 +123,7 @@ impl Driver {
             if self.phase == Phase::Healthy {
                 self.keep_fenced_read_only(&config, &snapshot).await;
                 self.repoint_strays(&config, &snapshot).await;
+                self.rejoins.step(&config, &snapshot);
             }
         }
     }

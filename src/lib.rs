@@ -16,6 +16,7 @@ pub mod membership;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;
+pub mod rejoin;
 pub mod route;
 pub mod sync_keeper;
 pub mod topology;

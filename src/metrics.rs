@@ -12,6 +12,7 @@ pub const SERVER_CONNECTIONS: &str = "pgcausal_server_connections";
 pub const SERVER_CONNECTS: &str = "pgcausal_server_connects_total";
 pub const QUERIES: &str = "pgcausal_queries_total";
 pub const CLIENT_BYTES: &str = "pgcausal_client_bytes_total";
+pub const REJOINS: &str = "pgcausal_rejoins_total";
 pub const SYNC_STANDBYS: &str = "pgcausal_synchronous_standbys";
 pub const SYNC_UNPROTECTED: &str = "pgcausal_synchronous_unprotected";
 pub const POOL_WAIT: &str = "pgcausal_pool_wait_seconds";
@@ -92,6 +93,7 @@ pub fn describe() {
     describe_gauge!(SERVER_CONNECTIONS, "Server connections currently open, by node");
     describe_counter!(SERVER_CONNECTS, "Server connection attempts by node and result");
     describe_counter!(QUERIES, "Queries (simple Query or extended Execute) sent, by node");
+    describe_counter!(REJOINS, "Runs of failover.rejoin_command, by result");
     describe_gauge!(SYNC_STANDBYS, "Followers named in the leader's synchronous_standby_names, as pgcausal set it");
     describe_gauge!(SYNC_UNPROTECTED, "1 while replication.synchronous = on runs with no synchronous standby");
     describe_counter!(CLIENT_BYTES, "Bytes received from and sent to clients in their sessions, by direction");
@@ -209,6 +211,9 @@ pub fn register_known() {
         counter!(FAILOVERS, "result" => outcome.label()).absolute(0);
     }
     gauge!(SYNC_STANDBYS).set(0.0);
+    for result in ["ok", "error"] {
+        counter!(REJOINS, "result" => result).absolute(0);
+    }
     gauge!(SYNC_UNPROTECTED).set(0.0);
     for action in ["freeze", "promote", "repoint", "fence", "synchronous"] {
         for result in ["ok", "error"] {
@@ -279,6 +284,11 @@ pub fn failover(outcome: crate::topology::failover::Outcome) {
 pub fn synchronous_standbys(members: usize, unprotected: bool) {
     gauge!(SYNC_STANDBYS).set(members as f64);
     gauge!(SYNC_UNPROTECTED).set(if unprotected { 1.0 } else { 0.0 });
+}
+
+/// Counts one run of failover.rejoin_command.
+pub fn rejoin(ok: bool) {
+    counter!(REJOINS, "result" => if ok { "ok" } else { "error" }).increment(1);
 }
 
 /// Counts one action the failover driver ran on a node.

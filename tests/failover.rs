@@ -813,6 +813,115 @@ fn a_cancel_never_cuts_a_commit_waiting_for_the_synchronous_standbys() {
     assert!(started.elapsed() < Duration::from_secs(10), "cancelled after {:?}", started.elapsed());
 }
 
+/// A postmaster the rejoin hook started (not the test cluster's child): stopped by its PID
+/// (postmaster.pid) when the test ends.
+struct HookStarted(std::path::PathBuf);
+
+impl Drop for HookStarted {
+    fn drop(&mut self) {
+        let pid = std::fs::read_to_string(self.0.join("postmaster.pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+        // Only a postmaster of this data directory: a stale file's PID may be anyone's now.
+        let ours = |pid: i32| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*self.0.to_string_lossy()))
+        };
+        if let Some(pid) = pid.filter(|&p| ours(p)) {
+            unsafe { libc::kill(pid, libc::SIGQUIT) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Asynchronous replication, `failover.rejoin_command = deploy/rejoin-local.sh`: the leader
+/// killed -9 holding WAL its followers never received (they were frozen while it committed),
+/// a follower promoted; the hook rewinds the old leader (pg_rewind) and starts it as a
+/// follower of the new one. It serves reads again, and never before it streams from the new
+/// leader on the new timeline.
+#[test]
+fn the_rejoin_hook_rewinds_the_old_leader_which_then_serves_reads() {
+    let _serial = serial();
+    let watchdog =
+        Watchdog::start("the_rejoin_hook_rewinds_the_old_leader_which_then_serves_reads", Duration::from_secs(120));
+    let tc = TestCluster::start(2, |_| {});
+    tc.sql(0, "postgres", "CREATE TABLE rejoin_rows (id int)");
+    let hook = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rejoin-local.sh");
+    let extra =
+        format!("[admin]\nusers = [\"{USER}\"]\n[failover]\ntimeout = \"{TIMEOUT_TEXT}\"\nrejoin_command = {hook:?}\n");
+    let proxy = ProxyProcess::start(&tc, ProxyOptions { extra, node_data_dirs: true, ..Default::default() });
+    watchdog.watch(&proxy);
+    let rt = runtime();
+    let data0 = lock(&tc).nodes()[0].data_dir.clone();
+
+    // Commits only the old leader will have: its followers stop receiving first (as the
+    // failover's freeze would), then it commits, then it dies.
+    for i in [1, 2] {
+        tc.sql(i, "postgres", "ALTER SYSTEM SET primary_conninfo = ''");
+        tc.sql(i, "postgres", "SELECT pg_reload_conf()");
+    }
+    until("the followers to stop receiving", Duration::from_secs(10), || {
+        match node_value(&rt, tc.ports[0], "SELECT count(*) FROM pg_stat_replication")?.as_deref() {
+            Some("0") => Ok(()),
+            other => Err(format!("{other:?} WAL senders")),
+        }
+    });
+    tc.sql(0, "postgres", "INSERT INTO rejoin_rows SELECT generate_series(1, 5000)");
+    let killed = kill(&tc, 0);
+    let _started = HookStarted(data0);
+    let row = wait_promoted(&proxy, 1, killed.at);
+    let new_leader = node_index(&row["new_leader"]);
+    let new_timeline: u32 = row["new_timeline"].parse().unwrap();
+    let on_new_leader = node_value(&rt, tc.ports[new_leader], "SELECT count(*) FROM rejoin_rows").unwrap();
+    assert_eq!(on_new_leader.as_deref(), Some("0"), "the new leader never received node0's last commits");
+
+    // Until node0 serves reads, every look at it: in rotation only once it streams from the new
+    // leader on the new timeline.
+    let name = "node0";
+    until("the hook to rejoin node0 and node0 to enter rotation", Duration::from_secs(60), || {
+        let nodes = show(&proxy, "SHOW NODES")?;
+        let in_rotation = nodes.value("name", name, "in_rotation") == Some("true");
+        if in_rotation {
+            let (status, sender) = wal_receiver(&rt, tc.ports[0])?;
+            let tli = node_value(&rt, tc.ports[0], "SELECT received_tli FROM pg_stat_wal_receiver")?;
+            assert_eq!(
+                (status.as_str(), sender, tli),
+                ("streaming", tc.ports[new_leader], Some(new_timeline.to_string())),
+                "node0 in rotation before it streams from the new leader on timeline {new_timeline}"
+            );
+            return Ok(());
+        }
+        Err(nodes.describe())
+    });
+    println!(
+        "REJOIN: node0 back in rotation {:?} after the kill (failover total {} ms)",
+        killed.at.elapsed(),
+        row["total_ms"]
+    );
+    killed.restored();
+    assert!(proxy.log().contains("the rejoin command succeeded"), "{}", proxy.log());
+    assert!(proxy.log().contains("pg_rewind: Done!"), "pg_rewind rewound node0: {}", proxy.log());
+    assert_eq!(metric(&proxy.metrics(), "pgcausal_rejoins_total", "result=\"ok\""), Some(1.0));
+    // The rows only it had are gone (rewound): it holds the new leader's history.
+    assert_eq!(node_value(&rt, tc.ports[0], "SELECT pg_is_in_recovery()").unwrap().as_deref(), Some("t"));
+    let before = units_routed(&proxy, name);
+    until("reads on node0", Duration::from_secs(20), || {
+        for _ in 0..10 {
+            ok(proxy.psql("postgres", &["-c", "SELECT count(*) FROM rejoin_rows"], None));
+        }
+        match units_routed(&proxy, name) {
+            n if n > before => Ok(()),
+            n => Err(format!("{} units on node0", n - before)),
+        }
+    });
+    // Rewound: node0 holds the new leader's history, without the 5000 rows only it had.
+    let rows = node_value(&rt, tc.ports[0], "SELECT count(*) FROM rejoin_rows").unwrap();
+    assert_eq!(rows.as_deref(), Some("0"), "node0 kept commits the new leader never had");
+}
+
 #[test]
 fn a_restarted_old_leader_is_fenced_and_its_fork_never_read() {
     let _serial = serial();

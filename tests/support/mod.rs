@@ -84,6 +84,8 @@ pub struct ProxyOptions {
     pub pool_section: String,
     /// Extra lines for the [monitor] table.
     pub monitor_section: String,
+    /// Each [[nodes]] entry names its data directory (for the rejoin hook).
+    pub node_data_dirs: bool,
     /// Extra TOML appended verbatim.
     pub extra: String,
     /// The port the config names for each node (e.g. a relay's in front of one); default the
@@ -99,6 +101,7 @@ impl Default for ProxyOptions {
             proxy_section: String::new(),
             pool_section: String::new(),
             monitor_section: String::new(),
+            node_data_dirs: false,
             extra: String::new(),
             node_ports: None,
         }
@@ -131,8 +134,12 @@ impl ProxyProcess {
              [monitor]\ninterval = \"100ms\"\n{}\n",
             options.pool_mode, options.proxy_section, options.pool_size, options.monitor_section
         );
+        let data_dirs: Vec<PathBuf> = cluster.cluster.lock().unwrap().nodes().into_iter().map(|n| n.data_dir).collect();
         for (i, p) in options.node_ports.as_ref().unwrap_or(&cluster.ports).iter().enumerate() {
             config += &format!("[[nodes]]\nname = \"node{i}\"\nhost = \"127.0.0.1\"\nport = {p}\n");
+            if options.node_data_dirs {
+                config += &format!("data_dir = {:?}\n", data_dirs[i].display().to_string());
+            }
         }
         config += &format!(
             "[[users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n\
