@@ -1,6 +1,6 @@
 //! `pgcausal demo`: a local leader + followers cluster with the proxy in front, until Ctrl-C.
 
-use crate::cluster::{Cluster, ClusterSpec, UserSpec};
+use crate::cluster::{Cluster, ClusterSpec, NodeInfo, UserSpec};
 use crate::config::Config;
 use std::path::{Path, PathBuf};
 
@@ -15,15 +15,27 @@ pub struct DemoArgs {
     pub metrics_port: Option<u16>,
 }
 
-/// The proxy configuration for a running cluster (also written next to the data for reference).
-pub fn config_text(cluster: &Cluster, port: u16, metrics_listen: &str) -> String {
+/// deploy/rejoin-local.sh, written next to the demo's data so that its cluster heals itself:
+/// an old leader is rewound and comes back as a follower after every failover.
+const REJOIN_HOOK: &str = include_str!("../deploy/rejoin-local.sh");
+
+/// The proxy configuration for a running cluster (also written next to the data for reference);
+/// `rejoin_hook` is the path of the rejoin command.
+pub fn config_text(nodes: &[NodeInfo], port: u16, metrics_listen: &str, rejoin_hook: &Path) -> String {
     let mut text = format!(
         "# Written by `pgcausal demo`; run it yourself with: pgcausal serve --config <this file>\n\
          [proxy]\nlisten = \"127.0.0.1:{port}\"\npool_mode = \"transaction\"\n\n\
-         [metrics]\nlisten = \"{metrics_listen}\"\n\n"
+         [metrics]\nlisten = \"{metrics_listen}\"\n\n\
+         [failover]\nrejoin_command = {:?}\n\n",
+        rejoin_hook.display().to_string()
     );
-    for node in cluster.nodes() {
-        text += &format!("[[nodes]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\n\n", node.name, node.port);
+    for node in nodes {
+        text += &format!(
+            "[[nodes]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\ndata_dir = {:?}\n\n",
+            node.name,
+            node.port,
+            node.data_dir.display().to_string()
+        );
     }
     text += &format!("[admin]\nusers = [\"{DEMO_USER}\"]\n\n");
     text += &format!("[[users]]\nname = \"{DEMO_USER}\"\npassword = \"{DEMO_PASSWORD}\"\n");
@@ -42,7 +54,18 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut user = UserSpec::new(DEMO_USER, DEMO_PASSWORD);
     user.superuser = true; // the monitors need to read replication state
     spec.users = vec![user];
-    let cluster = Cluster::start(spec)?;
+    let cluster = std::sync::Arc::new(std::sync::Mutex::new(Cluster::start(spec)?));
+    // A server killed from outside (try `kill -9` on the leader) is reaped at once: as a zombie
+    // its postmaster.pid would look alive to the rejoin hook's pg_ctl.
+    let reaper = std::sync::Arc::downgrade(&cluster);
+    std::thread::spawn(move || {
+        while let Some(cluster) = reaper.upgrade() {
+            cluster.lock().unwrap_or_else(|e| e.into_inner()).reap_exited();
+            drop(cluster);
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    });
+    let nodes = cluster.lock().unwrap_or_else(|e| e.into_inner()).nodes();
     let listen = format!("127.0.0.1:{}", args.port);
     anyhow::ensure!(free(&listen), "port {} is in use; pick another with --port", args.port);
     let metrics_listen = match args.metrics_port {
@@ -55,7 +78,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         None => String::new(),
     };
     let metrics_listen = metrics_listen.as_str();
-    let text = config_text(&cluster, args.port, metrics_listen);
+    let hook = data_dir.join("rejoin-local.sh");
+    std::fs::write(&hook, REJOIN_HOOK)?;
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let text = config_text(&nodes, args.port, metrics_listen, &hook);
     let config_path = data_dir.join("pgcausal.toml");
     std::fs::write(&config_path, &text)?;
     let config = Config::parse(&config_path, &text)?;
@@ -63,19 +89,20 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let result = runtime.block_on(async {
         let proxy = crate::proxy::Proxy::bind(config, None).await?;
         // Only now: the psql line it prints must work the moment it is shown.
-        print_banner(&cluster, args.port, metrics_listen, &config_path);
+        print_banner(&nodes, args.port, metrics_listen, &config_path);
         proxy.run(crate::proxy::Hangup::Stop).await;
         anyhow::Ok(())
     });
     println!("\nStopping the cluster ...");
     drop(runtime);
-    drop(cluster);
+    // Here, not in whichever thread drops the last reference: the process exits right after.
+    cluster.lock().unwrap_or_else(|e| e.into_inner()).stop();
     result
 }
 
-fn print_banner(cluster: &Cluster, port: u16, metrics_listen: &str, config_path: &Path) {
+fn print_banner(nodes: &[NodeInfo], port: u16, metrics_listen: &str, config_path: &Path) {
     println!("\npgcausal is listening on 127.0.0.1:{port} in front of:");
-    for (i, node) in cluster.nodes().iter().enumerate() {
+    for (i, node) in nodes.iter().enumerate() {
         let role = if i == 0 { "leader (initially)" } else { "follower" };
         println!("  {:6} 127.0.0.1:{:<5} {role}", node.name, node.port);
     }

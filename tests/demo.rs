@@ -195,3 +195,58 @@ fn a_demo_after_one_killed_with_sigkill_stops_all_its_leftover_servers_and_start
     assert!(second.stop(libc::SIGTERM), "the second demo failed on SIGTERM");
     wait_gone(dir.0.path(), &servers, "after the second demo exited");
 }
+
+/// The node rows of the demo console's SHOW NODES: (name, role, in_rotation).
+fn show_nodes(port: u16) -> Result<Vec<(String, String, String)>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let conn = format!("host=127.0.0.1 port={port} user=app password=secret dbname=pgcausal connect_timeout=2");
+        let (client, connection) =
+            tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let messages = client.simple_query("SHOW NODES").await.map_err(|e| e.to_string())?;
+        Ok(messages
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((r.get("name")?.to_string(), r.get("role")?.to_string(), r.get("in_rotation")?.to_string()))
+                }
+                _ => None,
+            })
+            .collect())
+    })
+}
+
+/// The demo wires deploy/rejoin-local.sh: after its leader's postmaster is killed with -9, a
+/// follower is promoted and the old leader is rewound and comes back as a follower in rotation;
+/// SIGTERM then stops every server, the one the hook started included.
+#[test]
+fn the_demo_heals_itself_after_its_leader_is_killed() {
+    let dir = DemoDir(tempfile::Builder::new().prefix("pgcausal-demo-").tempdir().unwrap());
+    let port = free_port();
+    let mut demo = Demo::start(dir.0.path(), port, free_port());
+    write_and_read(port, "before_t");
+    let pidfile = dir.0.path().join("node0/data/postmaster.pid");
+    let leader: i32 = std::fs::read_to_string(&pidfile).unwrap().lines().next().unwrap().trim().parse().unwrap();
+    let killed = Instant::now();
+    assert!(signal(leader, libc::SIGKILL));
+    let deadline = killed + Duration::from_secs(60);
+    loop {
+        let nodes = show_nodes(port);
+        let healed = nodes.as_ref().is_ok_and(|n| {
+            n.contains(&("node0".into(), "follower".into(), "true".into()))
+                && n.contains(&("node1".into(), "leader".into(), "true".into()))
+        });
+        if healed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node0 did not come back as a follower within 60 s: {nodes:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("DEMO HEALED: node0 back in rotation as a follower {:?} after kill -9", killed.elapsed());
+    write_and_read(port, "after_t");
+    let servers = postmasters(dir.0.path());
+    assert_eq!(servers.len(), 2, "node1 and the rewound node0 run");
+    assert!(demo.stop(libc::SIGTERM), "the demo failed on SIGTERM");
+    wait_gone(dir.0.path(), &servers, "after the demo exited (the rejoined node0 included)");
+}

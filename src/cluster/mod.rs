@@ -320,9 +320,6 @@ impl Cluster {
     /// Stops all nodes (fast, then immediate after 10 s); idempotent.
     pub fn stop(&mut self) {
         let running = self.running();
-        if running.is_empty() {
-            return;
-        }
         let escalation = [(libc::SIGINT, 10), (libc::SIGQUIT, 5), (libc::SIGKILL, 5)];
         for (signal, secs) in escalation {
             for &i in &running {
@@ -341,6 +338,11 @@ impl Cluster {
                 break;
             }
             warn!(signal, "postgres nodes still running; escalating");
+        }
+        // A node restarted by someone else on its data directory (pgcausal's rejoin hook) is
+        // this cluster's too.
+        if let Err(e) = self.stop_leftover_postmasters() {
+            warn!(error = %e, "a server on this cluster's data directories could not be stopped");
         }
         info!(root = %self.root.display(), "cluster stopped");
     }

@@ -190,7 +190,7 @@ impl Cluster {
                     self.nodes[i].name
                 )));
             }
-            warn!(node = %self.nodes[i].name, pid, data = %self.nodes[i].data.display(), "stopping a server left running by an earlier run");
+            warn!(node = %self.nodes[i].name, pid, data = %self.nodes[i].data.display(), "stopping a server this cluster did not start (left by an earlier run, or started by a rejoin hook)");
         }
         let alive = |leftovers: &[(usize, u32)]| -> Vec<(usize, u32)> {
             leftovers.iter().copied().filter(|&(i, pid)| is_postmaster_of(pid, &self.nodes[i].data)).collect()
@@ -234,6 +234,17 @@ impl Cluster {
                 info!(node = %node.name, "postgres stopped");
             }
         }
+    }
+
+    /// Reaps every node whose postmaster exited (killed from outside, say), so that no zombie
+    /// keeps its postmaster.pid looking alive to pg_ctl (a rejoin hook's `pg_ctl stop` would wait
+    /// on it). Returns the nodes reaped.
+    pub fn reap_exited(&mut self) -> Vec<usize> {
+        let exited: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].child.as_mut().is_some_and(|c| !matches!(c.try_wait(), Ok(None))))
+            .collect();
+        exited.iter().for_each(|&i| self.reap(i));
+        exited
     }
 
     fn reap_forcefully(&mut self, i: usize) {
