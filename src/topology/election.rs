@@ -52,7 +52,7 @@ impl Idle {
             Idle::OtherPrimary => "a primary that is not the leader",
             Idle::Forked => "streams from another primary or timeline",
             Idle::TimelineUnknown => "timeline unknown (no WAL receiver seen)",
-            Idle::Lagging => "lagging beyond routing limits",
+            Idle::Lagging => "catching up: lagging beyond routing limits",
         }
     }
 }
