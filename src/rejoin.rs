@@ -122,3 +122,47 @@ async fn run_hook(command: String, env: [(&'static str, String); 11], node: Stri
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::election::{elect, Intent};
+    use crate::topology::{LagLimits, NodeState, Role};
+
+    fn node(role: Role, timeline: u32, up: bool, upstream: Option<usize>) -> NodeState {
+        NodeState { up, role, timeline, lsn: 100, incarnation: 1, streaming: up, upstream, ..Default::default() }
+    }
+
+    fn snapshot(nodes: Vec<NodeState>, intent: &Intent) -> Snapshot {
+        let limits = LagLimits { max_bytes: 1000, max_ms: 1000 };
+        let e = elect(&nodes, intent, limits);
+        Snapshot {
+            nodes,
+            leader: e.leader,
+            followers: e.followers,
+            idle: e.idle,
+            intent: e.intent,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fenced_nodes_up_or_down_and_other_primaries_need_a_rejoin_followers_and_the_leader_do_not() {
+        let mut intent = Intent { epoch: 2, leader: Some(1), timeline: 2, ..Default::default() };
+        intent.fenced = vec![true, false, false, false];
+        let nodes = vec![
+            node(Role::Primary, 1, false, None), // the old leader, down and fenced
+            node(Role::Primary, 2, true, None),  // the leader
+            node(Role::Standby, 2, true, Some(1)),
+            node(Role::Primary, 1, true, None), // a second primary: fenced by the election
+        ];
+        let s = snapshot(nodes, &intent);
+        assert_eq!(s.leader, Some(1));
+        let needs: Vec<bool> = (0..4).map(|i| needs_rejoin(&s, i).is_some()).collect();
+        assert_eq!(needs, vec![true, false, false, true]);
+        let mut removed = s.intent.clone();
+        removed.removed = vec![true, false, false, false];
+        let s = snapshot(s.nodes.clone(), &removed);
+        assert_eq!(needs_rejoin(&s, 0), None, "a removed node is no one's to rejoin");
+    }
+}
