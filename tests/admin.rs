@@ -403,3 +403,62 @@ fn reload_adds_and_removes_nodes_and_no_client_notices() {
     assert!(errors.is_empty(), "{} of {done} round trips failed: {errors:?}", errors.len());
     assert!(done > 20, "the workload ran through the reloads ({done} round trips)");
 }
+
+/// A follower built (pg_basebackup) while pgcausal runs, with its replay held back 3 s, added
+/// by RELOAD: SHOW NODES shows it catching up with its lag and routes nothing to it; once its
+/// replay delay is lifted it catches up, enters rotation and serves reads.
+#[test]
+fn a_new_follower_serves_only_once_caught_up() {
+    let tc = TestCluster::start(1, |_| {});
+    tc.create_database("new_follower");
+    tc.sql(0, "new_follower", "CREATE TABLE t (id serial, v text)");
+    let p = ProxyProcess::start(
+        &tc,
+        ProxyOptions {
+            extra: format!("[admin]\nusers = [\"{USER}\"]\n[routing]\nmax_lag = \"1s\"\n"),
+            ..Default::default()
+        },
+    );
+    // Writes all along, so a follower that replays late is measurably behind.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let writer = rt.spawn({
+        let (stop, conn) = (stop.clone(), p.conn_str("new_follower"));
+        async move {
+            let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                client.simple_query("INSERT INTO t (v) VALUES ('x')").await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let started = Instant::now();
+    let delay = [("recovery_min_apply_delay".to_string(), "3s".to_string())];
+    let new = tc.cluster.lock().unwrap().add_follower(0, &delay).expect("a new follower");
+    let port = tc.cluster.lock().unwrap().port(new);
+    let text = std::fs::read_to_string(&p.config_path).unwrap();
+    let text = text + &format!("[[nodes]]\nname = \"fresh\"\nhost = \"127.0.0.1\"\nport = {port}\n");
+    std::fs::write(&p.config_path, text).unwrap();
+    p.admin("RELOAD");
+    wait_until("the new follower shown catching up", Duration::from_secs(30), || {
+        node_row(&p, "fresh").is_some_and(|(nodes, i)| {
+            column(&nodes, &nodes[i], "why_not").starts_with("catching up")
+                && column(&nodes, &nodes[i], "lag_seconds").parse::<f64>().is_ok_and(|s| s > 1.0)
+        })
+    });
+    let (nodes, i) = node_row(&p, "fresh").unwrap();
+    assert_eq!(column(&nodes, &nodes[i], "units_routed"), "0", "nothing routed to a follower catching up");
+    tc.sql(new, "postgres", "ALTER SYSTEM SET recovery_min_apply_delay = 0");
+    tc.sql(new, "postgres", "SELECT pg_reload_conf()");
+    wait_until("the new follower serving reads", Duration::from_secs(30), || {
+        ok(p.psql("new_follower", &["-c", "SELECT count(*) FROM t"], None));
+        in_rotation_with_units(&p, "fresh")
+    });
+    println!(
+        "NEW FOLLOWER: built, added, caught up and serving reads {:?} after the base backup began",
+        started.elapsed()
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    rt.block_on(writer).unwrap();
+}

@@ -132,6 +132,26 @@ impl Cluster {
 
     /// pg_basebackup of node `leader` into node `i`'s (empty) data directory, its pgcausal.conf
     /// with `extra`, then starts it.
+    /// A new node, made while the cluster runs: a base backup of node `leader` started as its
+    /// streaming follower on a free port (with `extra` settings); returns its index.
+    pub fn add_follower(&mut self, leader: usize, extra: &[(String, String)]) -> Result<usize> {
+        self.node(leader)?;
+        let i = self.nodes.len();
+        let taken: HashSet<u16> = self.nodes.iter().map(|n| n.port).collect();
+        let port = pick_port(&taken)?;
+        let dir = self.root.join(format!("node{i}"));
+        if dir.exists() {
+            return Err(ClusterError::Setup(format!("{} exists already", dir.display())));
+        }
+        let data = dir.join("data");
+        self.nodes.push(Node { name: format!("node{i}"), dir, data, port, child: None });
+        self.make_node_dirs(i)?;
+        self.basebackup_follower(i, leader, extra)?;
+        self.save_state()?;
+        info!(node = %self.nodes[i].name, port, leader = %self.nodes[leader].name, "follower added");
+        Ok(i)
+    }
+
     fn basebackup_follower(&mut self, i: usize, leader: usize, extra: &[(String, String)]) -> Result<()> {
         let data = self.nodes[i].data.clone();
         // The password goes into the conninfo so that -R records it in primary_conninfo.
