@@ -126,7 +126,7 @@ async fn run_hook(command: String, env: [(&'static str, String); 11], node: Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::election::{elect, Intent};
+    use crate::topology::election::Intent;
     use crate::topology::{LagLimits, NodeState, Role};
 
     fn node(role: Role, timeline: u32, up: bool, upstream: Option<usize>) -> NodeState {
@@ -134,16 +134,7 @@ mod tests {
     }
 
     fn snapshot(nodes: Vec<NodeState>, intent: &Intent) -> Snapshot {
-        let limits = LagLimits { max_bytes: 1000, max_ms: 1000 };
-        let e = elect(&nodes, intent, limits);
-        Snapshot {
-            nodes,
-            leader: e.leader,
-            followers: e.followers,
-            idle: e.idle,
-            intent: e.intent,
-            ..Default::default()
-        }
+        Snapshot::elect(nodes, intent, crate::topology::Phase::Healthy, LagLimits { max_bytes: 1000, max_ms: 1000 })
     }
 
     #[test]

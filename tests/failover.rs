@@ -650,6 +650,16 @@ fn synchronous_on_loses_no_acknowledged_write_when_the_leader_postmaster_is_kill
     );
 }
 
+/// Waits until `n` writes sent since `since` were acknowledged by node (index, port).
+fn writes_on(writers: &Writers, since: Instant, (node, port): (usize, u16), n: usize) {
+    until(&format!("{n} writes on node{node}"), Duration::from_secs(10), || {
+        match writers.acked_since(since, Some(port)).len() {
+            k if k >= n => Ok(()),
+            k => Err(format!("{k} writes acknowledged by node{node}")),
+        }
+    });
+}
+
 /// `synchronous = "on"`, ANY 1 of two followers. A follower killed first: the set shrinks to
 /// the other (logged), and a leader killed after that is failed over with nothing acknowledged
 /// lost. Then, the leader and one follower killed together (the set had no time to shrink):
@@ -686,12 +696,7 @@ fn synchronous_on_shrinks_the_set_and_never_promotes_blind() {
     let row = wait_promoted(&proxy, 1, node0.at);
     assert_eq!(row["new_leader"], "node1", "{row:?}");
     assert_eq!(row["acked_commits_at_risk"], "0", "a quorum of the synchronous set answered: nothing at risk");
-    until("writes on the new leader", Duration::from_secs(10), || {
-        match writers.acked_since(node0.at, Some(tc.ports[1])).len() {
-            n if n >= 100 => Ok(()),
-            n => Err(format!("{n} writes acknowledged by node1")),
-        }
-    });
+    writes_on(&writers, node0.at, (1, tc.ports[1]), 100);
     let log = writers.stop(&rt);
     let lost = rt.block_on(count_lost(tc.ports[1], db, &log)).unwrap();
     assert!(lost.lost.is_empty(), "part 1: acknowledged writes lost: {lost}");
@@ -731,12 +736,7 @@ fn synchronous_on_shrinks_the_set_and_never_promotes_blind() {
     proxy.admin_now("PROMOTE node0 FORCE").expect("PROMOTE node0 FORCE");
     let row = wait_promoted(&proxy, 2, node1.at);
     assert_eq!(row["new_leader"], "node0", "{row:?}");
-    until("writes on node0", Duration::from_secs(10), || {
-        match writers.acked_since(node1.at, Some(tc.ports[0])).len() {
-            n if n >= 50 => Ok(()),
-            n => Err(format!("{n} writes acknowledged by node0")),
-        }
-    });
+    writes_on(&writers, node1.at, (0, tc.ports[0]), 50);
     let log = writers.stop(&rt);
     let lost = rt.block_on(count_lost(tc.ports[0], db, &log)).unwrap();
     println!("part 2 (forced): {lost}; SHOW FAILOVERS: {row:?}");

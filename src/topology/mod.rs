@@ -137,7 +137,8 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    fn elect(nodes: Vec<NodeState>, previous: &Intent, phase: Phase, limits: LagLimits) -> Snapshot {
+    /// The snapshot the election makes of `nodes` after `previous`.
+    pub(crate) fn elect(nodes: Vec<NodeState>, previous: &Intent, phase: Phase, limits: LagLimits) -> Snapshot {
         let e = election::elect(&nodes, previous, limits);
         Snapshot {
             nodes,
