@@ -225,11 +225,11 @@ impl Driver {
 
     /// Confirms the leader dead from the followers' side too: none still hears from it.
     async fn confirm(&mut self, shared: &Shared, config: &Config, snapshot: &Snapshot, leader: usize) {
-        let logins = &*self.logins.clone();
+        let (logins, topology) = (&*self.logins.clone(), &*self.topology.clone());
         let standbys: Vec<usize> = standbys(snapshot).filter(|&i| i != leader).collect();
         let reads = standbys.iter().map(|&i| async move {
             let session = logins.open(config, i).await?;
-            session.receiver(i, &config.nodes).await
+            session.receiver(i, topology).await
         });
         let receivers: Vec<_> =
             futures_util::future::join_all(reads).await.into_iter().filter_map(Result::ok).collect();
@@ -311,7 +311,7 @@ impl Driver {
                 metrics::histogram(metrics::FAILOVER_PHASE_SECONDS, "freeze", took);
                 let position = candidates.iter().find(|c| c.node == node).map_or(0, |c| c.position);
                 self.switch_lsn = position;
-                self.sync_protected = !force && self.sync.guard.sets.iter().any(|s| !s.names.is_empty());
+                self.sync_protected = !force && self.sync.guard.protects();
                 self.target = Some(node);
                 let list: Vec<String> = candidates
                     .iter()
@@ -354,7 +354,7 @@ impl Driver {
         self.sync.guard.promotable(&reached).map_err(NoCandidate::Unsafe)?;
         let mine = on_timeline.iter().find(|c| c.node == elected).map_or(0, |c| c.position);
         match on_timeline.iter().max_by_key(|c| c.position) {
-            Some(top) if top.position > mine && !self.sync.guard.sets.iter().all(|s| s.names.is_empty()) => {
+            Some(top) if top.position > mine && self.sync.guard.protects() => {
                 Err(NoCandidate::Unsafe(format!(
                     "{} (priority {}) is {} bytes ahead of every follower that may be promoted; PROMOTE <node> FORCE accepts losing them",
                     top.name,
@@ -403,9 +403,10 @@ impl Driver {
         record.lost_wal_bytes = Some(lost);
         // A quorum of the synchronous standbys answered and the most advanced was promoted:
         // every acknowledged commit is on it, whatever the position samples could tell.
-        let at_risk = match self.sync_protected {
-            true => 0,
-            false => shared.positions.nodes[old].acks.at_risk(self.switch_lsn, crate::consistency::acks::total()),
+        let at_risk = if self.sync_protected {
+            0
+        } else {
+            shared.positions.nodes[old].acks.at_risk(self.switch_lsn, crate::consistency::acks::total())
         };
         record.acked_at_risk = Some(at_risk);
         metrics::counter_by(metrics::LOST_WAL_BYTES, lost);

@@ -1,5 +1,5 @@
 //! Rejoining nodes: runs `failover.rejoin_command` for a node that must become a follower of
-//! the current leader (a fenced old leader, up or down, or a follower of another history), with
+//! the current leader (a fenced old leader, up or down, or another primary), with
 //! the node and the leader in its environment, bounded by `failover.rejoin_timeout`, its output
 //! logged. The node re-enters rotation only through the election: once it streams from the
 //! leader on the leader's timeline (see `topology::election`).
@@ -17,9 +17,9 @@ const RETRY_AFTER: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub struct Rejoins {
     running: HashMap<usize, JoinHandle<bool>>,
-    /// Per node: the epoch of its last successful run (not run again for the same leader
-    /// unless the node needs it again after it rejoined), and when it may be tried next.
+    /// Per node: the epoch of its last successful run (not run again in that epoch).
     done_in_epoch: HashMap<usize, u64>,
+    /// Per node: after a failed run, when it may be tried next.
     not_before: HashMap<usize, Instant>,
 }
 

@@ -109,7 +109,7 @@ impl Pools {
         n.all().iter().for_each(|pool| pool.abort_waiters(&why));
     }
 
-    /// Every node's pools with its index, removed ones included (they drain).
+    /// Every node's pools in index order, removed ones included (they drain).
     pub fn iter(&self) -> impl Iterator<Item = &NodePools> {
         self.nodes.iter().map(|(_, n)| n)
     }

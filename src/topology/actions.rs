@@ -8,7 +8,7 @@ use deadpool_postgres::{Object, Pool};
 use std::time::Duration;
 
 use super::failover::Receiver;
-use super::monitor::{login_pool, node_at};
+use super::monitor::login_pool;
 
 /// A failed action: which, on which node, and PostgreSQL's own message.
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +105,7 @@ impl NodeSession {
     }
 
     /// The node's WAL receiver now (None: it has none, e.g. its sender is gone).
-    pub async fn receiver(&self, node: usize, nodes: &[NodeConfig]) -> Result<Receiver, ActionError> {
+    pub async fn receiver(&self, node: usize, topology: &super::Topology) -> Result<Receiver, ActionError> {
         let rows = self
             .query(
                 "read the WAL receiver",
@@ -121,7 +121,7 @@ impl NodeSession {
             node,
             streaming: row.get::<_, Option<bool>>(0).unwrap_or(false),
             last_message: age.map(|ms| Duration::from_millis(ms.max(0) as u64)),
-            upstream: node_at(nodes, row.get(2), row.get(3)),
+            upstream: topology.node_at(row.get(2), row.get(3)),
         })
     }
 

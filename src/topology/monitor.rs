@@ -25,12 +25,6 @@ const PROBE_SQL: &str = "SELECT r, \
      coalesce(w.status = 'streaming', false), w.sender_host, w.sender_port \
      FROM pg_is_in_recovery() AS r LEFT JOIN pg_stat_wal_receiver w ON true";
 
-/// The configured (not removed) node a WAL receiver's sender address names.
-pub fn node_at(nodes: &[NodeConfig], host: Option<&str>, port: Option<i32>) -> Option<usize> {
-    let (host, port) = (host?, port?);
-    nodes.iter().position(|n| !n.removed && n.host == host && i32::from(n.port) == port)
-}
-
 pub fn control_pool(config: &Config, node: &NodeConfig) -> Pool {
     let (user, password) = config.monitor_login();
     login_pool(config, node, (user, password), "pgcausal-monitor", config.monitor.timeout)

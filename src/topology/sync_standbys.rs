@@ -91,6 +91,12 @@ impl Guard {
         }
     }
 
+    /// True when some commit waited for a follower under a set in force: promotion must then
+    /// respect the quorum, and a promotion that did holds every acknowledged commit.
+    pub fn protects(&self) -> bool {
+        self.sets.iter().any(|s| !s.names.is_empty())
+    }
+
     /// Whether the followers reached after the leader died (`reached`, by name) include a quorum
     /// of every set: then the most advanced of them holds every acknowledged commit.
     pub fn promotable(&self, reached: &[String]) -> Result<(), String> {
