@@ -79,6 +79,11 @@ pub struct FailoverConfig {
     /// as needing a rejoin.
     #[serde(with = "humantime_serde")]
     pub repoint_timeout: Duration,
+    /// SWITCHOVER: how long the leader's units in flight may run before they are ended (57P01),
+    /// and how long the successor may take to replay the leader's last WAL before the
+    /// switchover is called off.
+    #[serde(with = "humantime_serde")]
+    pub switchover_timeout: Duration,
     /// Login for pg_promote, ALTER SYSTEM, pg_reload_conf and pg_terminate_backend; defaults to
     /// the monitor login.
     pub user: Option<String>,
@@ -101,6 +106,7 @@ impl Default for FailoverConfig {
             timeout: Duration::from_secs(2),
             hold_timeout: Duration::from_secs(15),
             repoint_timeout: Duration::from_secs(10),
+            switchover_timeout: Duration::from_secs(10),
             user: None,
             password: None,
             replication_user: None,

@@ -120,6 +120,9 @@ pub enum ProxyError {
     /// PROMOTE refused or failed (the leader is up, no such node, the node is behind...).
     #[error("PROMOTE: {0}")]
     Promote(String),
+    /// SWITCHOVER refused or called off (no healthy leader, no such follower, catch-up too slow...).
+    #[error("SWITCHOVER: {0}")]
+    Switchover(String),
     /// The session was closed from the admin console (KILL) or by a shutdown.
     #[error("terminating connection due to administrator command")]
     AdminShutdown,
@@ -162,7 +165,7 @@ impl ProxyError {
             ProxyError::Reload(_) => CONFIG_FILE_ERROR,
             ProxyError::UnknownClient(_) => UNDEFINED_OBJECT,
             ProxyError::AdminShutdown => ADMIN_SHUTDOWN,
-            ProxyError::Promote(_) => OBJECT_NOT_IN_PREREQUISITE_STATE,
+            ProxyError::Promote(_) | ProxyError::Switchover(_) => OBJECT_NOT_IN_PREREQUISITE_STATE,
         })
     }
 

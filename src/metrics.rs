@@ -48,6 +48,7 @@ pub const BUILD_INFO: &str = "pgcausal_build_info";
 pub const FAILOVERS: &str = "pgcausal_failovers_total";
 pub const FAILOVER_VETOES: &str = "pgcausal_failover_vetoes_total";
 pub const FAILOVER_PHASE_SECONDS: &str = "pgcausal_failover_phase_seconds";
+pub const SWITCHOVER_WRITES_HELD: &str = "pgcausal_switchover_writes_held_seconds";
 pub const LOST_WAL_BYTES: &str = "pgcausal_lost_wal_bytes_total";
 pub const ACKED_AT_RISK: &str = "pgcausal_acknowledged_commits_at_risk_total";
 pub const SPLIT_BRAIN: &str = "pgcausal_split_brain";
@@ -157,13 +158,17 @@ pub fn describe() {
     describe_gauge!(BUILD_INFO, "Always 1; the version label says which pgcausal runs");
     describe_counter!(
         FAILOVERS,
-        "Failover attempts by result (promoted, vetoed: a follower still heard the leader, recovered: the leader \
-         answered again first, no_candidate, failed)"
+        "Failover attempts and switchovers by result (promoted, switched_over, aborted: a switchover called off, \
+         vetoed: a follower still heard the leader, recovered: the leader answered again first, no_candidate, failed)"
     );
     describe_counter!(FAILOVER_VETOES, "Confirmations refused because a follower still received WAL from the leader");
     describe_histogram!(
         FAILOVER_PHASE_SECONDS,
-        "Duration of failover phases (detect, confirm, freeze, promote, repoint)"
+        "Duration of failover and switchover phases (detect, confirm, drain, freeze, promote, repoint)"
+    );
+    describe_histogram!(
+        SWITCHOVER_WRITES_HELD,
+        "How long a switchover held the units that need the leader, from the hold to the new leader"
     );
     describe_counter!(LOST_WAL_BYTES, "WAL an old leader had flushed past the new leader's switch point");
     describe_counter!(
@@ -215,7 +220,7 @@ pub fn register_known() {
         counter!(REJOINS, "result" => result).absolute(0);
     }
     gauge!(SYNC_UNPROTECTED).set(0.0);
-    for action in ["freeze", "promote", "repoint", "fence", "synchronous"] {
+    for action in ["freeze", "promote", "repoint", "fence", "synchronous", "checkpoint", "unfence"] {
         for result in ["ok", "error"] {
             counter!(FAILOVER_ACTIONS, "action" => action, "result" => result).absolute(0);
         }

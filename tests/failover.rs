@@ -1343,3 +1343,145 @@ fn mode_off_follows_an_outside_promotion_and_never_reads_the_fork() {
     );
     assert!(failovers(&proxy, "promoted").map(|r| r.is_empty()).unwrap_or(true), "pgcausal promoted in mode off");
 }
+
+// ---------------------------------------------------------------------------------------------
+// SWITCHOVER
+// ---------------------------------------------------------------------------------------------
+
+/// `SWITCHOVER [TO node]` on the console, straight away; the console's answer (the NOTICE) or
+/// its error.
+fn switchover(proxy: &ProxyProcess, command: &str) -> Result<String, String> {
+    let out = proxy.psql_as_now(USER, PASSWORD, "pgcausal", &["-c", command], None);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() {
+        Ok(said)
+    } else {
+        Err(said)
+    }
+}
+
+/// SWITCHOVER under 8 writers and the consistency checker (4 read-your-writes sessions, 2
+/// counter readers, 2 observers), five times on one cluster, the old leader rejoining through
+/// `deploy/rejoin-local.sh` each time: no client between transactions sees an error, every
+/// acknowledged write is on the last leader (counted by id), the checker sees 0 violations
+/// throughout, writes are held for a median under 1 s, and every old leader streams from its
+/// successor and serves reads again before the next switchover.
+#[test]
+fn switchover_under_load_loses_nothing_and_the_old_leader_rejoins() {
+    let _serial = serial();
+    let name = "switchover_under_load_loses_nothing_and_the_old_leader_rejoins";
+    let watchdog = Watchdog::start(name, Duration::from_secs(240));
+    let tc = TestCluster::start(2, |_| {});
+    let db = "fo_switch";
+    checker::prepare_database(&tc, db);
+    create_acks_table(&tc, db);
+    let hook = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rejoin-local.sh");
+    let extra =
+        format!("[admin]\nusers = [\"{USER}\"]\n[failover]\ntimeout = \"{TIMEOUT_TEXT}\"\nrejoin_command = {hook:?}\n");
+    let proxy =
+        ProxyProcess::start(&tc, ProxyOptions { extra, node_data_dirs: true, pool_size: 8, ..Default::default() });
+    watchdog.watch(&proxy);
+    let _started: Vec<HookStarted> = lock(&tc).nodes().into_iter().map(|n| HookStarted(n.data_dir)).collect();
+    let rt = runtime();
+    for i in [1, 2] {
+        wait_in_rotation(&proxy, i, "before the first switchover");
+    }
+    // Refusals name their reason and change nothing.
+    let refused = switchover(&proxy, "SWITCHOVER TO node0").unwrap_err();
+    assert!(refused.contains("55000") || refused.contains("node0 is the leader already"), "{refused}");
+    let refused = switchover(&proxy, "SWITCHOVER TO node9").unwrap_err();
+    assert!(refused.contains("no node named \"node9\""), "{refused}");
+
+    let followers = vec![tc.ports[1], tc.ports[2]];
+    let shape = checker::Shape {
+        ryw_sessions: 4,
+        counter_readers: 2,
+        observers: 2,
+        run_for: Duration::from_secs(200),
+        through_failover: true,
+        followers,
+    };
+    let running = rt.block_on(checker::start(&tc, &proxy, &proxy.trust_conn_str(db), "causal", Via::Default, &shape));
+    let writers = Writers::start(&rt, &proxy.trust_conn_str(db), 8);
+    until("the writers to get going", Duration::from_secs(15), || match writers.acked() {
+        n if n >= 200 => Ok(()),
+        n => Err(format!("{n} writes acknowledged")),
+    });
+    let (mut leader, mut held, mut rejoined) = (0, Vec::new(), Vec::new());
+    for run in 1..=5 {
+        // Odd runs name the successor, even ones leave the choice to pgcausal.
+        let named = (run % 2 == 1).then(|| (0..3).find(|&i| i != leader).unwrap());
+        let command = named.map_or("SWITCHOVER".to_string(), |n| format!("SWITCHOVER TO node{n}"));
+        let t0 = Instant::now();
+        let told = switchover(&proxy, &command).unwrap_or_else(|e| panic!("run {run}: {command}: {e}"));
+        assert!(told.contains(&format!("switched over from node{leader} to node")), "run {run}: {told}");
+        let row = until(&format!("run {run}: the switchover in SHOW FAILOVERS"), Duration::from_secs(20), || {
+            let rows = failovers(&proxy, "switched_over")?;
+            rows.get(run - 1)
+                .cloned()
+                .ok_or_else(|| show(&proxy, "SHOW FAILOVERS").map_or_else(|e| e, |t| t.describe()))
+        });
+        assert_eq!(row["kind"], "switchover");
+        let new_leader = node_index(&row["new_leader"]);
+        if let Some(n) = named {
+            assert_eq!(new_leader, n, "run {run}: {row:?}");
+        }
+        let new_port = tc.ports[new_leader];
+        assert_eq!(node_value(&rt, new_port, "SELECT pg_is_in_recovery()").unwrap().as_deref(), Some("f"));
+        assert_eq!(row["acked_commits_at_risk"], "0", "run {run}: {row:?}");
+        assert_eq!(row["lost_wal_bytes"], "0", "run {run}: {row:?}");
+        held.push(ms(&row, "writes_held_ms").unwrap_or_else(|| panic!("run {run}: no writes_held_ms: {row:?}")));
+        writes_on(&writers, t0, (new_leader, new_port), 100);
+        // The old leader: rewound by the hook, streaming from its successor, serving reads.
+        let old = format!("node{leader}");
+        let before = units_routed(&proxy, &old);
+        until(&format!("run {run}: {old} to rejoin and serve reads"), Duration::from_secs(60), || {
+            let nodes = show(&proxy, "SHOW NODES")?;
+            match (nodes.value("name", &old, "in_rotation"), units_routed(&proxy, &old)) {
+                (Some("true"), n) if n > before => Ok(()),
+                _ => Err(nodes.describe()),
+            }
+        });
+        wait_streams_from(&rt, tc.ports[leader], new_port, Duration::from_secs(5));
+        rejoined.push(t0.elapsed().as_secs_f64() * 1000.0);
+        println!(
+            "SWITCHOVER run {run}: {command}: {}; {old} serving reads again after {:?}",
+            told.trim(),
+            t0.elapsed()
+        );
+        leader = new_leader;
+    }
+    running.stop();
+    let report = rt.block_on(running.finish(&proxy));
+    let log = writers.stop(&rt);
+    let lost = rt.block_on(count_lost(tc.ports[leader], db, &log)).unwrap();
+    let survivors = rt.block_on(Survivors::read(tc.ports[leader], db)).unwrap();
+    let verdict = report.judge(&survivors);
+    println!(
+        "SWITCHOVERS (5 runs under 8 writers and the checker): writes held ms {held:?}, median {:.0}, max {:.0}; \
+         old leader serving reads again ms median {:.0}; writers: {lost}, {} errors, {} reconnects\n  checker: {verdict}\n{report}",
+        median(&mut held.clone()),
+        max(&held),
+        median(&mut rejoined.clone()),
+        log.failures.len(),
+        log.reconnects,
+    );
+    assert!(lost.lost.is_empty(), "acknowledged writes lost in switchovers: {lost}");
+    assert!(log.failures.is_empty(), "writers saw errors: {:?}", log.failure_kinds());
+    let t = &report.tally;
+    assert_eq!((t.error_count, t.reconnects), (0, 0), "the checker's sessions saw errors: {:?}", t.errors);
+    assert_eq!((verdict.unexplained, verdict.explained), ([0; 3], [0; 3]), "{verdict}");
+    assert!(
+        t.ryw_reads >= 100 && t.monotonic_reads >= 100 && t.prefix_checks >= 20,
+        "the checker did too little: {report}"
+    );
+    assert!(
+        median(&mut held.clone()) < 1000.0,
+        "writes held for a median of {} ms: {held:?}",
+        median(&mut held.clone())
+    );
+    let page = proxy.metrics();
+    assert_eq!(metric(&page, "pgcausal_failovers_total", "result=\"switched_over\""), Some(5.0));
+    assert!(metric(&page, "pgcausal_rejoins_total", "result=\"ok\"").is_some_and(|n| n >= 5.0), "{page}");
+    assert_eq!(metric(&page, "pgcausal_switchover_writes_held_seconds_count", ""), Some(5.0));
+}

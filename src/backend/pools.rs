@@ -38,6 +38,12 @@ impl NodePools {
         self.all().iter().map(|p| p.stats().size()).sum()
     }
 
+    /// Units of work on this node now: connections leased (or being opened for a lease) and
+    /// sessions waiting for one, over all its pools.
+    pub fn units_in_flight(&self) -> usize {
+        self.all().iter().map(|p| p.stats()).map(|s| s.active + s.waiting).sum()
+    }
+
     /// A unit of work was leased a connection here.
     pub fn unit_routed(&self) {
         self.units.fetch_add(1, Ordering::Relaxed);

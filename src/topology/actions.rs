@@ -1,5 +1,6 @@
 //! What the failover driver does to a node, one SQL conversation each: read its WAL receiver,
-//! freeze it, promote it, repoint it, fence it, and check the failover login may do all that.
+//! freeze it, promote it, repoint it, fence it (and lift that), checkpoint it and read its last
+//! WAL position for a switchover, and check the failover login may do all that.
 
 use crate::backend::failures::Failure;
 use crate::config::{Config, NodeConfig};
@@ -193,6 +194,39 @@ impl NodeSession {
             )
             .await?;
         Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0).max(0) as u64))
+    }
+
+    /// A checkpoint: before a switchover holds anything, so that the one after the hold (and
+    /// the old leader's rewind) has little to write.
+    pub async fn checkpoint(&self) -> Result<(), ActionError> {
+        self.query("checkpoint", "CHECKPOINT").await.map(drop)
+    }
+
+    /// A fenced leader's last WAL position: a checkpoint flushes every commit, acknowledged or
+    /// asynchronous, and the position after it is what the successor must have replayed.
+    pub async fn final_position(&self) -> Result<u64, ActionError> {
+        self.checkpoint().await?;
+        let rows =
+            self.query("read the final position", "SELECT (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::int8").await?;
+        let row = rows.first().ok_or_else(|| self.fail("read the final position", "no row".into()))?;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
+    }
+
+    /// A follower's replay position (None: the node is no longer in recovery).
+    pub async fn replayed(&self) -> Result<Option<u64>, ActionError> {
+        let rows = self
+            .query(
+                "read the replay position",
+                "SELECT pg_is_in_recovery(), (coalesce(pg_last_wal_replay_lsn(), '0/0') - '0/0'::pg_lsn)::int8",
+            )
+            .await?;
+        let row = rows.first().ok_or_else(|| self.fail("read the replay position", "no row".into()))?;
+        Ok(row.get::<_, bool>(0).then(|| row.get::<_, i64>(1).max(0) as u64))
+    }
+
+    /// Lifts `fence`: a leader whose switchover was called off takes writes again.
+    pub async fn unfence(&self) -> Result<(), ActionError> {
+        self.set_and_reload("unfence", "RESET default_transaction_read_only").await
     }
 
     /// On the leader: its followers streaming now (application_name, flushed position), its

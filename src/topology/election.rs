@@ -22,6 +22,9 @@ pub struct Intent {
     pub removed: Vec<bool>,
     /// The synchronous standbys pgcausal set on the leader (None: not managed).
     pub synchronous: Option<super::sync_standbys::SyncSet>,
+    /// A switchover's leader, handing over: up and unfenced, but no new unit goes to it (units
+    /// that need the leader wait) while its units in flight finish and its successor catches up.
+    pub handing_over: Option<usize>,
 }
 
 /// Why a node takes no work now (SHOW NODES, logs).
@@ -40,6 +43,8 @@ pub enum Idle {
     /// Its timeline is unknown (no WAL receiver seen yet, or the monitor may not read it).
     TimelineUnknown,
     Lagging,
+    /// The leader in a switchover: its units in flight finish, new ones wait for its successor.
+    HandingOver,
 }
 
 impl Idle {
@@ -53,6 +58,7 @@ impl Idle {
             Idle::Forked => "streams from another primary or timeline",
             Idle::TimelineUnknown => "timeline unknown (no WAL receiver seen)",
             Idle::Lagging => "catching up: lagging beyond routing limits",
+            Idle::HandingOver => "leader handing over (switchover): new units that need the leader wait",
         }
     }
 }
@@ -80,9 +86,15 @@ pub fn elect(nodes: &[NodeState], previous: &Intent, limits: LagLimits) -> Elect
     }
     let removed = intent.removed.clone();
     let primary = |i: usize| !removed[i] && nodes[i].up && nodes[i].role == Role::Primary;
-    // A primary qualifies when not fenced and not on an older timeline than the current one.
+    let held = intent.handing_over;
+    let handing_over = |i: usize| held == Some(i);
+    // A primary qualifies when not fenced and not on an older timeline; none does during a
+    // switchover's hand-over (the driver ends it just before promoting the successor).
     let qualifies = |i: usize, intent: &Intent| {
-        primary(i) && !intent.fenced[i] && (intent.timeline == 0 || nodes[i].timeline >= intent.timeline)
+        primary(i)
+            && !intent.fenced[i]
+            && held.is_none()
+            && (intent.timeline == 0 || nodes[i].timeline >= intent.timeline)
     };
     let newest = (0..nodes.len()).filter(|&i| qualifies(i, &intent)).map(|i| nodes[i].timeline).max();
     // Keep the current leader while it qualifies on the newest timeline: two primaries never flap.
@@ -102,9 +114,10 @@ pub fn elect(nodes: &[NodeState], previous: &Intent, limits: LagLimits) -> Elect
         }
         intent.timeline = nodes[l].timeline;
     }
-    // Never two writers: every other up primary is fenced.
+    // Never two writers: every other up primary is fenced (a leader handing over is the one
+    // writer of its epoch until the driver fences it, just before promoting its successor).
     for i in 0..nodes.len() {
-        if primary(i) && Some(i) != leader {
+        if primary(i) && Some(i) != leader && !handing_over(i) {
             intent.fenced[i] = true;
         }
     }
@@ -121,6 +134,7 @@ pub fn elect(nodes: &[NodeState], previous: &Intent, limits: LagLimits) -> Elect
             match n.role {
                 _ if Some(i) == leader => None,
                 _ if intent.removed[i] => Some(Idle::Removed),
+                _ if handing_over(i) && n.up && !intent.fenced[i] => Some(Idle::HandingOver),
                 _ if !n.up && n.incarnation == 0 && n.role == Role::Unknown => Some(Idle::NeverProbed),
                 _ if !n.up => Some(Idle::Down),
                 _ if intent.fenced[i] => Some(Idle::Fenced),
@@ -257,6 +271,36 @@ mod tests {
         // A node added later (a longer node list) starts neither fenced nor removed.
         let grown = elect(&[primary(1), standby(1, 10_000, 0), primary(1), standby(1, 10_000, 0)], &e.intent, LIMITS);
         assert_eq!((grown.followers, grown.intent.removed.len()), (vec![3], 4));
+    }
+
+    #[test]
+    fn a_leader_handing_over_takes_no_new_unit_and_is_not_fenced_until_the_driver_says() {
+        let mut standby = standby(1, 10_000, 0);
+        standby.upstream = Some(0);
+        let start = elect(&[primary(1), standby.clone()], &Intent::default(), LIMITS);
+        let mut intent = start.intent.clone();
+        intent.handing_over = Some(0);
+        let held = elect(&[primary(1), standby.clone()], &intent, LIMITS);
+        assert_eq!(held.leader, None, "units that need the leader wait");
+        assert_eq!(held.idle[0], Some(Idle::HandingOver));
+        assert_eq!(held.followers, vec![1], "reads go on");
+        assert_eq!(held.intent.fenced, vec![false, false], "not fenced: the switchover may still be called off");
+        assert_eq!((held.intent.leader, held.intent.epoch), (Some(0), start.intent.epoch));
+        assert!(!held.split_brain);
+        // Called off: it is the leader again, same epoch.
+        intent.handing_over = None;
+        let back = elect(&[primary(1), standby.clone()], &intent, LIMITS);
+        assert_eq!((back.leader, back.intent.epoch), (Some(0), start.intent.epoch));
+        // Done: fenced, then its successor promoted on timeline 2 is the leader of a new epoch.
+        let mut fenced = held.intent.clone();
+        (fenced.fenced[0], fenced.handing_over) = (true, None);
+        let promoted = elect(&[primary(1), primary(2)], &fenced, LIMITS);
+        assert_eq!((promoted.leader, promoted.intent.epoch), (Some(1), start.intent.epoch + 1));
+        assert_eq!(promoted.idle[0], Some(Idle::Fenced));
+        // A second primary appearing during the hand-over is fenced, never elected.
+        let handing_over = Intent { handing_over: Some(0), ..start.intent.clone() };
+        let other = elect(&[primary(1), standby, primary(1)], &handing_over, LIMITS);
+        assert_eq!((other.leader, other.intent.fenced), (None, vec![false, false, true]));
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! The failover state machine, free of I/O: its phases and the transitions between them, the
-//! confirmation rule (a follower still receiving from the leader vetoes), the election of the
-//! follower to promote, and the record of one failover that SHOW FAILOVERS lists. The driver
-//! (`driver.rs`) performs the I/O each phase asks for and feeds the outcomes back here.
+//! The failover state machine, free of I/O: its phases and the transitions between them (a
+//! failover's and a planned switchover's), the confirmation rule (a follower still receiving
+//! from the leader vetoes), the election of the follower to promote, and the record of one
+//! attempt that SHOW FAILOVERS lists. The driver (`failover_driver`) performs the I/O each phase
+//! asks for and feeds the outcomes back here.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 
 /// Where the failover stands: healthy -> suspect -> confirmed -> freezing -> promoting ->
-/// repointing -> healthy.
+/// repointing -> healthy; a switchover goes healthy -> draining -> promoting -> repointing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Phase {
     #[default]
@@ -21,6 +22,9 @@ pub enum Phase {
     Confirmed,
     /// Stopping every reachable follower from re-attaching, then electing.
     Freezing,
+    /// A switchover: units that need the leader are held while its units in flight finish, it
+    /// is made read-only, and the successor replays its last WAL position.
+    Draining,
     Promoting,
     /// Pointing the other followers at the new leader (or back at a leader that returned).
     Repointing,
@@ -33,6 +37,7 @@ impl Phase {
             Phase::Suspect => "suspect",
             Phase::Confirmed => "confirmed",
             Phase::Freezing => "freezing",
+            Phase::Draining => "draining",
             Phase::Promoting => "promoting",
             Phase::Repointing => "repointing",
         }
@@ -63,6 +68,12 @@ pub enum Event {
     PromoteFailed,
     /// Every other follower was repointed (or reported as needing a rejoin).
     Repointed,
+    /// The operator's SWITCHOVER.
+    SwitchoverOrdered,
+    /// The old leader's units finished, it is read-only, the successor replayed its last WAL.
+    Drained,
+    /// The switchover was called off before anything was promoted: the old leader leads on.
+    SwitchoverAborted,
 }
 
 impl Phase {
@@ -84,6 +95,9 @@ impl Phase {
             (P::Promoting, E::Promoted) => P::Repointing,
             (P::Promoting, E::PromoteFailed) => P::Confirmed,
             (P::Repointing, E::Repointed) => P::Healthy,
+            (P::Healthy, E::SwitchoverOrdered) => P::Draining,
+            (P::Draining, E::Drained) => P::Promoting,
+            (P::Draining, E::SwitchoverAborted) => P::Healthy,
             _ => return None,
         })
     }
@@ -172,6 +186,10 @@ pub fn elect(candidates: &[Candidate], timeline: u32, chosen: Option<usize>) -> 
 pub enum Outcome {
     Running,
     Promoted,
+    /// A switchover handed the leadership over.
+    SwitchedOver,
+    /// A switchover was called off before anything was promoted; the old leader leads on.
+    Aborted,
     /// A follower still received from the leader: nothing done.
     Vetoed,
     /// The leader answered again before anything was promoted.
@@ -181,13 +199,22 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const COUNTED: [Outcome; 5] =
-        [Outcome::Promoted, Outcome::Vetoed, Outcome::Recovered, Outcome::NoCandidate, Outcome::Failed];
+    pub const COUNTED: [Outcome; 7] = [
+        Outcome::Promoted,
+        Outcome::SwitchedOver,
+        Outcome::Aborted,
+        Outcome::Vetoed,
+        Outcome::Recovered,
+        Outcome::NoCandidate,
+        Outcome::Failed,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Outcome::Running => "running",
             Outcome::Promoted => "promoted",
+            Outcome::SwitchedOver => "switched_over",
+            Outcome::Aborted => "aborted",
             Outcome::Vetoed => "vetoed",
             Outcome::Recovered => "recovered",
             Outcome::NoCandidate => "no_candidate",
@@ -196,13 +223,58 @@ impl Outcome {
     }
 }
 
-/// The phases whose durations are recorded (the `phase` label of the histogram).
-pub const TIMED_PHASES: [&str; 5] = ["detect", "confirm", "freeze", "promote", "repoint"];
+/// The phases whose durations are recorded (the `phase` label of the histogram, a column of
+/// SHOW FAILOVERS). A failover has no drain; a switchover no detect, confirm or freeze.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timed {
+    Detect,
+    Confirm,
+    Drain,
+    Freeze,
+    Promote,
+    Repoint,
+}
 
-/// One failover attempt, from the leader's first failure to its end.
+impl Timed {
+    pub const ALL: [Timed; 6] =
+        [Timed::Detect, Timed::Confirm, Timed::Drain, Timed::Freeze, Timed::Promote, Timed::Repoint];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Timed::Detect => "detect",
+            Timed::Confirm => "confirm",
+            Timed::Drain => "drain",
+            Timed::Freeze => "freeze",
+            Timed::Promote => "promote",
+            Timed::Repoint => "repoint",
+        }
+    }
+}
+
+/// What started an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// The leader failed.
+    Failover,
+    /// The operator's SWITCHOVER, the leader healthy.
+    Switchover,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Failover => "failover",
+            Kind::Switchover => "switchover",
+        }
+    }
+}
+
+/// One failover attempt, from the leader's first failure to its end (or one switchover, from
+/// the order to its end).
 #[derive(Debug, Clone)]
 pub struct Record {
     pub id: u64,
+    pub kind: Kind,
     pub started: SystemTime,
     pub ended: Option<SystemTime>,
     pub outcome: Outcome,
@@ -210,8 +282,10 @@ pub struct Record {
     pub new_leader: Option<String>,
     pub old_timeline: u32,
     pub new_timeline: Option<u32>,
-    /// Duration of each of `TIMED_PHASES`, once passed.
-    pub phases: [Option<Duration>; 5],
+    /// Duration of each of `Timed::ALL`, once passed.
+    pub phases: [Option<Duration>; 6],
+    /// A switchover: from holding new units that need the leader to releasing them to the new one.
+    pub writes_held: Option<Duration>,
     /// WAL the old leader had flushed past the new timeline's switch point (a lower bound of what was lost).
     pub lost_wal_bytes: Option<u64>,
     /// Write units pgcausal acknowledged that may lie above the switch point (an upper bound).
@@ -229,6 +303,7 @@ impl Record {
     pub fn new(id: u64, old_leader: String, old_timeline: u32, last_seen_up: Instant, now: Instant) -> Record {
         let mut record = Record {
             id,
+            kind: Kind::Failover,
             started: SystemTime::now() - now.saturating_duration_since(last_seen_up),
             ended: None,
             outcome: Outcome::Running,
@@ -236,7 +311,8 @@ impl Record {
             new_leader: None,
             old_timeline,
             new_timeline: None,
-            phases: [None; 5],
+            phases: [None; 6],
+            writes_held: None,
             lost_wal_bytes: None,
             acked_at_risk: None,
             reason: String::new(),
@@ -244,15 +320,25 @@ impl Record {
             phase_started: now,
             last_seen_up,
         };
-        record.phases[0] = Some(now.saturating_duration_since(last_seen_up));
+        record.phases[Timed::Detect as usize] = Some(now.saturating_duration_since(last_seen_up));
         record
     }
 
-    /// Ends the timed phase `index` of `TIMED_PHASES` at `now`; the next one starts then.
-    pub fn phase_done(&mut self, index: usize, now: Instant) -> Duration {
+    /// A switchover of `old_leader` ordered `now`: its phases start then.
+    pub fn switchover(id: u64, old_leader: String, old_timeline: u32, now: Instant) -> Record {
+        let mut record = Record::new(id, old_leader, old_timeline, now, now);
+        record.kind = Kind::Switchover;
+        record.phases[Timed::Detect as usize] = None;
+        record
+    }
+
+    /// Ends the timed phase `phase` at `now` (the next one starts then) and records it in the
+    /// phase histogram.
+    pub fn phase_done(&mut self, phase: Timed, now: Instant) -> Duration {
         let took = now.saturating_duration_since(self.phase_started);
-        self.phases[index] = Some(took);
+        self.phases[phase as usize] = Some(took);
         self.phase_started = now;
+        crate::metrics::histogram(crate::metrics::FAILOVER_PHASE_SECONDS, phase.label(), took);
         took
     }
 
@@ -264,12 +350,35 @@ impl Record {
     }
 }
 
-/// An operator's PROMOTE: the node to promote (None: the election's choice), whether losing WAL
-/// is accepted, and where the outcome goes.
+/// What the operator asked of the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// PROMOTE [node] [FORCE], once the leader is confirmed dead: the node (None: the
+    /// election's choice), and whether losing WAL is accepted.
+    Promote { node: Option<usize>, force: bool },
+    /// SWITCHOVER [TO node], while the leader is healthy (None: the most advanced follower).
+    Switchover { to: Option<usize> },
+}
+
+/// An operator's request and where its outcome goes.
 pub struct Order {
-    pub node: Option<usize>,
-    pub force: bool,
+    pub request: Request,
     pub reply: oneshot::Sender<Result<String, String>>,
+}
+
+impl Order {
+    /// The node the operator named, if any.
+    pub fn node(&self) -> Option<usize> {
+        match self.request {
+            Request::Promote { node, .. } => node,
+            Request::Switchover { to } => to,
+        }
+    }
+
+    /// PROMOTE ... FORCE.
+    pub fn force(&self) -> bool {
+        matches!(self.request, Request::Promote { force: true, .. })
+    }
 }
 
 /// Failover attempts for SHOW FAILOVERS (the last `KEPT`), and the way orders reach the driver.
@@ -344,6 +453,28 @@ mod tests {
         assert_eq!(Phase::Promoting.on(Event::LeaderAnswered), None, "a promotion under way is finished");
         assert_eq!(Phase::Suspect.on(Event::LeaderAnswered), Some(Phase::Healthy));
         assert_eq!(Phase::Confirmed.on(Event::LeaderAnswered), Some(Phase::Repointing));
+    }
+
+    #[test]
+    fn a_switchover_drains_then_promotes_and_only_a_healthy_leader_hands_over() {
+        let mut phase = Phase::Healthy;
+        for (event, next) in [
+            (Event::SwitchoverOrdered, Phase::Draining),
+            (Event::Drained, Phase::Promoting),
+            (Event::Promoted, Phase::Repointing),
+            (Event::Repointed, Phase::Healthy),
+            (Event::SwitchoverOrdered, Phase::Draining),
+            (Event::SwitchoverAborted, Phase::Healthy),
+        ] {
+            phase = phase.on(event).unwrap_or_else(|| panic!("{event:?} in {phase:?}"));
+            assert_eq!(phase, next);
+        }
+        assert!(Phase::Draining.running(), "writes are not ready while held");
+        assert_eq!(Phase::Suspect.on(Event::SwitchoverOrdered), None, "no switchover from a failing leader");
+        assert_eq!(Phase::Draining.on(Event::PromoteOrdered), None);
+        assert_eq!(Phase::Promoting.on(Event::SwitchoverAborted), None, "a promotion under way is finished");
+        // A failed promotion after the hand-over is a failover's business: the old leader is fenced.
+        assert_eq!(Phase::Promoting.on(Event::PromoteFailed), Some(Phase::Confirmed));
     }
 
     fn receiver(node: usize, streaming: bool, age_ms: Option<u64>, upstream: Option<usize>) -> Receiver {

@@ -28,6 +28,10 @@ pub enum Command {
         node: Option<String>,
         force: bool,
     },
+    /// SWITCHOVER [TO node]: the node by name (None: the most advanced follower).
+    Switchover {
+        to: Option<String>,
+    },
 }
 
 /// Every command with what it does, for SHOW HELP and the error an unknown command gets.
@@ -52,6 +56,10 @@ pub const HELP: &[(&str, &str)] = &[
     (
         "PROMOTE [node] [FORCE]",
         "once the leader is confirmed dead: promote the election's choice or this node (FORCE: even if behind)",
+    ),
+    (
+        "SWITCHOVER [TO node]",
+        "hand the leadership to this follower (or the most advanced) without losing a write; held writes wait",
     ),
 ];
 
@@ -113,6 +121,8 @@ pub fn parse(sql: &str) -> Result<Option<Command>, CommandError> {
                 _ => return Err(CommandError::Unknown(sql.to_string())),
             }
         }
+        ["SWITCHOVER"] => Command::Switchover { to: None },
+        ["SWITCHOVER", "TO", _] => Command::Switchover { to: sql.split_whitespace().nth(2).map(str::to_string) },
         _ => return Err(CommandError::Unknown(sql.to_string())),
     };
     Ok(Some(command))
@@ -135,6 +145,9 @@ mod tests {
             Ok(Some(Command::Promote { node: Some("node2".into()), force: true }))
         );
         assert_eq!(parse("SHOW FAILOVERS"), Ok(Some(Command::Show(Show::Failovers))));
+        assert_eq!(parse("switchover;"), Ok(Some(Command::Switchover { to: None })));
+        assert_eq!(parse("SWITCHOVER to Node2"), Ok(Some(Command::Switchover { to: Some("Node2".into()) })));
+        assert!(parse("SWITCHOVER node2").is_err(), "TO is required before a node");
         assert_eq!(parse(" ; "), Ok(None));
         assert_eq!(parse(""), Ok(None));
     }

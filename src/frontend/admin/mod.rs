@@ -15,6 +15,7 @@ mod show_pools;
 mod show_servers;
 mod show_stats;
 mod shutdown;
+mod switchover;
 
 pub use show_stats::mark_start as start_counting;
 mod show_version;
@@ -56,6 +57,8 @@ impl Table {
 pub enum Answer {
     Table(Table),
     Done(&'static str),
+    /// Done, with what happened told in a NOTICE first.
+    Told(&'static str, String),
 }
 
 /// A time as PostgreSQL prints a timestamptz in UTC (`2026-12-02 01:19:47+00`).
@@ -148,6 +151,10 @@ async fn answer(sql: &str, shared: &Shared, out: &mut BytesMut) {
     match result {
         Ok(Answer::Table(table)) => table.write(out),
         Ok(Answer::Done(tag)) => messages::put_command_complete(out, tag),
+        Ok(Answer::Told(tag, what)) => {
+            messages::put_error(out, crate::protocol::be::NOTICE_RESPONSE, "NOTICE", "00000", &what);
+            messages::put_command_complete(out, tag);
+        }
         Err(e) => {
             tracing::info!(command = sql, error = %e, "admin command failed");
             e.count();
@@ -176,5 +183,6 @@ async fn execute(command: Command, shared: &Shared) -> Result<Answer, ProxyError
         Command::Shutdown => shutdown::shutdown(shared),
         Command::Kill(id) => kill::kill(shared, id)?,
         Command::Promote { node, force } => promote::promote(shared, node, force).await?,
+        Command::Switchover { to } => switchover::switchover(shared, to).await?,
     })
 }

@@ -1,12 +1,15 @@
 //! The failover driver on the control thread: watches the topology, walks the state machine of
 //! `topology::failover` and performs each phase's I/O on the nodes (`topology::actions`), then
-//! feeds the outcome back. Also keeps fenced primaries read-only and repoints stray followers.
+//! feeds the outcome back. Also keeps fenced primaries read-only and repoints stray followers;
+//! a switchover's hand-over is in `switchover.rs`.
+
+mod switchover;
 
 use crate::config::{Config, FailoverMode};
 use crate::frontend::shared::Shared;
 use crate::metrics;
 use crate::topology::actions::NodeLogins;
-use crate::topology::failover::{self, Candidate, Event, Failovers, NoCandidate, Order, Outcome, Phase, Record};
+use crate::topology::failover::{self, Candidate, Event, Failovers, NoCandidate, Order, Outcome, Phase, Record, Timed};
 use crate::topology::{NodeState, Role, Snapshot, Topology};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -44,6 +47,9 @@ pub fn spawn(shared: &Arc<Shared>, orders: mpsc::UnboundedReceiver<Order>, tasks
         sync: Default::default(),
         sync_protected: false,
         rejoins: Default::default(),
+        switchover: None,
+        held_since: None,
+        promotion_tried: false,
     };
     tasks.add(crate::control::spawn(driver.run()));
 }
@@ -82,10 +88,18 @@ struct Driver {
     waiting_logged: bool,
     /// The leader's synchronous standbys and the guard elections must respect.
     sync: crate::sync_keeper::SyncKeeper,
-    /// The elected follower passed the synchronous quorum check: it holds every acknowledged commit.
+    /// The promoted node holds every acknowledged commit: a synchronous quorum answered the
+    /// freeze, or (a switchover) it replayed the old leader's last WAL position.
     sync_protected: bool,
     /// Runs of failover.rejoin_command.
     rejoins: crate::rejoin::Rejoins,
+    /// The operator's SWITCHOVER, waiting for the driver's next look.
+    switchover: Option<Order>,
+    /// A switchover: when units that need the leader began to be held.
+    held_since: Option<Instant>,
+    /// pg_promote was sent in this attempt: the node may become a primary even if the call
+    /// failed, so the old leader must never be unfenced.
+    promotion_tried: bool,
 }
 
 impl Driver {
@@ -116,10 +130,20 @@ impl Driver {
                 self.sync.keep(&logins, &config, &snapshot, &self.topology).await;
             }
             if config.failover.mode == FailoverMode::Off {
+                if let Some(order) = self.switchover.take() {
+                    let _ = order.reply.send(Err("failover.mode = off: pgcausal does not promote nodes".into()));
+                }
                 continue; // promotions made by others are followed by the election alone
             }
             self.check_permissions(&config, &snapshot).await;
-            self.step(&shared, &config, &snapshot, now).await;
+            let snapshot = match self.switchover.take() {
+                Some(order) => {
+                    self.switch_over(&shared, &config, &snapshot, order).await;
+                    self.topology.snapshot()
+                }
+                None => snapshot,
+            };
+            self.step(&shared, &config, &snapshot, Instant::now()).await;
             if self.phase == Phase::Healthy {
                 self.keep_fenced_read_only(&config, &snapshot).await;
                 self.repoint_strays(&config, &snapshot).await;
@@ -162,7 +186,7 @@ impl Driver {
                     self.confirm(shared, config, snapshot, leader).await;
                 }
             }
-            Phase::Confirmed if leader_up && self.target.is_none() && self.order.is_none() => {
+            Phase::Confirmed if leader_up && self.target.is_none() && self.order.is_none() && !self.promotion_tried => {
                 // Back before anything was promoted: it stays leader; followers frozen by a
                 // failed election are pointed back at it.
                 self.topology.decide(|intent, _| {
@@ -187,6 +211,7 @@ impl Driver {
             Phase::Freezing => self.freeze_and_elect(config, snapshot, leader, now).await,
             Phase::Promoting => self.promote(shared, config, snapshot, leader, now).await,
             Phase::Repointing => self.repoint(config, snapshot).await,
+            Phase::Draining => {} // the hand-over runs in `switch_over`, start to end
         }
     }
 
@@ -194,8 +219,8 @@ impl Driver {
         let id = self.failovers.next_id();
         let name = config.nodes[leader].name.clone();
         let record = Record::new(id, name.clone(), snapshot.intent.timeline, self.last_seen_up[leader], now);
-        let detect = record.phases[0].unwrap_or_default();
-        metrics::histogram(metrics::FAILOVER_PHASE_SECONDS, "detect", detect);
+        let detect = record.phases[Timed::Detect as usize].unwrap_or_default();
+        metrics::histogram(metrics::FAILOVER_PHASE_SECONDS, Timed::Detect.label(), detect);
         tracing::warn!(leader = %name, detect_ms = detect.as_millis() as u64, timeout = %humantime::format_duration(config.failover.timeout), "leader suspect: it fails its probes");
         self.failovers.upsert(&record);
         self.record = Some(record);
@@ -204,6 +229,7 @@ impl Driver {
         self.counted = false;
         self.waiting_logged = false;
         self.target = None;
+        self.promotion_tried = false;
         self.transition(Event::LeaderFailed);
     }
 
@@ -249,8 +275,7 @@ impl Driver {
             self.transition(Event::Vetoed);
             return;
         }
-        let took = record.phase_done(1, now_after);
-        metrics::histogram(metrics::FAILOVER_PHASE_SECONDS, "confirm", took);
+        let took = record.phase_done(Timed::Confirm, now_after);
         record.outcome = Outcome::Running;
         record.reason.clear();
         self.counted = false;
@@ -290,8 +315,8 @@ impl Driver {
             }
         }
         let timeline = snapshot.intent.timeline;
-        let chosen = self.order.as_ref().and_then(|o| o.node);
-        let force = self.order.as_ref().is_some_and(|o| o.force);
+        let chosen = self.order.as_ref().and_then(Order::node);
+        let force = self.order.as_ref().is_some_and(Order::force);
         let elected = failover::elect(&candidates, timeline, chosen).and_then(|c| {
             let best = failover::elect(&candidates, timeline, None).ok();
             let ahead = best.and_then(|b| candidates.iter().find(|x| x.node == b)).map_or(0, |b| b.position);
@@ -307,8 +332,7 @@ impl Driver {
         let record = self.record.as_mut().expect("a record while freezing");
         match elected {
             Ok(node) => {
-                let took = record.phase_done(2, Instant::now());
-                metrics::histogram(metrics::FAILOVER_PHASE_SECONDS, "freeze", took);
+                let took = record.phase_done(Timed::Freeze, Instant::now());
                 let position = candidates.iter().find(|c| c.node == node).map_or(0, |c| c.position);
                 self.switch_lsn = position;
                 self.sync_protected = !force && self.sync.guard.protects();
@@ -371,7 +395,10 @@ impl Driver {
         let node = self.target.expect("a target while promoting");
         let session = logins.open(config, node).await;
         let promoted = match session {
-            Ok(session) => session.promote(PROMOTE_WAIT).await,
+            Ok(session) => {
+                self.promotion_tried = true;
+                session.promote(PROMOTE_WAIT).await
+            }
             Err(e) => Err(e),
         };
         let record = self.record.as_mut().expect("a record while promoting");
@@ -392,8 +419,7 @@ impl Driver {
             }
         };
         metrics::action("promote", true);
-        let took = record.phase_done(3, Instant::now());
-        metrics::histogram(metrics::FAILOVER_PHASE_SECONDS, "promote", took);
+        let took = record.phase_done(Timed::Promote, Instant::now());
         let name = config.nodes[node].name.clone();
         record.new_leader = Some(name.clone());
         record.new_timeline = Some(timeline);
@@ -418,7 +444,6 @@ impl Driver {
             tracing::warn!(old_leader = %record.old_leader, new_leader = %name, acked_commits_at_risk = at_risk, %switch, "acknowledged write units after the old leader's last position sample at or below the switch point: they may be lost (an upper bound; no flushed WAL past the switch point was seen)");
         }
         tracing::warn!(new_leader = %name, timeline, promote_ms = took.as_millis() as u64, "promoted");
-        self.failovers.upsert(record);
         // Elect it now rather than at its next probe: writes resume at once.
         let current = &snapshot.nodes[node];
         let state = NodeState {
@@ -430,8 +455,22 @@ impl Driver {
             ..NodeState::default()
         };
         self.topology.update(node, state);
+        let record = self.record.as_mut().expect("a record while promoting");
+        let mut done = format!("{name} promoted on timeline {timeline}");
+        if let Some(since) = self.held_since.take() {
+            let held = since.elapsed();
+            record.writes_held = Some(held);
+            ::metrics::histogram!(metrics::SWITCHOVER_WRITES_HELD).record(held.as_secs_f64());
+            tracing::warn!(old_leader = %record.old_leader, new_leader = %name, writes_held_ms = held.as_millis() as u64, "switched over: held units go to the new leader");
+            done = format!(
+                "switched over from {} to {name} on timeline {timeline}; writes held {} ms",
+                record.old_leader,
+                held.as_millis()
+            );
+        }
+        self.failovers.upsert(record);
         if let Some(order) = self.order.take() {
-            let _ = order.reply.send(Ok(format!("{name} promoted on timeline {timeline}")));
+            let _ = order.reply.send(Ok(done));
         }
         self.transition(Event::Promoted);
     }
@@ -475,8 +514,7 @@ impl Driver {
         }
         let after = Instant::now();
         let mut record = self.record.take().expect("a record while repointing");
-        let took = record.phase_done(4, after);
-        metrics::histogram(metrics::FAILOVER_PHASE_SECONDS, "repoint", took);
+        let took = record.phase_done(Timed::Repoint, after);
         let reason = match stragglers.is_empty() {
             true => String::new(),
             false => format!("needs rejoin (not streaming from the new leader): {}", stragglers.join(",")),
@@ -484,7 +522,11 @@ impl Driver {
         if !stragglers.is_empty() {
             tracing::error!(nodes = %stragglers.join(","), "followers not streaming from the new leader: they stay out of rotation and need a rejoin");
         }
-        let outcome = if record.new_leader.is_some() { Outcome::Promoted } else { Outcome::Recovered };
+        let outcome = match (record.kind, record.new_leader.is_some()) {
+            (failover::Kind::Switchover, _) => Outcome::SwitchedOver,
+            (_, true) => Outcome::Promoted,
+            (_, false) => Outcome::Recovered,
+        };
         record.end(outcome, reason, after);
         metrics::failover(outcome);
         let total = record.total.unwrap_or_default();
@@ -610,11 +652,21 @@ impl Driver {
         }
     }
 
-    /// PROMOTE from the admin console: taken only once the leader is confirmed dead.
+    /// PROMOTE from the admin console, taken only once the leader is confirmed dead; SWITCHOVER,
+    /// only while all is healthy.
     fn take_order(&mut self, order: Order) {
         let refuse = |order: Order, why: &str| {
             let _ = order.reply.send(Err(why.to_string()));
         };
+        if let failover::Request::Switchover { .. } = order.request {
+            return match self.phase {
+                Phase::Healthy if self.switchover.is_none() => self.switchover = Some(order),
+                Phase::Healthy => refuse(order, "a switchover is already under way"),
+                phase => {
+                    refuse(order, &format!("a failover is under way (phase {}): see SHOW FAILOVERS", phase.name()))
+                }
+            };
+        }
         match self.phase {
             Phase::Confirmed if self.order.is_none() => {
                 self.next_check = Instant::now();
