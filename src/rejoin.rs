@@ -1,5 +1,6 @@
 //! Rejoining nodes: runs `failover.rejoin_command` for a node that must become a follower of
-//! the current leader (a fenced old leader, up or down, or another primary), with
+//! the current leader (a fenced old leader, up or down, another primary, or a follower whose
+//! history diverged from the leader's and that repointing did not bring back), with
 //! the node and the leader in its environment, bounded by `failover.rejoin_timeout`, its output
 //! logged. The node re-enters rotation only through the election: once it streams from the
 //! leader on the leader's timeline (see `topology::election`).
@@ -21,19 +22,29 @@ pub struct Rejoins {
     done_in_epoch: HashMap<usize, u64>,
     /// Per node: after a failed run, when it may be tried next.
     not_before: HashMap<usize, Instant>,
+    /// Per node: since when it is an up follower of another history (Idle::Forked).
+    forked_since: HashMap<usize, Instant>,
 }
 
 /// Why node `i` needs to rejoin the leader's history, if it does: a fenced node (an old
-/// leader, up or down) or another primary. A follower of another history is first repointed
-/// by the driver (which is enough unless it holds WAL past the switch point); the hook is not
-/// run for it yet.
-pub fn needs_rejoin(snapshot: &Snapshot, i: usize) -> Option<&'static str> {
+/// leader, up or down), another primary, or a follower of another history for `forked_for`
+/// of at least `grace`. Such a follower is first repointed by the driver, which is enough
+/// unless it holds WAL past the switch point; `grace` gives that a chance.
+pub fn needs_rejoin(
+    snapshot: &Snapshot,
+    i: usize,
+    forked_for: Option<Duration>,
+    grace: Duration,
+) -> Option<&'static str> {
     if snapshot.leader == Some(i) || snapshot.removed(i) {
         return None;
     }
     match snapshot.idle.get(i).copied().flatten() {
         _ if snapshot.fenced(i) => Some("fenced: it led an older epoch or timeline"),
         Some(Idle::OtherPrimary) => Some("a primary that is not the leader"),
+        Some(Idle::Forked) if forked_for.is_some_and(|f| f >= grace) => {
+            Some("diverged: a follower of another history that does not follow the leader after being repointed")
+        }
         _ => None,
     }
 }
@@ -60,8 +71,14 @@ impl Rejoins {
             false
         });
         let now = Instant::now();
+        let forked = |i: usize| snapshot.nodes[i].up && snapshot.idle[i] == Some(Idle::Forked);
+        self.forked_since.retain(|&i, _| forked(i));
+        for i in (0..snapshot.nodes.len()).filter(|&i| forked(i)) {
+            self.forked_since.entry(i).or_insert(now);
+        }
         for i in 0..snapshot.nodes.len() {
-            let Some(why) = needs_rejoin(snapshot, i) else { continue };
+            let forked_for = self.forked_since.get(&i).map(|&since| now.duration_since(since));
+            let Some(why) = needs_rejoin(snapshot, i, forked_for, config.failover.repoint_timeout) else { continue };
             let busy = self.running.contains_key(&i);
             let waiting = self.not_before.get(&i).is_some_and(|&t| now < t);
             // A run that succeeded in this epoch: the node is coming up as a follower; a
@@ -149,11 +166,26 @@ mod tests {
         ];
         let s = snapshot(nodes, &intent);
         assert_eq!(s.leader, Some(1));
-        let needs: Vec<bool> = (0..4).map(|i| needs_rejoin(&s, i).is_some()).collect();
+        let grace = Duration::from_secs(10);
+        let needs: Vec<bool> = (0..4).map(|i| needs_rejoin(&s, i, None, grace).is_some()).collect();
         assert_eq!(needs, vec![true, false, false, true]);
         let mut removed = s.intent.clone();
         removed.removed = vec![true, false, false, false];
         let s = snapshot(s.nodes.clone(), &removed);
-        assert_eq!(needs_rejoin(&s, 0), None, "a removed node is no one's to rejoin");
+        assert_eq!(needs_rejoin(&s, 0, None, grace), None, "a removed node is no one's to rejoin");
+    }
+
+    #[test]
+    fn a_follower_of_another_history_needs_a_rejoin_only_once_repointing_had_its_chance() {
+        let intent = Intent { epoch: 2, leader: Some(0), timeline: 2, ..Default::default() };
+        let forked = node(Role::Standby, 1, true, Some(0)); // replays timeline 1's fork
+        let s = snapshot(vec![node(Role::Primary, 2, true, None), forked], &intent);
+        assert_eq!(s.idle[1], Some(Idle::Forked));
+        let grace = Duration::from_secs(10);
+        assert_eq!(needs_rejoin(&s, 1, Some(Duration::from_secs(3)), grace), None, "repointing may still work");
+        assert!(needs_rejoin(&s, 1, Some(grace), grace).is_some_and(|why| why.starts_with("diverged")));
+        let following =
+            snapshot(vec![node(Role::Primary, 2, true, None), node(Role::Standby, 2, true, Some(0))], &intent);
+        assert_eq!(needs_rejoin(&following, 1, Some(grace), grace), None, "it follows the leader");
     }
 }

@@ -1485,3 +1485,66 @@ fn switchover_under_load_loses_nothing_and_the_old_leader_rejoins() {
     assert!(metric(&page, "pgcausal_rejoins_total", "result=\"ok\"").is_some_and(|n| n >= 5.0), "{page}");
     assert_eq!(metric(&page, "pgcausal_switchover_writes_held_seconds_count", ""), Some(5.0));
 }
+
+/// A follower whose history diverged (promoted by mistake, written to, then started again as a
+/// standby without a rewind) never follows the leader by repointing alone: once
+/// `repoint_timeout` passed with it still on its own timeline, the rejoin hook rewinds it, and
+/// it serves reads again, never before it streams from the leader, and without its fork's rows.
+#[test]
+fn a_diverged_follower_is_rewound_by_the_hook_and_serves_reads_again() {
+    let _serial = serial();
+    let name = "a_diverged_follower_is_rewound_by_the_hook_and_serves_reads_again";
+    let watchdog = Watchdog::start(name, Duration::from_secs(120));
+    let tc = TestCluster::start(2, |_| {});
+    tc.sql(0, "postgres", "CREATE TABLE shared_rows (id int)");
+    let rt = runtime();
+    wait_replayed(&rt, &tc, 0);
+    let data2 = lock(&tc).nodes()[2].data_dir.clone();
+    {
+        let mut cluster = lock(&tc);
+        cluster.promote(2).unwrap();
+        cluster.psql(2, "postgres", "CREATE TABLE fork_only (id int); INSERT INTO fork_only VALUES (1)").unwrap();
+        cluster.stop_node(2, pgcausal::cluster::StopMode::Fast).unwrap();
+        std::fs::write(data2.join("standby.signal"), "").unwrap();
+        cluster.start_node(2).unwrap();
+    }
+    assert_eq!(node_value(&rt, tc.ports[2], "SELECT pg_is_in_recovery()").unwrap().as_deref(), Some("t"));
+    let _started = HookStarted(data2);
+    let hook = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rejoin-local.sh");
+    let extra = format!(
+        "[admin]\nusers = [\"{USER}\"]\n[failover]\ntimeout = \"{TIMEOUT_TEXT}\"\nrepoint_timeout = \"2s\"\n\
+         rejoin_command = {hook:?}\n"
+    );
+    let started = Instant::now();
+    let proxy = ProxyProcess::start(&tc, ProxyOptions { extra, node_data_dirs: true, ..Default::default() });
+    watchdog.watch(&proxy);
+    let mut seen_forked = false;
+    until("the hook to rewind node2 and node2 to enter rotation", Duration::from_secs(60), || {
+        let nodes = show(&proxy, "SHOW NODES")?;
+        seen_forked |=
+            nodes.value("name", "node2", "why_not").is_some_and(|r| r.contains("another primary or timeline"));
+        if nodes.value("name", "node2", "in_rotation") == Some("true") {
+            let (status, sender) = wal_receiver(&rt, tc.ports[2])?;
+            assert_eq!((status.as_str(), sender), ("streaming", tc.ports[0]), "node2 in rotation before it streams");
+            return Ok(());
+        }
+        Err(nodes.describe())
+    });
+    println!("DIVERGED: node2 back in rotation {:?} after the proxy started", started.elapsed());
+    assert!(seen_forked, "SHOW NODES never showed node2 as following another timeline");
+    let log = proxy.log();
+    assert!(log.contains("diverged: a follower of another history"), "{log}");
+    assert!(log.contains("pg_rewind: Done!"), "pg_rewind rewound node2: {log}");
+    let fork = node_value(&rt, tc.ports[2], "SELECT count(*) FROM pg_class WHERE relname = 'fork_only'").unwrap();
+    assert_eq!(fork.as_deref(), Some("0"), "node2 kept its fork's table");
+    let before = units_routed(&proxy, "node2");
+    until("reads on node2", Duration::from_secs(20), || {
+        for _ in 0..10 {
+            ok(proxy.psql("postgres", &["-c", "SELECT count(*) FROM shared_rows"], None));
+        }
+        match units_routed(&proxy, "node2") {
+            n if n > before => Ok(()),
+            n => Err(format!("{} units on node2", n - before)),
+        }
+    });
+}

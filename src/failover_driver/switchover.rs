@@ -51,10 +51,12 @@ pub(super) fn plan(
         match candidates.iter().find(|c| c.node == node) {
             Some(c) if c.priority == 0 => return Err(format!("{} has priority 0: it is never promoted", c.name)),
             Some(_) => {}
-            None => return Err(format!(
+            None => {
+                return Err(format!(
                 "{} is not a follower in rotation (it must stream from the leader within the lag limits; SHOW NODES)",
                 priority(node).0
-            )),
+            ))
+            }
         }
     }
     if candidates.is_empty() {

@@ -147,24 +147,29 @@ impl NodeSession {
     /// Promotes the node and waits for it; returns its new timeline. A node fenced earlier had
     /// default_transaction_read_only set: a new leader must take writes, so it is reset.
     pub async fn promote(&self, wait: Duration) -> Result<u32, ActionError> {
-        let seconds = wait.as_secs().clamp(1, i32::MAX as u64);
-        let rows =
-            self.query_within("promote", &format!("SELECT pg_promote(true, {seconds})"), wait + self.timeout).await?;
+        let rows = self.query("promote", "SELECT pg_promote(false)").await?;
         if !rows.first().is_some_and(|r| r.get::<_, bool>(0)) {
-            return Err(self.fail("promote", format!("pg_promote did not finish within {seconds} s")));
+            return Err(self.fail("promote", "pg_promote could not signal the postmaster".into()));
+        }
+        // pg_promote(wait => true) looks every 100 ms; promotion mostly takes less than that.
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let rows = self.query("promote", "SELECT pg_is_in_recovery()").await?;
+            if !rows.first().ok_or_else(|| self.fail("promote", "no row".into()))?.get::<_, bool>(0) {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                let waited = humantime::format_duration(wait);
+                return Err(self.fail("promote", format!("still in recovery {waited} after pg_promote")));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let rows = self
-            .query(
-                "promote",
-                "SELECT pg_is_in_recovery(), ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int",
-            )
+            .query("promote", "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int")
             .await?;
         let row = rows.first().ok_or_else(|| self.fail("promote", "no row".into()))?;
-        if row.get::<_, bool>(0) {
-            return Err(self.fail("promote", "still in recovery after pg_promote".into()));
-        }
         self.set_and_reload("promote", "RESET default_transaction_read_only").await?;
-        Ok(row.get::<_, i32>(1) as u32)
+        Ok(row.get::<_, i32>(0) as u32)
     }
 
     /// Points the node's WAL receiver at `leader` (application_name = the node's own name, which

@@ -62,6 +62,9 @@ pub struct NodeState {
     /// The configured node a standby streams from (by sender host and port), kept while its
     /// receiver reconnects; None when its sender is no configured address (a relay, a VIP).
     pub upstream: Option<usize>,
+    /// A standby's last restartpoint's timeline (0: unknown, or a primary): its timeline when
+    /// it has had no WAL receiver since it started.
+    pub checkpoint_timeline: u32,
 }
 
 impl Default for NodeState {
@@ -76,6 +79,7 @@ impl Default for NodeState {
             incarnation: 0,
             streaming: false,
             upstream: None,
+            checkpoint_timeline: 0,
         }
     }
 }
@@ -107,6 +111,11 @@ impl NodeState {
             if !self.streaming && self.upstream.is_none() {
                 self.upstream = previous.upstream;
             }
+        }
+        // Nothing received since it started: it replays the history of its last restartpoint
+        // (a fork is then seen as one, and repointed, instead of an unknown timeline forever).
+        if self.role == Role::Standby && self.timeline == 0 {
+            self.timeline = self.checkpoint_timeline;
         }
     }
 }
@@ -388,7 +397,10 @@ mod tests {
         let s = topology.snapshot();
         assert_eq!((s.nodes[1].timeline, s.nodes[1].upstream), (3, Some(0)));
         // A restart is a new incarnation: nothing is carried.
-        topology.update(1, NodeState { incarnation: 10, ..between });
+        topology.update(1, NodeState { incarnation: 10, ..between.clone() });
         assert_eq!(topology.snapshot().nodes[1].timeline, 0);
+        // A standby that never streamed since it started replays its last restartpoint's timeline.
+        topology.update(1, NodeState { incarnation: 11, checkpoint_timeline: 2, ..between });
+        assert_eq!(topology.snapshot().nodes[1].timeline, 2);
     }
 }

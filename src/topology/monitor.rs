@@ -14,7 +14,8 @@ pub type OnChange = Arc<dyn Fn(usize, &NodeState, &NodeState) + Send + Sync>;
 /// One round trip: role, timeline, WAL position, replay lag, incarnation, and a standby's WAL
 /// receiver (received position, streaming or not, sender). A standby's timeline is that of the
 /// WAL it last received (NULL, so 0, without a WAL receiver or for a role without
-/// pg_read_all_stats).
+/// pg_read_all_stats); its last restartpoint's timeline comes too, for when nothing better is
+/// known (a standby that never streamed since it started, e.g. one whose history forked).
 const PROBE_SQL: &str = "SELECT r, \
      CASE WHEN r THEN coalesce(w.received_tli, 0) ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
      ((CASE WHEN r THEN coalesce(pg_last_wal_replay_lsn(), '0/0') ELSE pg_current_wal_lsn() END) - '0/0'::pg_lsn)::int8, \
@@ -22,7 +23,9 @@ const PROBE_SQL: &str = "SELECT r, \
      ELSE coalesce((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::int8, 0) END, \
      (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::int8, \
      (coalesce(pg_last_wal_receive_lsn(), '0/0') - '0/0'::pg_lsn)::int8, \
-     coalesce(w.status = 'streaming', false), w.sender_host, w.sender_port \
+     coalesce(w.status = 'streaming', false), w.sender_host, w.sender_port, \
+     CASE WHEN r AND has_function_privilege('pg_control_checkpoint()', 'EXECUTE') \
+     THEN (pg_control_checkpoint()).timeline_id ELSE 0 END \
      FROM pg_is_in_recovery() AS r LEFT JOIN pg_stat_wal_receiver w ON true";
 
 pub fn control_pool(config: &Config, node: &NodeConfig) -> Pool {
@@ -76,6 +79,7 @@ async fn probe(pool: &Pool, topology: &Topology) -> Result<NodeState, Failure> {
         receive_lsn: row.get::<_, i64>(5).max(0) as u64,
         streaming: row.get(6),
         upstream: topology.node_at(row.get(7), row.get(8)),
+        checkpoint_timeline: row.get::<_, Option<i32>>(9).unwrap_or(0) as u32,
     })
 }
 
