@@ -1445,8 +1445,12 @@ fn switchover_under_load_loses_nothing_and_the_old_leader_rejoins() {
         wait_streams_from(&rt, tc.ports[leader], new_port, Duration::from_secs(5));
         rejoined.push(t0.elapsed().as_secs_f64() * 1000.0);
         println!(
-            "SWITCHOVER run {run}: {command}: {}; {old} serving reads again after {:?}",
+            "SWITCHOVER run {run}: {command}: {}; drain {} ms, promote {} ms, repoint {} ms; {old} serving reads \
+             again after {:?}",
             told.trim(),
+            row["drain_ms"],
+            row["promote_ms"],
+            row["repoint_ms"],
             t0.elapsed()
         );
         leader = new_leader;
