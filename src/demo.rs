@@ -1,11 +1,19 @@
 //! `pgcausal demo`: a local leader + followers cluster with the proxy in front, until Ctrl-C.
 
+mod add_follower;
+
+pub use add_follower::{add_follower, AddFollowerArgs};
+
 use crate::cluster::{Cluster, ClusterSpec, NodeInfo, UserSpec};
 use crate::config::Config;
 use std::path::{Path, PathBuf};
 
 pub const DEMO_USER: &str = "app";
 pub const DEMO_PASSWORD: &str = "secret";
+/// Where `pgcausal demo` keeps its cluster unless `--data-dir` says otherwise.
+pub const DEFAULT_DATA_DIR: &str = ".pgcausal-demo";
+/// The proxy configuration's file name, next to the cluster's data.
+const CONFIG_FILE: &str = "pgcausal.toml";
 
 pub struct DemoArgs {
     pub data_dir: PathBuf,
@@ -30,16 +38,21 @@ pub fn config_text(nodes: &[NodeInfo], port: u16, metrics_listen: &str, rejoin_h
         rejoin_hook.display().to_string()
     );
     for node in nodes {
-        text += &format!(
-            "[[nodes]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\ndata_dir = {:?}\n\n",
-            node.name,
-            node.port,
-            node.data_dir.display().to_string()
-        );
+        text += &node_table(node);
     }
     text += &format!("[admin]\nusers = [\"{DEMO_USER}\"]\n\n");
     text += &format!("[[users]]\nname = \"{DEMO_USER}\"\npassword = \"{DEMO_PASSWORD}\"\n");
     text
+}
+
+/// A node's `[[nodes]]` table as the demo writes it, with the blank line after it.
+fn node_table(node: &NodeInfo) -> String {
+    format!(
+        "[[nodes]]\nname = \"{}\"\nhost = \"127.0.0.1\"\nport = {}\ndata_dir = {:?}\n\n",
+        node.name,
+        node.port,
+        node.data_dir.display().to_string()
+    )
 }
 
 fn free(addr: &str) -> bool {
@@ -82,14 +95,15 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     std::fs::write(&hook, REJOIN_HOOK)?;
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let text = config_text(&nodes, args.port, metrics_listen, &hook);
-    let config_path = data_dir.join("pgcausal.toml");
+    let config_path = data_dir.join(CONFIG_FILE);
     std::fs::write(&config_path, &text)?;
     let config = Config::parse(&config_path, &text)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(async {
-        let proxy = crate::proxy::Proxy::bind(config, None).await?;
+        // With its path: RELOAD reads it again, so `demo add-follower` can add nodes.
+        let proxy = crate::proxy::Proxy::bind(config, Some(config_path.clone())).await?;
         // Only now: the psql line it prints must work the moment it is shown.
-        print_banner(&nodes, args.port, metrics_listen, &config_path);
+        print_banner(&nodes, args.port, metrics_listen, &config_path, &args.data_dir);
         proxy.run(crate::proxy::Hangup::Stop).await;
         anyhow::Ok(())
     });
@@ -100,7 +114,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     result
 }
 
-fn print_banner(nodes: &[NodeInfo], port: u16, metrics_listen: &str, config_path: &Path) {
+fn print_banner(nodes: &[NodeInfo], port: u16, metrics_listen: &str, config_path: &Path, data_dir: &Path) {
     println!("\npgcausal is listening on 127.0.0.1:{port} in front of:");
     for (i, node) in nodes.iter().enumerate() {
         let role = if i == 0 { "leader (initially)" } else { "follower" };
@@ -116,6 +130,13 @@ fn print_banner(nodes: &[NodeInfo], port: u16, metrics_listen: &str, config_path
     println!("  SELECT inet_server_port(), pg_is_in_recovery(), * FROM t;   -- which node answered");
     println!("  \\copy t(v) FROM stdin   /   COPY t TO STDOUT;");
     println!("  SELECT pg_sleep(10);  then Ctrl-C in psql cancels it through the proxy");
+    let data_dir_arg = match data_dir == Path::new(DEFAULT_DATA_DIR) {
+        true => String::new(),
+        false => format!(" --data-dir {}", data_dir.display()),
+    };
+    println!(
+        "  pgcausal demo add-follower{data_dir_arg}   -- in another terminal: one more follower, built and added live"
+    );
     println!("  PGPASSWORD={DEMO_PASSWORD} pgbench -h 127.0.0.1 -p {port} -U {DEMO_USER} -i postgres && pgbench -h 127.0.0.1 -p {port} -U {DEMO_USER} -c 8 -T 10 postgres");
     println!("\nCtrl-C (or SIGTERM) here stops pgcausal and the cluster. Running it again reuses the data.");
 }

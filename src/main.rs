@@ -1,4 +1,4 @@
-//! The `pgcausal` command line: serve | check-config | demo.
+//! The `pgcausal` command line: serve | check-config | demo [add-follower].
 
 use clap::{Parser, Subcommand};
 use pgcausal::config::Config;
@@ -20,6 +20,20 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// Build one more follower for the running demo (pg_basebackup from its leader), add it to
+    /// the proxy by RELOAD, and wait until it serves a read.
+    AddFollower {
+        /// The running demo's --data-dir.
+        #[arg(long, default_value = pgcausal::demo::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// The demo's proxy port [default: proxy.listen in <data-dir>/pgcausal.toml].
+        #[arg(long)]
+        port: Option<u16>,
+    },
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Text,
@@ -36,9 +50,12 @@ enum Command {
     /// Validate a configuration file and exit.
     CheckConfig { file: PathBuf },
     /// Start a local leader + followers cluster with pgcausal in front (Ctrl-C stops it all).
+    #[command(args_conflicts_with_subcommands = true)]
     Demo {
+        #[command(subcommand)]
+        action: Option<DemoCommand>,
         /// Where the cluster lives; reused by later runs.
-        #[arg(long, default_value = ".pgcausal-demo")]
+        #[arg(long, default_value = pgcausal::demo::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
         #[arg(long, default_value_t = 2)]
         followers: usize,
@@ -72,8 +89,11 @@ fn main() -> ExitCode {
                 println!("{}: ok ({} nodes, {} users)", file.display(), c.nodes.len(), c.users.len());
             })
             .map_err(anyhow::Error::from),
-        Command::Demo { data_dir, followers, port, metrics_port } => {
+        Command::Demo { action: None, data_dir, followers, port, metrics_port } => {
             pgcausal::demo::run(pgcausal::demo::DemoArgs { data_dir, followers, port, metrics_port })
+        }
+        Command::Demo { action: Some(DemoCommand::AddFollower { data_dir, port }), .. } => {
+            pgcausal::demo::add_follower(pgcausal::demo::AddFollowerArgs { data_dir, port })
         }
         Command::Serve { config: path } => {
             Config::load(&path).map_err(anyhow::Error::from).and_then(|config| serve(config, path))

@@ -2,6 +2,7 @@
 //! serves a client through it, and on SIGTERM stops the proxy and every PostgreSQL server it
 //! started (a demo killed by its terminal or a supervisor must not leave servers behind). A
 //! demo killed with SIGKILL cannot stop them: the next run stops all of them, then starts.
+//! `demo add-follower` adds a node to a running demo, which then stops that node too.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -196,8 +197,8 @@ fn a_demo_after_one_killed_with_sigkill_stops_all_its_leftover_servers_and_start
     wait_gone(dir.0.path(), &servers, "after the second demo exited");
 }
 
-/// The node rows of the demo console's SHOW NODES: (name, role, in_rotation).
-fn show_nodes(port: u16) -> Result<Vec<(String, String, String)>, String> {
+/// The node rows of the demo console's SHOW NODES, each with the values of `columns`.
+fn show_nodes(port: u16, columns: &[&str]) -> Result<Vec<Vec<String>>, String> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let conn = format!("host=127.0.0.1 port={port} user=app password=secret dbname=pgcausal connect_timeout=2");
@@ -209,12 +210,16 @@ fn show_nodes(port: u16) -> Result<Vec<(String, String, String)>, String> {
             .iter()
             .filter_map(|m| match m {
                 tokio_postgres::SimpleQueryMessage::Row(r) => {
-                    Some((r.get("name")?.to_string(), r.get("role")?.to_string(), r.get("in_rotation")?.to_string()))
+                    Some(columns.iter().map(|c| r.get(*c).unwrap_or_default().to_string()).collect())
                 }
                 _ => None,
             })
             .collect())
     })
+}
+
+fn row(values: &[&str]) -> Vec<String> {
+    values.iter().map(|v| v.to_string()).collect()
 }
 
 /// The demo wires deploy/rejoin-local.sh: after its leader's postmaster is killed with -9, a
@@ -232,10 +237,9 @@ fn the_demo_heals_itself_after_its_leader_is_killed() {
     assert!(signal(leader, libc::SIGKILL));
     let deadline = killed + Duration::from_secs(60);
     loop {
-        let nodes = show_nodes(port);
+        let nodes = show_nodes(port, &["name", "role", "in_rotation"]);
         let healed = nodes.as_ref().is_ok_and(|n| {
-            n.contains(&("node0".into(), "follower".into(), "true".into()))
-                && n.contains(&("node1".into(), "leader".into(), "true".into()))
+            n.contains(&row(&["node0", "follower", "true"])) && n.contains(&row(&["node1", "leader", "true"]))
         });
         if healed {
             break;
@@ -249,4 +253,103 @@ fn the_demo_heals_itself_after_its_leader_is_killed() {
     assert_eq!(servers.len(), 2, "node1 and the rewound node0 run");
     assert!(demo.stop(libc::SIGTERM), "the demo failed on SIGTERM");
     wait_gone(dir.0.path(), &servers, "after the demo exited (the rejoined node0 included)");
+}
+
+/// Runs `cmd` to completion within `timeout` (killed after it); returns (success, stdout, stderr).
+fn run_bounded(cmd: &mut Command, timeout: Duration) -> (bool, String, String) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not exit within {timeout:?}; stderr:\n{}", stderr.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status.success(), stdout.join().unwrap(), stderr.join().unwrap())
+}
+
+/// Reads through the demo's proxy until SHOW NODES shows `node` in rotation with more units
+/// routed to it than at the first look (each read is a unit of its own, spread over the nodes in
+/// rotation); returns its (name, in_rotation, units_routed).
+fn wait_serving(port: u16, node: &str, within: Duration) -> Vec<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let conn = format!("host=127.0.0.1 port={port} user=app password=secret dbname=postgres");
+    let (client, connection) = runtime.block_on(tokio_postgres::connect(&conn, tokio_postgres::NoTls)).expect("login");
+    runtime.spawn(connection);
+    let units = |nodes: &Result<Vec<Vec<String>>, String>| -> Option<(bool, u64)> {
+        let row = nodes.as_ref().ok()?.iter().find(|r| r[0] == node)?;
+        Some((row[1] == "true", row[2].parse().ok()?))
+    };
+    let columns = ["name", "in_rotation", "units_routed"];
+    let before = units(&show_nodes(port, &columns)).map_or(0, |(_, units)| units);
+    let deadline = Instant::now() + within;
+    loop {
+        runtime.block_on(client.simple_query("SELECT 1")).expect("a read through the demo");
+        let nodes = show_nodes(port, &columns);
+        if units(&nodes).is_some_and(|(in_rotation, units)| in_rotation && units > before) {
+            return nodes.unwrap().into_iter().find(|r| r[0] == node).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no read reached {node} in rotation within {within:?}: {nodes:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `pgcausal demo add-follower`, run while the demo runs: node2 is built from the leader by
+/// pg_basebackup, added by RELOAD, and serves reads (the command reports when, timed from its
+/// start); SIGTERM to the demo stops node2 with the rest though another process started it,
+/// and the next demo run on the directory brings all three nodes back.
+#[test]
+fn demo_add_follower_adds_a_node_that_serves_reads_and_the_demo_stops_it() {
+    let dir = DemoDir(tempfile::Builder::new().prefix("pgcausal-demo-").tempdir().unwrap());
+    let port = free_port();
+    let mut demo = Demo::start(dir.0.path(), port, free_port());
+    write_and_read(port, "before_add_t");
+
+    let started = Instant::now();
+    let (ok, stdout, stderr) = run_bounded(
+        Command::new(env!("CARGO_BIN_EXE_pgcausal"))
+            .args(["demo", "add-follower", "--data-dir"])
+            .arg(dir.0.path())
+            .env("PGCAUSAL_LOG", "warn"),
+        Duration::from_secs(180),
+    );
+    assert!(ok, "demo add-follower failed:\n{stdout}\n{stderr}");
+    let report = stdout.lines().find(|l| l.starts_with("node2 serves reads:")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(report.contains("first read served"), "{stdout}");
+    println!("DEMO ADD-FOLLOWER: {report}; the command exited after {:?}", started.elapsed());
+
+    // node2 outlives the command that started it, and the demo's proxy routes reads to it.
+    let servers = postmasters(dir.0.path());
+    assert_eq!(servers.len(), 3, "node0, node1 and the new node2 run");
+    let node2 = wait_serving(port, "node2", Duration::from_secs(30));
+    println!("DEMO ADD-FOLLOWER: SHOW NODES node2 in_rotation={} units_routed={}", node2[1], node2[2]);
+    write_and_read(port, "after_add_t");
+
+    assert!(demo.stop(libc::SIGTERM), "the demo failed on SIGTERM");
+    wait_gone(dir.0.path(), &servers, "after the demo exited (the added node2 included)");
+    assert_eq!(postmasters(dir.0.path()), Vec::<i32>::new(), "no server left on the demo's directory");
+
+    // The next run reuses all three nodes; node2 is in its config and serves reads again.
+    let port = free_port();
+    let mut again = Demo::start(dir.0.path(), port, free_port());
+    assert!(again.banner.contains("node2"), "{}", again.banner);
+    let servers = postmasters(dir.0.path());
+    assert_eq!(servers.len(), 3, "all three nodes run again\n{}", again.banner);
+    wait_serving(port, "node2", Duration::from_secs(30));
+    assert!(again.stop(libc::SIGTERM), "the second demo failed on SIGTERM");
+    wait_gone(dir.0.path(), &servers, "after the second demo exited");
 }

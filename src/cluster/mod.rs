@@ -7,8 +7,9 @@
 //! The rest of the module, by concern: `error` (the error type), `os` (PostgreSQL binaries, the
 //! unprivileged OS user and file ownership), `process` (spawning postmasters, readiness, signals,
 //! the atexit PID registry), `setup` (initdb, pg_hba, roles, pg_basebackup, conf files), `state`
-//! (cluster.state, ports, reusing an existing cluster), `command` (running the client tools) and
-//! `faults` (killing or freezing a node's whole process tree, for failover tests).
+//! (cluster.state, ports, reusing an existing cluster, the nodes another process added to it),
+//! `command` (running the client tools) and `faults` (killing or freezing a node's whole process
+//! tree, for failover tests).
 
 mod command;
 mod error;
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use command::quote_literal;
-use error::Result;
+use error::{io_err, Result};
 use os::{prepare_root, resolve_run_as, PgUser};
 use process::{deregister_pid, send_signal, wait_exit};
 
@@ -159,6 +160,9 @@ pub struct Cluster {
     nodes: Vec<Node>,
     /// Set once cluster.state describes a complete cluster; port changes are persisted from then on.
     initialized: bool,
+    /// False for a cluster another process runs (`attach`): this one stops only the servers it
+    /// started, and leaves them running when dropped.
+    owns_servers: bool,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -171,10 +175,7 @@ impl Cluster {
     /// Initialises a new cluster under `spec.root`, or reuses (starts) the one already there.
     pub fn start(spec: ClusterSpec) -> Result<Cluster> {
         let started = Instant::now();
-        let bindir = find_pg_bindir()?;
-        if let Some(missing) = TOOLS.split(' ').find(|t| !bindir.join(t).is_file()) {
-            return Err(ClusterError::NoBinaries(format!("{missing} missing in {}", bindir.display())));
-        }
+        let bindir = bindir_with_tools()?;
         let run_as = resolve_run_as()?;
         let root = prepare_root(&spec.root, run_as.as_ref())?;
         let mut cluster = Cluster {
@@ -184,6 +185,7 @@ impl Cluster {
             run_as,
             nodes: Vec::new(),
             initialized: false,
+            owns_servers: true,
         };
         if cluster.root.join(STATE_FILE).exists() {
             cluster.reuse(&spec)?;
@@ -199,6 +201,34 @@ impl Cluster {
             }
         }
         info!(root = %cluster.root.display(), nodes = cluster.nodes.len(), elapsed_ms = started.elapsed().as_millis() as u64, "cluster ready");
+        Ok(cluster)
+    }
+
+    /// Opens the cluster under `spec.root` that another process runs (`pgcausal demo`), to add
+    /// nodes to it: loads cluster.state and starts, stops and checks no server. A server it starts
+    /// (`add_follower`) runs in its own process group and is left running when it is dropped:
+    /// the owner stops it with the rest (`stop` adopts nodes added to cluster.state).
+    pub fn attach(spec: &ClusterSpec) -> Result<Cluster> {
+        let state = spec.root.join(STATE_FILE);
+        if !state.is_file() {
+            return Err(ClusterError::Setup(format!(
+                "no cluster in {}: {} is missing",
+                spec.root.display(),
+                state.display()
+            )));
+        }
+        let root = fs::canonicalize(&spec.root).map_err(io_err(format!("cannot resolve {}", spec.root.display())))?;
+        let mut cluster = Cluster {
+            bindir: bindir_with_tools()?,
+            root,
+            password: spec.superuser_password.clone(),
+            run_as: resolve_run_as()?,
+            nodes: Vec::new(),
+            initialized: true,
+            owns_servers: false,
+        };
+        cluster.load_nodes()?;
+        info!(root = %cluster.root.display(), nodes = cluster.nodes.len(), "attached to a running cluster");
         Ok(cluster)
     }
 
@@ -317,7 +347,8 @@ impl Cluster {
         self.wait_followers(timeout, "followers to stream from their leader", check)
     }
 
-    /// Stops all nodes (fast, then immediate after 10 s); idempotent.
+    /// Stops all nodes (fast, then immediate after 10 s); idempotent. An attached cluster stops
+    /// only the servers it started.
     pub fn stop(&mut self) {
         let running = self.running();
         let escalation = [(libc::SIGINT, 10), (libc::SIGQUIT, 5), (libc::SIGKILL, 5)];
@@ -338,6 +369,15 @@ impl Cluster {
                 break;
             }
             warn!(signal, "postgres nodes still running; escalating");
+        }
+        if !self.owns_servers {
+            return;
+        }
+        // A node another process added (`pgcausal demo add-follower`) is in cluster.state.
+        if self.initialized && self.root.join(STATE_FILE).is_file() {
+            if let Err(e) = self.load_nodes() {
+                warn!(error = %e, "cannot read the nodes added to cluster.state; only the known ones are stopped");
+            }
         }
         // A node restarted by someone else on its data directory (pgcausal's rejoin hook) is
         // this cluster's too.
@@ -379,6 +419,18 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        self.stop();
+        match self.owns_servers {
+            true => self.stop(),
+            false => self.leave_running(),
+        }
     }
+}
+
+/// The PostgreSQL bin directory, checked to hold every tool the cluster runs.
+fn bindir_with_tools() -> Result<PathBuf> {
+    let bindir = find_pg_bindir()?;
+    if let Some(missing) = TOOLS.split(' ').find(|t| !bindir.join(t).is_file()) {
+        return Err(ClusterError::NoBinaries(format!("{missing} missing in {}", bindir.display())));
+    }
+    Ok(bindir)
 }

@@ -103,6 +103,10 @@ impl Cluster {
             let stdout = log.try_clone().map_err(io_err("cannot dup log file"))?;
             let mut cmd = self.server_command("postgres");
             cmd.arg("-D").arg(&self.nodes[i].data).stdin(Stdio::null()).stdout(stdout).stderr(log);
+            if !self.owns_servers {
+                // It outlives this process: the Ctrl-C of this one's terminal is not for it.
+                std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+            }
             let desc = describe(&cmd);
             debug!(command = %desc, "spawning");
             let child = cmd.spawn().map_err(io_err(format!("cannot spawn `{desc}`")))?;
@@ -190,7 +194,7 @@ impl Cluster {
                     self.nodes[i].name
                 )));
             }
-            warn!(node = %self.nodes[i].name, pid, data = %self.nodes[i].data.display(), "stopping a server this cluster did not start (left by an earlier run, or started by a rejoin hook)");
+            warn!(node = %self.nodes[i].name, pid, data = %self.nodes[i].data.display(), "stopping a server this process did not start (left by an earlier run, started by a rejoin hook, or added by `pgcausal demo add-follower`)");
         }
         let alive = |leftovers: &[(usize, u32)]| -> Vec<(usize, u32)> {
             leftovers.iter().copied().filter(|&(i, pid)| is_postmaster_of(pid, &self.nodes[i].data)).collect()
@@ -245,6 +249,17 @@ impl Cluster {
             .collect();
         exited.iter().for_each(|&i| self.reap(i));
         exited
+    }
+
+    /// Forgets the servers this `Cluster` started without stopping them: they are not stopped at
+    /// exit either (an attached cluster's servers are its owner's to stop).
+    pub(super) fn leave_running(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(child) = node.child.take() {
+                deregister_pid(child.id());
+                info!(node = %node.name, pid = child.id(), "left running");
+            }
+        }
     }
 
     fn reap_forcefully(&mut self, i: usize) {

@@ -12,8 +12,8 @@ use super::command::{conninfo_quote, quote_ident, quote_literal};
 use super::error::{io_err, Result};
 use super::process::pick_port;
 use super::{
-    Cluster, ClusterError, ClusterSpec, Node, PasswordEncryption, UserSpec, CONF_FILE, READY_TIMEOUT, STATE_FILE,
-    SUPERUSER,
+    Cluster, ClusterError, ClusterSpec, Node, PasswordEncryption, StopMode, UserSpec, CONF_FILE, READY_TIMEOUT,
+    STATE_FILE, SUPERUSER,
 };
 
 /// Settings every node gets; small enough for a 2-core machine running several clusters.
@@ -130,28 +130,43 @@ impl Cluster {
         ))
     }
 
-    /// pg_basebackup of node `leader` into node `i`'s (empty) data directory, its pgcausal.conf
-    /// with `extra`, then starts it.
     /// A new node, made while the cluster runs: a base backup of node `leader` started as its
-    /// streaming follower on a free port (with `extra` settings); returns its index.
+    /// streaming follower on a free port (with `extra` settings) and saved in cluster.state;
+    /// returns its index. A failed one leaves nothing behind (no server, no directory).
     pub fn add_follower(&mut self, leader: usize, extra: &[(String, String)]) -> Result<usize> {
         self.node(leader)?;
         let i = self.nodes.len();
-        let taken: HashSet<u16> = self.nodes.iter().map(|n| n.port).collect();
-        let port = pick_port(&taken)?;
-        let dir = self.root.join(format!("node{i}"));
+        let port = pick_port(&self.ports())?;
+        let name = self.next_node_name();
+        let dir = self.root.join(&name);
         if dir.exists() {
-            return Err(ClusterError::Setup(format!("{} exists already", dir.display())));
+            return Err(ClusterError::Setup(format!(
+                "{} exists already but is no node in {} (left by an earlier attempt?); remove it",
+                dir.display(),
+                self.root.join(STATE_FILE).display()
+            )));
         }
         let data = dir.join("data");
-        self.nodes.push(Node { name: format!("node{i}"), dir, data, port, child: None });
-        self.make_node_dirs(i)?;
-        self.basebackup_follower(i, leader, extra)?;
-        self.save_state()?;
+        self.nodes.push(Node { name, dir, data, port, child: None });
+        let added = self.make_node_dirs(i).and_then(|()| self.basebackup_follower(i, leader, extra));
+        if let Err(e) = added.and_then(|()| self.save_state()) {
+            let _ = self.stop_node(i, StopMode::Immediate);
+            let _ = fs::remove_dir_all(&self.nodes[i].dir);
+            self.nodes.pop();
+            let _ = self.save_state(); // spawn_node saves it with the new node when its port moves
+            return Err(e);
+        }
         info!(node = %self.nodes[i].name, port, leader = %self.nodes[leader].name, "follower added");
         Ok(i)
     }
 
+    /// The name `add_follower` gives the next node.
+    pub fn next_node_name(&self) -> String {
+        format!("node{}", self.nodes.len())
+    }
+
+    /// pg_basebackup of node `leader` into node `i`'s (empty) data directory, its pgcausal.conf
+    /// with `extra`, then starts it.
     fn basebackup_follower(&mut self, i: usize, leader: usize, extra: &[(String, String)]) -> Result<()> {
         let data = self.nodes[i].data.clone();
         // The password goes into the conninfo so that -R records it in primary_conninfo.

@@ -16,25 +16,9 @@ use super::{Cluster, ClusterError, ClusterSpec, Node, CONF_FILE, STATE_FILE};
 
 impl Cluster {
     pub(super) fn reuse(&mut self, spec: &ClusterSpec) -> Result<()> {
-        let state_path = self.root.join(STATE_FILE);
-        let text = fs::read_to_string(&state_path).map_err(io_err(format!("cannot read {}", state_path.display())))?;
-        let state: BTreeMap<&str, &str> =
-            text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_once('=')).collect();
-        let bad = |what: &str| ClusterError::Setup(format!("{}: {what}", state_path.display()));
-        let count: usize = state.get("nodes").and_then(|v| v.parse().ok()).ok_or_else(|| bad("no valid nodes="))?;
+        let count = self.load_nodes()?;
         if count != 1 + spec.followers {
             warn!(saved = count - 1, requested = spec.followers, "reusing existing cluster; follower count differs");
-        }
-        for i in 0..count {
-            let key = format!("node{i}.port");
-            let port =
-                state.get(key.as_str()).and_then(|v| v.parse().ok()).ok_or_else(|| bad(&format!("no valid {key}=")))?;
-            let dir = self.root.join(format!("node{i}"));
-            let data = dir.join("data");
-            if !data.join("PG_VERSION").is_file() {
-                return Err(bad(&format!("{} is not a PostgreSQL data directory", data.display())));
-            }
-            self.nodes.push(Node { name: format!("node{i}"), dir, data, port, child: None });
         }
         self.initialized = true;
         info!(root = %self.root.display(), nodes = count, "reusing existing cluster");
@@ -64,6 +48,29 @@ impl Cluster {
             warn!(leaders, "reused cluster does not have exactly one leader; leaving it as it is");
         }
         Ok(())
+    }
+
+    /// Appends the nodes cluster.state has beyond the known ones (all of them for a new `Cluster`),
+    /// not running as far as this `Cluster` knows; returns the saved node count.
+    pub(super) fn load_nodes(&mut self) -> Result<usize> {
+        let state_path = self.root.join(STATE_FILE);
+        let text = fs::read_to_string(&state_path).map_err(io_err(format!("cannot read {}", state_path.display())))?;
+        let state: BTreeMap<&str, &str> =
+            text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_once('=')).collect();
+        let bad = |what: &str| ClusterError::Setup(format!("{}: {what}", state_path.display()));
+        let count: usize = state.get("nodes").and_then(|v| v.parse().ok()).ok_or_else(|| bad("no valid nodes="))?;
+        for i in self.nodes.len()..count {
+            let key = format!("node{i}.port");
+            let port =
+                state.get(key.as_str()).and_then(|v| v.parse().ok()).ok_or_else(|| bad(&format!("no valid {key}=")))?;
+            let dir = self.root.join(format!("node{i}"));
+            let data = dir.join("data");
+            if !data.join("PG_VERSION").is_file() {
+                return Err(bad(&format!("{} is not a PostgreSQL data directory", data.display())));
+            }
+            self.nodes.push(Node { name: format!("node{i}"), dir, data, port, child: None });
+        }
+        Ok(count)
     }
 
     pub(super) fn ports(&self) -> HashSet<u16> {
