@@ -37,6 +37,8 @@ pub struct Config {
     #[serde(default)]
     pub replication: ReplicationConfig,
     #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -48,6 +50,42 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub users: Vec<String>,
+}
+
+/// Client-facing TLS: the certificate pgcausal presents, and whether clients must use it.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificates: clients must present a certificate they signed.
+    pub ca_file: Option<PathBuf>,
+    /// Default: `allow` when a certificate is configured, else `disable`.
+    pub client_mode: Option<ClientTlsMode>,
+}
+
+/// Whether clients may, or must, talk TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTlsMode {
+    /// SSLRequest is answered 'N': plain text only.
+    Disable,
+    /// TLS when the client asks (SSLRequest or direct), plain text otherwise.
+    Allow,
+    /// TLS only: a plaintext startup is refused with FATAL 28000.
+    Require,
+}
+
+impl TlsConfig {
+    /// The mode in force.
+    pub fn mode(&self) -> ClientTlsMode {
+        self.client_mode.unwrap_or(match self.cert_file {
+            Some(_) => ClientTlsMode::Allow,
+            None => ClientTlsMode::Disable,
+        })
+    }
 }
 
 /// Who drives a failover when the leader dies.
@@ -532,6 +570,12 @@ impl Config {
         }
         if self.failover.timeout.is_zero() {
             return bad("failover.timeout".into(), "must be greater than zero");
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return bad("tls.key_file".into(), "tls.cert_file and tls.key_file must be set together");
+        }
+        if self.tls.mode() != ClientTlsMode::Disable && self.tls.cert_file.is_none() {
+            return bad("tls.client_mode".into(), "allow and require need tls.cert_file and tls.key_file");
         }
         if !self.metrics.listen.is_empty() && self.metrics.listen.parse::<SocketAddr>().is_err() {
             return bad("metrics.listen".into(), "not an address like 127.0.0.1:9930");

@@ -64,6 +64,9 @@ pub enum ProxyError {
     LoginTimeout,
     #[error("sorry, too many clients already")]
     TooManyClients,
+    /// A plaintext startup while `tls.client_mode = require`.
+    #[error("TLS is required (tls.client_mode = \"require\"): connect with sslmode=require or stronger")]
+    TlsRequired,
     #[error("no server connection to node {node} became free within {waited:?}")]
     PoolTimeout { node: String, waited: Duration },
     #[error("no leader is known: {0}")]
@@ -146,6 +149,7 @@ impl ProxyError {
             ProxyError::Startup(StartupError::UnsupportedVersion(..)) => FEATURE_NOT_SUPPORTED,
             ProxyError::Startup(_) => PROTOCOL_VIOLATION,
             ProxyError::AuthFailed(_) => INVALID_PASSWORD,
+            ProxyError::TlsRequired => INVALID_AUTHORIZATION_SPECIFICATION,
             ProxyError::LoginTimeout => CONNECTION_FAILURE,
             ProxyError::TooManyClients | ProxyError::PoolTimeout { .. } => TOO_MANY_CONNECTIONS,
             ProxyError::NoLeader(_)

@@ -84,11 +84,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::CheckConfig { file } => Config::load(&file)
-            .map(|c| {
-                println!("{}: ok ({} nodes, {} users)", file.display(), c.nodes.len(), c.users.len());
-            })
-            .map_err(anyhow::Error::from),
+        Command::CheckConfig { file } => Config::load(&file).map_err(anyhow::Error::from).and_then(|c| {
+            // The certificate and key are read too: a file that does not load fails here.
+            pgcausal::frontend::tls::Acceptor::load(&c.tls)?;
+            println!("{}: ok ({} nodes, {} users)", file.display(), c.nodes.len(), c.users.len());
+            Ok(())
+        }),
         Command::Demo { action: None, data_dir, followers, port, metrics_port } => {
             pgcausal::demo::run(pgcausal::demo::DemoArgs { data_dir, followers, port, metrics_port })
         }

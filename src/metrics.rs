@@ -62,7 +62,7 @@ pub const SERVER_CONNECTIONS_CUT: &str = "pgcausal_server_connections_cut_total"
 pub const ERROR_CLASSES: [&str; 16] =
     ["08", "0A", "22", "23", "25", "26", "28", "3D", "40", "42", "53", "54", "55", "57", "58", "XX"];
 pub const ERROR_SOURCES: [&str; 2] = ["server", "proxy"];
-pub const LOGIN_RESULTS: [&str; 2] = ["ok", "auth_failed"];
+pub const LOGIN_RESULTS: [&str; 3] = ["ok", "auth_failed", "tls_required"];
 pub const CANCEL_RESULTS: [&str; 4] = ["forwarded", "ignored", "failed", "synchronous_commit"];
 pub const BYTE_DIRECTIONS: [&str; 2] = ["received", "sent"];
 pub const PIN_KINDS: [&str; 6] =

@@ -55,7 +55,9 @@ impl Proxy {
         catalog::spawn(Arc::new(config.clone()), topology.clone(), Arc::downgrade(&classifier), &mut background);
         crate::frontend::admin::start_counting();
         let (failovers, orders) = crate::topology::failover::Failovers::new();
+        let tls = crate::frontend::tls::ClientTls::new(&config.tls)?;
         let shared = Arc::new(Shared::new(SharedParts {
+            tls,
             pools: Pools::new(&config),
             topology: topology.clone(),
             classifier,

@@ -17,6 +17,7 @@ pub mod session;
 pub mod shared;
 pub mod sql_prepared;
 pub mod startup;
+pub mod tls;
 
 use crate::error::ProxyError;
 use crate::protocol::messages::Severity;

@@ -51,6 +51,8 @@ pub struct Shared {
     pub failovers: Arc<crate::topology::failover::Failovers>,
     /// Each node's monitor and position poller (a reload starts and stops them).
     pub node_tasks: crate::membership::NodeTasks,
+    /// Client-facing TLS (its certificate is read again at every RELOAD).
+    pub tls: super::tls::ClientTls,
 }
 
 impl Shared {
@@ -76,6 +78,7 @@ impl Shared {
             fallbacks: crate::consistency::floor::FallbackMetrics::new(),
             failovers: parts.failovers,
             node_tasks: Default::default(),
+            tls: parts.tls,
         }
     }
 
@@ -117,6 +120,7 @@ pub struct SharedParts {
     pub positions: Arc<Positions>,
     pub accepting: Arc<AtomicBool>,
     pub failovers: Arc<crate::topology::failover::Failovers>,
+    pub tls: super::tls::ClientTls,
 }
 
 fn scram_secrets(config: &Config) -> HashMap<String, ScramSecret> {

@@ -2,7 +2,7 @@
 
 use super::auth::{md5_expected, ScramExchange};
 use super::client_stream::ClientStream;
-use crate::config::AuthMethod;
+use crate::config::{AuthMethod, ClientTlsMode};
 use crate::error::ProxyError;
 use crate::frontend::shared::Shared;
 use crate::protocol::messages::{self, auth};
@@ -28,6 +28,13 @@ pub struct ClientLogin {
 
 /// Runs the handshake; Ok(None) means the connection was a cancel request and is done.
 pub async fn handshake(stream: &mut ClientStream, shared: &Shared) -> Result<Option<ClientLogin>, ProxyError> {
+    let tls = shared.tls.current();
+    if let Some(acceptor) = &tls {
+        // PostgreSQL 17's direct TLS: a TLS hello where the first length would be.
+        if stream.peek_first_byte().await? == Some(super::tls::TLS_HANDSHAKE_RECORD) {
+            stream.start_tls(acceptor, true).await?;
+        }
+    }
     loop {
         let mut head = [0u8; 4];
         stream.read_exact(&mut head).await?;
@@ -35,13 +42,26 @@ pub async fn handshake(stream: &mut ClientStream, shared: &Shared) -> Result<Opt
         let mut body = vec![0u8; len - 4];
         stream.read_exact(&mut body).await?;
         match startup::parse(&body)? {
-            // No TLS or GSS encryption yet: the client continues in plain text.
+            StartupPacket::SslRequest if stream.encrypted() => {
+                return Err(ProxyError::Protocol("SSLRequest inside TLS".into()));
+            }
+            StartupPacket::SslRequest if tls.is_some() => {
+                stream.write_all(messages::ENCRYPTION_ACCEPTED).await?;
+                stream.start_tls(tls.as_ref().expect("checked"), false).await?;
+            }
+            // No GSS encryption, nor TLS unless [tls] is configured: plain text goes on.
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
                 stream.write_all(messages::ENCRYPTION_REFUSED).await?
             }
             StartupPacket::Cancel { pid, secret } => {
                 forward_cancel(shared, pid, secret).await;
                 return Ok(None);
+            }
+            StartupPacket::Startup { .. }
+                if !stream.encrypted() && tls.as_ref().is_some_and(|t| t.mode == ClientTlsMode::Require) =>
+            {
+                metrics::counter!(crate::metrics::CLIENT_LOGINS, "result" => "tls_required").increment(1);
+                return Err(ProxyError::TlsRequired);
             }
             StartupPacket::Startup { minor, params } => return login(stream, shared, minor, params).await.map(Some),
         }

@@ -50,6 +50,8 @@ pub const NO_PARAMETERS: &[u8] = &[be::PARAMETER_DESCRIPTION, 0, 0, 0, 6, 0, 0];
 
 /// The answer to an SSLRequest or GSSENCRequest the proxy declines: go on in plain text.
 pub const ENCRYPTION_REFUSED: &[u8] = b"N";
+/// The answer to SSLRequest when TLS is configured: the TLS handshake follows.
+pub const ENCRYPTION_ACCEPTED: &[u8] = b"S";
 
 /// Field types in an ErrorResponse or NoticeResponse body.
 pub mod field {

@@ -42,7 +42,12 @@ fn read_and_apply(shared: &Shared) -> Result<Reloaded, ProxyError> {
     let rejected = |e: membership::MembershipError| ProxyError::Reload(format!("{}: {e}", path.display()));
     let merged = membership::merge(&old.nodes, &new.nodes, snapshot.intent.leader).map_err(rejected)?;
     merged.allowed_in(snapshot.phase).map_err(rejected)?;
-    let reloaded = compare(&old, &new, &merged);
+    let mut reloaded = compare(&old, &new, &merged);
+    // Before anything is applied: a certificate that does not load rejects the whole reload.
+    let tls = crate::frontend::tls::Acceptor::load(&new.tls).map_err(|e| ProxyError::Reload(e.to_string()))?;
+    if tls.is_some() {
+        reloaded.applied.push("tls (certificate and key read again)".into());
+    }
     for key in &reloaded.need_restart {
         tracing::warn!(key = %key, "changed in the config file; takes effect only after a restart");
     }
@@ -51,6 +56,7 @@ fn read_and_apply(shared: &Shared) -> Result<Reloaded, ProxyError> {
     let mut running = keep_restart_only(&old, new);
     running.nodes = merged.nodes.clone();
     shared.swap_config(running);
+    shared.tls.install(tls);
     membership::settle(shared, &merged);
     Ok(reloaded)
 }
