@@ -52,5 +52,5 @@ pub fn start(env: &Env, tag: &str, wrapper: &[&str], ready: Duration) -> Service
 
 pub fn target(env: &Env) -> Target {
     let svc = start(env, "load", &[], Duration::from_secs(30));
-    Target { name: "tokio-floor", port: svc.port, service: Some(svc), metrics_port: None }
+    Target { name: "tokio-floor", port: svc.port, service: Some(svc), metrics_port: None, tls: false }
 }

@@ -132,12 +132,14 @@ fn main() {
     app.superuser = true;
     spec.users = vec![app];
     let cluster = Cluster::start(spec).expect("cluster starts");
+    let tls = tls_files(run_as, &svc_dir);
     let env = Env {
         bindir: cluster.bindir().to_path_buf(),
         dir: svc_dir,
         run_as,
         nodes: cluster.nodes().into_iter().map(|n| (n.name, n.port)).collect(),
         proxy_threads: o.threads,
+        tls,
     };
     eprintln!("compare: cluster up ({:?}); pgbench -i -s 10", env.nodes);
     pgbench::init(&env, 10);
@@ -175,6 +177,19 @@ fn main() {
     }
     drop(cluster);
     println!("\ntotal time {:.0}s", started.elapsed().as_secs_f64());
+}
+
+/// A self-signed certificate for 127.0.0.1 and its key, as PEM files in `dir` (owned by `run_as`,
+/// which PgBouncer runs as).
+fn tls_files(run_as: Option<RunAs>, dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .and_then(|p| p.self_signed(&key))
+        .expect("certificate");
+    let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+    procs::write_owned(run_as, &cert_path, &cert.pem());
+    procs::write_owned(run_as, &key_path, &key.serialize_pem());
+    (cert_path, key_path)
 }
 
 fn load(o: &Options, env: &Env, log_dir: &std::path::Path, script: &std::path::Path) {
@@ -222,6 +237,9 @@ fn load(o: &Options, env: &Env, log_dir: &std::path::Path, script: &std::path::P
                         });
                         continue;
                     }
+                }
+                if w.sslmode == "require" && !t.tls {
+                    continue; // it does not terminate TLS: no cell
                 }
                 let tag = format!("r{round}-w{wi}-{}", t.name);
                 let before = t.metrics_port.map(scrape);

@@ -11,15 +11,19 @@ pub struct Workload {
     pub clients: u32,
     pub threads: u32,
     pub args: Vec<String>,
+    /// libpq's sslmode: "require" for the TLS workloads (run only against targets that
+    /// terminate TLS), "disable" for the rest (libpq's default, prefer, would use TLS too).
+    pub sslmode: &'static str,
 }
 
 /// The same workloads for every target. `script` is the 90/10 custom script's path.
 pub fn workloads(script: &Path) -> Vec<Workload> {
-    let w = |label, clients, threads, args: &[&str]| Workload {
+    let w = |label: &'static str, clients, threads, args: &[&str]| Workload {
         label,
         clients,
         threads,
         args: args.iter().map(|s| s.to_string()).collect(),
+        sslmode: if label.contains("TLS") { "require" } else { "disable" },
     };
     let script = script.to_string_lossy().to_string();
     vec![
@@ -29,6 +33,8 @@ pub fn workloads(script: &Path) -> Vec<Workload> {
         w("TPC-B-like -N -M simple", 16, 2, &["-N", "-M", "simple"]),
         w("90/10 read/write -M simple", 16, 2, &["-f", &script, "-M", "simple"]),
         w("latency -S -c 1 -M simple", 1, 1, &["-S", "-M", "simple"]),
+        w("TLS select-only -S -M simple", 16, 2, &["-S", "-M", "simple"]),
+        w("TLS latency -S -c 1 -M simple", 1, 1, &["-S", "-M", "simple"]),
     ]
 }
 
@@ -60,6 +66,7 @@ pub fn run(env: &Env, port: u16, w: &Workload, seconds: u32, log_dir: &Path, tag
         .args(&w.args)
         .arg(DB)
         .env("PGPASSWORD", PASSWORD)
+        .env("PGSSLMODE", w.sslmode)
         .output()
         .expect("run pgbench");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -150,6 +157,7 @@ pub fn fixed_count(env: &Env, port: u16, n: u32, mode: &str) -> Result<(), Strin
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER, "-n", "-S", "-M", mode])
         .args(["-c", "1", "-j", "1", "-t", &n.to_string(), DB])
         .env("PGPASSWORD", PASSWORD)
+        .env("PGSSLMODE", "disable")
         .output()
         .map_err(|e| e.to_string())?;
     let stdout = String::from_utf8_lossy(&out.stdout);

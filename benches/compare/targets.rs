@@ -22,6 +22,8 @@ pub struct Env {
     pub nodes: Vec<(String, u16)>,
     /// pgcausal's `proxy.threads` (`--threads N`); its default when None.
     pub proxy_threads: Option<usize>,
+    /// The certificate and key pgcausal and PgBouncer terminate client TLS with.
+    pub tls: (PathBuf, PathBuf),
 }
 
 impl Env {
@@ -73,10 +75,12 @@ pub struct Target {
     /// None for the direct leader.
     pub service: Option<Service>,
     pub metrics_port: Option<u16>,
+    /// Terminates client TLS (the TLS workloads run against it).
+    pub tls: bool,
 }
 
 pub fn direct(env: &Env) -> Target {
-    Target { name: "direct", port: env.leader_port(), service: None, metrics_port: None }
+    Target { name: "direct", port: env.leader_port(), service: None, metrics_port: None, tls: false }
 }
 
 /// pgcausal's config: transaction pooling, default (causal) consistency, POOL_SIZE per node.
@@ -110,8 +114,14 @@ pub fn start_pgcausal(env: &Env, tag: &str, wrapper: &[&str], extra: &str, ready
 }
 
 pub fn pgcausal(env: &Env) -> Target {
-    let (svc, metrics) = start_pgcausal(env, "load", &[], "", Duration::from_secs(60));
-    Target { name: "pgcausal", port: svc.port, service: Some(svc), metrics_port: Some(metrics) }
+    let (cert, key) = &env.tls;
+    let tls = format!(
+        "[tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_mode = \"allow\"\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let (svc, metrics) = start_pgcausal(env, "load", &[], &tls, Duration::from_secs(60));
+    Target { name: "pgcausal", port: svc.port, service: Some(svc), metrics_port: Some(metrics), tls: true }
 }
 
 /// pgcausal with every statement on the leader (`consistency.level = "strong"`): the same work
@@ -120,7 +130,7 @@ pub fn pgcausal(env: &Env) -> Target {
 pub fn pgcausal_leader(env: &Env) -> Target {
     let extra = "[consistency]\nlevel = \"strong\"\n";
     let (svc, metrics) = start_pgcausal(env, "leader", &[], extra, Duration::from_secs(60));
-    Target { name: "pgcausal-leader", port: svc.port, service: Some(svc), metrics_port: Some(metrics) }
+    Target { name: "pgcausal-leader", port: svc.port, service: Some(svc), metrics_port: Some(metrics), tls: false }
 }
 
 /// PgBouncer in transaction mode in front of the leader. Clients and PgBouncer itself log in
@@ -138,9 +148,12 @@ pub fn start_pgbouncer(env: &Env, tag: &str, wrapper: &[&str], ready: Duration) 
          auth_type = scram-sha-256\nauth_file = {userlist}\n\
          pool_mode = transaction\ndefault_pool_size = {POOL_SIZE}\nmax_client_conn = 1200\n\
          ignore_startup_parameters = extra_float_digits\n\
+         client_tls_sslmode = allow\nclient_tls_cert_file = {cert}\nclient_tls_key_file = {key}\n\
          pidfile = {pid}\nlog_connections = 0\nlog_disconnections = 0\nlog_pooler_errors = 1\n",
         leader = env.leader_port(),
         userlist = userlist.display(),
+        cert = env.tls.0.display(),
+        key = env.tls.1.display(),
         pid = dir.join(format!("pgbouncer-{tag}.pid")).display(),
     );
     write_owned(env.run_as, &ini, &text);
@@ -185,7 +198,7 @@ fn find_sbin(name: &str) -> PathBuf {
 
 pub fn pgbouncer(env: &Env) -> Target {
     let svc = start_pgbouncer(env, "load", &[], Duration::from_secs(30));
-    Target { name: "pgbouncer", port: svc.port, service: Some(svc), metrics_port: None }
+    Target { name: "pgbouncer", port: svc.port, service: Some(svc), metrics_port: None, tls: true }
 }
 
 /// Pgpool-II in streaming-replication mode: load balancing across the leader and both followers
@@ -236,5 +249,5 @@ pub fn pgpool(env: &Env) -> Target {
     // SIGINT = fast shutdown: closes clients and the per-client children.
     let mut svc = Service::spawn("pgpool", cmd, port, dir.join("pgpool.log"), libc::SIGINT);
     env.wait_ready(&mut svc, Duration::from_secs(60));
-    Target { name: "pgpool", port, service: Some(svc), metrics_port: None }
+    Target { name: "pgpool", port, service: Some(svc), metrics_port: None, tls: false }
 }
