@@ -213,6 +213,11 @@ pub struct ProxyConfig {
     pub pool_mode: PoolMode,
     /// Connections beyond this are refused with SQLSTATE 53300.
     pub max_client_connections: usize,
+    /// Logged-in clients per user beyond this are refused with 53300 (0: no limit; a user's own
+    /// `max_client_connections` overrides it). The admin console is not counted.
+    pub max_client_connections_per_user: usize,
+    /// Logged-in clients per database beyond this are refused with 53300 (0: no limit).
+    pub max_client_connections_per_database: usize,
     /// Largest client message accepted (bytes); larger length prefixes are a protocol violation.
     pub max_message_size: usize,
     /// How long a new client may take to start up and authenticate.
@@ -234,6 +239,8 @@ impl Default for ProxyConfig {
             listen: "127.0.0.1:6432".parse().expect("valid default"),
             pool_mode: PoolMode::Transaction,
             max_client_connections: 10_000,
+            max_client_connections_per_user: 0,
+            max_client_connections_per_database: 0,
             max_message_size: 256 * 1024 * 1024,
             client_login_timeout: Duration::from_secs(15),
             threads: 1,
@@ -478,6 +485,10 @@ pub struct UserConfig {
     /// How clients authenticate to the proxy.
     #[serde(default)]
     pub auth: AuthMethod,
+    /// Logged-in clients of this user beyond this are refused with 53300 (overrides
+    /// `proxy.max_client_connections_per_user`; 0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_client_connections: Option<usize>,
 }
 
 impl Config {

@@ -64,6 +64,9 @@ pub enum ProxyError {
     LoginTimeout,
     #[error("sorry, too many clients already")]
     TooManyClients,
+    /// A per-user or per-database client limit: what ("role \"app\"", "database \"db\"").
+    #[error("too many connections for {0}")]
+    TooManyClientsFor(String),
     /// A plaintext startup while `tls.client_mode = require`.
     #[error("TLS is required (tls.client_mode = \"require\"): connect with sslmode=require or stronger")]
     TlsRequired,
@@ -151,7 +154,9 @@ impl ProxyError {
             ProxyError::AuthFailed(_) => INVALID_PASSWORD,
             ProxyError::TlsRequired => INVALID_AUTHORIZATION_SPECIFICATION,
             ProxyError::LoginTimeout => CONNECTION_FAILURE,
-            ProxyError::TooManyClients | ProxyError::PoolTimeout { .. } => TOO_MANY_CONNECTIONS,
+            ProxyError::TooManyClients | ProxyError::TooManyClientsFor(_) | ProxyError::PoolTimeout { .. } => {
+                TOO_MANY_CONNECTIONS
+            }
             ProxyError::NoLeader(_)
             | ProxyError::LeaderUnreachable { .. }
             | ProxyError::NoFollower

@@ -31,6 +31,7 @@ impl Proxy {
             true => None,
             false => Some((config.metrics.listen.parse::<SocketAddr>()?, crate::metrics::install_recorder()?)),
         };
+        raise_fd_limit(config.proxy.max_client_connections);
         let listen = config.proxy.listen;
         let listener =
             TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (proxy.listen)"))?;
@@ -183,5 +184,29 @@ async fn drain(shared: &Shared, cause: &str, stop: impl std::future::Future<Outp
         tracing::warn!(clients = left, "shutdown timeout: closing the clients still running");
     } else {
         tracing::info!("every client closed; exiting");
+    }
+}
+
+/// Raises the open-file limit to its hard limit where allowed (each client and server connection
+/// is a descriptor; distributions start processes at a soft limit of 1024), and says so.
+fn raise_fd_limit(max_clients: usize) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            limit.rlim_cur = before;
+        }
+    }
+    if limit.rlim_cur != before {
+        tracing::info!(from = before, to = limit.rlim_cur, "raised the open-file limit");
+    }
+    // A client holds one descriptor, its unit one more; what is left is for pools and monitors.
+    if (limit.rlim_cur as usize) < max_clients.saturating_mul(2) {
+        tracing::warn!(open_file_limit = limit.rlim_cur, max_client_connections = max_clients, "the open-file limit is below twice proxy.max_client_connections: connections may fail with \"too many open files\" first");
     }
 }

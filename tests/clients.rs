@@ -125,3 +125,63 @@ fn tokio_postgres_workout(pool_mode: &'static str, db: &str) {
         assert_eq!(client.query_one("SELECT 'ok'::text", &[]).await.unwrap().get::<_, &str>(0), "ok");
     });
 }
+
+/// `proxy.max_client_connections_per_user` and `_per_database` refuse the client over the limit
+/// with 53300 and PostgreSQL's words, a freed place is taken again, and the admin console is
+/// never refused.
+#[test]
+fn per_user_and_per_database_limits_refuse_with_53300_and_free_up_on_disconnect() {
+    let cluster = shared_cluster();
+    cluster.create_database("limits_a");
+    cluster.create_database("limits_b");
+    let proxy_section = "max_client_connections_per_user = 2\nmax_client_connections_per_database = 3\n".to_string();
+    let extra = format!("[admin]\nusers = [\"{USER}\"]\n");
+    let p = ProxyProcess::start(cluster, ProxyOptions { proxy_section, extra, ..Default::default() });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let connect = |user: &str, db: &str| {
+        let conn = match user {
+            USER => p.conn_str(db),
+            _ => p.trust_conn_str(db),
+        };
+        rt.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
+            let task = tokio::spawn(connection);
+            client.simple_query("SELECT 1").await?;
+            Ok::<_, tokio_postgres::Error>((client, task))
+        })
+    };
+    let refused = |r: Result<_, tokio_postgres::Error>| {
+        let Err(e) = r else { panic!("not refused") };
+        (e.code().map(|c| c.code().to_string()), e.as_db_error().map(|d| d.message().to_string()))
+    };
+    let first = connect(USER, "limits_a").unwrap();
+    let _second = connect(USER, "limits_a").unwrap();
+    let over = refused(connect(USER, "limits_b"));
+    assert_eq!(over, (Some("53300".into()), Some(format!("too many connections for role \"{USER}\""))));
+    // The admin console is not counted and never refused.
+    let shown = p.admin("SHOW CLIENTS");
+    assert!(shown.len() >= 3, "{shown:?}");
+    // Another user fills database limits_a to its limit of 3, then is refused there, not elsewhere.
+    let _third = connect(TRUST_USER, "limits_a").unwrap();
+    let over = refused(connect(TRUST_USER, "limits_a"));
+    assert_eq!(over, (Some("53300".into()), Some("too many connections for database \"limits_a\"".into())));
+    let _elsewhere = connect(TRUST_USER, "limits_b").unwrap();
+    // A place freed is taken again.
+    drop(first);
+    let again = wait_for_ok(|| connect(USER, "limits_b"));
+    drop(again);
+    let page = p.metrics();
+    assert!(page.contains("class=\"53\""), "refusals counted by class: {page}");
+}
+
+/// Retries `f` for up to 5 s (a closed client leaves the registry once its session ends).
+fn wait_for_ok<T, E: std::fmt::Debug>(mut f: impl FnMut() -> Result<T, E>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if std::time::Instant::now() >= deadline => panic!("still refused: {e:?}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+}

@@ -166,11 +166,48 @@ pub struct Clients {
     by_id: Mutex<BTreeMap<u64, Arc<ClientEntry>>>,
 }
 
+/// How many clients of one user, or of one database, may be logged in (0: no limit).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    pub per_user: usize,
+    pub per_database: usize,
+}
+
 impl Clients {
+    /// Adds a logged-in client within `limits` (counted under the registry's lock, so two logins
+    /// cannot both take the last place); it leaves the registry when the returned guard drops.
+    pub fn register_within(
+        &self,
+        peer: SocketAddr,
+        user: &str,
+        database: &str,
+        limits: Limits,
+    ) -> Result<Registered<'_>, crate::error::ProxyError> {
+        let mut map = self.map();
+        let full = |limit: usize, same: &dyn Fn(&ClientEntry) -> bool| {
+            limit > 0 && map.values().filter(|e| same(e)).count() >= limit
+        };
+        if full(limits.per_user, &|e| e.user == user) {
+            return Err(crate::error::ProxyError::TooManyClientsFor(format!("role \"{user}\"")));
+        }
+        if full(limits.per_database, &|e| e.database == database) {
+            return Err(crate::error::ProxyError::TooManyClientsFor(format!("database \"{database}\"")));
+        }
+        let registered = self.entry(peer, user, database);
+        map.insert(registered.id, registered.clone());
+        Ok(Registered { clients: self, entry: registered })
+    }
+
     /// Adds a logged-in client; it leaves the registry when the returned guard drops.
     pub fn register(&self, peer: SocketAddr, user: &str, database: &str) -> Registered<'_> {
+        let entry = self.entry(peer, user, database);
+        self.map().insert(entry.id, entry.clone());
+        Registered { clients: self, entry }
+    }
+
+    fn entry(&self, peer: SocketAddr, user: &str, database: &str) -> Arc<ClientEntry> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let entry = Arc::new(ClientEntry {
+        Arc::new(ClientEntry {
             id,
             peer,
             user: user.to_string(),
@@ -186,9 +223,7 @@ impl Clients {
             lsn: AtomicU64::new(0),
             signals: AtomicU8::new(0),
             waker: AtomicWaker::new(),
-        });
-        self.map().insert(id, entry.clone());
-        Registered { clients: self, entry }
+        })
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<ClientEntry>>> {

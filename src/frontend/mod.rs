@@ -62,7 +62,23 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, shared: &Shared, 
         fail(&mut stream, &ProxyError::NotAdmin(login.user.clone())).await;
         return;
     }
-    let registered = shared.clients.register(peer, &login.user, &login.database);
+    let registered = if admin {
+        shared.clients.register(peer, &login.user, &login.database) // operators always get in
+    } else {
+        let per_user = config.user(&login.user).and_then(|u| u.max_client_connections);
+        let limits = clients::Limits {
+            per_user: per_user.unwrap_or(config.proxy.max_client_connections_per_user),
+            per_database: config.proxy.max_client_connections_per_database,
+        };
+        match shared.clients.register_within(peer, &login.user, &login.database, limits) {
+            Ok(registered) => registered,
+            Err(e) => {
+                tracing::info!(%peer, user = %login.user, database = %login.database, error = %e, "client refused");
+                fail(&mut stream, &e).await;
+                return;
+            }
+        }
+    };
     if shared.lifecycle.is_stopping() {
         registered.entry.signal(clients::signal::SHUTDOWN); // logged in while the proxy drains
     }
