@@ -223,6 +223,14 @@ pub struct ProxyConfig {
     /// How long a new client may take to start up and authenticate.
     #[serde(with = "humantime_serde")]
     pub client_login_timeout: Duration,
+    /// A logged-in client that sends nothing between transactions this long is closed with
+    /// 57P05 (0: never). Checked once a second.
+    #[serde(with = "humantime_serde")]
+    pub client_idle_timeout: Duration,
+    /// A client that sends nothing inside a transaction this long is closed with 25P03 and its
+    /// transaction rolled back, freeing its server connection (0: never). Checked once a second.
+    #[serde(with = "humantime_serde")]
+    pub idle_in_transaction_timeout: Duration,
     /// Worker threads. 1 (default) runs everything on one thread, like PgBouncer: no cross-thread
     /// wakeups, ~20% less CPU per query than a multi-threaded runtime on a 2-core host. 0 means
     /// one per CPU (a dedicated many-core proxy host).
@@ -243,6 +251,8 @@ impl Default for ProxyConfig {
             max_client_connections_per_database: 0,
             max_message_size: 256 * 1024 * 1024,
             client_login_timeout: Duration::from_secs(15),
+            client_idle_timeout: Duration::ZERO,
+            idle_in_transaction_timeout: Duration::ZERO,
             threads: 1,
             shutdown_timeout: Duration::from_secs(30),
         }

@@ -64,6 +64,12 @@ pub enum ProxyError {
     LoginTimeout,
     #[error("sorry, too many clients already")]
     TooManyClients,
+    /// The client sent nothing between transactions for `proxy.client_idle_timeout`.
+    #[error("terminating connection due to idle-session timeout")]
+    IdleSessionTimeout,
+    /// The client sent nothing inside a transaction for `proxy.idle_in_transaction_timeout`.
+    #[error("terminating connection due to idle-in-transaction timeout")]
+    IdleInTransactionTimeout,
     /// A per-user or per-database client limit: what ("role \"app\"", "database \"db\"").
     #[error("too many connections for {0}")]
     TooManyClientsFor(String),
@@ -153,6 +159,8 @@ impl ProxyError {
             ProxyError::Startup(_) => PROTOCOL_VIOLATION,
             ProxyError::AuthFailed(_) => INVALID_PASSWORD,
             ProxyError::TlsRequired => INVALID_AUTHORIZATION_SPECIFICATION,
+            ProxyError::IdleSessionTimeout => "57P05",
+            ProxyError::IdleInTransactionTimeout => "25P03",
             ProxyError::LoginTimeout => CONNECTION_FAILURE,
             ProxyError::TooManyClients | ProxyError::TooManyClientsFor(_) | ProxyError::PoolTimeout { .. } => {
                 TOO_MANY_CONNECTIONS

@@ -76,6 +76,7 @@ impl Proxy {
         let reaper = Arc::downgrade(&shared);
         background.add(crate::control::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            let mut idle = crate::frontend::clients::IdleWatch::default();
             loop {
                 tick.tick().await;
                 match reaper.upgrade() {
@@ -83,6 +84,8 @@ impl Proxy {
                         shared.pools.reap_idle();
                         shared.pools.publish_stats();
                         shared.clients.publish_states();
+                        let proxy = &shared.config().proxy;
+                        idle.check(&shared.clients, proxy.client_idle_timeout, proxy.idle_in_transaction_timeout);
                         shared.topology.snapshot().publish_metrics(shared.pools.iter().map(|n| &*n.metrics));
                         crate::metrics::classifier(&shared.classifier.stats());
                     }

@@ -185,3 +185,57 @@ fn wait_for_ok<T, E: std::fmt::Debug>(mut f: impl FnMut() -> Result<T, E>) -> T 
         }
     }
 }
+
+/// `proxy.idle_in_transaction_timeout` closes a client idle inside a transaction with 25P03 and
+/// frees its server connection (the transaction rolled back); `proxy.client_idle_timeout`
+/// closes one idle between transactions with 57P05; a client that keeps working is untouched.
+#[test]
+fn idle_timeouts_close_idle_clients_with_postgresql_codes_and_free_their_server() {
+    let cluster = shared_cluster();
+    cluster.create_database("idle_timeouts");
+    cluster.sql(0, "idle_timeouts", "CREATE TABLE IF NOT EXISTS t (id int)");
+    let proxy_section = "idle_in_transaction_timeout = \"1s\"\nclient_idle_timeout = \"3s\"\n".to_string();
+    let p = ProxyProcess::start(cluster, ProxyOptions { proxy_section, ..Default::default() });
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let connect = || async {
+            let (client, connection) =
+                tokio_postgres::connect(&p.conn_str("idle_timeouts"), tokio_postgres::NoTls).await.unwrap();
+            (client, tokio::spawn(connection))
+        };
+        // The connection task ends with the server's (here the proxy's) FATAL.
+        let closed_with = |task: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>| async move {
+            let ended = tokio::time::timeout(std::time::Duration::from_secs(10), task).await.expect("closed in time");
+            ended.unwrap().err().and_then(|e| e.code().map(|c| c.code().to_string()))
+        };
+        let (in_tx, in_tx_task) = connect().await;
+        in_tx.batch_execute("BEGIN; INSERT INTO t VALUES (1)").await.unwrap();
+        let (idle, idle_task) = connect().await;
+        idle.simple_query("SELECT 1").await.unwrap();
+        let (busy, busy_task) = connect().await;
+        let started = std::time::Instant::now();
+        assert_eq!(closed_with(in_tx_task).await.as_deref(), Some("25P03"));
+        let in_tx_after = started.elapsed();
+        // Its server connection is free: no transaction of this database stays open on the leader.
+        let open = cluster.sql(
+            0,
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'idle_timeouts' AND state LIKE 'idle in transaction%'",
+        );
+        assert_eq!(open.trim(), "0", "the idle transaction's server connection was not freed");
+        // Working every 500 ms (below both timeouts) keeps a client open.
+        while started.elapsed() < std::time::Duration::from_secs(4) {
+            busy.simple_query("SELECT 1").await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        assert_eq!(closed_with(idle_task).await.as_deref(), Some("57P05"));
+        let idle_after = started.elapsed();
+        assert!(!busy_task.is_finished(), "a working client was closed");
+        busy.simple_query("SELECT 1").await.unwrap();
+        let rows = cluster.sql(0, "idle_timeouts", "SELECT count(*) FROM t");
+        assert_eq!(rows.trim(), "0", "the timed-out transaction was rolled back");
+        println!("idle in transaction closed after {in_tx_after:?}, idle session after {idle_after:?}");
+        assert!(in_tx_after >= std::time::Duration::from_secs(1), "{in_tx_after:?}");
+        assert!(idle_after >= std::time::Duration::from_secs(3), "{idle_after:?}");
+    });
+}

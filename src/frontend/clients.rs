@@ -46,6 +46,26 @@ pub mod signal {
     pub const KILL: u8 = 1;
     /// Close at the next idle point (SHUTDOWN, SIGTERM).
     pub const SHUTDOWN: u8 = 2;
+    /// Waited for the client longer than its idle timeout (see `IdleWatch`): close.
+    pub const IDLE_TIMEOUT: u8 = 4;
+}
+
+/// What a session is waiting for, as the idle watch reads it: one relaxed store per change
+/// (a session starting or ending a wait for its client), no clock read on the data path.
+pub mod wait {
+    /// Working, or waiting for a server.
+    pub const BUSY: u64 = 0;
+    /// Waiting for the client between transactions.
+    pub const IDLE: u64 = 1;
+    /// Waiting for the client inside a transaction (holding a server connection).
+    pub const IDLE_IN_TRANSACTION: u64 = 2;
+    /// The state in the low bits, a count of waits above them (a new wait is a new number).
+    pub fn encode(state: u64, count: u64) -> u64 {
+        count << 2 | state
+    }
+    pub fn state(word: u64) -> u64 {
+        word & 3
+    }
 }
 
 /// One connected client.
@@ -68,9 +88,20 @@ pub struct ClientEntry {
     lsn: AtomicU64,
     signals: AtomicU8,
     waker: AtomicWaker,
+    /// [`wait`]'s word: what the session waits for, and which wait it is.
+    waiting: AtomicU64,
 }
 
 impl ClientEntry {
+    /// The session starts or ends a wait (a [`wait::encode`]d word).
+    pub fn set_waiting(&self, word: u64) {
+        self.waiting.store(word, Ordering::Relaxed);
+    }
+
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     pub fn status(&self) -> ClientStatus {
         ClientStatus::from_u8(self.status.load(Ordering::Relaxed))
     }
@@ -223,6 +254,7 @@ impl Clients {
             lsn: AtomicU64::new(0),
             signals: AtomicU8::new(0),
             waker: AtomicWaker::new(),
+            waiting: AtomicU64::new(wait::BUSY),
         })
     }
 
@@ -297,5 +329,49 @@ mod tests {
         assert_eq!(a.entry.floor(), (3, 1, 0x3000148));
         drop(a);
         assert_eq!(clients.list().iter().map(|e| e.id).collect::<Vec<_>>(), vec![2]);
+    }
+}
+
+/// Finds sessions that waited for their client longer than `proxy.client_idle_timeout` or
+/// `proxy.idle_in_transaction_timeout` (run once a second on the control thread): a wait seen
+/// again with the same number is the same wait.
+#[derive(Default)]
+pub struct IdleWatch {
+    /// Per client id: the wait word first seen, and when.
+    seen: std::collections::HashMap<u64, (u64, std::time::Instant)>,
+}
+
+impl IdleWatch {
+    /// Signals every client over its timeout (zero: none); returns how many were signalled.
+    pub fn check(
+        &mut self,
+        clients: &Clients,
+        idle: std::time::Duration,
+        in_transaction: std::time::Duration,
+    ) -> usize {
+        let now = std::time::Instant::now();
+        let list = clients.list();
+        self.seen.retain(|id, _| list.iter().any(|e| e.id == *id));
+        let mut signalled = 0;
+        for entry in list {
+            let word = entry.waiting();
+            let limit = match wait::state(word) {
+                wait::IDLE => idle,
+                wait::IDLE_IN_TRANSACTION => in_transaction,
+                _ => std::time::Duration::ZERO,
+            };
+            if limit.is_zero() {
+                self.seen.remove(&entry.id);
+                continue;
+            }
+            let (seen_word, since) = *self.seen.entry(entry.id).or_insert((word, now));
+            if seen_word != word {
+                self.seen.insert(entry.id, (word, now));
+            } else if now.duration_since(since) >= limit && entry.signals() & signal::IDLE_TIMEOUT == 0 {
+                entry.signal(signal::IDLE_TIMEOUT);
+                signalled += 1;
+            }
+        }
+        signalled
     }
 }

@@ -16,7 +16,7 @@ use unit::Want;
 use super::cancel::CancelKey;
 use super::client_state::{ClientSettings, ClientState};
 use super::client_stream::ClientStream;
-use super::clients::{signal, ClientEntry, ClientStatus};
+use super::clients::{signal, wait as signal_wait, ClientEntry, ClientStatus};
 use super::inflight::{Inflight, Request};
 use super::proxy_settings::{self, ProxySettings};
 use super::proxy_statements::Step;
@@ -199,6 +199,8 @@ pub struct Session<'a> {
     /// After the proxy failed a message of an extended batch, skip to Sync as a server would.
     discard_until_sync: bool,
     closing: bool,
+    /// The wait word last published for the idle watch, and how many waits there were.
+    waiting: (u64, u64),
     /// The proxy's own settings (`SET pgcausal.route = ...`).
     proxy: ProxySettings,
     /// The session's consistency level and LSN floor.
@@ -235,6 +237,7 @@ pub async fn run(
         tx_status: TxStatus::Idle,
         discard_until_sync: false,
         closing: false,
+        waiting: (signal_wait::BUSY, 0),
         proxy: ProxySettings::default(),
         floor: Floor::new(config.consistency.level, config.consistency.max_staleness),
         unit: Unit::default(),
@@ -280,22 +283,48 @@ impl Session<'_> {
                 }
                 Event::ServerFailed(e) => self.server_lost(e)?,
                 Event::ServerRead(_) => self.process_server()?,
+                Event::Signalled if self.entry.signals() & signal::IDLE_TIMEOUT != 0 => {
+                    return Err(match self.waiting.0 {
+                        signal_wait::IDLE_IN_TRANSACTION => ProxyError::IdleInTransactionTimeout,
+                        _ => ProxyError::IdleSessionTimeout,
+                    })
+                }
                 Event::Signalled => return Err(ProxyError::AdminShutdown),
-                Event::ClientRead(n) => self.traffic.received += n as u64,
+                Event::ClientRead(n) => {
+                    self.traffic.received += n as u64;
+                    self.publish_wait(signal_wait::BUSY);
+                }
                 Event::ClientWrote(n) => self.traffic.sent += n as u64,
                 Event::Wrote => {}
             }
         }
     }
 
+    /// Tells the idle watch what the session now waits for (a store only when it changes).
+    fn publish_wait(&mut self, state: u64) {
+        if self.waiting.0 != state {
+            self.waiting.1 += u64::from(state != signal_wait::BUSY);
+            self.waiting.0 = state;
+            self.entry.set_waiting(signal_wait::encode(state, self.waiting.1));
+        }
+    }
+
     /// Waits for the first socket that can make progress in either direction.
     async fn next_event(&mut self) -> Result<Event, ProxyError> {
+        if self.to_client.is_empty() && self.to_server.is_empty() && self.inflight.is_empty() {
+            // Nothing owed either way: the session waits for its client.
+            let state = match self.tx_status {
+                TxStatus::Idle => signal_wait::IDLE,
+                _ => signal_wait::IDLE_IN_TRANSACTION,
+            };
+            self.publish_wait(state);
+        }
         // A shutdown closes the session at an idle point: between units, or a held connection
         // (session mode, pins) with nothing in flight.
         let idle_point = self.server.is_none()
             || ((self.config.proxy.pool_mode == PoolMode::Session || self.state.pins.is_pinned())
                 && self.server_is_clean());
-        let signals = if idle_point { signal::KILL | signal::SHUTDOWN } else { signal::KILL };
+        let signals = signal::KILL | signal::IDLE_TIMEOUT | if idle_point { signal::SHUTDOWN } else { 0 };
         let want_client = self.to_server.len() < HIGH_WATER;
         if self.cbuf.capacity() - self.cbuf.len() < 512 {
             self.cbuf.reserve(8 * 1024);
