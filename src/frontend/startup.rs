@@ -32,7 +32,9 @@ pub async fn handshake(stream: &mut ClientStream, shared: &Shared) -> Result<Opt
     if let Some(acceptor) = &tls {
         // PostgreSQL 17's direct TLS: a TLS hello where the first length would be.
         if stream.peek_first_byte().await? == Some(super::tls::TLS_HANDSHAKE_RECORD) {
-            stream.start_tls(acceptor, true).await?;
+            // Boxed: the TLS handshake's state is large, and every client task is sized for
+            // its largest state for its whole life.
+            Box::pin(stream.start_tls(acceptor, true)).await?;
         }
     }
     loop {
@@ -47,7 +49,7 @@ pub async fn handshake(stream: &mut ClientStream, shared: &Shared) -> Result<Opt
             }
             StartupPacket::SslRequest if tls.is_some() => {
                 stream.write_all(messages::ENCRYPTION_ACCEPTED).await?;
-                stream.start_tls(tls.as_ref().expect("checked"), false).await?;
+                Box::pin(stream.start_tls(tls.as_ref().expect("checked"), false)).await?;
             }
             // No GSS encryption, nor TLS unless [tls] is configured: plain text goes on.
             StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
