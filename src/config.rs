@@ -1,5 +1,6 @@
 //! The TOML configuration: types, defaults, and validation with errors that name file, key and reason.
 
+use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -490,8 +491,12 @@ pub enum AuthMethod {
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub name: String,
-    /// Used both to authenticate the client and to log in to the servers.
+    /// Checks the client: plaintext, a SCRAM-SHA-256 verifier or an md5 hash (as in pg_authid).
+    /// Plaintext or an md5 hash also logs in to the servers when `server_password` is unset.
     pub password: String,
+    /// The plaintext password pgcausal logs in to the servers with, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_password: Option<String>,
     /// How clients authenticate to the proxy.
     #[serde(default)]
     pub auth: AuthMethod,
@@ -499,6 +504,24 @@ pub struct UserConfig {
     /// `proxy.max_client_connections_per_user`; 0: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_client_connections: Option<usize>,
+}
+
+impl UserConfig {
+    /// What `password` holds. `validate` refuses a malformed verifier; a config built in code
+    /// gets PostgreSQL's reading of one, a plaintext password.
+    pub fn secret(&self) -> Secret {
+        Secret::parse(&self.password).unwrap_or_else(|_| Secret::Plain(self.password.clone()))
+    }
+
+    /// A plaintext password for logins that need one (monitor, failover, replication):
+    /// `server_password`, else `password` when it is plaintext.
+    pub fn plaintext_server_password(&self) -> Option<&str> {
+        match (&self.server_password, self.secret()) {
+            (Some(p), _) => Some(p),
+            (None, Secret::Plain(_)) => Some(&self.password),
+            (None, _) => None,
+        }
+    }
 }
 
 impl Config {
@@ -550,6 +573,38 @@ impl Config {
             if self.users[..i].iter().any(|m| m.name == u.name) {
                 return bad(format!("users[{i}].name"), "duplicate user name");
             }
+            let secret = Secret::parse(&u.password).map_err(|e| (format!("users[{i}].password"), e.to_string()))?;
+            match (secret, u.auth) {
+                (Secret::Scram(_), AuthMethod::Md5) => {
+                    return bad(
+                        format!("users[{i}].password"),
+                        "a SCRAM verifier cannot check an md5 login: use auth = \"scram-sha-256\", or an md5 hash or plaintext password",
+                    )
+                }
+                (Secret::Md5(_), AuthMethod::ScramSha256) => {
+                    return bad(
+                        format!("users[{i}].password"),
+                        "an md5 hash cannot check a SCRAM login: use auth = \"md5\", or a SCRAM verifier or plaintext password",
+                    )
+                }
+                (Secret::Scram(_), AuthMethod::Trust) if u.server_password.is_none() => {
+                    return bad(
+                        format!("users[{i}].server_password"),
+                        "needed with a SCRAM verifier and auth = \"trust\": no client proof to pass on to the servers",
+                    )
+                }
+                _ => {}
+            }
+        }
+        if self.monitor.user.is_none() && self.users[0].plaintext_server_password().is_none() {
+            return bad(
+                "monitor.user".into(),
+                &format!(
+                    "the monitor, failover and replication logins default to users[0] (\"{}\"), whose password is a hash: \
+                     set [monitor] user and password, or users[0].server_password",
+                    self.users[0].name
+                ),
+            );
         }
         for (i, name) in self.admin.users.iter().enumerate() {
             if self.user(name).is_none() {
@@ -629,7 +684,8 @@ impl Config {
     pub fn monitor_login(&self) -> (&str, &str) {
         match (&self.monitor.user, &self.monitor.password) {
             (Some(u), Some(p)) => (u, p),
-            _ => (&self.users[0].name, &self.users[0].password),
+            // `validate` refuses a config whose first user has no plaintext password.
+            _ => (&self.users[0].name, self.users[0].plaintext_server_password().unwrap_or_default()),
         }
     }
 
@@ -711,5 +767,49 @@ auth = "md5"
         assert!(err.starts_with("pgcausal.toml: ") && err.contains("line"), "{err}");
         let err = parse("[proxy]\n").unwrap_err().to_string();
         assert!(err.contains("key `nodes`"), "{err}");
+    }
+
+    use crate::secret::PG15_VERIFIER_OF_PW as VERIFIER;
+
+    /// GOOD with users[0]'s password and auth lines replaced.
+    fn with_user(password: &str, extra: &str) -> String {
+        GOOD.replace("password = \"secret\"\nauth = \"md5\"", &format!("password = \"{password}\"\n{extra}"))
+    }
+
+    #[test]
+    fn passwords_may_be_verifiers_or_md5_hashes() {
+        let c = parse(&with_user(VERIFIER, "server_password = \"pw\"")).unwrap();
+        assert!(matches!(c.users[0].secret(), Secret::Scram(_)));
+        assert_eq!(c.monitor_login(), ("app", "pw"), "the monitor logs in with server_password");
+        let md5 = crate::secret::md5_hash("app", "secret");
+        let c = parse(&with_user(&md5, "auth = \"md5\"\n[monitor]\nuser = \"mon\"\npassword = \"m\"")).unwrap();
+        assert!(matches!(c.users[0].secret(), Secret::Md5(_)));
+        assert_eq!(c.monitor_login(), ("mon", "m"));
+    }
+
+    #[test]
+    fn bad_or_mismatched_secrets_name_the_key_and_the_fix() {
+        let md5 = crate::secret::md5_hash("app", "secret");
+        let monitor = "[monitor]\nuser = \"mon\"\npassword = \"m\"";
+        let cases = [
+            (with_user("SCRAM-SHA-256$4096:c2FsdA==", ""), "users[0].password", "no `$` before the keys"),
+            (
+                with_user(VERIFIER, &format!("auth = \"md5\"\n{monitor}")),
+                "users[0].password",
+                "cannot check an md5 login",
+            ),
+            (with_user(&md5, monitor), "users[0].password", "cannot check a SCRAM login"),
+            (
+                with_user(VERIFIER, &format!("auth = \"trust\"\n{monitor}")),
+                "users[0].server_password",
+                "no client proof",
+            ),
+            (with_user(VERIFIER, ""), "monitor.user", "set [monitor] user and password, or users[0].server_password"),
+        ];
+        for (text, key, reason) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("pgcausal.toml: key `{key}`: ")), "expected key {key} in: {err}");
+            assert!(err.contains(reason), "expected {reason:?} in: {err}");
+        }
     }
 }

@@ -18,5 +18,6 @@ pub mod protocol;
 pub mod proxy;
 pub mod rejoin;
 pub mod route;
+pub mod secret;
 pub mod sync_keeper;
 pub mod topology;

@@ -1,4 +1,4 @@
-//! The `pgcausal` command line: serve | check-config | demo [add-follower].
+//! The `pgcausal` command line: serve | check-config | hash-password | demo [add-follower].
 
 use clap::{Parser, Subcommand};
 use pgcausal::config::Config;
@@ -49,6 +49,18 @@ enum Command {
     },
     /// Validate a configuration file and exit.
     CheckConfig { file: PathBuf },
+    /// Print a `[[users]] password` value in pg_authid's format: a SCRAM-SHA-256 verifier
+    /// (random salt, 4096 iterations), or with --md5 an md5 hash.
+    HashPassword {
+        /// An md5 hash (md5(password || user)) instead, for auth = "md5" users.
+        #[arg(long, requires = "user")]
+        md5: bool,
+        /// The user name the md5 hash is salted with.
+        #[arg(long, requires = "md5")]
+        user: Option<String>,
+        /// The password [default: the first line of stdin, so it stays out of the shell history].
+        password: Option<String>,
+    },
     /// Start a local leader + followers cluster with pgcausal in front (Ctrl-C stops it all).
     #[command(args_conflicts_with_subcommands = true)]
     Demo {
@@ -90,6 +102,7 @@ fn main() -> ExitCode {
             println!("{}: ok ({} nodes, {} users)", file.display(), c.nodes.len(), c.users.len());
             Ok(())
         }),
+        Command::HashPassword { md5, user, password } => hash_password(md5, user, password),
         Command::Demo { action: None, data_dir, followers, port, metrics_port } => {
             pgcausal::demo::run(pgcausal::demo::DemoArgs { data_dir, followers, port, metrics_port })
         }
@@ -107,6 +120,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn hash_password(md5: bool, user: Option<String>, password: Option<String>) -> anyhow::Result<()> {
+    let password = match password {
+        Some(p) => p,
+        None => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line)?;
+            line.strip_suffix('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).unwrap_or(&line).to_string()
+        }
+    };
+    if password.is_empty() {
+        anyhow::bail!("an empty password cannot log in to PostgreSQL");
+    }
+    match (md5, user) {
+        (true, Some(user)) => println!("{}", pgcausal::secret::md5_hash(&user, &password)),
+        _ => println!("{}", pgcausal::secret::ScramVerifier::generate(&password)),
+    }
+    Ok(())
 }
 
 fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {

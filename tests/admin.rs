@@ -74,7 +74,7 @@ fn every_show_command_answers_a_table_matching_the_state() {
     let streams: Vec<&str> = nodes[1..].iter().map(|r| column(&nodes, r, "streams_from")).collect();
     assert_eq!(streams, ["", "node0", "node0"], "followers name the leader they stream from");
     let failovers = p.admin("SHOW FAILOVERS");
-    assert_eq!(failovers[0][..4], ["id", "started", "ended", "result"]);
+    assert_eq!(failovers[0][..5], ["id", "kind", "started", "ended", "result"]);
     assert_eq!(failovers.len(), 1, "no failover happened: {failovers:?}");
     let promote = p.admin_as(USER, PASSWORD, "PROMOTE node1").unwrap_err();
     assert!(promote.contains("the leader is up"), "PROMOTE refused while the leader lives: {promote}");

@@ -1,4 +1,4 @@
-//! The command line: check-config reports bad files by file, key and reason.
+//! The command line: check-config reports bad files by file, key and reason; hash-password prints pg_authid secrets.
 
 use std::process::Command;
 
@@ -108,4 +108,47 @@ fn json_logs_and_a_refused_node_logged_once() {
         assert!(line.contains(field), "{field} missing: {line}");
     }
     assert!(line.contains("refused") && !line.contains("\"sqlstate\""), "{line}");
+}
+
+fn hash_password(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgcausal"))
+        .arg("hash-password")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim_end().to_string();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn hash_password_prints_what_postgres_stores_and_check_config_takes_it() {
+    use pgcausal::secret::{ScramVerifier, Secret};
+    let (ok, from_arg, err) = hash_password(&["hunter2"], None);
+    assert!(ok, "{err}");
+    let (ok, from_stdin, err) = hash_password(&[], Some("hunter2\n"));
+    assert!(ok, "{err}");
+    for printed in [&from_arg, &from_stdin] {
+        let Ok(Secret::Scram(v)) = Secret::parse(printed) else { panic!("not a verifier: {printed}") };
+        assert!(printed.starts_with("SCRAM-SHA-256$4096:"), "{printed}");
+        assert_eq!(v.salt.len(), 16);
+        assert_eq!(ScramVerifier::from_password("hunter2", &v.salt, 4096), v, "{printed} is not hunter2's");
+    }
+    assert_ne!(from_arg, from_stdin, "each verifier gets its own salt");
+    let config = GOOD.replace("password = \"s\"", &format!("password = \"{from_arg}\"\nserver_password = \"s\""));
+    let (success, out) = check(&config);
+    assert!(success, "{out}");
+
+    let (ok, md5, err) = hash_password(&["--md5", "--user", "y", "pw"], None);
+    assert!(ok, "{err}");
+    assert_eq!(md5, "md55cd54d0fec19d1894dba02b32ee85469", "PostgreSQL 15's hash of pw for role y");
+    let (ok, _, err) = hash_password(&["--md5", "pw"], None);
+    assert!(!ok && err.contains("--user"), "{err}");
+    let (ok, _, err) = hash_password(&[], Some("\n"));
+    assert!(!ok && err.contains("empty password"), "{err}");
 }

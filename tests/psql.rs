@@ -1,4 +1,4 @@
-//! psql through the proxy: DDL, DML, \d, transactions, errors, COPY, cancel, NOTICE, auth methods.
+//! psql through the proxy: DDL, DML, \d, transactions, errors, COPY, cancel, NOTICE, auth methods, SCRAM verifiers.
 
 mod support;
 use std::time::{Duration, Instant};
@@ -193,4 +193,70 @@ fn metrics_count_clients_queries_and_errors() {
     assert!(value("pgcausal_node_up{node=\"node1\"}") == 1.0, "{m}");
     assert!(value("pgcausal_node_is_leader{node=\"node0\"}") == 1.0, "{m}");
     assert!(m.contains("pgcausal_server_connections{node=\"node0\"}"), "{m}");
+}
+
+/// The SQLSTATE and message a login through the proxy gets, via tokio-postgres.
+fn login_error(p: &ProxyProcess, user: &str, password: &str, db: &str) -> String {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let conn_str = format!("host=127.0.0.1 port={} user={user} password={password} dbname={db}", p.port);
+    match rt.block_on(tokio_postgres::connect(&conn_str, tokio_postgres::NoTls)) {
+        Ok(_) => "logged in".into(),
+        Err(e) => pg_error(&e),
+    }
+}
+
+#[test]
+fn scram_verifiers_in_the_config_log_in_the_right_password_only() {
+    let cluster = shared_cluster();
+    let db = "psql_verifier";
+    cluster.create_database(db);
+    // Passthrough: the config holds pg_authid's own verifier. server_password: the config holds
+    // a verifier pgcausal made (another salt). Mismatch: another salt and no server_password.
+    for (role, password) in [("vpass", "pass-pw"), ("vserver", "server-pw"), ("vmismatch", "mismatch-pw")] {
+        cluster.sql(0, "postgres", &format!("DROP ROLE IF EXISTS {role}"));
+        cluster.sql(0, "postgres", &format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"));
+    }
+    cluster.sql(0, "postgres", &format!("ALTER DATABASE {db} OWNER TO vpass"));
+    let authid = cluster.sql(0, "postgres", "SELECT rolpassword FROM pg_authid WHERE rolname = 'vpass'");
+    let authid = authid.trim();
+    assert!(authid.starts_with("SCRAM-SHA-256$4096:"), "{authid}");
+    let ours = |password: &str| pgcausal::secret::ScramVerifier::generate(password).to_string();
+    let extra = format!(
+        "[[users]]\nname = \"vpass\"\npassword = \"{authid}\"\n\
+         [[users]]\nname = \"vserver\"\npassword = \"{}\"\nserver_password = \"server-pw\"\n\
+         [[users]]\nname = \"vmismatch\"\npassword = \"{}\"\n",
+        ours("server-pw"),
+        ours("mismatch-pw")
+    );
+    let p = ProxyProcess::start(cluster, ProxyOptions { extra, ..ProxyOptions::default() });
+
+    let sql = "CREATE TABLE IF NOT EXISTS t (x int); INSERT INTO t VALUES (1); SELECT current_user, count(*) FROM t";
+    let out = ok(p.psql_as("vpass", "pass-pw", db, &["-c", sql], None));
+    assert_eq!(out.trim().lines().last(), Some("vpass|1"), "{out}");
+    // New sessions: reads on the followers, whose pools log in with the session's ClientKey.
+    let read = "SELECT current_user, count(*), pg_is_in_recovery() FROM t";
+    let answers: Vec<String> =
+        (0..3).map(|_| ok(p.psql_as("vpass", "pass-pw", db, &["-c", read], None)).trim().to_string()).collect();
+    assert!(answers.iter().all(|a| a.starts_with("vpass|1|")), "{answers:?}");
+    assert!(answers.iter().any(|a| a == "vpass|1|t"), "a follower served a read: {answers:?}");
+    let out = ok(p.psql_as("vserver", "server-pw", db, &["-c", "SELECT current_user"], None));
+    assert_eq!(out.trim(), "vserver");
+
+    for user in ["vpass", "vserver", "vmismatch"] {
+        assert_eq!(
+            login_error(&p, user, "wrong", db),
+            format!("FATAL 28P01: password authentication failed for user \"{user}\"")
+        );
+    }
+    assert_eq!(
+        login_error(&p, "nobody", "wrong", db),
+        "FATAL 28P01: password authentication failed for user \"nobody\"",
+        "an unknown user fails like a wrong password"
+    );
+
+    let out = p.psql_as("vmismatch", "mismatch-pw", db, &["-c", "SELECT 1"], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("another salt") && stderr.contains("pg_authid.rolpassword"), "{stderr}");
+    assert!(!p.log().contains("pass-pw") && !p.log().contains(authid), "no secret in the log");
 }

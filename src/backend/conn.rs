@@ -1,6 +1,8 @@
 //! One server connection: TCP connect, startup, authentication (SCRAM-SHA-256, md5, password, trust).
 
 use super::abort::{NodeSockets, Registration};
+use super::scram_passthrough::ScramPassthrough;
+use super::server_secret::ServerSecret;
 use crate::error::sqlstate;
 use crate::protocol::{be, framing, messages};
 use bytes::{Buf, Bytes, BytesMut};
@@ -45,8 +47,14 @@ pub struct Login {
     pub host: String,
     pub port: u16,
     pub user: String,
-    pub password: String,
+    pub secret: ServerSecret,
     pub database: String,
+}
+
+/// The SCRAM client of one login: from a plaintext password, or passing a client's key through.
+enum ScramClient<'a> {
+    Password(sasl::ScramSha256),
+    Passthrough(ScramPassthrough<'a>),
 }
 
 pub struct ServerConn {
@@ -167,7 +175,13 @@ impl ServerConn {
 
     async fn authenticate(&mut self, login: &Login) -> Result<(), BackendError> {
         let mut out = BytesMut::new();
-        let mut scram: Option<sasl::ScramSha256> = None;
+        let mut scram: Option<ScramClient> = None;
+        let cannot = |what: &str| {
+            BackendError::Auth(format!(
+                "the server asks for {what} and [[users]] password of \"{}\" is a hash that cannot answer it: set server_password",
+                login.user
+            ))
+        };
         loop {
             let (tag, body) = self.read_message().await?;
             if tag == be::ERROR_RESPONSE {
@@ -184,10 +198,19 @@ impl ServerConn {
             out.clear();
             match code {
                 0 => return Ok(()),
-                3 => frontend::password_message(login.password.as_bytes(), &mut out)?,
+                3 => match &login.secret {
+                    ServerSecret::Password(p) => frontend::password_message(p.as_bytes(), &mut out)?,
+                    _ => return Err(cannot("a cleartext password")),
+                },
                 5 if data.len() >= 4 => {
                     let salt = [data[0], data[1], data[2], data[3]];
-                    let hash = authentication::md5_hash(login.user.as_bytes(), login.password.as_bytes(), salt);
+                    let hash = match &login.secret {
+                        ServerSecret::Password(p) => {
+                            authentication::md5_hash(login.user.as_bytes(), p.as_bytes(), salt)
+                        }
+                        ServerSecret::Md5Hash(hex) => crate::secret::md5_salted(hex, salt),
+                        ServerSecret::ScramPassthrough { .. } => return Err(cannot("an md5 password")),
+                    };
                     frontend::password_message(hash.as_bytes(), &mut out)?;
                 }
                 10 => {
@@ -195,18 +218,48 @@ impl ServerConn {
                     if !offers_scram {
                         return Err(BackendError::Auth("server offers no supported SASL mechanism".into()));
                     }
-                    let s = sasl::ScramSha256::new(login.password.as_bytes(), sasl::ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut out)?;
-                    scram = Some(s);
+                    let client = match &login.secret {
+                        ServerSecret::Password(p) => {
+                            ScramClient::Password(sasl::ScramSha256::new(p.as_bytes(), sasl::ChannelBinding::unsupported()))
+                        }
+                        ServerSecret::ScramPassthrough { verifier, client_key: Some(key) } => {
+                            ScramClient::Passthrough(ScramPassthrough::new(verifier, *key))
+                        }
+                        ServerSecret::ScramPassthrough { client_key: None, .. } => {
+                            return Err(BackendError::Auth(format!(
+                                "SCRAM passthrough for \"{}\" has no client key yet (no client of it has logged in): set server_password",
+                                login.user
+                            )))
+                        }
+                        ServerSecret::Md5Hash(_) => return Err(cannot("SCRAM")),
+                    };
+                    let first = match &client {
+                        ScramClient::Password(s) => s.message().to_vec(),
+                        ScramClient::Passthrough(s) => s.client_first().into_bytes(),
+                    };
+                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, &first, &mut out)?;
+                    scram = Some(client);
                 }
                 11 => {
                     let s = scram.as_mut().ok_or_else(|| BackendError::Auth("SASL continue without start".into()))?;
-                    s.update(data).map_err(|e| BackendError::Auth(e.to_string()))?;
-                    frontend::sasl_response(s.message(), &mut out)?;
+                    match s {
+                        ScramClient::Password(s) => {
+                            s.update(data).map_err(|e| BackendError::Auth(e.to_string()))?;
+                            frontend::sasl_response(s.message(), &mut out)?;
+                        }
+                        ScramClient::Passthrough(s) => {
+                            let client_final = s.client_final(data).map_err(|e| BackendError::Auth(e.to_string()))?;
+                            frontend::sasl_response(client_final.as_bytes(), &mut out)?;
+                        }
+                    }
                 }
                 12 => {
-                    let mut s = scram.take().ok_or_else(|| BackendError::Auth("SASL final without start".into()))?;
-                    s.finish(data).map_err(|e| BackendError::Auth(format!("server signature: {e}")))?;
+                    let s = scram.take().ok_or_else(|| BackendError::Auth("SASL final without start".into()))?;
+                    let checked = match s {
+                        ScramClient::Password(mut s) => s.finish(data).map_err(|e| e.to_string()),
+                        ScramClient::Passthrough(s) => s.finish(data).map_err(|e| e.to_string()),
+                    };
+                    checked.map_err(|e| BackendError::Auth(format!("server signature: {e}")))?;
                     continue;
                 }
                 other => return Err(BackendError::Auth(format!("unsupported authentication request {other}"))),

@@ -8,6 +8,7 @@
 use super::abort::NodeSockets;
 use super::conn::{BackendError, Login, ServerConn};
 use super::failures::{Failure, FailureLog, Target};
+use super::server_secret::ServerSecret;
 use crate::metrics::{NodeMetrics, PoolGauges, PoolStats};
 use std::collections::VecDeque;
 use std::future::Future;
@@ -75,8 +76,9 @@ struct Inner {
     config: PoolConfig,
     /// `config.max_size` as RELOAD last set it.
     max_size: AtomicUsize,
-    /// The password new connections log in with (RELOAD may change it).
-    password: Mutex<String>,
+    /// What new connections log in with (RELOAD may change it; SCRAM passthrough learns a
+    /// ClientKey from the sessions that use the pool).
+    secret: Mutex<ServerSecret>,
     state: Mutex<State>,
     /// Connect failures, logged once per change, naming `target`.
     failures: FailureLog,
@@ -117,7 +119,7 @@ enum Handoff {
 impl Pool {
     pub fn new(config: PoolConfig) -> Pool {
         let max_size = AtomicUsize::new(config.max_size);
-        let password = Mutex::new(config.login.password.clone());
+        let secret = Mutex::new(config.login.secret.clone());
         let login = &config.login;
         let target = Target {
             node: config.node.clone(),
@@ -127,7 +129,7 @@ impl Pool {
             purpose: "pool",
         };
         let failures = FailureLog::default();
-        Pool(Arc::new(Inner { config, max_size, password, state: Mutex::new(State::default()), failures, target }))
+        Pool(Arc::new(Inner { config, max_size, secret, state: Mutex::new(State::default()), failures, target }))
     }
 
     /// The database and user this pool logs in as.
@@ -140,10 +142,16 @@ impl Pool {
         self.state().idle.iter().map(|i| (i.conn.pid, i.conn.created.elapsed())).collect()
     }
 
-    /// RELOAD: a new size limit (connections above it close as they come back) and password.
-    pub fn reconfigure(&self, max_size: usize, password: &str) {
+    /// RELOAD: a new size limit (connections above it close as they come back) and secret.
+    pub fn reconfigure(&self, max_size: usize, secret: ServerSecret) {
         self.set_max_size(max_size);
-        *self.0.password.lock().expect("pool password poisoned") = password.to_string();
+        let mut kept = self.0.secret.lock().expect("pool secret poisoned");
+        *kept = kept.updated(secret);
+    }
+
+    /// A session's login secret: SCRAM passthrough learns the ClientKey it proved.
+    pub fn learn_secret(&self, session: &ServerSecret) {
+        self.0.secret.lock().expect("pool secret poisoned").learn(session);
     }
 
     /// A new size limit: connections above it close as they come back (0: the node drains).
@@ -266,7 +274,7 @@ impl Pool {
         let config = &self.0.config;
         // Boxed: a connect's state is large and rare; inline it would sit in every session's future.
         let mut login = config.login.clone();
-        login.password.clone_from(&self.0.password.lock().expect("pool password poisoned"));
+        login.secret.clone_from(&self.0.secret.lock().expect("pool secret poisoned"));
         let result = Box::pin(ServerConn::connect(&login, config.connect_timeout, Some(&config.sockets))).await;
         config.metrics.connect_result(result.is_ok());
         match &result {
@@ -450,7 +458,7 @@ mod tests {
             host: "127.0.0.1".into(),
             port: 1,
             user: "app".into(),
-            password: String::new(),
+            secret: ServerSecret::Password(String::new()),
             database: "db".into(),
         };
         Pool::new(PoolConfig {

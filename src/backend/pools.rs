@@ -5,6 +5,7 @@
 use super::abort::NodeSockets;
 use super::conn::Login;
 use super::pool::{CoarseClock, Pool, PoolConfig};
+use super::server_secret::ServerSecret;
 use crate::config::Config;
 use crate::metrics::NodeMetrics;
 use std::collections::HashMap;
@@ -76,7 +77,7 @@ impl NodePools {
 /// slots and marks removed ones, so a node's index never changes).
 pub struct Pools {
     pub nodes: boxcar::Vec<NodePools>,
-    /// Size, timeouts and passwords as RELOAD last set them (pools made later start with them).
+    /// Size, timeouts and secrets as RELOAD last set them (pools made later start with them).
     live: Mutex<Live>,
     acquire_timeout_ms: AtomicU64,
     connect_timeout: Duration,
@@ -121,7 +122,9 @@ impl Pools {
     }
 
     /// The pool for (node, database, user); called once per session and node, not per query.
-    pub fn pool(&self, node: usize, database: &str, user: &str, password: &str) -> Pool {
+    /// `secret` is the session's: a new pool starts with it, an existing one learns a SCRAM
+    /// passthrough ClientKey from it.
+    pub fn pool(&self, node: usize, database: &str, user: &str, secret: &ServerSecret) -> Pool {
         let n = &self.nodes[node];
         let size = if n.removed() { 0 } else { self.live().size };
         let mut pools = n.pools.lock().expect("pool map poisoned");
@@ -133,7 +136,7 @@ impl Pools {
                     host: n.host.clone(),
                     port: n.port,
                     user: user.to_string(),
-                    password: password.to_string(),
+                    secret: secret.clone(),
                     database: database.to_string(),
                 },
                 max_size: size,
@@ -145,6 +148,7 @@ impl Pools {
                 sockets: n.sockets.clone(),
             })
         });
+        pool.learn_secret(secret);
         pool.clone()
     }
 
@@ -171,7 +175,7 @@ impl Pools {
         self.live.lock().expect("pool settings poisoned")
     }
 
-    /// RELOAD: new size, timeouts and passwords for every pool, existing and future. A user no
+    /// RELOAD: new size, timeouts and secrets for every pool, existing and future. A user no
     /// longer configured keeps its pools (its clients stay); it cannot log in again.
     pub fn reconfigure(&self, config: &Config) {
         *self.live() = Live::from(config);
@@ -179,7 +183,7 @@ impl Pools {
         for pool in self.iter().filter(|n| !n.removed()).flat_map(NodePools::all) {
             let (_, user) = pool.database_and_user();
             if let Some(u) = config.user(user) {
-                pool.reconfigure(config.pool.size, &u.password);
+                pool.reconfigure(config.pool.size, ServerSecret::configured(u));
             }
         }
     }

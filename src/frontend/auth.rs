@@ -1,66 +1,68 @@
-//! Client authentication to the proxy: SCRAM-SHA-256 (server side of RFC 5802/7677), md5, trust.
+//! Client authentication to the proxy: the server side of SCRAM-SHA-256 (RFC 5802/7677) over a verifier, and the mock verifier unknown users are challenged with.
 //!
 //! Written over RustCrypto primitives because pgwire's SASL handler owns the socket and its
 //! framing, while the proxy frames raw bytes itself.
 
+use crate::secret::{constant_time_eq, hmac_sha256, ScramVerifier, SCRAM_ITERATIONS, SCRAM_SALT_LEN};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use hmac::{Hmac, Mac};
-use md5::Md5;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use std::sync::OnceLock;
 
-type HmacSha256 = Hmac<Sha256>;
-
-const ITERATIONS: u32 = 4096;
-
-fn hmac(key: &[u8], msg: &[u8]) -> [u8; 32] {
-    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
-    m.update(msg);
-    m.finalize().into_bytes().into()
-}
-
-/// PBKDF2-HMAC-SHA256 with one output block, as SCRAM's Hi() defines it.
-fn hi(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
-    let mut m = HmacSha256::new_from_slice(password).expect("HMAC takes any key length");
-    m.update(salt);
-    m.update(&1u32.to_be_bytes());
-    let mut u: [u8; 32] = m.finalize().into_bytes().into();
-    let mut out = u;
-    for _ in 1..iterations {
-        u = hmac(password, &u);
-        out.iter_mut().zip(u.iter()).for_each(|(o, x)| *o ^= x);
-    }
-    out
-}
-
-/// The server's stored SCRAM secrets for one user (computed once at start).
-#[derive(Clone)]
-pub struct ScramSecret {
-    salt: [u8; 16],
-    stored_key: [u8; 32],
-    server_key: [u8; 32],
-}
-
-impl ScramSecret {
-    pub fn new(password: &str) -> ScramSecret {
-        let mut salt = [0u8; 16];
-        rand::thread_rng().fill_bytes(&mut salt);
-        // SASLprep is skipped: passwords are used as given, as PostgreSQL does for non-UTF-8 ones.
-        let salted = hi(password.as_bytes(), &salt, ITERATIONS);
-        let client_key = hmac(&salted, b"Client Key");
-        ScramSecret { salt, stored_key: Sha256::digest(client_key).into(), server_key: hmac(&salted, b"Server Key") }
-    }
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ScramError {
     #[error("malformed SCRAM message: {0}")]
     Malformed(&'static str),
-    #[error("channel binding is not supported without TLS")]
-    ChannelBinding,
+    #[error("channel binding: {0}")]
+    ChannelBinding(&'static str),
     #[error("wrong password")]
     WrongProof,
+}
+
+/// The GS2 header of client-first (RFC 5802 section 7), kept whole: client-final's `c=` echoes it.
+struct Gs2Header {
+    /// Up to and including the comma before the client-first-bare.
+    raw: String,
+    flag: CbindFlag,
+}
+
+enum CbindFlag {
+    /// `n`: the client does not bind.
+    No,
+    /// `y`: the client could bind but thinks the server cannot.
+    ClientOnly,
+    /// `p=<type>`: the client binds with this type.
+    Type(String),
+}
+
+fn parse_gs2_header(text: &str) -> Result<(Gs2Header, &str), ScramError> {
+    let malformed = ScramError::Malformed("gs2 header");
+    let (flag, rest) = text.split_once(',').ok_or(malformed.clone())?;
+    let flag = match flag {
+        "n" => CbindFlag::No,
+        "y" => CbindFlag::ClientOnly,
+        _ => CbindFlag::Type(flag.strip_prefix("p=").filter(|t| !t.is_empty()).ok_or(malformed.clone())?.to_string()),
+    };
+    let (_authzid, bare) = rest.split_once(',').ok_or(malformed)?;
+    let raw_len = text.len() - bare.len();
+    Ok((Gs2Header { raw: text[..raw_len].to_string(), flag }, bare))
+}
+
+/// The `c=` value client-final must carry: base64(gs2 header || channel-binding data).
+/// `tls_server_end_point` is the RFC 5929 hash of the server certificate when the connection is
+/// TLS and SCRAM-SHA-256-PLUS was offered; None on plain TCP, where only `n` and `y` can succeed.
+fn expected_binding(gs2: &Gs2Header, tls_server_end_point: Option<&[u8]>) -> Result<String, ScramError> {
+    match (&gs2.flag, tls_server_end_point) {
+        (CbindFlag::No, _) | (CbindFlag::ClientOnly, None) => Ok(B64.encode(gs2.raw.as_bytes())),
+        // The server offered -PLUS, yet the client believes it cannot bind: a downgrade.
+        (CbindFlag::ClientOnly, Some(_)) => Err(ScramError::ChannelBinding("client says the server cannot bind")),
+        (CbindFlag::Type(_), None) => Err(ScramError::ChannelBinding("not supported without TLS")),
+        (CbindFlag::Type(t), Some(data)) if t == "tls-server-end-point" => {
+            Ok(B64.encode([gs2.raw.as_bytes(), data].concat()))
+        }
+        (CbindFlag::Type(_), Some(_)) => Err(ScramError::ChannelBinding("only tls-server-end-point is supported")),
+    }
 }
 
 /// One SCRAM exchange in progress, between server-first and client-final.
@@ -68,21 +70,27 @@ pub struct ScramExchange {
     client_first_bare: String,
     server_first: String,
     nonce: String,
-    gs2_header: String,
+    /// What client-final's `c=` must say.
+    binding: String,
+}
+
+/// A client's proof that verified.
+#[derive(Debug)]
+pub struct ScramSuccess {
+    /// server-final ("v=...") to send.
+    pub server_final: String,
+    /// ClientKey = ClientProof XOR HMAC(StoredKey, AuthMessage): what the client proved it
+    /// holds, and what SCRAM passthrough answers the servers with.
+    pub client_key: [u8; 32],
 }
 
 impl ScramExchange {
     /// Handles client-first; returns the exchange and the server-first message to send.
-    pub fn start(secret: &ScramSecret, client_first: &[u8]) -> Result<(ScramExchange, String), ScramError> {
+    pub fn start(verifier: &ScramVerifier, client_first: &[u8]) -> Result<(ScramExchange, String), ScramError> {
         let text = std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
-        let (gs2_header, bare) = match text.get(..2) {
-            Some("n,") | Some("y,") => {
-                let end = text[2..].find(',').ok_or(ScramError::Malformed("gs2 header"))? + 3;
-                (&text[..end], &text[end..])
-            }
-            Some("p=") => return Err(ScramError::ChannelBinding),
-            _ => return Err(ScramError::Malformed("gs2 header")),
-        };
+        let (gs2, bare) = parse_gs2_header(text)?;
+        // No TLS yet, so no channel-binding data.
+        let binding = expected_binding(&gs2, None)?;
         let client_nonce = bare
             .split(',')
             .find_map(|a| a.strip_prefix("r="))
@@ -91,18 +99,14 @@ impl ScramExchange {
         let mut server_nonce = [0u8; 18];
         rand::thread_rng().fill_bytes(&mut server_nonce);
         let nonce = format!("{client_nonce}{}", B64.encode(server_nonce));
-        let server_first = format!("r={nonce},s={},i={ITERATIONS}", B64.encode(secret.salt));
-        let exchange = ScramExchange {
-            client_first_bare: bare.to_string(),
-            server_first: server_first.clone(),
-            nonce,
-            gs2_header: gs2_header.to_string(),
-        };
+        let server_first = format!("r={nonce},s={},i={}", B64.encode(&verifier.salt), verifier.iterations);
+        let exchange =
+            ScramExchange { client_first_bare: bare.to_string(), server_first: server_first.clone(), nonce, binding };
         Ok((exchange, server_first))
     }
 
-    /// Verifies client-final; returns server-final ("v=...") on success.
-    pub fn finish(self, secret: &ScramSecret, client_final: &[u8]) -> Result<String, ScramError> {
+    /// Verifies client-final against the verifier.
+    pub fn finish(self, verifier: &ScramVerifier, client_final: &[u8]) -> Result<ScramSuccess, ScramError> {
         let text = std::str::from_utf8(client_final).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let (without_proof, proof) = text.rsplit_once(",p=").ok_or(ScramError::Malformed("missing proof"))?;
         let mut binding = None;
@@ -114,77 +118,112 @@ impl ScramExchange {
                 nonce = Some(v);
             }
         }
-        if binding != Some(B64.encode(self.gs2_header.as_bytes()).as_str()) {
-            return Err(ScramError::ChannelBinding);
+        if binding != Some(self.binding.as_str()) {
+            return Err(ScramError::ChannelBinding("client-final does not echo the gs2 header"));
         }
         if nonce != Some(self.nonce.as_str()) {
             return Err(ScramError::Malformed("nonce mismatch"));
         }
         let proof = B64.decode(proof).map_err(|_| ScramError::Malformed("proof is not base64"))?;
-        if proof.len() != 32 {
-            return Err(ScramError::Malformed("proof length"));
-        }
+        let proof: [u8; 32] = proof.try_into().map_err(|_| ScramError::Malformed("proof length"))?;
         let auth_message = format!("{},{},{}", self.client_first_bare, self.server_first, without_proof);
-        let signature = hmac(&secret.stored_key, auth_message.as_bytes());
-        let client_key: Vec<u8> = proof.iter().zip(signature.iter()).map(|(p, s)| p ^ s).collect();
-        let stored: [u8; 32] = Sha256::digest(&client_key).into();
-        // Constant-time compare: the proof is attacker-controlled.
-        let diff = stored.iter().zip(secret.stored_key.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if diff != 0 {
+        let signature = hmac_sha256(&verifier.stored_key, auth_message.as_bytes());
+        let client_key: [u8; 32] = std::array::from_fn(|i| proof[i] ^ signature[i]);
+        if !constant_time_eq(&Sha256::digest(client_key), &verifier.stored_key) {
             return Err(ScramError::WrongProof);
         }
-        let server_signature = hmac(&secret.server_key, auth_message.as_bytes());
-        Ok(format!("v={}", B64.encode(server_signature)))
+        let server_signature = hmac_sha256(&verifier.server_key, auth_message.as_bytes());
+        Ok(ScramSuccess { server_final: format!("v={}", B64.encode(server_signature)), client_key })
     }
 }
 
-/// The answer a client must send to AuthenticationMD5Password with `salt`.
-pub fn md5_expected(user: &str, password: &str, salt: [u8; 4]) -> String {
-    let inner = format!("{:x}", Md5::digest(format!("{password}{user}")));
-    let mut outer = Md5::new();
-    outer.update(inner.as_bytes());
-    outer.update(salt);
-    format!("md5{:x}", outer.finalize())
+/// A verifier no password matches, for a user pgcausal does not know: the client goes through
+/// the same exchange and gets the same error as with a wrong password, and (as in PostgreSQL)
+/// sees the same salt for that name every time, so the salt does not give the name away.
+pub fn mock_verifier(user: &str) -> ScramVerifier {
+    static NONCE: OnceLock<[u8; 32]> = OnceLock::new();
+    let nonce = NONCE.get_or_init(|| {
+        let mut n = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut n);
+        n
+    });
+    let salt = hmac_sha256(nonce, user.as_bytes())[..SCRAM_SALT_LEN].to_vec();
+    let mut stored_key = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut stored_key);
+    ScramVerifier { iterations: SCRAM_ITERATIONS, salt, stored_key, server_key: [0; 32] }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::{md5_salted, salted_password, Secret, PG15_VERIFIER_OF_PW};
     use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 
-    fn exchange(server_password: &str, client_password: &str) -> Result<(), ScramError> {
-        let secret = ScramSecret::new(server_password);
+    fn exchange(verifier: &ScramVerifier, client_password: &str) -> Result<ScramSuccess, ScramError> {
         let mut client = ScramSha256::new(client_password.as_bytes(), ChannelBinding::unsupported());
-        let (ex, server_first) = ScramExchange::start(&secret, client.message())?;
+        let (ex, server_first) = ScramExchange::start(verifier, client.message())?;
         client.update(server_first.as_bytes()).unwrap();
-        let server_final = ex.finish(&secret, client.message())?;
-        client.finish(server_final.as_bytes()).expect("client accepts the server signature");
-        Ok(())
+        let success = ex.finish(verifier, client.message())?;
+        client.finish(success.server_final.as_bytes()).expect("client accepts the server signature");
+        Ok(success)
     }
 
     #[test]
     fn scram_with_the_postgres_client_implementation() {
-        assert_eq!(exchange("secret", "secret"), Ok(()));
-        assert_eq!(exchange("secret", "wrong"), Err(ScramError::WrongProof));
+        let verifier = ScramVerifier::generate("secret");
+        assert!(exchange(&verifier, "secret").is_ok());
+        assert_eq!(exchange(&verifier, "wrong").err(), Some(ScramError::WrongProof));
+    }
+
+    #[test]
+    fn a_postgres_made_verifier_logs_in_the_right_password_only() {
+        let verifier: ScramVerifier = PG15_VERIFIER_OF_PW.parse().unwrap();
+        let success = exchange(&verifier, "pw").expect("pw verifies");
+        let salted = salted_password("pw", &verifier.salt, verifier.iterations);
+        assert_eq!(success.client_key, hmac_sha256(&salted, b"Client Key"), "the ClientKey is recovered");
+        for wrong in ["", "PW", "pw ", "secret"] {
+            assert_eq!(exchange(&verifier, wrong).err(), Some(ScramError::WrongProof), "{wrong:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_users_fail_like_a_wrong_password_with_a_stable_salt() {
+        let mock = mock_verifier("nobody");
+        assert_eq!(exchange(&mock, "").err(), Some(ScramError::WrongProof));
+        assert_eq!(mock_verifier("nobody").salt, mock.salt);
+        assert_ne!(mock_verifier("somebody").salt, mock.salt);
     }
 
     #[test]
     fn scram_rejects_garbage() {
-        let secret = ScramSecret::new("x");
-        assert!(ScramExchange::start(&secret, b"garbage").is_err());
-        assert!(ScramExchange::start(&secret, b"n,,n=,r=").is_err());
+        let verifier = ScramVerifier::generate("x");
+        assert!(ScramExchange::start(&verifier, b"garbage").is_err());
+        assert!(ScramExchange::start(&verifier, b"n,,n=,r=").is_err());
+        assert!(ScramExchange::start(&verifier, b"p=,,n=,r=abc").is_err());
         assert_eq!(
-            ScramExchange::start(&secret, b"p=tls-server-end-point,,n=,r=abc").err(),
-            Some(ScramError::ChannelBinding)
+            ScramExchange::start(&verifier, b"p=tls-server-end-point,,n=,r=abc").err(),
+            Some(ScramError::ChannelBinding("not supported without TLS"))
         );
     }
 
     #[test]
-    fn md5_matches_postgres_protocol() {
+    fn the_binding_attribute_carries_the_gs2_header_and_any_binding_data() {
+        let header = |text: &'static str| parse_gs2_header(text).unwrap().0;
+        assert_eq!(expected_binding(&header("n,,n=,r=a"), None).unwrap(), "biws");
+        assert_eq!(expected_binding(&header("y,,n=,r=a"), None).unwrap(), "eSws");
+        assert!(expected_binding(&header("y,,n=,r=a"), Some(b"hash")).is_err());
+        let plus = header("p=tls-server-end-point,,n=,r=a");
+        assert_eq!(expected_binding(&plus, Some(b"hash")).unwrap(), B64.encode(b"p=tls-server-end-point,,hash"));
+        assert!(expected_binding(&header("p=tls-unique,,n=,r=a"), Some(b"hash")).is_err());
+    }
+
+    #[test]
+    fn md5_matches_postgres_protocol_from_a_password_or_its_hash() {
         let salt = [1, 2, 3, 4];
-        assert_eq!(
-            md5_expected("app", "secret", salt),
-            postgres_protocol::authentication::md5_hash(b"app", b"secret", salt)
-        );
+        let expected = postgres_protocol::authentication::md5_hash(b"app", b"secret", salt);
+        let from_password = Secret::Plain("secret".into()).md5_inner("app").unwrap();
+        assert_eq!(md5_salted(&from_password, salt), expected);
+        let stored = Secret::parse(&crate::secret::md5_hash("app", "secret")).unwrap();
+        assert_eq!(md5_salted(&stored.md5_inner("app").unwrap(), salt), expected);
     }
 }

@@ -1,6 +1,5 @@
 //! What every session shares: config, pools, topology, positions, classifier, cancel keys.
 
-use super::auth::ScramSecret;
 use super::cancel::CancelRegistry;
 use super::clients::Clients;
 use super::lifecycle::Lifecycle;
@@ -9,6 +8,7 @@ use crate::config::Config;
 use crate::consistency::floor::Balancer;
 use crate::consistency::Positions;
 use crate::route::Classifier;
+use crate::secret::{ScramVerifier, Secret};
 use crate::topology::Topology;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -26,8 +26,9 @@ pub struct Shared {
     pub pools: Arc<Pools>,
     pub topology: Arc<Topology>,
     pub cancels: Arc<CancelRegistry>,
-    /// SCRAM secrets per user, derived once per password (4096 PBKDF2 rounds is too slow per login).
-    scram: ArcSwap<HashMap<String, ScramSecret>>,
+    /// SCRAM verifiers per user: configured, or derived once per plaintext password (4096
+    /// PBKDF2 rounds is too slow per login). md5-hash users have none.
+    scram: ArcSwap<HashMap<String, Arc<ScramVerifier>>>,
     /// Open client connections, logged in or not (for `proxy.max_client_connections`).
     pub connections: AtomicUsize,
     /// Logged-in clients, for the admin console and the signals their sessions take.
@@ -87,8 +88,8 @@ impl Shared {
         self.config.load_full()
     }
 
-    /// The SCRAM secret of a configured user.
-    pub fn scram_secret(&self, user: &str) -> Option<ScramSecret> {
+    /// The SCRAM verifier of a configured user.
+    pub fn scram_verifier(&self, user: &str) -> Option<Arc<ScramVerifier>> {
         self.scram.load().get(user).cloned()
     }
 
@@ -101,8 +102,10 @@ impl Shared {
             let kept = old
                 .user(&user.name)
                 .filter(|u| u.password == user.password)
-                .and_then(|_| self.scram_secret(&user.name));
-            scram.insert(user.name.clone(), kept.unwrap_or_else(|| ScramSecret::new(&user.password)));
+                .and_then(|_| self.scram_verifier(&user.name));
+            if let Some(verifier) = kept.or_else(|| scram_verifier(&user.secret())) {
+                scram.insert(user.name.clone(), verifier);
+            }
         }
         self.scram.store(Arc::new(scram));
         self.config.store(Arc::new(config));
@@ -123,6 +126,14 @@ pub struct SharedParts {
     pub tls: super::tls::ClientTls,
 }
 
-fn scram_secrets(config: &Config) -> HashMap<String, ScramSecret> {
-    config.users.iter().map(|u| (u.name.clone(), ScramSecret::new(&u.password))).collect()
+fn scram_secrets(config: &Config) -> HashMap<String, Arc<ScramVerifier>> {
+    config.users.iter().filter_map(|u| Some((u.name.clone(), scram_verifier(&u.secret())?))).collect()
+}
+
+fn scram_verifier(secret: &Secret) -> Option<Arc<ScramVerifier>> {
+    match secret {
+        Secret::Plain(password) => Some(Arc::new(ScramVerifier::generate(password))),
+        Secret::Scram(verifier) => Some(Arc::new(verifier.clone())),
+        Secret::Md5(_) => None,
+    }
 }

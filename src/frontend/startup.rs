@@ -1,13 +1,15 @@
 //! Connection start: encryption requests, the startup packet, protocol negotiation, authentication.
 
-use super::auth::{md5_expected, ScramExchange};
+use super::auth::{self as client_auth, ScramExchange};
 use super::client_stream::ClientStream;
+use crate::backend::ServerSecret;
 use crate::config::{AuthMethod, ClientTlsMode};
 use crate::error::ProxyError;
 use crate::frontend::shared::Shared;
 use crate::protocol::messages::{self, auth};
 use crate::protocol::startup::{self, StartupPacket};
 use crate::protocol::{fe, framing};
+use crate::secret::{md5_salted, ScramVerifier};
 use bytes::BytesMut;
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,8 +24,17 @@ pub struct ClientLogin {
     pub database: String,
     /// Startup parameters other than user and database (application_name, options, ...).
     pub params: Vec<(String, String)>,
-    /// The configured password, used to log in to the servers as this user.
-    pub password: String,
+    /// What the servers are logged in to with as this user (with SCRAM passthrough, the
+    /// ClientKey this login proved).
+    pub server_secret: ServerSecret,
+}
+
+/// What a client's login proved, beyond that it may log in.
+enum Proof {
+    /// trust, md5: nothing reusable.
+    Nothing,
+    /// SCRAM: the ClientKey behind its proof.
+    ScramClientKey([u8; 32]),
 }
 
 /// Runs the handshake; Ok(None) means the connection was a cancel request and is done.
@@ -120,21 +131,33 @@ async fn login(
     }
     let running = shared.config();
     let Some(config) = running.user(&user) else {
-        // Same message as a wrong password, so user names cannot be probed.
+        // The same exchange and message as a wrong password, so user names cannot be probed.
+        scram(stream, &client_auth::mock_verifier(&user)).await?;
         metrics::counter!(crate::metrics::CLIENT_LOGINS, "result" => "auth_failed").increment(1);
         return Err(ProxyError::AuthFailed(user));
     };
-    let ok = match config.auth {
-        AuthMethod::Trust => true,
-        AuthMethod::Md5 => md5(stream, &user, &config.password).await?,
-        AuthMethod::ScramSha256 => scram(stream, shared, &user).await?,
+    let proof = match config.auth {
+        AuthMethod::Trust => Some(Proof::Nothing),
+        AuthMethod::Md5 => {
+            // `validate` refuses an md5 user with a SCRAM verifier: an md5 form is always there.
+            let inner = config.secret().md5_inner(&user).unwrap_or_default();
+            md5(stream, &inner).await?.then_some(Proof::Nothing)
+        }
+        AuthMethod::ScramSha256 => match shared.scram_verifier(&user) {
+            Some(verifier) => scram(stream, &verifier).await?.map(Proof::ScramClientKey),
+            None => scram(stream, &client_auth::mock_verifier(&user)).await?.map(Proof::ScramClientKey),
+        },
     };
-    if !ok {
+    let Some(proof) = proof else {
         metrics::counter!(crate::metrics::CLIENT_LOGINS, "result" => "auth_failed").increment(1);
         return Err(ProxyError::AuthFailed(user));
-    }
+    };
     metrics::counter!(crate::metrics::CLIENT_LOGINS, "result" => "ok").increment(1);
-    Ok(ClientLogin { user, database, params, password: config.password.clone() })
+    let server_secret = match proof {
+        Proof::ScramClientKey(key) => ServerSecret::configured(config).with_client_key(key),
+        Proof::Nothing => ServerSecret::configured(config),
+    };
+    Ok(ClientLogin { user, database, params, server_secret })
 }
 
 /// Reads one password-family message ('p') during authentication.
@@ -150,7 +173,7 @@ async fn read_password_message(stream: &mut ClientStream) -> Result<Vec<u8>, Pro
     Ok(body)
 }
 
-async fn md5(stream: &mut ClientStream, user: &str, password: &str) -> Result<bool, ProxyError> {
+async fn md5(stream: &mut ClientStream, md5_inner: &str) -> Result<bool, ProxyError> {
     let mut salt = [0u8; 4];
     rand::thread_rng().fill_bytes(&mut salt);
     let mut out = BytesMut::new();
@@ -158,12 +181,11 @@ async fn md5(stream: &mut ClientStream, user: &str, password: &str) -> Result<bo
     stream.write_all(&out).await?;
     let body = read_password_message(stream).await?;
     let answer = body.strip_suffix(b"\0").unwrap_or(&body);
-    Ok(answer == md5_expected(user, password, salt).as_bytes())
+    Ok(answer == md5_salted(md5_inner, salt).as_bytes())
 }
 
-async fn scram(stream: &mut ClientStream, shared: &Shared, user: &str) -> Result<bool, ProxyError> {
-    let Some(secret) = shared.scram_secret(user) else { return Ok(false) };
-    let secret = &secret;
+/// Runs SCRAM-SHA-256 against `verifier`; Ok(Some(ClientKey)) when the client's proof verifies.
+async fn scram(stream: &mut ClientStream, verifier: &ScramVerifier) -> Result<Option<[u8; 32]>, ProxyError> {
     let mut out = BytesMut::new();
     messages::put_auth(&mut out, auth::SASL, b"SCRAM-SHA-256\0\0");
     stream.write_all(&out).await?;
@@ -175,7 +197,7 @@ async fn scram(stream: &mut ClientStream, shared: &Shared, user: &str) -> Result
         return Err(ProxyError::Protocol("client selected an invalid SASL authentication mechanism".into()));
     }
     let client_first = &rest[4..];
-    let (exchange, server_first) = match ScramExchange::start(secret, client_first) {
+    let (exchange, server_first) = match ScramExchange::start(verifier, client_first) {
         Ok(x) => x,
         Err(e) => return Err(ProxyError::Protocol(e.to_string())),
     };
@@ -183,14 +205,14 @@ async fn scram(stream: &mut ClientStream, shared: &Shared, user: &str) -> Result
     messages::put_auth(&mut out, auth::SASL_CONTINUE, server_first.as_bytes());
     stream.write_all(&out).await?;
     let client_final = read_password_message(stream).await?;
-    match exchange.finish(secret, &client_final) {
-        Ok(server_final) => {
+    match exchange.finish(verifier, &client_final) {
+        Ok(success) => {
             out.clear();
-            messages::put_auth(&mut out, auth::SASL_FINAL, server_final.as_bytes());
+            messages::put_auth(&mut out, auth::SASL_FINAL, success.server_final.as_bytes());
             stream.write_all(&out).await?;
-            Ok(true)
+            Ok(Some(success.client_key))
         }
-        Err(super::auth::ScramError::WrongProof) => Ok(false),
+        Err(client_auth::ScramError::WrongProof) => Ok(None),
         Err(e) => Err(ProxyError::Protocol(e.to_string())),
     }
 }

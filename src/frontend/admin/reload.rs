@@ -102,6 +102,9 @@ fn compare(old: &Config, new: &Config, nodes: &membership::Merged) -> Reloaded {
         if old.user(&user.name).is_some_and(|u| u.password != user.password) {
             reloaded.applied.push(format!("users[{i}].password"));
         }
+        if old.user(&user.name).is_some_and(|u| u.server_password != user.server_password) {
+            reloaded.applied.push(format!("users[{i}].server_password"));
+        }
     }
     let name = |i: usize| &nodes.nodes[i].name;
     reloaded.applied.extend(nodes.added.iter().map(|&i| format!("nodes.{}: added", name(i))));

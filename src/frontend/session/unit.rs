@@ -294,7 +294,7 @@ impl Session<'_> {
             self.pools.by_node.resize(node + 1, None); // a node a reload added since login
         }
         self.pools.by_node[node]
-            .get_or_insert_with(|| shared.pools.pool(node, &login.database, &login.user, &login.password))
+            .get_or_insert_with(|| shared.pools.pool(node, &login.database, &login.user, &login.server_secret))
     }
 
     /// Leases a connection on one node.
