@@ -221,6 +221,9 @@ pub struct ProxyConfig {
     pub max_client_connections_per_database: usize,
     /// Largest client message accepted (bytes); larger length prefixes are a protocol violation.
     pub max_message_size: usize,
+    /// Largest startup packet accepted (bytes, PostgreSQL's own limit by default): a client
+    /// that has not logged in may not make the proxy allocate more.
+    pub max_startup_packet_size: usize,
     /// How long a new client may take to start up and authenticate.
     #[serde(with = "humantime_serde")]
     pub client_login_timeout: Duration,
@@ -251,6 +254,7 @@ impl Default for ProxyConfig {
             max_client_connections_per_user: 0,
             max_client_connections_per_database: 0,
             max_message_size: 256 * 1024 * 1024,
+            max_startup_packet_size: crate::protocol::startup::MAX_STARTUP_LEN,
             client_login_timeout: Duration::from_secs(15),
             client_idle_timeout: Duration::ZERO,
             idle_in_transaction_timeout: Duration::ZERO,
@@ -616,6 +620,9 @@ impl Config {
         }
         if self.proxy.max_message_size < 1024 {
             return bad("proxy.max_message_size".into(), "must be at least 1024 bytes");
+        }
+        if !(64..=1024 * 1024).contains(&self.proxy.max_startup_packet_size) {
+            return bad("proxy.max_startup_packet_size".into(), "must be between 64 bytes and 1 MiB");
         }
         if self.consistency.poll_interval.is_zero() {
             return bad("consistency.poll_interval".into(), "must be greater than zero");

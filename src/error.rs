@@ -58,6 +58,10 @@ pub enum ProxyError {
     Startup(#[from] StartupError),
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// A message tag PostgreSQL does not take after login: answered as PostgreSQL does, before
+    /// it reaches (and closes) a shared server connection.
+    #[error("invalid frontend message type {0}")]
+    UnknownMessageType(u8),
     #[error("password authentication failed for user \"{0}\"")]
     AuthFailed(String),
     #[error("canceling authentication due to timeout")]
@@ -135,6 +139,12 @@ pub enum ProxyError {
     /// SWITCHOVER refused or called off (no healthy leader, no such follower, catch-up too slow...).
     #[error("SWITCHOVER: {0}")]
     Switchover(String),
+    /// A panic in pgcausal while serving this client (logged with its message): only this
+    /// connection ends.
+    #[error(
+        "internal error in pgcausal: this connection was closed, other clients are unaffected (see the proxy's log)"
+    )]
+    Internal,
     /// The session was closed from the admin console (KILL) or by a shutdown.
     #[error("terminating connection due to administrator command")]
     AdminShutdown,
@@ -154,7 +164,7 @@ impl ProxyError {
     pub fn own_sqlstate(&self) -> Option<&'static str> {
         use sqlstate::*;
         Some(match self {
-            ProxyError::Frame(_) | ProxyError::Protocol(_) => PROTOCOL_VIOLATION,
+            ProxyError::Frame(_) | ProxyError::Protocol(_) | ProxyError::UnknownMessageType(_) => PROTOCOL_VIOLATION,
             ProxyError::Startup(StartupError::UnsupportedVersion(..)) => FEATURE_NOT_SUPPORTED,
             ProxyError::Startup(_) => PROTOCOL_VIOLATION,
             ProxyError::AuthFailed(_) => INVALID_PASSWORD,
@@ -182,6 +192,7 @@ impl ProxyError {
             ProxyError::Reload(_) => CONFIG_FILE_ERROR,
             ProxyError::UnknownClient(_) => UNDEFINED_OBJECT,
             ProxyError::AdminShutdown => ADMIN_SHUTDOWN,
+            ProxyError::Internal => INTERNAL_ERROR,
             ProxyError::Promote(_) | ProxyError::Switchover(_) => OBJECT_NOT_IN_PREREQUISITE_STATE,
         })
     }

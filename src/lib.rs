@@ -10,6 +10,9 @@ pub mod demo;
 pub mod error;
 pub mod failover_driver;
 pub mod frontend;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub(crate) mod lexical;
 pub mod membership;

@@ -55,6 +55,7 @@ pub const SPLIT_BRAIN: &str = "pgcausal_split_brain";
 pub const NODE_FENCED: &str = "pgcausal_node_fenced";
 pub const FAILOVER_ACTIONS: &str = "pgcausal_failover_actions_total";
 pub const SERVER_CONNECTIONS_CUT: &str = "pgcausal_server_connections_cut_total";
+pub const SESSION_PANICS: &str = "pgcausal_session_panics_total";
 
 /// SQLSTATE classes clients commonly get, from servers and from the proxy itself (connection
 /// exceptions, feature not supported, data, integrity, transaction state, auth, unknown database,
@@ -185,6 +186,7 @@ pub fn describe() {
         SERVER_CONNECTIONS_CUT,
         "Server connections cut because their node went down or was fenced, by node"
     );
+    describe_counter!(SESSION_PANICS, "Client connections ended by a panic in pgcausal (only that client was closed)");
 }
 
 /// Creates the series whose labels are known in advance, at 0, so a rate or increase over
@@ -226,7 +228,8 @@ pub fn register_known() {
         }
     }
     gauge!(SPLIT_BRAIN).set(0.0);
-    for name in [UNPARSED, FLOOR_CLAMPS, LEADER_CHANGES, FAILOVER_VETOES, LOST_WAL_BYTES, ACKED_AT_RISK] {
+    for name in [UNPARSED, FLOOR_CLAMPS, LEADER_CHANGES, FAILOVER_VETOES, LOST_WAL_BYTES, ACKED_AT_RISK, SESSION_PANICS]
+    {
         counter!(name).absolute(0);
     }
     gauge!(CLIENT_CONNECTIONS).increment(0.0);

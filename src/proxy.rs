@@ -137,7 +137,9 @@ impl Proxy {
             tokio::spawn(async move {
                 let count = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
                 let gauge = crate::metrics::GaugeGuard::new(metrics::gauge!(crate::metrics::CLIENT_CONNECTIONS));
-                crate::frontend::serve_client(stream, peer, &shared, count).await;
+                // The last net: the stages inside catch their own panics and tell the client.
+                let served = crate::frontend::serve_client(stream, peer, &shared, count);
+                let _ = crate::frontend::containment::contained("client", served).await;
                 drop(gauge);
                 shared.connections.fetch_sub(1, Ordering::Relaxed);
             });

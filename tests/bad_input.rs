@@ -29,15 +29,20 @@ fn startup(user: &str, db: &str, version: u32) -> Vec<u8> {
 fn logged_in(port: u16, db: &str) -> TcpStream {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(&startup(TRUST_USER, db, 196608)).unwrap();
+    read_until(&mut s, &[b'Z', 0, 0, 0, 5, b'I']);
+    s
+}
+
+/// Reads until `end` (a ReadyForQuery) has arrived.
+fn read_until(s: &mut TcpStream, end: &[u8]) {
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
-    while !seen.windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']) {
+    while !seen.windows(end.len()).any(|w| w == end) {
         let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "closed during login: {seen:?}");
+        assert!(n > 0, "closed before {end:?}: {seen:?}");
         seen.extend_from_slice(&buf[..n]);
     }
-    s
 }
 
 #[test]
@@ -93,8 +98,34 @@ fn bad_clients_get_errors_and_good_clients_carry_on() {
     s.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xf0]).unwrap();
     let (sev, code, msg) = read_error_then_eof(&mut s);
     assert_eq!((sev.as_str(), code.as_str()), ("FATAL", "08P01"), "{msg}");
-    assert!(msg.contains("exceeds the limit"), "{msg}");
+    assert!(msg.contains("message length 2147483632 exceeds the limit"), "the length as sent: {msg}");
     check_good("2 GB length");
+
+    // A message type PostgreSQL does not know: its own FATAL, from the proxy, before any server
+    // connection sees (and drops over) it.
+    let mut s = logged_in(port, "bad_input");
+    s.write_all(&[b'Y', 0, 0, 0, 4]).unwrap();
+    let (sev, code, msg) = read_error_then_eof(&mut s);
+    assert_eq!((sev.as_str(), code.as_str(), msg.as_str()), ("FATAL", "08P01", "invalid frontend message type 89"));
+    check_good("unknown message type");
+    // The same inside a transaction: the server connection it held is not handed on dirty.
+    let mut s = logged_in(port, "bad_input");
+    s.write_all(&[&b"Q\0\0\0\x0aBEGIN\0"[..]].concat()).unwrap();
+    read_until(&mut s, &[b'Z', 0, 0, 0, 5, b'T']);
+    s.write_all(&[b'p', 0, 0, 0, 4]).unwrap(); // a password message after login
+    let (sev, code, msg) = read_error_then_eof(&mut s);
+    assert_eq!((sev.as_str(), code.as_str(), msg.as_str()), ("FATAL", "08P01", "invalid frontend message type 112"));
+    check_good("unknown message type in a transaction");
+
+    // A startup packet over proxy.max_startup_packet_size (PostgreSQL's 10000 by default).
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let packet = startup_packet(196608, &[("user", USER), ("application_name", &"x".repeat(20_000))]);
+    s.write_all(&packet).unwrap();
+    let (sev, code, msg) = read_error_then_eof(&mut s);
+    assert_eq!((sev.as_str(), code.as_str()), ("FATAL", "08P01"), "{msg}");
+    let expected = format!("startup packet length {} exceeds the limit of 10000 bytes", packet.len());
+    assert!(msg.contains(&expected), "{msg}");
+    check_good("long startup packet");
 
     // A length below the header size.
     let mut s = logged_in(port, "bad_input");

@@ -6,6 +6,7 @@ pub mod cancel;
 pub mod client_state;
 pub mod client_stream;
 pub mod clients;
+pub mod containment;
 pub mod ddl;
 pub mod inflight;
 pub mod lifecycle;
@@ -22,6 +23,7 @@ pub mod tls;
 use crate::error::ProxyError;
 use crate::protocol::messages::Severity;
 use client_stream::ClientStream;
+use containment::contained;
 use shared::Shared;
 use std::net::SocketAddr;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -35,8 +37,12 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, shared: &Shared, 
         fail(&mut stream, &ProxyError::TooManyClients).await;
         return;
     }
-    let login =
-        crate::control::timeout(config.proxy.client_login_timeout, startup::handshake(&mut stream, shared)).await;
+    let login = contained(
+        "login",
+        crate::control::timeout(config.proxy.client_login_timeout, startup::handshake(&mut stream, shared)),
+    )
+    .await
+    .unwrap_or(Ok(Err(ProxyError::Internal)));
     let login = match login {
         Ok(Ok(Some(login))) => login,
         Ok(Ok(None)) => return, // a cancel request, fully handled
@@ -83,7 +89,8 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, shared: &Shared, 
         registered.entry.signal(clients::signal::SHUTDOWN); // logged in while the proxy drains
     }
     let result = if admin {
-        let result = Box::pin(admin::run(&mut stream, &login, shared, &registered.entry)).await;
+        let console = contained("admin console", Box::pin(admin::run(&mut stream, &login, shared, &registered.entry)));
+        let result = console.await.unwrap_or(Err(ProxyError::Internal));
         if let Err(e) = &result {
             fail(&mut stream, e).await;
         }

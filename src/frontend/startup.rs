@@ -51,7 +51,7 @@ pub async fn handshake(stream: &mut ClientStream, shared: &Shared) -> Result<Opt
     loop {
         let mut head = [0u8; 4];
         stream.read_exact(&mut head).await?;
-        let len = startup::packet_len(head)?;
+        let len = startup::packet_len(head, shared.config().proxy.max_startup_packet_size)?;
         let mut body = vec![0u8; len - 4];
         stream.read_exact(&mut body).await?;
         match startup::parse(&body)? {

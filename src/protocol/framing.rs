@@ -8,11 +8,13 @@ pub const HEADER_LEN: usize = 5;
 pub enum FrameError {
     #[error("invalid message length {0}")]
     BadLength(i64),
+    /// `len` is the length word as sent (it counts itself and the body, not the tag byte).
     #[error("message length {len} exceeds the limit of {max} bytes")]
     TooLarge { len: usize, max: usize },
 }
 
 /// Reads the header at the start of `buf`: Some((tag, total length including the tag byte)).
+/// `max` bounds the length word, as PostgreSQL counts a message's length.
 #[inline]
 pub fn peek_header(buf: &[u8], max: usize) -> Result<Option<(u8, usize)>, FrameError> {
     if buf.len() < HEADER_LEN {
@@ -22,11 +24,10 @@ pub fn peek_header(buf: &[u8], max: usize) -> Result<Option<(u8, usize)>, FrameE
     if len < 4 {
         return Err(FrameError::BadLength(len as i64));
     }
-    let total = len as usize + 1;
-    if total > max {
-        return Err(FrameError::TooLarge { len: total, max });
+    if len as usize > max {
+        return Err(FrameError::TooLarge { len: len as usize, max });
     }
-    Ok(Some((buf[0], total)))
+    Ok(Some((buf[0], len as usize + 1)))
 }
 
 /// What to do with one server message.
@@ -145,7 +146,10 @@ mod tests {
     fn peek_rejects_bad_and_huge_lengths() {
         assert_eq!(peek_header(b"Q\0\0", 100), Ok(None));
         assert_eq!(peek_header(b"Q\0\0\0\x02", 100), Err(FrameError::BadLength(2)));
-        assert!(matches!(peek_header(b"Q\x7f\xff\xff\xff", 1 << 20), Err(FrameError::TooLarge { .. })));
+        let huge = peek_header(b"Q\x7f\xff\xff\xf0", 1 << 20);
+        assert_eq!(huge, Err(FrameError::TooLarge { len: 0x7fff_fff0, max: 1 << 20 }), "the length as sent");
+        assert_eq!(peek_header(b"Q\0\0\0\x64", 100), Ok(Some((b'Q', 101))), "a length word at the limit");
+        assert!(peek_header(b"Q\0\0\0\x65", 100).is_err());
         assert_eq!(peek_header(b"Q\0\0\0\x08abcd", 100), Ok(Some((b'Q', 9))));
     }
 

@@ -51,6 +51,28 @@ pub mod fe {
     pub const COPY_FAIL: u8 = b'f';
     pub const TERMINATE: u8 = b'X';
     pub const PASSWORD: u8 = b'p';
+
+    /// Whether PostgreSQL takes a message with this tag once logged in (PostgresMain's
+    /// list): any other tag makes it end the connection with FATAL 08P01.
+    #[inline]
+    pub const fn known_after_login(tag: u8) -> bool {
+        matches!(
+            tag,
+            QUERY
+                | PARSE
+                | BIND
+                | DESCRIBE
+                | EXECUTE
+                | CLOSE
+                | SYNC
+                | FLUSH
+                | FUNCTION_CALL
+                | COPY_DATA
+                | COPY_DONE
+                | COPY_FAIL
+                | TERMINATE
+        )
+    }
 }
 
 /// What a Describe or Close names: the byte after its tag.

@@ -2,7 +2,7 @@
 
 use super::messages::read_cstr;
 
-/// PostgreSQL caps startup packets at 10000 bytes; so do we.
+/// PostgreSQL caps startup packets at 10000 bytes; so do we, by default.
 pub const MAX_STARTUP_LEN: usize = 10_000;
 const SSL_REQUEST: i32 = 80877103;
 const GSSENC_REQUEST: i32 = 80877104;
@@ -27,25 +27,36 @@ pub enum StartupPacket {
 pub enum StartupError {
     #[error("invalid length of startup packet: {0}")]
     BadLength(i64),
+    #[error("startup packet length {len} exceeds the limit of {max} bytes (proxy.max_startup_packet_size)")]
+    TooLarge { len: usize, max: usize },
     #[error("unsupported frontend protocol {0}.{1}: server supports 3.0 to 3.0")]
     UnsupportedVersion(i32, i32),
     #[error("invalid startup packet layout: {0}")]
     Malformed(&'static str),
 }
 
-/// Length of the packet announced by its first 4 bytes, validated.
-pub fn packet_len(head: [u8; 4]) -> Result<usize, StartupError> {
+/// Length of the packet announced by its first 4 bytes, validated: at least 8, at most `max`.
+pub fn packet_len(head: [u8; 4], max: usize) -> Result<usize, StartupError> {
     let len = i32::from_be_bytes(head);
-    if !(8..=MAX_STARTUP_LEN as i32).contains(&len) {
+    if len < 8 || len as usize > MAX_PLAUSIBLE_LEN {
+        // Not a startup packet at all (an HTTP request reads as 1.1 GB): PostgreSQL's wording.
         return Err(StartupError::BadLength(len as i64));
+    }
+    if len as usize > max {
+        return Err(StartupError::TooLarge { len: len as usize, max });
     }
     Ok(len as usize)
 }
 
+/// Beyond this no client means a startup packet (the configurable limit stays far below it).
+const MAX_PLAUSIBLE_LEN: usize = 1024 * 1024;
+
 /// Parses the packet body (everything after the length word).
 pub fn parse(body: &[u8]) -> Result<StartupPacket, StartupError> {
-    let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
-    let rest = &body[4..];
+    let Some((code, rest)) = body.split_first_chunk::<4>() else {
+        return Err(StartupError::Malformed("shorter than its protocol code"));
+    };
+    let code = i32::from_be_bytes(*code);
     match code {
         SSL_REQUEST => return Ok(StartupPacket::SslRequest),
         GSSENC_REQUEST => return Ok(StartupPacket::GssEncRequest),
@@ -109,7 +120,13 @@ mod tests {
         assert_eq!(parse(&SSL_REQUEST.to_be_bytes()).unwrap(), StartupPacket::SslRequest);
         assert_eq!(parse(&body(2 << 16, &[])).unwrap_err(), StartupError::UnsupportedVersion(2, 0));
         assert!(parse(&[0, 3, 0, 0, b'u', b's']).is_err());
-        assert!(packet_len(0x7fff_ffffu32.to_be_bytes()).is_err());
-        assert!(packet_len(4u32.to_be_bytes()).is_err());
+        assert_eq!(packet_len(0x7fff_ffffu32.to_be_bytes(), 10_000), Err(StartupError::BadLength(0x7fff_ffff)));
+        assert_eq!(packet_len(4u32.to_be_bytes(), 10_000), Err(StartupError::BadLength(4)));
+        assert_eq!(
+            packet_len(20_000u32.to_be_bytes(), 10_000),
+            Err(StartupError::TooLarge { len: 20_000, max: 10_000 })
+        );
+        assert_eq!(packet_len(10_000u32.to_be_bytes(), 10_000), Ok(10_000));
+        assert!(parse(&[0, 3]).is_err(), "a body shorter than its code is an error, not a panic");
     }
 }

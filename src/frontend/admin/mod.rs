@@ -125,6 +125,7 @@ pub async fn run(
                 skip_to_sync = false;
                 out.extend_from_slice(&messages::ready_for_query(TxStatus::Idle));
             }
+            unknown if !fe::known_after_login(unknown) => return Err(ProxyError::UnknownMessageType(unknown)),
             _ if skip_to_sync => continue,
             _ => {
                 // Parse, Bind, ...: the console is for psql and scripts, which send simple queries.

@@ -11,12 +11,16 @@ mod output;
 mod restore;
 mod unit;
 
+#[cfg(feature = "fuzzing")]
+pub(crate) use output::scan_server_output;
+
 use unit::Want;
 
 use super::cancel::CancelKey;
 use super::client_state::{ClientSettings, ClientState};
 use super::client_stream::ClientStream;
 use super::clients::{signal, wait as signal_wait, ClientEntry, ClientStatus};
+use super::containment::contained;
 use super::inflight::{Inflight, Request};
 use super::proxy_settings::{self, ProxySettings};
 use super::proxy_statements::Step;
@@ -248,11 +252,12 @@ pub async fn run(
         config,
     };
     // Login and failure paths are boxed: their state would otherwise sit in every session's future.
-    if let Err(e) = Box::pin(session.start()).await {
+    let started = contained("session start", Box::pin(session.start())).await;
+    if let Err(e) = started.unwrap_or_else(|_| session.after_panic()) {
         Box::pin(super::fail(&mut session.client.writer, &e)).await;
         return Err(e);
     }
-    let result = session.pump().await;
+    let result = contained("session", session.pump()).await.unwrap_or_else(|_| session.after_panic());
     if let Err(e) = &result {
         Box::pin(session.fail(e)).await;
     }
@@ -410,6 +415,9 @@ impl Session<'_> {
             if tag == fe::TERMINATE {
                 self.closing = true;
                 return Ok(());
+            }
+            if !fe::known_after_login(tag) {
+                return Err(ProxyError::UnknownMessageType(tag));
             }
             if self.discard_until_sync && tag != fe::SYNC {
                 self.consume(total);
@@ -734,6 +742,16 @@ impl Session<'_> {
             let _ = crate::control::timeout(std::time::Duration::from_secs(1), flush).await;
         }
         super::fail(&mut self.client.writer, e).await;
+    }
+
+    /// After a panic nothing the session holds can be trusted: its server connection is closed
+    /// (never pooled) and the client gets the proxy's XX000 error.
+    fn after_panic(&mut self) -> Result<(), ProxyError> {
+        if let Some(leased) = self.server.take() {
+            leased.lease.discard();
+        }
+        self.to_client.clear(); // it may end in half a message
+        Err(ProxyError::Internal)
     }
 
     /// Returns a clean server to its pool (reset first in session mode); closes any other.

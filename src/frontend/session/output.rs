@@ -385,6 +385,49 @@ impl ServerMessages for ServerSide<'_> {
     }
 }
 
+/// What [`scan_server_output`] saw.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) struct Scanned {
+    /// Bytes of the input used (a trailing partial message waits).
+    pub used: usize,
+    /// What reached the client.
+    pub to_client: Vec<u8>,
+    /// The server's error that closed the connection between units.
+    pub closed_between_units: Option<String>,
+}
+
+/// Server bytes through the session's own sink, as in transaction pooling on a fresh
+/// connection (the unit tests and the fuzz targets).
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) fn scan_server_output(
+    scanner: &mut BackendScanner,
+    bytes: &[u8],
+    inflight: &mut Inflight,
+    tx_status: TxStatus,
+) -> Scanned {
+    let (mut statements, mut settings) = (ServerStatements::default(), ClientSettings::default());
+    let (mut server_settings, mut params, mut tx_status) = (Settings::default(), Vec::new(), tx_status);
+    let mut sink = ServerSide {
+        inflight,
+        statements: &mut statements,
+        tx_status: &mut tx_status,
+        settings: &mut settings,
+        server_settings: &mut server_settings,
+        server_params: &mut params,
+        holding: false,
+        hold_event: None,
+        first_error: None,
+        transaction_ended: false,
+        capture_lsn: false,
+        captured_lsn: None,
+        between_units_ours: true,
+        closed_between_units: None,
+    };
+    let mut out = BytesMut::new();
+    let used = scanner.scan(bytes, &mut out, &mut sink);
+    Scanned { used, to_client: out.to_vec(), closed_between_units: sink.closed_between_units }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,28 +435,9 @@ mod tests {
     /// Server bytes through a `ServerSide` in transaction pooling: (what reaches the client, the
     /// error that closed the connection between units).
     fn scan(bytes: &[u8], inflight: &mut Inflight, tx_status: TxStatus) -> (Vec<u8>, Option<String>) {
-        let (mut statements, mut settings) = (ServerStatements::default(), ClientSettings::default());
-        let (mut server_settings, mut params, mut tx_status) = (Settings::default(), Vec::new(), tx_status);
-        let mut sink = ServerSide {
-            inflight,
-            statements: &mut statements,
-            tx_status: &mut tx_status,
-            settings: &mut settings,
-            server_settings: &mut server_settings,
-            server_params: &mut params,
-            holding: false,
-            hold_event: None,
-            first_error: None,
-            transaction_ended: false,
-            capture_lsn: false,
-            captured_lsn: None,
-            between_units_ours: true,
-            closed_between_units: None,
-        };
-        let mut out = BytesMut::new();
-        let n = BackendScanner::default().scan(bytes, &mut out, &mut sink);
-        assert_eq!(n, bytes.len());
-        (out.to_vec(), sink.closed_between_units)
+        let scanned = scan_server_output(&mut BackendScanner::default(), bytes, inflight, tx_status);
+        assert_eq!(scanned.used, bytes.len());
+        (scanned.to_client, scanned.closed_between_units)
     }
 
     fn fatal_57p01() -> Vec<u8> {
