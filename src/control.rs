@@ -97,22 +97,39 @@ impl Drop for Sleep {
 pub struct Elapsed;
 
 /// Runs `future` for at most `duration`.
-pub async fn timeout<F: Future>(duration: Duration, future: F) -> Result<F::Output, Elapsed> {
-    timeout_at(Instant::now() + duration, future).await
+pub fn timeout<F: Future>(duration: Duration, future: F) -> Timeout<F> {
+    timeout_at(Instant::now() + duration, future)
 }
 
 /// Runs `future` until `deadline`; the timer is armed only if the first poll does not finish it.
-pub async fn timeout_at<F: Future>(deadline: Instant, future: F) -> Result<F::Output, Elapsed> {
-    let mut future = std::pin::pin!(future);
-    let mut timer: Option<Sleep> = None;
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(v) = future.as_mut().poll(cx) {
+pub fn timeout_at<F: Future>(deadline: Instant, future: F) -> Timeout<F> {
+    Timeout { future, deadline, timer: None }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`timeout`]: a struct, not an `async fn`, so the work is stored once (an
+    /// async body would hold it as its argument and again pinned), and a client's login wait
+    /// costs only what its work does.
+    pub struct Timeout<F> {
+        #[pin]
+        future: F,
+        deadline: Instant,
+        timer: Option<Sleep>,
+    }
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.future.poll(cx) {
             return Poll::Ready(Ok(v));
         }
-        let timer = timer.get_or_insert_with(|| sleep_until(deadline));
+        let deadline = *this.deadline;
+        let timer = this.timer.get_or_insert_with(|| sleep_until(deadline));
         Pin::new(timer).poll(cx).map(|()| Err(Elapsed))
-    })
-    .await
+    }
 }
 
 #[cfg(test)]

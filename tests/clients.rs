@@ -210,12 +210,15 @@ fn idle_timeouts_close_idle_clients_with_postgresql_codes_and_free_their_server(
         };
         let (in_tx, in_tx_task) = connect().await;
         in_tx.batch_execute("BEGIN; INSERT INTO t VALUES (1)").await.unwrap();
+        // Each wait is timed from its own start: the client's last answer.
+        let in_tx_idle_since = std::time::Instant::now();
         let (idle, idle_task) = connect().await;
         idle.simple_query("SELECT 1").await.unwrap();
+        let idle_since = std::time::Instant::now();
         let (busy, busy_task) = connect().await;
         let started = std::time::Instant::now();
         assert_eq!(closed_with(in_tx_task).await.as_deref(), Some("25P03"));
-        let in_tx_after = started.elapsed();
+        let in_tx_after = in_tx_idle_since.elapsed();
         // Its server connection is free: no transaction of this database stays open on the leader.
         let open = cluster.sql(
             0,
@@ -229,7 +232,7 @@ fn idle_timeouts_close_idle_clients_with_postgresql_codes_and_free_their_server(
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         }
         assert_eq!(closed_with(idle_task).await.as_deref(), Some("57P05"));
-        let idle_after = started.elapsed();
+        let idle_after = idle_since.elapsed();
         assert!(!busy_task.is_finished(), "a working client was closed");
         busy.simple_query("SELECT 1").await.unwrap();
         let rows = cluster.sql(0, "idle_timeouts", "SELECT count(*) FROM t");

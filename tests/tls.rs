@@ -1,6 +1,7 @@
 //! Client-facing TLS through the proxy, with a CA the test makes (rcgen): psql and tokio-postgres
-//! with `sslmode=verify-full`, plaintext refused in require mode, a direct TLS client (ALPN
-//! `postgresql`, no SSLRequest), and a certificate replaced by RELOAD.
+//! with `sslmode=verify-full` (psql with SCRAM-SHA-256-PLUS, `channel_binding=require`), plaintext
+//! refused in require mode, a direct TLS client (ALPN `postgresql`, no SSLRequest), and a
+//! certificate replaced by RELOAD (channel binding follows it).
 
 mod support;
 use std::path::Path;
@@ -67,6 +68,10 @@ fn psql_verify_full_works_plaintext_is_refused_in_require_mode_and_reload_replac
     assert_eq!(out.trim(), "42");
     let (ok, out, err) = psql(&conninfo(&proxy, "verify-full", &first.ca), "\\conninfo");
     assert!(ok && out.contains("SSL connection (protocol: TLSv1.3"), "{out}{err}");
+    // SCRAM-SHA-256-PLUS: libpq refuses to log in unless the exchange is bound to the certificate.
+    let bound = format!("{} channel_binding=require", conninfo(&proxy, "verify-full", &first.ca));
+    let (ok, out, err) = psql(&bound, "SELECT 'bound'");
+    assert!(ok && out.trim() == "bound", "SCRAM-SHA-256-PLUS over TLS: {out}{err}");
 
     // Plain text is refused with 28000 and a reason, and counted.
     let (ok, _, err) = psql(&conninfo(&proxy, "disable", &first.ca), "SELECT 1");
@@ -86,6 +91,9 @@ fn psql_verify_full_works_plaintext_is_refused_in_require_mode_and_reload_replac
     proxy.admin("RELOAD");
     let (ok, _, err) = psql(&conninfo(&proxy, "verify-full", &second.ca), "SELECT 1");
     assert!(ok, "the reloaded certificate: {err}");
+    let bound = format!("{} channel_binding=require", conninfo(&proxy, "verify-full", &second.ca));
+    let (ok, _, err) = psql(&bound, "SELECT 1");
+    assert!(ok, "channel binding to the reloaded certificate: {err}");
     let (ok, _, err) = psql(&conninfo(&proxy, "verify-full", &first.ca), "SELECT 1");
     assert!(!ok && err.contains("certificate verify failed"), "the old CA no longer verifies: {err}");
     assert_ne!(first.ca_der, second.ca_der);

@@ -116,7 +116,7 @@ mod tests {
     fn against(server: &ScramVerifier, ours: &ScramVerifier, key: [u8; 32]) -> Result<(), String> {
         let mut client = ScramPassthrough::new(ours, key);
         let (exchange, server_first) =
-            ScramExchange::start(server, client.client_first().as_bytes()).map_err(|e| e.to_string())?;
+            ScramExchange::start(server, client.client_first().as_bytes(), None, false).map_err(|e| e.to_string())?;
         let client_final = client.client_final(server_first.as_bytes()).map_err(|e| e.to_string())?;
         let success = exchange.finish(server, client_final.as_bytes()).map_err(|e| e.to_string())?;
         client.finish(success.server_final.as_bytes()).map_err(|e| e.to_string())
@@ -141,7 +141,7 @@ mod tests {
     fn a_wrong_server_signature_is_refused() {
         let verifier: ScramVerifier = PG15_VERIFIER_OF_PW.parse().unwrap();
         let mut client = ScramPassthrough::new(&verifier, client_key("pw", &verifier));
-        let (_, server_first) = ScramExchange::start(&verifier, client.client_first().as_bytes()).unwrap();
+        let (_, server_first) = ScramExchange::start(&verifier, client.client_first().as_bytes(), None, false).unwrap();
         client.client_final(server_first.as_bytes()).unwrap();
         assert_eq!(
             client.finish(format!("v={}", B64.encode([0u8; 32])).as_bytes()),

@@ -86,11 +86,24 @@ pub struct ScramSuccess {
 
 impl ScramExchange {
     /// Handles client-first; returns the exchange and the server-first message to send.
-    pub fn start(verifier: &ScramVerifier, client_first: &[u8]) -> Result<(ScramExchange, String), ScramError> {
+    /// `channel` is the TLS connection's `tls-server-end-point` data when SCRAM-SHA-256-PLUS was
+    /// offered (None on plain TCP); `plus` says whether the client chose -PLUS.
+    pub fn start(
+        verifier: &ScramVerifier,
+        client_first: &[u8],
+        channel: Option<&[u8]>,
+        plus: bool,
+    ) -> Result<(ScramExchange, String), ScramError> {
         let text = std::str::from_utf8(client_first).map_err(|_| ScramError::Malformed("not UTF-8"))?;
         let (gs2, bare) = parse_gs2_header(text)?;
-        // No TLS yet, so no channel-binding data.
-        let binding = expected_binding(&gs2, None)?;
+        match (&gs2.flag, plus) {
+            (CbindFlag::Type(_), false) => return Err(ScramError::ChannelBinding("requested with SCRAM-SHA-256")),
+            (CbindFlag::No | CbindFlag::ClientOnly, true) => {
+                return Err(ScramError::ChannelBinding("SCRAM-SHA-256-PLUS chosen without binding"))
+            }
+            _ => {}
+        }
+        let binding = expected_binding(&gs2, channel)?;
         let client_nonce = bare
             .split(',')
             .find_map(|a| a.strip_prefix("r="))
@@ -161,7 +174,7 @@ mod tests {
 
     fn exchange(verifier: &ScramVerifier, client_password: &str) -> Result<ScramSuccess, ScramError> {
         let mut client = ScramSha256::new(client_password.as_bytes(), ChannelBinding::unsupported());
-        let (ex, server_first) = ScramExchange::start(verifier, client.message())?;
+        let (ex, server_first) = ScramExchange::start(verifier, client.message(), None, false)?;
         client.update(server_first.as_bytes()).unwrap();
         let success = ex.finish(verifier, client.message())?;
         client.finish(success.server_final.as_bytes()).expect("client accepts the server signature");
@@ -197,12 +210,38 @@ mod tests {
     #[test]
     fn scram_rejects_garbage() {
         let verifier = ScramVerifier::generate("x");
-        assert!(ScramExchange::start(&verifier, b"garbage").is_err());
-        assert!(ScramExchange::start(&verifier, b"n,,n=,r=").is_err());
-        assert!(ScramExchange::start(&verifier, b"p=,,n=,r=abc").is_err());
+        assert!(ScramExchange::start(&verifier, b"garbage", None, false).is_err());
+        assert!(ScramExchange::start(&verifier, b"n,,n=,r=", None, false).is_err());
+        assert!(ScramExchange::start(&verifier, b"p=,,n=,r=abc", None, true).is_err());
         assert_eq!(
-            ScramExchange::start(&verifier, b"p=tls-server-end-point,,n=,r=abc").err(),
+            ScramExchange::start(&verifier, b"p=tls-server-end-point,,n=,r=abc", None, true).err(),
             Some(ScramError::ChannelBinding("not supported without TLS"))
+        );
+        assert_eq!(
+            ScramExchange::start(&verifier, b"p=tls-server-end-point,,n=,r=abc", Some(b"h"), false).err(),
+            Some(ScramError::ChannelBinding("requested with SCRAM-SHA-256"))
+        );
+        assert_eq!(
+            ScramExchange::start(&verifier, b"n,,n=,r=abc", Some(b"h"), true).err(),
+            Some(ScramError::ChannelBinding("SCRAM-SHA-256-PLUS chosen without binding"))
+        );
+    }
+
+    #[test]
+    fn scram_plus_binds_to_the_certificate_hash() {
+        let verifier = ScramVerifier::generate("secret");
+        let run = |client_sees: &[u8], server_has: &[u8]| {
+            let binding = ChannelBinding::tls_server_end_point(client_sees.to_vec());
+            let mut client = ScramSha256::new(b"secret", binding);
+            let (ex, server_first) = ScramExchange::start(&verifier, client.message(), Some(server_has), true)?;
+            client.update(server_first.as_bytes()).unwrap();
+            ex.finish(&verifier, client.message()).map(|_| ())
+        };
+        assert_eq!(run(b"the certificate's hash", b"the certificate's hash"), Ok(()));
+        // A man in the middle terminates TLS with another certificate: the binding differs.
+        assert_eq!(
+            run(b"the attacker's certificate hash", b"the certificate's hash").err(),
+            Some(ScramError::ChannelBinding("client-final does not echo the gs2 header"))
         );
     }
 

@@ -84,6 +84,17 @@ impl ClientWriter {
     }
 }
 
+impl ClientReader {
+    /// Resolves once the client has sent something (or closed), without a buffer to read into:
+    /// how an idle session that gave its buffer back waits.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            ClientReader::Plain(r) => r.readable().await,
+            ClientReader::Tls(r) => r.readable().await,
+        }
+    }
+}
+
 impl AsyncRead for ClientReader {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {

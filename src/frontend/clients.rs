@@ -48,6 +48,9 @@ pub mod signal {
     pub const SHUTDOWN: u8 = 2;
     /// Waited for the client longer than its idle timeout (see `IdleWatch`): close.
     pub const IDLE_TIMEOUT: u8 = 4;
+    /// Idle between transactions for a while: give back the buffers (they return with the next
+    /// message), so thousands of idle clients cost little memory.
+    pub const SHRINK: u8 = 8;
 }
 
 /// What a session is waiting for, as the idle watch reads it: one relaxed store per change
@@ -151,6 +154,11 @@ impl ClientEntry {
     pub fn signal(&self, bits: u8) {
         self.signals.fetch_or(bits, Ordering::AcqRel);
         self.waker.wake();
+    }
+
+    /// Takes back signals that have been acted on (SHRINK: it may come again).
+    pub fn clear_signals(&self, bits: u8) {
+        self.signals.fetch_and(!bits, Ordering::AcqRel);
     }
 
     /// The signals received so far.
@@ -332,46 +340,99 @@ mod tests {
     }
 }
 
+/// How long a client waits between transactions before it is told to give back its buffers.
+pub const SHRINK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Finds sessions that waited for their client longer than `proxy.client_idle_timeout` or
-/// `proxy.idle_in_transaction_timeout` (run once a second on the control thread): a wait seen
-/// again with the same number is the same wait.
+/// `proxy.idle_in_transaction_timeout`, or idle for [`SHRINK_AFTER`] (run once a second on the
+/// control thread): a wait seen again with the same number is the same wait.
 #[derive(Default)]
 pub struct IdleWatch {
-    /// Per client id: the wait word first seen, and when.
-    seen: std::collections::HashMap<u64, (u64, std::time::Instant)>,
+    seen: std::collections::HashMap<u64, Wait>,
+}
+
+/// One wait of one client, as the watch saw it.
+struct Wait {
+    word: u64,
+    since: std::time::Instant,
+    shrink_sent: bool,
 }
 
 impl IdleWatch {
-    /// Signals every client over its timeout (zero: none); returns how many were signalled.
+    /// Signals every client over its timeout (zero: none) and tells clients idle for
+    /// [`SHRINK_AFTER`] to shrink, once per wait; returns how many were timed out.
     pub fn check(
         &mut self,
         clients: &Clients,
         idle: std::time::Duration,
         in_transaction: std::time::Duration,
+        now: std::time::Instant,
     ) -> usize {
-        let now = std::time::Instant::now();
         let list = clients.list();
-        self.seen.retain(|id, _| list.iter().any(|e| e.id == *id));
+        let present: std::collections::HashSet<u64> = list.iter().map(|e| e.id).collect();
+        self.seen.retain(|id, _| present.contains(id));
         let mut signalled = 0;
         for entry in list {
             let word = entry.waiting();
             let limit = match wait::state(word) {
                 wait::IDLE => idle,
                 wait::IDLE_IN_TRANSACTION => in_transaction,
-                _ => std::time::Duration::ZERO,
+                _ => {
+                    self.seen.remove(&entry.id);
+                    continue;
+                }
             };
-            if limit.is_zero() {
-                self.seen.remove(&entry.id);
+            let seen = self.seen.entry(entry.id).or_insert(Wait { word, since: now, shrink_sent: false });
+            if seen.word != word {
+                *seen = Wait { word, since: now, shrink_sent: false };
                 continue;
             }
-            let (seen_word, since) = *self.seen.entry(entry.id).or_insert((word, now));
-            if seen_word != word {
-                self.seen.insert(entry.id, (word, now));
-            } else if now.duration_since(since) >= limit && entry.signals() & signal::IDLE_TIMEOUT == 0 {
+            let waited = now.duration_since(seen.since);
+            if !seen.shrink_sent && wait::state(word) == wait::IDLE && waited >= SHRINK_AFTER {
+                entry.signal(signal::SHRINK);
+                seen.shrink_sent = true;
+            }
+            if !limit.is_zero() && waited >= limit && entry.signals() & signal::IDLE_TIMEOUT == 0 {
                 entry.signal(signal::IDLE_TIMEOUT);
                 signalled += 1;
             }
         }
         signalled
+    }
+}
+
+#[cfg(test)]
+mod idle_watch_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn an_idle_client_is_told_to_shrink_once_per_wait_and_timed_out_at_its_limit() {
+        let clients = Clients::default();
+        let a = clients.register("127.0.0.1:5000".parse().unwrap(), "app", "db");
+        let (mut watch, t0, never) = (IdleWatch::default(), Instant::now(), Duration::ZERO);
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        a.entry.set_waiting(wait::encode(wait::IDLE, 1));
+        assert_eq!(watch.check(&clients, never, never, at(0.0)), 0);
+        assert_eq!(a.entry.signals(), 0, "a wait just begun");
+        watch.check(&clients, never, never, at(1.1));
+        assert_eq!(a.entry.signals(), signal::SHRINK, "idle past SHRINK_AFTER");
+        a.entry.clear_signals(signal::SHRINK);
+        watch.check(&clients, never, never, at(2.5));
+        assert_eq!(a.entry.signals(), 0, "once per wait");
+        // A new wait (the client ran a unit): shrunk again after a second, timed out at its limit.
+        a.entry.set_waiting(wait::encode(wait::IDLE, 2));
+        let idle = Duration::from_secs(5);
+        assert_eq!(watch.check(&clients, idle, never, at(3.0)), 0);
+        assert_eq!(watch.check(&clients, idle, never, at(4.2)), 0);
+        assert_eq!(a.entry.signals(), signal::SHRINK);
+        assert_eq!(watch.check(&clients, idle, never, at(8.1)), 1);
+        assert_eq!(a.entry.signals(), signal::SHRINK | signal::IDLE_TIMEOUT);
+        // Inside a transaction: never shrunk (its server connection is held), timed out by its own limit.
+        let b = clients.register("127.0.0.1:5001".parse().unwrap(), "app", "db");
+        b.entry.set_waiting(wait::encode(wait::IDLE_IN_TRANSACTION, 1));
+        watch.check(&clients, idle, Duration::from_secs(2), at(10.0));
+        assert_eq!(watch.check(&clients, idle, Duration::from_secs(2), at(12.5)), 1);
+        assert_eq!(b.entry.signals(), signal::IDLE_TIMEOUT);
     }
 }

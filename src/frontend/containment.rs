@@ -12,18 +12,20 @@ pub struct Panicked(pub String);
 /// Runs `work`; a panic inside it is caught, logged at error and counted, and returned as
 /// [`Panicked`]. The state `work` touched may be half-updated: the caller must drop what it
 /// cannot trust (the server connection above all) and close the client.
-pub async fn contained<F: Future>(stage: &'static str, work: F) -> Result<F::Output, Panicked> {
+///
+/// A plain function, not `async fn`: an async body would hold `work` twice (as its argument
+/// and inside the catching future), and every client task is sized by it for its whole life.
+pub fn contained<F: Future>(stage: &'static str, work: F) -> impl Future<Output = Result<F::Output, Panicked>> {
     // Unwind safety: on a panic the caller closes the client and discards its server
     // connection, so nothing half-updated is used again.
-    match AssertUnwindSafe(work).catch_unwind().await {
-        Ok(output) => Ok(output),
-        Err(payload) => {
+    AssertUnwindSafe(work).catch_unwind().map(move |caught| {
+        caught.map_err(|payload| {
             let message = panic_message(payload.as_ref());
             tracing::error!(stage, panic = %message, "a panic ended one client connection; the others go on");
             metrics::counter!(crate::metrics::SESSION_PANICS).increment(1);
-            Err(Panicked(message))
-        }
-    }
+            Panicked(message)
+        })
+    })
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {

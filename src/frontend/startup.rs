@@ -76,7 +76,11 @@ pub async fn handshake(stream: &mut ClientStream, shared: &Shared) -> Result<Opt
                 metrics::counter!(crate::metrics::CLIENT_LOGINS, "result" => "tls_required").increment(1);
                 return Err(ProxyError::TlsRequired);
             }
-            StartupPacket::Startup { minor, params } => return login(stream, shared, minor, params).await.map(Some),
+            StartupPacket::Startup { minor, params } => {
+                // Over TLS, SCRAM-SHA-256-PLUS binds the login to this connection's certificate.
+                let channel = tls.as_ref().filter(|_| stream.encrypted()).map(|t| t.server_end_point.as_slice());
+                return login(stream, shared, minor, params, channel).await.map(Some);
+            }
         }
     }
 }
@@ -110,6 +114,7 @@ async fn login(
     shared: &Shared,
     minor: i32,
     mut params: Vec<(String, String)>,
+    channel: Option<&[u8]>,
 ) -> Result<ClientLogin, ProxyError> {
     let unrecognized: Vec<String> =
         params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
@@ -132,7 +137,7 @@ async fn login(
     let running = shared.config();
     let Some(config) = running.user(&user) else {
         // The same exchange and message as a wrong password, so user names cannot be probed.
-        scram(stream, &client_auth::mock_verifier(&user)).await?;
+        scram(stream, &client_auth::mock_verifier(&user), channel).await?;
         metrics::counter!(crate::metrics::CLIENT_LOGINS, "result" => "auth_failed").increment(1);
         return Err(ProxyError::AuthFailed(user));
     };
@@ -144,8 +149,8 @@ async fn login(
             md5(stream, &inner).await?.then_some(Proof::Nothing)
         }
         AuthMethod::ScramSha256 => match shared.scram_verifier(&user) {
-            Some(verifier) => scram(stream, &verifier).await?.map(Proof::ScramClientKey),
-            None => scram(stream, &client_auth::mock_verifier(&user)).await?.map(Proof::ScramClientKey),
+            Some(verifier) => scram(stream, &verifier, channel).await?.map(Proof::ScramClientKey),
+            None => scram(stream, &client_auth::mock_verifier(&user), channel).await?.map(Proof::ScramClientKey),
         },
     };
     let Some(proof) = proof else {
@@ -184,20 +189,34 @@ async fn md5(stream: &mut ClientStream, md5_inner: &str) -> Result<bool, ProxyEr
     Ok(answer == md5_salted(md5_inner, salt).as_bytes())
 }
 
-/// Runs SCRAM-SHA-256 against `verifier`; Ok(Some(ClientKey)) when the client's proof verifies.
-async fn scram(stream: &mut ClientStream, verifier: &ScramVerifier) -> Result<Option<[u8; 32]>, ProxyError> {
+/// Runs SCRAM-SHA-256 against `verifier`, offering SCRAM-SHA-256-PLUS too over TLS (`channel`:
+/// the certificate's `tls-server-end-point`); Ok(Some(ClientKey)) when the client's proof verifies.
+async fn scram(
+    stream: &mut ClientStream,
+    verifier: &ScramVerifier,
+    channel: Option<&[u8]>,
+) -> Result<Option<[u8; 32]>, ProxyError> {
     let mut out = BytesMut::new();
-    messages::put_auth(&mut out, auth::SASL, b"SCRAM-SHA-256\0\0");
+    let mechanisms: &[u8] = match channel {
+        Some(_) => b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0",
+        None => b"SCRAM-SHA-256\0\0",
+    };
+    messages::put_auth(&mut out, auth::SASL, mechanisms);
     stream.write_all(&out).await?;
     // SASLInitialResponse: mechanism\0, int32 length, client-first.
     let body = read_password_message(stream).await?;
     let (mechanism, rest) =
         messages::read_cstr(&body).ok_or_else(|| ProxyError::Protocol("malformed SASL response".into()))?;
-    if mechanism != b"SCRAM-SHA-256" || rest.len() < 4 {
-        return Err(ProxyError::Protocol("client selected an invalid SASL authentication mechanism".into()));
+    let plus = match mechanism {
+        b"SCRAM-SHA-256" => false,
+        b"SCRAM-SHA-256-PLUS" if channel.is_some() => true,
+        _ => return Err(ProxyError::Protocol("client selected an invalid SASL authentication mechanism".into())),
+    };
+    if rest.len() < 4 {
+        return Err(ProxyError::Protocol("malformed SASL response".into()));
     }
     let client_first = &rest[4..];
-    let (exchange, server_first) = match ScramExchange::start(verifier, client_first) {
+    let (exchange, server_first) = match ScramExchange::start(verifier, client_first, channel, plus) {
         Ok(x) => x,
         Err(e) => return Err(ProxyError::Protocol(e.to_string())),
     };

@@ -42,7 +42,7 @@ pub struct Acceptor {
     pub acceptor: TlsAcceptor,
     pub mode: ClientTlsMode,
     /// RFC 5929 tls-server-end-point: SHA-256 of the leaf certificate (DER).
-    pub server_end_point: [u8; 32],
+    pub server_end_point: Vec<u8>,
 }
 
 impl ClientTls {
@@ -94,8 +94,7 @@ impl Acceptor {
         let leaf = certs[0].clone();
         let mut server = builder.with_single_cert(certs, key).map_err(|e| file_error("tls.key_file", key_file, e))?;
         server.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
-        use sha2::Digest;
-        let server_end_point = sha2::Sha256::digest(leaf.as_ref()).into();
+        let server_end_point = tls_server_end_point(leaf.as_ref());
         Ok(Some(Acceptor { acceptor: TlsAcceptor::from(Arc::new(server)), mode: config.mode(), server_end_point }))
     }
 
@@ -135,4 +134,28 @@ fn read_certs(key: &'static str, file: &Path) -> Result<Vec<CertificateDer<'stat
 
 fn file_error(key: &'static str, file: &Path, reason: impl std::fmt::Display) -> TlsError {
     TlsError::File { key, file: file.display().to_string(), reason: reason.to_string() }
+}
+
+/// RFC 5929 `tls-server-end-point` for a certificate (DER): its hash under the digest of its
+/// signature algorithm, SHA-256 for MD5, SHA-1 and SHA-256 alike (as PostgreSQL computes it).
+/// The algorithm is found by its OID, which a certificate carries twice (tbsCertificate's
+/// `signature` and the outer `signatureAlgorithm`), never in a key or name.
+pub fn tls_server_end_point(der: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    const SHA384: [&[u8]; 2] = [
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c], // sha384WithRSAEncryption
+        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03],       // ecdsa-with-SHA384
+    ];
+    const SHA512: [&[u8]; 2] = [
+        &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d], // sha512WithRSAEncryption
+        &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04],       // ecdsa-with-SHA512
+    ];
+    let signed_with = |oids: [&[u8]; 2]| oids.iter().any(|oid| der.windows(oid.len()).any(|w| w == *oid));
+    if signed_with(SHA512) {
+        sha2::Sha512::digest(der).to_vec()
+    } else if signed_with(SHA384) {
+        sha2::Sha384::digest(der).to_vec()
+    } else {
+        sha2::Sha256::digest(der).to_vec()
+    }
 }

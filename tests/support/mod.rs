@@ -186,6 +186,10 @@ impl ProxyProcess {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self._dir.path().join("pgcausal.log")
     }

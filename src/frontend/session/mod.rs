@@ -163,8 +163,10 @@ enum Event {
     /// Bytes went to the server.
     Wrote,
     ServerFailed(io::Error),
-    /// KILL, or a shutdown at an idle point.
+    /// KILL, a shutdown at an idle point, an idle timeout, or SHRINK.
     Signalled,
+    /// A shrunk session's client sent something: a buffer is needed again.
+    ClientReadable,
 }
 
 /// What processing a client message leaves the loop to do.
@@ -228,8 +230,9 @@ pub async fn run(
         key: shared.cancels.register(),
         entry,
         client,
-        // Small to start: idle clients should cost little; reads reserve room as they go.
-        cbuf: BytesMut::with_capacity(1024),
+        // Empty to start, as if shrunk: a client that logs in and waits holds no buffer; its
+        // first message brings one.
+        cbuf: BytesMut::new(),
         replaying: 0,
         to_client: BytesMut::new(),
         to_server: BytesMut::new(),
@@ -288,6 +291,12 @@ impl Session<'_> {
                 }
                 Event::ServerFailed(e) => self.server_lost(e)?,
                 Event::ServerRead(_) => self.process_server()?,
+                Event::Signalled
+                    if self.entry.signals() & (signal::KILL | signal::SHUTDOWN | signal::IDLE_TIMEOUT) == 0 =>
+                {
+                    self.shrink() // SHRINK alone
+                }
+                Event::ClientReadable => self.cbuf.reserve(1024),
                 Event::Signalled if self.entry.signals() & signal::IDLE_TIMEOUT != 0 => {
                     return Err(match self.waiting.0 {
                         signal_wait::IDLE_IN_TRANSACTION => ProxyError::IdleInTransactionTimeout,
@@ -331,7 +340,9 @@ impl Session<'_> {
                 && self.server_is_clean());
         let signals = signal::KILL | signal::IDLE_TIMEOUT | if idle_point { signal::SHUTDOWN } else { 0 };
         let want_client = self.to_server.len() < HIGH_WATER;
-        if self.cbuf.capacity() - self.cbuf.len() < 512 {
+        // Shrunk (idle a while, see `shrink`): no buffer until the client sends again.
+        let shrunk = self.cbuf.capacity() == 0 && self.server.is_none();
+        if !shrunk && self.cbuf.capacity() - self.cbuf.len() < 512 {
             self.cbuf.reserve(8 * 1024);
         }
         let want_server = self.to_client.len() < HIGH_WATER;
@@ -343,6 +354,16 @@ impl Session<'_> {
             shrink_if_idle(cbuf, 1024);
             shrink_if_idle(to_server, 0);
             shrink_if_idle(to_client, 0);
+            if shrunk {
+                return tokio::select! {
+                    biased;
+                    r = client_wr.write_buf(to_client), if !to_client.is_empty() => r.map(Event::ClientWrote),
+                    r = client_rd.readable(), if want_client => r.map(|()| Event::ClientReadable),
+                    _ = entry.signalled(signals) => Ok(Event::Signalled),
+                }
+                .map_err(ProxyError::ClientIo);
+            }
+            let signals = signals | signal::SHRINK;
             return tokio::select! {
                 biased; // fixed order, no random draw per wait: output first keeps buffers short
                 r = client_wr.write_buf(to_client), if !to_client.is_empty() => r.map(Event::ClientWrote),
@@ -752,6 +773,19 @@ impl Session<'_> {
         }
         self.to_client.clear(); // it may end in half a message
         Err(ProxyError::Internal)
+    }
+
+    /// Idle between transactions for a while (told so by the idle watch): the buffers go back
+    /// to the allocator, and come back with the client's next message. Statements, settings
+    /// and the floor stay.
+    fn shrink(&mut self) {
+        self.entry.clear_signals(signal::SHRINK);
+        for buf in [&mut self.cbuf, &mut self.to_client, &mut self.to_server] {
+            if buf.is_empty() {
+                *buf = BytesMut::new();
+            }
+        }
+        self.spare_hold = Hold::default();
     }
 
     /// Returns a clean server to its pool (reset first in session mode); closes any other.
