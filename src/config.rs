@@ -40,6 +40,8 @@ pub struct Config {
     #[serde(default)]
     pub tls: TlsConfig,
     #[serde(default)]
+    pub auth: AuthQueryConfig,
+    #[serde(default)]
     pub nodes: Vec<NodeConfig>,
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -51,6 +53,34 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub users: Vec<String>,
+}
+
+/// Auth passthrough: clients not in `[[users]]` log in with the secret the leader holds for them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthQueryConfig {
+    /// Returns (user name, secret) for `$1`, e.g. `SELECT usename, passwd FROM pg_shadow WHERE
+    /// usename = $1`; run on the leader. Unset: only configured users log in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Who runs it (default: the monitor login). pg_shadow needs a superuser; a SECURITY DEFINER
+    /// function over it lets a plain user run it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Database it runs in (default: `monitor.database`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// How long an answer (a secret, or "no such user") is kept before the leader is asked again.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+impl Default for AuthQueryConfig {
+    fn default() -> Self {
+        Self { query: None, user: None, password: None, database: None, cache_ttl: Duration::from_secs(30) }
+    }
 }
 
 /// Client-facing TLS: the certificate pgcausal presents, and whether clients must use it.
@@ -615,6 +645,15 @@ impl Config {
                 return bad(format!("admin.users[{i}]"), &format!("\"{name}\" has no [[users]] entry (its password)"));
             }
         }
+        if self.auth.user.is_some() != self.auth.password.is_some() {
+            return bad("auth.password".into(), "auth.user and auth.password go together");
+        }
+        if self.auth.query.as_deref().is_some_and(|q| !q.contains("$1")) {
+            return bad("auth.query".into(), "must take the user name as $1");
+        }
+        if self.auth.query.is_some() && self.auth.cache_ttl.is_zero() {
+            return bad("auth.cache_ttl".into(), "must be greater than zero");
+        }
         if self.pool.size == 0 {
             return bad("pool.size".into(), "must be at least 1");
         }
@@ -693,6 +732,14 @@ impl Config {
             (Some(u), Some(p)) => (u, p),
             // `validate` refuses a config whose first user has no plaintext password.
             _ => (&self.users[0].name, self.users[0].plaintext_server_password().unwrap_or_default()),
+        }
+    }
+
+    /// The login `[auth] query` runs as: `[auth] user`/`password`, or the monitor login.
+    pub fn auth_query_login(&self) -> (&str, &str) {
+        match (&self.auth.user, &self.auth.password) {
+            (Some(u), Some(p)) => (u, p),
+            _ => self.monitor_login(),
         }
     }
 

@@ -66,6 +66,9 @@ pub enum ProxyError {
     AuthFailed(String),
     #[error("canceling authentication due to timeout")]
     LoginTimeout,
+    /// `[auth] query` could not be run on the leader (the user may or may not exist).
+    #[error("could not look up the user with [auth] query: {0}")]
+    AuthQuery(String),
     #[error("sorry, too many clients already")]
     TooManyClients,
     /// The client sent nothing between transactions for `proxy.client_idle_timeout`.
@@ -171,7 +174,7 @@ impl ProxyError {
             ProxyError::TlsRequired => INVALID_AUTHORIZATION_SPECIFICATION,
             ProxyError::IdleSessionTimeout => "57P05",
             ProxyError::IdleInTransactionTimeout => "25P03",
-            ProxyError::LoginTimeout => CONNECTION_FAILURE,
+            ProxyError::LoginTimeout | ProxyError::AuthQuery(_) => CONNECTION_FAILURE,
             ProxyError::TooManyClients | ProxyError::TooManyClientsFor(_) | ProxyError::PoolTimeout { .. } => {
                 TOO_MANY_CONNECTIONS
             }

@@ -260,3 +260,43 @@ fn scram_verifiers_in_the_config_log_in_the_right_password_only() {
     assert!(stderr.contains("another salt") && stderr.contains("pg_authid.rolpassword"), "{stderr}");
     assert!(!p.log().contains("pass-pw") && !p.log().contains(authid), "no secret in the log");
 }
+
+#[test]
+fn auth_query_users_log_in_and_unknown_users_fail_like_wrong_passwords() {
+    let cluster = shared_cluster();
+    let db = "psql_auth_query";
+    cluster.create_database(db);
+    cluster.sql(0, "postgres", "DROP ROLE IF EXISTS aq_user");
+    cluster.sql(0, "postgres", "CREATE ROLE aq_user LOGIN PASSWORD 'aq-pw'");
+    cluster.sql(0, "postgres", &format!("ALTER DATABASE {db} OWNER TO aq_user"));
+    cluster.cluster.lock().unwrap().wait_replicated(std::time::Duration::from_secs(30)).expect("replicated");
+    let extra = "[auth]\nquery = \"SELECT usename, passwd FROM pg_shadow WHERE usename = $1\"\ncache_ttl = \"5s\"\n";
+    let p = ProxyProcess::start(cluster, ProxyOptions { extra: extra.into(), ..ProxyOptions::default() });
+
+    // Not in [[users]]: its verifier comes from the leader, and the servers take its ClientKey.
+    let write = "CREATE TABLE IF NOT EXISTS t (x int); INSERT INTO t VALUES (1); SELECT current_user, count(*) FROM t";
+    let out = ok(p.psql_as("aq_user", "aq-pw", db, &["-c", write], None));
+    assert_eq!(out.trim().lines().last(), Some("aq_user|1"), "{out}");
+    let read = "SELECT current_user, pg_is_in_recovery()";
+    let answers: Vec<String> =
+        (0..3).map(|_| ok(p.psql_as("aq_user", "aq-pw", db, &["-c", read], None)).trim().to_string()).collect();
+    assert!(answers.iter().any(|a| a == "aq_user|t"), "a follower served it: {answers:?}");
+
+    // A wrong password and an unknown user: the same exchange, the same error.
+    assert_eq!(
+        login_error(&p, "aq_user", "wrong", db),
+        "FATAL 28P01: password authentication failed for user \"aq_user\""
+    );
+    assert_eq!(
+        login_error(&p, "aq_nobody", "wrong", db),
+        "FATAL 28P01: password authentication failed for user \"aq_nobody\""
+    );
+    // A role without a password has no secret to check: refused the same way.
+    cluster.sql(0, "postgres", "DROP ROLE IF EXISTS aq_nopass");
+    cluster.sql(0, "postgres", "CREATE ROLE aq_nopass LOGIN");
+    assert_eq!(
+        login_error(&p, "aq_nopass", "", db),
+        "FATAL 28P01: password authentication failed for user \"aq_nopass\""
+    );
+    assert!(!p.log().contains("aq-pw") && !p.log().contains("SCRAM-SHA-256$"), "no secret in the log");
+}

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod auth_query;
 pub mod cancel;
 pub mod client_state;
 pub mod client_stream;

@@ -54,6 +54,8 @@ pub struct Shared {
     pub node_tasks: crate::membership::NodeTasks,
     /// Client-facing TLS (its certificate is read again at every RELOAD).
     pub tls: super::tls::ClientTls,
+    /// Secrets of users not in the config, read with `[auth] query`.
+    pub auth_cache: super::auth_query::AuthCache,
 }
 
 impl Shared {
@@ -80,6 +82,7 @@ impl Shared {
             failovers: parts.failovers,
             node_tasks: Default::default(),
             tls: parts.tls,
+            auth_cache: Default::default(),
         }
     }
 

@@ -135,7 +135,13 @@ async fn login(
         return Err(ProxyError::Protocol("replication connections are not supported by pgcausal".into()));
     }
     let running = shared.config();
-    let Some(config) = running.user(&user) else {
+    let looked_up = match running.user(&user) {
+        None if running.auth.query.is_some() => {
+            shared.auth_cache.lookup(&running, shared.topology.snapshot().leader, &user).await?
+        }
+        _ => None,
+    };
+    let Some(config) = running.user(&user).or(looked_up.as_deref()) else {
         // The same exchange and message as a wrong password, so user names cannot be probed.
         scram(stream, &client_auth::mock_verifier(&user), channel).await?;
         metrics::counter!(crate::metrics::CLIENT_LOGINS, "result" => "auth_failed").increment(1);
@@ -148,7 +154,7 @@ async fn login(
             let inner = config.secret().md5_inner(&user).unwrap_or_default();
             md5(stream, &inner).await?.then_some(Proof::Nothing)
         }
-        AuthMethod::ScramSha256 => match shared.scram_verifier(&user) {
+        AuthMethod::ScramSha256 => match shared.scram_verifier(&user).or_else(|| stored_verifier(config)) {
             Some(verifier) => scram(stream, &verifier, channel).await?.map(Proof::ScramClientKey),
             None => scram(stream, &client_auth::mock_verifier(&user), channel).await?.map(Proof::ScramClientKey),
         },
@@ -163,6 +169,14 @@ async fn login(
         Proof::Nothing => ServerSecret::configured(config),
     };
     Ok(ClientLogin { user, database, params, server_secret })
+}
+
+/// The SCRAM verifier of a user found by `[auth] query` (configured users' are kept in `Shared`).
+fn stored_verifier(user: &crate::config::UserConfig) -> Option<std::sync::Arc<ScramVerifier>> {
+    match user.secret() {
+        crate::secret::Secret::Scram(verifier) => Some(std::sync::Arc::new(verifier)),
+        _ => None,
+    }
 }
 
 /// Reads one password-family message ('p') during authentication.

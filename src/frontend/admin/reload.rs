@@ -57,6 +57,7 @@ fn read_and_apply(shared: &Shared) -> Result<Reloaded, ProxyError> {
     running.nodes = merged.nodes.clone();
     shared.swap_config(running);
     shared.tls.install(tls);
+    shared.auth_cache.clear(); // answers read under the old [auth] query or login
     membership::settle(shared, &merged);
     Ok(reloaded)
 }
