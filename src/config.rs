@@ -487,6 +487,12 @@ pub struct NodeConfig {
     /// The node's data directory, for the rejoin command when it runs on the node's host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<String>,
+    /// TLS to this node, for the pools and the monitor, failover and catalog logins alike.
+    #[serde(default)]
+    pub tls: ServerTlsMode,
+    /// PEM CA certificates the node's certificate must chain to (verify-full).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
     /// Set in the running config when a reload took the node out: its slot stays (node indexes
     /// never move while the proxy runs), it is never routed to or probed again.
     #[serde(skip)]
@@ -501,7 +507,40 @@ impl NodeConfig {
             port,
             priority: default_priority(),
             data_dir: None,
+            tls: ServerTlsMode::default(),
+            ca_file: None,
             removed: false,
+        }
+    }
+
+    /// Its TLS settings, as the server connections use them.
+    pub fn server_tls(&self) -> crate::backend::tls::ServerTls {
+        crate::backend::tls::ServerTls { mode: self.tls, ca_file: self.ca_file.clone() }
+    }
+}
+
+/// TLS to a server, as libpq's sslmode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerTlsMode {
+    /// Plain text (default).
+    #[default]
+    Disable,
+    /// TLS when the server accepts it, plain text otherwise; the certificate is not checked.
+    Prefer,
+    /// TLS or no connection; the certificate is not checked.
+    Require,
+    /// TLS, the certificate chained to `ca_file` and naming the node's host.
+    VerifyFull,
+}
+
+impl ServerTlsMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            ServerTlsMode::Disable => "disable",
+            ServerTlsMode::Prefer => "prefer",
+            ServerTlsMode::Require => "require",
+            ServerTlsMode::VerifyFull => "verify-full",
         }
     }
 }
@@ -595,6 +634,12 @@ impl Config {
             }
             if self.nodes[..i].iter().any(|m| m.name == n.name) {
                 return bad(format!("nodes[{i}].name"), "duplicate node name");
+            }
+            if n.tls == ServerTlsMode::VerifyFull && n.ca_file.is_none() {
+                return bad(
+                    format!("nodes[{i}].ca_file"),
+                    "tls = \"verify-full\" needs the CA that signed the node's certificate",
+                );
             }
         }
         if self.users.is_empty() {

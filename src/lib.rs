@@ -22,5 +22,6 @@ pub mod proxy;
 pub mod rejoin;
 pub mod route;
 pub mod secret;
+pub mod socket;
 pub mod sync_keeper;
 pub mod topology;

@@ -41,7 +41,11 @@ pub fn merge(running: &[NodeConfig], file: &[NodeConfig], leader: Option<usize>)
     let mut removed = Vec::new();
     for (i, slot) in nodes.iter_mut().enumerate().filter(|(_, n)| !n.removed) {
         match file.iter().find(|f| f.name == slot.name && f.host == slot.host && f.port == slot.port) {
-            Some(kept) => *slot = NodeConfig { removed: false, ..kept.clone() },
+            // TLS settings are bound into the node's pools and monitors when its slot is made:
+            // they change with a restart, or by removing the node and adding it again.
+            Some(kept) => {
+                *slot = NodeConfig { removed: false, tls: slot.tls, ca_file: slot.ca_file.clone(), ..kept.clone() }
+            }
             None if leader == Some(i) => return Err(MembershipError::Leader(slot.name.clone())),
             None => {
                 slot.removed = true;
@@ -144,6 +148,19 @@ mod tests {
 
     fn node(name: &str, port: u16) -> NodeConfig {
         NodeConfig::new(name, "127.0.0.1", port)
+    }
+
+    #[test]
+    fn a_kept_node_keeps_its_tls_until_a_restart() {
+        let running = vec![node("a", 1)];
+        let mut changed = node("a", 1);
+        changed.tls = crate::config::ServerTlsMode::Require;
+        let m = merge(&running, &[changed], Some(0)).unwrap();
+        assert_eq!(m.nodes[0].tls, crate::config::ServerTlsMode::Disable, "bound into its pools and monitors");
+        let mut added = node("b", 2);
+        added.tls = crate::config::ServerTlsMode::Require;
+        let m = merge(&running, &[node("a", 1), added], Some(0)).unwrap();
+        assert_eq!(m.nodes[1].tls, crate::config::ServerTlsMode::Require, "a new node starts with its own");
     }
 
     #[test]

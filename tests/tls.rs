@@ -170,3 +170,70 @@ async fn direct_tls_startup(port: u16, ca_der: &[u8], alpn: bool) -> std::io::Re
     read.map_err(|_| std::io::Error::other("no answer"))??;
     Ok(tag[0])
 }
+
+/// Turns TLS on in every server of `cluster` with the certificate `make_certs` wrote to `dir`
+/// (owned by the servers' user, as PostgreSQL requires of its key).
+fn servers_with_tls(cluster: &TestCluster, dir: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let data_dirs: Vec<_> = cluster.cluster.lock().unwrap().nodes().into_iter().map(|n| n.data_dir).collect();
+    for (i, data_dir) in data_dirs.iter().enumerate() {
+        let owner = std::fs::metadata(data_dir).unwrap();
+        for file in ["server.crt", "server.key"] {
+            let to = data_dir.join(file);
+            std::fs::copy(dir.join(file), &to).unwrap();
+            std::os::unix::fs::chown(&to, Some(owner.uid()), Some(owner.gid())).unwrap();
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let conf = data_dir.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nssl = on\n");
+        std::fs::write(&conf, text).unwrap();
+        cluster.sql(i, "postgres", "SELECT pg_reload_conf()");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while cluster.sql(i, "postgres", "SHOW ssl").trim() != "on" {
+            assert!(std::time::Instant::now() < deadline, "ssl did not turn on at node {i}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn nodes_reached_over_verified_tls_serve_the_data_path_and_the_monitors() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = make_certs(dir.path(), "servers");
+    let cluster = TestCluster::start(2, |_| {}); // its own: its servers' configuration changes
+    servers_with_tls(&cluster, dir.path());
+    cluster.create_database("tls_nodes");
+    let node_extra = format!("tls = \"verify-full\"\nca_file = {:?}\n", certs.ca);
+    let p = ProxyProcess::start(&cluster, ProxyOptions { node_extra, ..Default::default() });
+    p.wait_for_followers();
+
+    // A write on the leader and reads on the followers, each over a TLS server connection.
+    let sql =
+        "CREATE TABLE t (x int); INSERT INTO t VALUES (1); SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    assert_eq!(ok(p.psql("tls_nodes", &["-c", sql], None)).trim().lines().last(), Some("t"));
+    let read = "SELECT count(*), pg_is_in_recovery() FROM t";
+    let answers: Vec<String> =
+        (0..4).map(|_| ok(p.psql("tls_nodes", &["-c", read], None)).trim().to_string()).collect();
+    assert!(answers.iter().any(|a| a == "1|t"), "a follower served a read: {answers:?}");
+    // Every connection to every node but the test's own: the proxy's (pools, monitors, pollers,
+    // failover), all TLS. Pool connections carry the client's application_name (psql).
+    let mut pooled_on_followers = 0;
+    for i in 0..3 {
+        let counts = cluster.sql(
+            i,
+            "postgres",
+            "SELECT count(*) FILTER (WHERE s.ssl AND a.application_name NOT LIKE 'pgcausal-%'), \
+                    count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) \
+             FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+             WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()",
+        );
+        let counts: Vec<u32> = counts.trim().split('|').map(|c| c.parse().unwrap()).collect();
+        let [pooled, tls, plain] = counts[..] else { panic!("{counts:?}") };
+        assert!(tls >= 1 && plain == 0, "node {i}: {tls} connections over TLS, {plain} in plain text");
+        if i > 0 {
+            pooled_on_followers += pooled;
+        }
+    }
+    assert!(pooled_on_followers >= 1, "the followers served the reads over TLS pool connections");
+}

@@ -5,6 +5,7 @@ use super::scram_passthrough::ScramPassthrough;
 use super::server_secret::ServerSecret;
 use crate::error::sqlstate;
 use crate::protocol::{be, framing, messages};
+use crate::socket::{SocketReader, SocketWriter};
 use bytes::{Buf, Bytes, BytesMut};
 use postgres_protocol::authentication::{self, sasl};
 use postgres_protocol::message::frontend;
@@ -12,7 +13,6 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,9 @@ pub enum BackendError {
     Timeout(String),
     #[error("server protocol violation: {0}")]
     Protocol(String),
+    /// TLS to the server could not start (refused, handshake, certificate, CA file).
+    #[error("server TLS: {0}")]
+    Tls(String),
 }
 
 impl BackendError {
@@ -36,7 +39,7 @@ impl BackendError {
             BackendError::Server { code, .. } => code,
             BackendError::Auth(_) => sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
             BackendError::Protocol(_) => sqlstate::PROTOCOL_VIOLATION,
-            BackendError::Io(_) | BackendError::Timeout(_) => sqlstate::CONNECTION_FAILURE,
+            BackendError::Io(_) | BackendError::Timeout(_) | BackendError::Tls(_) => sqlstate::CONNECTION_FAILURE,
         }
     }
 }
@@ -49,6 +52,7 @@ pub struct Login {
     pub user: String,
     pub secret: ServerSecret,
     pub database: String,
+    pub tls: super::tls::ServerTls,
 }
 
 /// The SCRAM client of one login: from a plaintext password, or passing a client's key through.
@@ -61,8 +65,8 @@ pub struct ServerConn {
     /// Its socket in its node's registry, for `Pools::abort_node`. Declared first, so it is
     /// dropped (deregistered) before the socket closes.
     registration: Option<Registration>,
-    pub reader: OwnedReadHalf,
-    pub writer: OwnedWriteHalf,
+    pub reader: SocketReader,
+    pub writer: SocketWriter,
     /// Bytes read from the server and not yet passed on.
     pub rbuf: BytesMut,
     /// ParameterStatus values the server reported at startup.
@@ -131,7 +135,13 @@ impl ServerConn {
         let stream = TcpStream::connect((login.host.as_str(), login.port)).await?;
         let registration = sockets.map(|s| s.register(stream.as_raw_fd()));
         stream.set_nodelay(true)?;
-        let (reader, writer) = stream.into_split();
+        let (reader, writer) = match login.tls.start(stream, &login.host).await.map_err(BackendError::Tls)? {
+            super::tls::Started::Plain(tcp) => {
+                let (reader, writer) = tcp.into_split();
+                (SocketReader::Plain(reader), SocketWriter::Plain(writer))
+            }
+            super::tls::Started::Tls(reader, writer) => (reader, writer),
+        };
         let mut conn = ServerConn {
             registration,
             reader,
@@ -341,7 +351,7 @@ impl ServerConn {
     /// Asks the runtime's readiness flags first (no syscall, no waker registered): a read that
     /// drained the last answer cleared them, so only input that arrived since sets them again.
     pub fn has_pending_input(&mut self) -> bool {
-        if self.reader.as_ref().try_io(tokio::io::Interest::READABLE, || Ok(())).is_err() {
+        if !self.reader.seems_readable() {
             return false;
         }
         let mut probe = [0u8; 1];

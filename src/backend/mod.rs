@@ -10,6 +10,7 @@ pub mod server_secret;
 pub mod settings;
 pub mod sql_statements;
 pub mod statements;
+pub mod tls;
 
 pub use conn::{BackendError, Login, ServerConn};
 pub use pool::{Lease, LeaseError, Pool};

@@ -460,6 +460,7 @@ mod tests {
             user: "app".into(),
             secret: ServerSecret::Password(String::new()),
             database: "db".into(),
+            tls: Default::default(),
         };
         Pool::new(PoolConfig {
             node: "node1".into(),

@@ -18,6 +18,8 @@ pub struct NodePools {
     pub name: String,
     pub host: String,
     pub port: u16,
+    /// TLS to it, as its `[[nodes]]` entry said when the slot was made.
+    pub tls: super::tls::ServerTls,
     pub metrics: Arc<NodeMetrics>,
     pools: Mutex<HashMap<(String, String), Pool>>,
     /// Units of work leased here (read by the admin console; Prometheus has its own counter).
@@ -63,6 +65,7 @@ impl NodePools {
         NodePools {
             name: node.name.clone(),
             host: node.host.clone(),
+            tls: node.server_tls(),
             port: node.port,
             metrics: Arc::new(NodeMetrics::new(&node.name)),
             pools: Mutex::new(HashMap::new()),
@@ -138,6 +141,7 @@ impl Pools {
                     user: user.to_string(),
                     secret: secret.clone(),
                     database: database.to_string(),
+                    tls: n.tls.clone(),
                 },
                 max_size: size,
                 connect_timeout: self.connect_timeout,

@@ -6,31 +6,17 @@
 //! with disjoint borrows. Both keep tokio's owned halves (no lock, no copy) and the
 //! synchronous `try_write` that lets the session write straight through without a wakeup.
 
+pub use crate::socket::{SocketReader, SocketWriter};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{unix, TcpStream, UnixStream};
+use tokio::net::TcpStream;
 
 /// A client connection, split into the halves the session polls side by side.
 pub struct ClientStream {
-    pub reader: ClientReader,
-    pub writer: ClientWriter,
-}
-
-/// The reading half of a client connection.
-pub enum ClientReader {
-    Plain(OwnedReadHalf),
-    /// A TLS client's plaintext, from its pump.
-    Tls(unix::OwnedReadHalf),
-}
-
-/// The writing half of a client connection.
-pub enum ClientWriter {
-    Plain(OwnedWriteHalf),
-    /// To a TLS client's pump, which encrypts.
-    Tls(unix::OwnedWriteHalf),
+    pub reader: SocketReader,
+    pub writer: SocketWriter,
 }
 
 impl ClientStream {
@@ -38,17 +24,17 @@ impl ClientStream {
     pub fn plain(stream: TcpStream) -> ClientStream {
         let _ = stream.set_nodelay(true);
         let (reader, writer) = stream.into_split();
-        ClientStream { reader: ClientReader::Plain(reader), writer: ClientWriter::Plain(writer) }
+        ClientStream { reader: SocketReader::Plain(reader), writer: SocketWriter::Plain(writer) }
     }
 
     /// True for a TLS client.
     pub fn encrypted(&self) -> bool {
-        matches!(self.reader, ClientReader::Tls(_))
+        matches!(self.reader, SocketReader::Tls(_))
     }
 
     /// The first byte the client sent, without taking it (None: it closed first, or TLS runs).
     pub async fn peek_first_byte(&mut self) -> io::Result<Option<u8>> {
-        let ClientReader::Plain(reader) = &mut self.reader else { return Ok(None) };
+        let SocketReader::Plain(reader) = &mut self.reader else { return Ok(None) };
         let mut byte = [0u8; 1];
         Ok((reader.peek(&mut byte).await? == 1).then_some(byte[0]))
     }
@@ -57,10 +43,9 @@ impl ClientStream {
     /// becomes the session's end of the socketpair the pump decrypts into. On a failed handshake
     /// the connection is gone (rustls sent its alert): nothing more can reach the client.
     pub async fn start_tls(&mut self, acceptor: &super::tls::Acceptor, direct: bool) -> io::Result<()> {
-        let (session_end, pump_end) = UnixStream::pair()?;
-        let (reader, writer) = session_end.into_split();
-        let tls = ClientStream { reader: ClientReader::Tls(reader), writer: ClientWriter::Tls(writer) };
-        let (ClientReader::Plain(reader), ClientWriter::Plain(writer)) = std::mem::replace(self, tls).into_halves()
+        let ((reader, writer), pump_end) = crate::socket::tls_pair()?;
+        let tls = ClientStream { reader, writer };
+        let (SocketReader::Plain(reader), SocketWriter::Plain(writer)) = std::mem::replace(self, tls).into_halves()
         else {
             return Err(io::Error::other("TLS is running already"));
         };
@@ -68,62 +53,8 @@ impl ClientStream {
         acceptor.accept(tcp, pump_end, direct).await
     }
 
-    fn into_halves(self) -> (ClientReader, ClientWriter) {
+    fn into_halves(self) -> (SocketReader, SocketWriter) {
         (self.reader, self.writer)
-    }
-}
-
-impl ClientWriter {
-    /// Writes what the socket takes now, without waiting: `WouldBlock` when it takes nothing
-    /// (the caller then waits for writability in its `select!`).
-    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            ClientWriter::Plain(w) => w.try_write(buf),
-            ClientWriter::Tls(w) => w.try_write(buf),
-        }
-    }
-}
-
-impl ClientReader {
-    /// Resolves once the client has sent something (or closed), without a buffer to read into:
-    /// how an idle session that gave its buffer back waits.
-    pub async fn readable(&self) -> io::Result<()> {
-        match self {
-            ClientReader::Plain(r) => r.readable().await,
-            ClientReader::Tls(r) => r.readable().await,
-        }
-    }
-}
-
-impl AsyncRead for ClientReader {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientReader::Plain(r) => Pin::new(r).poll_read(cx, buf),
-            ClientReader::Tls(r) => Pin::new(r).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ClientWriter {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientWriter::Plain(w) => Pin::new(w).poll_write(cx, buf),
-            ClientWriter::Tls(w) => Pin::new(w).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientWriter::Plain(w) => Pin::new(w).poll_flush(cx),
-            ClientWriter::Tls(w) => Pin::new(w).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientWriter::Plain(w) => Pin::new(w).poll_shutdown(cx),
-            ClientWriter::Tls(w) => Pin::new(w).poll_shutdown(cx),
-        }
     }
 }
 

@@ -109,15 +109,8 @@ impl Acceptor {
                 "direct TLS without ALPN \"postgresql\" (PostgreSQL clients send it)",
             ));
         }
-        tokio::spawn(pump(tls, session));
+        tokio::spawn(crate::socket::pump(tls, session, "client"));
         Ok(())
-    }
-}
-
-/// Carries bytes between the TLS connection and the session's socket until either closes.
-async fn pump(mut tls: tokio_rustls::server::TlsStream<TcpStream>, mut session: UnixStream) {
-    if let Err(e) = tokio::io::copy_bidirectional(&mut tls, &mut session).await {
-        tracing::debug!(error = %e, "TLS client connection ended");
     }
 }
 

@@ -26,8 +26,18 @@ async fn connect(
         .dbname(database)
         .application_name("pgcausal-catalog")
         .connect_timeout(config.monitor.timeout);
-    let (client, connection) = pg.connect(NoTls).await?;
-    tokio::spawn(connection);
+    let client = match crate::topology::monitor::control_tls(n, &mut pg) {
+        Some(tls) => {
+            let (client, connection) = pg.connect(tls).await?;
+            tokio::spawn(connection);
+            client
+        }
+        None => {
+            let (client, connection) = pg.connect(NoTls).await?;
+            tokio::spawn(connection);
+            client
+        }
+    };
     Ok(client)
 }
 

@@ -47,9 +47,50 @@ pub fn login_pool(config: &Config, node: &NodeConfig, login: (&str, &str), name:
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(5))
         .tcp_user_timeout(timeout);
-    let manager =
-        Manager::from_config(pg, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+    let manager = match control_tls(node, &mut pg) {
+        Some(tls) => Manager::from_config(pg, tls, recycling),
+        None => Manager::from_config(pg, tokio_postgres::NoTls, recycling),
+    };
     Pool::builder(manager).max_size(1).build().expect("no runtime-dependent timeouts")
+}
+
+/// TLS for a control-plane login to `node`, as its `tls` mode says (None: plain text); sets the
+/// matching sslmode on `pg`. A CA file that does not load is logged and the login goes on
+/// without TLS only in prefer mode (in the stricter modes it then fails, as it should).
+pub fn control_tls(
+    node: &NodeConfig,
+    pg: &mut tokio_postgres::Config,
+) -> Option<tokio_postgres_rustls::MakeRustlsConnect> {
+    use crate::config::ServerTlsMode;
+    use tokio_postgres::config::SslMode;
+    pg.ssl_mode(match node.tls {
+        ServerTlsMode::Disable => return None,
+        ServerTlsMode::Prefer => SslMode::Prefer,
+        ServerTlsMode::Require | ServerTlsMode::VerifyFull => SslMode::Require,
+    });
+    match node.server_tls().client_config() {
+        Ok(config) => config.map(|c| tokio_postgres_rustls::MakeRustlsConnect::new((*c).clone())),
+        Err(e) => {
+            tracing::warn!(node = %node.name, error = %e, "TLS to the node cannot be set up");
+            if node.tls != ServerTlsMode::Prefer {
+                pg.ssl_mode(SslMode::Require); // no TLS available: the login fails rather than goes plain
+                return Some(tokio_postgres_rustls::MakeRustlsConnect::new(unusable_tls()));
+            }
+            pg.ssl_mode(SslMode::Disable);
+            None
+        }
+    }
+}
+
+/// A TLS configuration that trusts no certificate: a login that must be TLS and cannot be fails.
+fn unusable_tls() -> tokio_rustls::rustls::ClientConfig {
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
+        .with_no_client_auth()
 }
 
 /// Who a node's control-plane connections log in as, for log lines.

@@ -91,6 +91,8 @@ pub struct ProxyOptions {
     /// The port the config names for each node (e.g. a relay's in front of one); default the
     /// cluster's own ports.
     pub node_ports: Option<Vec<u16>>,
+    /// Extra lines for every [[nodes]] entry (e.g. `tls = "verify-full"`).
+    pub node_extra: String,
 }
 
 impl Default for ProxyOptions {
@@ -104,6 +106,7 @@ impl Default for ProxyOptions {
             node_data_dirs: false,
             extra: String::new(),
             node_ports: None,
+            node_extra: String::new(),
         }
     }
 }
@@ -140,6 +143,7 @@ impl ProxyProcess {
             if options.node_data_dirs {
                 config += &format!("data_dir = {:?}\n", data_dirs[i].display().to_string());
             }
+            config += &options.node_extra;
         }
         config += &format!(
             "[[users]]\nname = \"{USER}\"\npassword = \"{PASSWORD}\"\n\

@@ -114,6 +114,11 @@ fn compare(old: &Config, new: &Config, nodes: &membership::Merged) -> Reloaded {
         if nodes.nodes[i].priority != kept.priority {
             reloaded.applied.push(format!("nodes.{}.priority", kept.name));
         }
+        if let Some(file) = new.nodes.iter().find(|n| n.name == kept.name) {
+            if (file.tls, &file.ca_file) != (kept.tls, &kept.ca_file) {
+                reloaded.need_restart.push(format!("nodes.{}.tls", kept.name));
+            }
+        }
     }
     reloaded
 }
