@@ -192,6 +192,37 @@ impl Pool {
         wait_limit: Duration,
         prefer: Option<u32>,
     ) -> (Result<Lease, LeaseError>, Option<Duration>) {
+        if let Some(lease) = self.take_ready(prefer) {
+            return (Ok(lease), None);
+        }
+        // Boxed: a wait, connect or reset is rare and its state large; inline it would sit in
+        // every session's future for the session's whole life.
+        Box::pin(self.lease_slowly(wait_limit, prefer)).await
+    }
+
+    /// Most leases: an idle connection fit to serve as it is, taken with no future built.
+    fn take_ready(&self, prefer: Option<u32>) -> Option<Lease> {
+        let mut conn = {
+            let mut state = self.state();
+            let preferred = prefer.and_then(|pid| state.idle.iter().rposition(|i| i.conn.pid == pid));
+            let i = preferred.or(state.idle.len().checked_sub(1))?;
+            if state.idle[i].conn.needs_reset {
+                return None; // the reset query runs in `lease_slowly`
+            }
+            state.idle.remove(i).conn
+        };
+        let room = Room(Some(self));
+        if Self::unsolicited_input(&mut conn) {
+            return None; // closed, its room given back; `lease_slowly` takes the next
+        }
+        Some(room.into_lease(conn))
+    }
+
+    async fn lease_slowly(
+        &self,
+        wait_limit: Duration,
+        prefer: Option<u32>,
+    ) -> (Result<Lease, LeaseError>, Option<Duration>) {
         let mut waiting_since: Option<Instant> = None;
         loop {
             let next = {
@@ -248,11 +279,19 @@ impl Pool {
         Waiter { rx, pool: self, done: false }
     }
 
+    /// Anything the server sent while idle (a FATAL, a notification) makes a connection unfit
+    /// to share.
+    fn unsolicited_input(conn: &mut ServerConn) -> bool {
+        let unfit = conn.has_pending_input();
+        if unfit {
+            tracing::debug!(pid = conn.pid, "closing a pooled connection with unsolicited input");
+        }
+        unfit
+    }
+
     /// Checks a connection before reuse; None when it was unfit and has been closed.
     async fn recycle(&self, mut conn: Box<ServerConn>) -> Option<Box<ServerConn>> {
-        // Anything the server sent while idle (a FATAL, a notification) makes it unfit to share.
-        if conn.has_pending_input() {
-            tracing::debug!(pid = conn.pid, "closing a pooled connection with unsolicited input");
+        if Self::unsolicited_input(&mut conn) {
             return None;
         }
         if conn.needs_reset {

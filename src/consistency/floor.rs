@@ -192,6 +192,8 @@ impl Floor {
 
     /// Picks the node for a read unit among the followers in rotation (minus `exclude`), and
     /// the leader when `policy.leader_shares`: it has every write, so such reads never wait.
+    /// Most reads are planned without a wait; a wait (a probe, a follower catching up) is
+    /// boxed, so this future stays small in every session's state.
     pub async fn plan_read(
         &mut self,
         snapshot: &Snapshot,
@@ -200,6 +202,27 @@ impl Floor {
         policy: &ReadPolicy,
         exclude: &[usize],
     ) -> ReadPlan {
+        loop {
+            let wait = match self.plan_read_now(snapshot, positions, balancer, policy, exclude) {
+                Planned::Plan(plan) => return plan,
+                Planned::Wait(wait) => wait,
+            };
+            if let Some(plan) = Box::pin(self.read_wait(wait, snapshot, positions, policy, exclude)).await {
+                return plan;
+            }
+            // The wait settled what the plan needed: plan again from the start (cheap).
+        }
+    }
+
+    /// The plan as far as it goes without waiting.
+    fn plan_read_now(
+        &mut self,
+        snapshot: &Snapshot,
+        positions: &Positions,
+        balancer: &Balancer,
+        policy: &ReadPolicy,
+        exclude: &[usize],
+    ) -> Planned {
         let followers = &snapshot.followers;
         let allowed = |n: usize| !exclude.contains(&n);
         let leader = snapshot.leader.filter(|&l| policy.leader_shares && allowed(l));
@@ -211,52 +234,75 @@ impl Floor {
             chosen.map(|n| if Some(n) == leader { ReadPlan::LeaderShare } else { ReadPlan::Follower(n) })
         };
         match self.level {
-            Level::Strong => return ReadPlan::Leader(Fallback::Strong),
+            Level::Strong => return Planned::Plan(ReadPlan::Leader(Fallback::Strong)),
             Level::Eventual => {
                 let max = self.max_staleness.map_or(u64::MAX, |d| d.as_millis() as u64);
-                return pick(&|n| snapshot.nodes[n].replay_lag_ms <= max)
-                    .unwrap_or(ReadPlan::Leader(Fallback::NoFollower));
+                return Planned::Plan(
+                    pick(&|n| snapshot.nodes[n].replay_lag_ms <= max).unwrap_or(ReadPlan::Leader(Fallback::NoFollower)),
+                );
             }
             _ => {}
         }
         if !followers.iter().any(|&n| allowed(n)) {
-            return if leader.is_some() { ReadPlan::LeaderShare } else { ReadPlan::Leader(Fallback::NoFollower) };
+            return Planned::Plan(if leader.is_some() {
+                ReadPlan::LeaderShare
+            } else {
+                ReadPlan::Leader(Fallback::NoFollower)
+            });
         }
         if !self.settle_leader_now(snapshot, positions) {
             // Learning the leader's position takes a probe; a sharing leader needs none.
             if leader.is_some() {
-                return ReadPlan::LeaderShare;
+                return Planned::Plan(ReadPlan::LeaderShare);
             }
-            if !self.settle_leader(snapshot, positions, policy.wait).await {
-                return ReadPlan::Leader(Fallback::LeaderPositionUnknown);
-            }
+            return Planned::Wait(ReadWait::SettleLeader);
         }
-        if let Some(plan) = self.stay_after_last_read(snapshot, positions, policy, leader.is_some(), exclude).await {
-            return plan;
+        if let Some(planned) = self.stay_after_last_read(snapshot, positions, leader.is_some(), exclude) {
+            return planned;
         }
         let floor = self.lsn;
         let reached = |n: usize| {
             let s = positions.nodes[n].sample();
             s.sent_at > 0 && s.lsn >= floor
         };
-        if let Some(plan) = pick(&reached) {
-            return plan;
+        match pick(&reached) {
+            Some(plan) => Planned::Plan(plan),
+            None => Planned::Wait(ReadWait::Floor),
         }
-        let candidates: Vec<usize> = followers.iter().copied().filter(|&n| allowed(n)).collect();
-        self.wait_for_floor(positions, policy, &candidates).await
+    }
+
+    /// Runs the wait `plan_read_now` asked for: Some(plan) when it decides the read, None when
+    /// the plan can go on.
+    async fn read_wait(
+        &mut self,
+        wait: ReadWait,
+        snapshot: &Snapshot,
+        positions: &Positions,
+        policy: &ReadPolicy,
+        exclude: &[usize],
+    ) -> Option<ReadPlan> {
+        let settled = match wait {
+            ReadWait::SettleLeader => self.settle_leader(snapshot, positions, policy.wait).await,
+            ReadWait::FoldLastRead => self.fold_last_read(snapshot, positions, policy.wait).await,
+            ReadWait::Floor => {
+                let candidates: Vec<usize> =
+                    snapshot.followers.iter().copied().filter(|n| !exclude.contains(n)).collect();
+                return Some(self.wait_for_floor(positions, policy, &candidates).await);
+            }
+        };
+        (!settled).then_some(ReadPlan::Leader(Fallback::LeaderPositionUnknown))
     }
 
     /// After a read whose node position is not folded in yet: a sample taken after it completed
     /// folds in for free; otherwise staying on that node needs no floor (it only moves forward),
     /// and moving needs the fold (or the sharing leader, which has every write).
-    async fn stay_after_last_read(
+    fn stay_after_last_read(
         &mut self,
         snapshot: &Snapshot,
         positions: &Positions,
-        policy: &ReadPolicy,
         leader_shares: bool,
         exclude: &[usize],
-    ) -> Option<ReadPlan> {
+    ) -> Option<Planned> {
         if let Some((node, incarnation, completed)) = self.last_read {
             let s = positions.nodes[node].sample();
             if s.sent_at > completed && s.incarnation == incarnation {
@@ -272,15 +318,12 @@ impl Floor {
             && s.sent_at > 0
             && s.lsn >= self.lsn
         {
-            return Some(ReadPlan::Follower(node));
+            return Some(Planned::Plan(ReadPlan::Follower(node)));
         }
         if leader_shares {
-            return Some(ReadPlan::LeaderShare);
+            return Some(Planned::Plan(ReadPlan::LeaderShare));
         }
-        if !self.fold_last_read(snapshot, positions, policy.wait).await {
-            return Some(ReadPlan::Leader(Fallback::LeaderPositionUnknown));
-        }
-        None
+        Some(Planned::Wait(ReadWait::FoldLastRead))
     }
 
     /// Waits up to `policy.wait` for one of `candidates` to reach the floor.
@@ -315,6 +358,23 @@ pub struct ReadPolicy {
     pub error_on_timeout: bool,
     /// The leader takes a share of reads (`routing.leader_reads = always`).
     pub leader_shares: bool,
+}
+
+/// How far planning a read got without waiting.
+enum Planned {
+    Plan(ReadPlan),
+    Wait(ReadWait),
+}
+
+/// What a read's plan waits for before it can go on.
+#[derive(Debug, Clone, Copy)]
+enum ReadWait {
+    /// The leader's current position (a probe).
+    SettleLeader,
+    /// The position of the node the last read ran on (a probe there), to move elsewhere.
+    FoldLastRead,
+    /// A follower to reach the floor.
+    Floor,
 }
 
 /// The fallback counters, one per reason, registered once: at level `strong` every read is

@@ -94,6 +94,13 @@ impl Inflight {
         self.queue.is_empty()
     }
 
+    /// An idle session gives back its queue's room (the next request brings it back).
+    pub fn shrink(&mut self) {
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
+        }
+    }
+
     /// True while the answers now arriving belong to a query the proxy injected.
     pub fn answering_injected_query(&self) -> bool {
         matches!(self.queue.front(), Some(Request::Query { swallow: true }))

@@ -26,44 +26,20 @@ use crate::protocol::messages::Severity;
 use client_stream::ClientStream;
 use containment::contained;
 use shared::Shared;
+use startup::ClientLogin;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Runs one client connection from its first byte to its close.
-pub async fn serve_client(stream: TcpStream, peer: SocketAddr, shared: &Shared, count: usize) {
+pub async fn serve_client(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, count: usize) {
+    let shared = &*shared;
     let mut stream = ClientStream::plain(stream);
+    // The login's state and its outcome live in `log_in`'s future, gone once the session runs:
+    // this task holds for its whole life only what the session borrows.
+    let Some(login) = log_in(&mut stream, peer, shared, count).await else { return };
     let config = shared.config();
-    if count > config.proxy.max_client_connections {
-        fail(&mut stream, &ProxyError::TooManyClients).await;
-        return;
-    }
-    let login = contained(
-        "login",
-        crate::control::timeout(config.proxy.client_login_timeout, startup::handshake(&mut stream, shared)),
-    )
-    .await
-    .unwrap_or(Ok(Err(ProxyError::Internal)));
-    let login = match login {
-        Ok(Ok(Some(login))) => login,
-        Ok(Ok(None)) => return, // a cancel request, fully handled
-        Ok(Err(e)) => {
-            // A close before logging in (a load balancer's check, psql asking for a password) is routine.
-            match &e {
-                ProxyError::ClientIo(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    tracing::debug!(%peer, "client closed the connection before logging in")
-                }
-                _ => tracing::info!(%peer, error = %e, "client startup failed"),
-            }
-            fail(&mut stream, &e).await;
-            return;
-        }
-        Err(_) => {
-            fail(&mut stream, &ProxyError::LoginTimeout).await;
-            return;
-        }
-    };
-    tracing::debug!(%peer, user = %login.user, database = %login.database, "client logged in");
     let admin = login.database == crate::config::ADMIN_DATABASE;
     if admin && !config.admin.users.contains(&login.user) {
         fail(&mut stream, &ProxyError::NotAdmin(login.user.clone())).await;
@@ -86,6 +62,7 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, shared: &Shared, 
             }
         }
     };
+    drop(config); // the session takes its own (a RELOAD applies to sessions that start after it)
     if shared.lifecycle.is_stopping() {
         registered.entry.signal(clients::signal::SHUTDOWN); // logged in while the proxy drains
     }
@@ -97,11 +74,47 @@ pub async fn serve_client(stream: TcpStream, peer: SocketAddr, shared: &Shared, 
         }
         result
     } else {
-        session::run(stream, login, shared, registered.entry.clone()).await
+        session::run(&mut stream, &login, shared, registered.entry.clone()).await
     };
     if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "session ended with error");
     }
+}
+
+/// The connection's handshake: its login, or None once it is fully handled (a cancel request,
+/// a refusal or failure already told the client).
+async fn log_in(stream: &mut ClientStream, peer: SocketAddr, shared: &Shared, count: usize) -> Option<ClientLogin> {
+    let config = shared.config();
+    if count > config.proxy.max_client_connections {
+        fail(stream, &ProxyError::TooManyClients).await;
+        return None;
+    }
+    let login = contained(
+        "login",
+        crate::control::timeout(config.proxy.client_login_timeout, startup::handshake(stream, shared)),
+    )
+    .await
+    .unwrap_or(Ok(Err(ProxyError::Internal)));
+    let error = match login {
+        Ok(Ok(Some(login))) => {
+            tracing::debug!(%peer, user = %login.user, database = %login.database, "client logged in");
+            return Some(login);
+        }
+        Ok(Ok(None)) => return None, // a cancel request, fully handled
+        Ok(Err(e)) => {
+            // A close before logging in (a load balancer's check, psql asking for a password) is routine.
+            match &e {
+                ProxyError::ClientIo(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    tracing::debug!(%peer, "client closed the connection before logging in")
+                }
+                _ => tracing::info!(%peer, error = %e, "client startup failed"),
+            }
+            e
+        }
+        Err(_) => ProxyError::LoginTimeout,
+    };
+    fail(stream, &error).await;
+    None
 }
 
 /// Sends a FATAL ErrorResponse (best effort) and counts it; the caller closes the connection.

@@ -88,6 +88,7 @@ pub fn parse(body: &[u8]) -> Result<StartupPacket, StartupError> {
         params.push((text(name)?, text(value)?));
         rest = tail;
     }
+    params.shrink_to_fit(); // kept for the session's life
     Ok(StartupPacket::Startup { minor, params })
 }
 

@@ -181,12 +181,14 @@ pub struct Session<'a> {
     shared: &'a Shared,
     /// The configuration as of login (a RELOAD applies to sessions that start after it).
     config: Arc<Config>,
-    login: ClientLogin,
+    /// The login and the client's socket, held by the client task (once, not moved in here:
+    /// a moved-from value keeps its room in an async fn's state).
+    login: &'a ClientLogin,
     key: CancelKey,
     /// Its entry among connected clients (its id numbers it among all sessions since start,
     /// whose state a server connection holds), and the signals it listens for.
     entry: Arc<ClientEntry>,
-    client: ClientStream,
+    client: &'a mut ClientStream,
     cbuf: BytesMut,
     /// Bytes at the start of `cbuf` that are a unit being sent again.
     replaying: usize,
@@ -220,8 +222,8 @@ pub struct Session<'a> {
 
 /// Runs a logged-in client to the end of its session.
 pub async fn run(
-    client: ClientStream,
-    login: ClientLogin,
+    client: &mut ClientStream,
+    login: &ClientLogin,
     shared: &Shared,
     entry: Arc<ClientEntry>,
 ) -> Result<(), ProxyError> {
@@ -786,6 +788,7 @@ impl Session<'_> {
             }
         }
         self.spare_hold = Hold::default();
+        self.inflight.shrink();
     }
 
     /// Returns a clean server to its pool (reset first in session mode); closes any other.

@@ -217,8 +217,9 @@ impl Session<'_> {
     /// time for one to be known and reachable.
     pub(super) async fn acquire(&mut self, want: Want, needs: Needs) -> Result<(), ProxyError> {
         let shared = self.shared;
+        // The rare waits here are boxed: inline, their state would sit in every session's future.
         if shared.lifecycle.is_paused() {
-            self.wait_for_resume().await;
+            Box::pin(self.wait_for_resume()).await;
         }
         // Read the clock only once there is a wait: most leases need none.
         let mut started: Option<Instant> = None;
@@ -255,7 +256,7 @@ impl Session<'_> {
                 // reads, and waited out for writes: the monitors will find the leader.
                 Err(ProxyError::Backend(e)) if unreachable(&e) && follower.is_some() => tried.push(node),
                 Err(ProxyError::Backend(e)) if unreachable(&e) && Instant::now() < deadline() => {
-                    crate::control::sleep(self.config.monitor.interval).await;
+                    Box::pin(crate::control::sleep(self.config.monitor.interval)).await;
                 }
                 Err(ProxyError::Backend(e)) if unreachable(&e) => {
                     let node = shared.pools.nodes[node].name.clone();
